@@ -1,0 +1,68 @@
+"""One error family for hffm. Every error carries the exit code the CLI ends with.
+
+The CLI catches :class:`HffmError` once and prints one line; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class HffmError(Exception):
+    """Base of every error hffm raises on purpose."""
+
+    exit_code: ClassVar[int] = 1
+    help: ClassVar[str] = "an hffm error"
+
+
+class ConfigError(HffmError):
+    exit_code = 2
+    help = "a config file or a command-line option is invalid"
+
+
+class DecodeError(HffmError):
+    exit_code = 3
+    help = "a payload or file could not be decoded into the expected message type"
+
+
+class TransportError(HffmError):
+    exit_code = 4
+    help = "an MQTT broker could not be reached or refused an operation"
+
+
+class AggregationError(HffmError):
+    exit_code = 5
+    help = "updates could not be aggregated (shape or key mismatch, no weight)"
+
+
+class DataError(HffmError):
+    exit_code = 6
+    help = "a data set or data file is missing or malformed"
+
+
+class ModelError(HffmError):
+    exit_code = 7
+    help = "a backbone or module could not be built, loaded or matched"
+
+
+class BrokerError(HffmError):
+    exit_code = 8
+    help = "a local mosquitto broker could not be rendered, started or stopped"
+
+
+class RoundTimeoutError(HffmError):
+    exit_code = 9
+    help = "a federated job did not finish within its time limit"
+
+
+ALL_ERRORS: tuple[type[HffmError], ...] = (
+    HffmError,
+    ConfigError,
+    DecodeError,
+    TransportError,
+    AggregationError,
+    DataError,
+    ModelError,
+    BrokerError,
+    RoundTimeoutError,
+)
