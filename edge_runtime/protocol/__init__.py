@@ -1,0 +1,41 @@
+"""The wire protocol: topics, module keys, message types and the msgpack codec. Nothing else builds topics."""
+
+from edge_runtime.protocol import topics
+from edge_runtime.protocol.codec import decode, encode
+from edge_runtime.protocol.keys import ModuleKey, modules_for
+from edge_runtime.protocol.messages import (
+    GLOBAL_STAGE,
+    SCHEMA_VERSION,
+    FogAggregate,
+    FogRoundReport,
+    ModuleUpdate,
+    ModuleVersion,
+    NodeState,
+    RoundControl,
+    RoundMetrics,
+    TensorBlob,
+    blobs_from_state,
+    state_from_blobs,
+    tensors_sha256,
+)
+
+__all__ = [
+    "GLOBAL_STAGE",
+    "SCHEMA_VERSION",
+    "FogAggregate",
+    "FogRoundReport",
+    "ModuleKey",
+    "ModuleUpdate",
+    "ModuleVersion",
+    "NodeState",
+    "RoundControl",
+    "RoundMetrics",
+    "TensorBlob",
+    "blobs_from_state",
+    "decode",
+    "encode",
+    "modules_for",
+    "state_from_blobs",
+    "tensors_sha256",
+    "topics",
+]

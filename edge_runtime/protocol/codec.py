@@ -1,0 +1,213 @@
+"""The codec: message dataclass <-> msgpack bytes. The only module that calls msgpack.
+
+A payload is a msgpack map ``{"type": ..., "schema": ..., <fields>}``. Decoding is strict: size limits on every
+msgpack container, no extension types, the exact field set of the expected type, each value checked against the
+field's annotation, then the type's own ``__post_init__`` invariants (tensor sizes, SHA-256, ranges). Anything wrong
+raises :class:`DecodeError` naming the field and the problem. Payloads are never unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import types
+import typing
+from typing import Any, TypeVar
+
+import msgpack
+
+from edge_runtime.errors import DecodeError
+from edge_runtime.protocol.keys import ModuleKey
+from edge_runtime.protocol.messages import MESSAGE_TYPES, SCHEMA_VERSION, TensorBlob
+
+T = TypeVar("T")
+
+DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
+_MAX_STR = 64 * 1024
+_MAX_ARRAY = 100_000
+_MAX_MAP = 10_000
+_TYPES_BY_NAME = {cls.TYPE: cls for cls in MESSAGE_TYPES}  # type: ignore[attr-defined]
+
+
+def encode(message: object) -> bytes:
+    """Encode a message dataclass to msgpack bytes.
+
+    Raises:
+        TypeError: ``message`` is not one of the registered message types.
+    """
+    cls = type(message)
+    if cls not in MESSAGE_TYPES:
+        raise TypeError(f"not an hffm message type: {cls.__name__}")
+    body: dict[str, Any] = {"type": cls.TYPE}  # type: ignore[attr-defined]
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        body[f.name] = _to_wire(getattr(message, f.name))
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, ModuleKey):
+        return str(value)
+    if isinstance(value, TensorBlob):
+        return [value.name, value.dtype, list(value.shape), value.data]
+    if isinstance(value, tuple):
+        return [_to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_wire(v) for k, v in value.items()}
+    return value
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise DecodeError(f"msgpack extension type {code} is not allowed")
+
+
+def decode(payload: bytes, expected: type[T], *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> T:
+    """Decode ``payload`` into an instance of ``expected``.
+
+    Raises:
+        DecodeError: oversized, not msgpack, truncated, trailing bytes, not a map, wrong ``type`` or ``schema``,
+            missing or unknown fields, a value of the wrong type, or a violated invariant (e.g. SHA-256 mismatch).
+    """
+    name = getattr(expected, "TYPE", expected.__name__)
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise DecodeError(f"{name}: payload must be bytes, got {type(payload).__name__}")
+    if len(payload) > max_payload:
+        raise DecodeError(f"{name}: payload of {len(payload)} bytes exceeds the limit of {max_payload}")
+    try:
+        raw = msgpack.unpackb(
+            bytes(payload),
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            ext_hook=_reject_ext,
+            max_bin_len=max_payload,
+            max_str_len=_MAX_STR,
+            max_array_len=_MAX_ARRAY,
+            max_map_len=_MAX_MAP,
+            max_ext_len=0,
+        )
+    except DecodeError:
+        raise
+    except msgpack.ExtraData:
+        raise DecodeError(f"{name}: trailing bytes after the msgpack object") from None
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise DecodeError(f"{name}: not a valid msgpack payload ({type(exc).__name__}: {exc})") from None
+    return from_wire(raw, expected)
+
+
+def from_wire(raw: Any, expected: type[T]) -> T:
+    """Build ``expected`` from an already unpacked msgpack object, with every check of :func:`decode`."""
+    name = getattr(expected, "TYPE", expected.__name__)
+    if not isinstance(raw, dict):
+        raise DecodeError(f"{name}: payload must be a msgpack map, got {type(raw).__name__}")
+    got_type = raw.get("type")
+    if got_type != name:
+        raise DecodeError(f"expected a {name!r} message, got type {got_type!r}")
+    schema = raw.get("schema")
+    if schema != SCHEMA_VERSION:
+        raise DecodeError(f"{name}: unsupported schema {schema!r}; this build reads schema {SCHEMA_VERSION}")
+    hints = _hints(expected)
+    fields = {f.name: f for f in dataclasses.fields(expected)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields) - {"type"})
+    if unknown:
+        raise DecodeError(f"{name}: unknown field(s) {unknown}")
+    missing = sorted(n for n, f in fields.items() if n not in raw and _required(f))
+    if missing:
+        raise DecodeError(f"{name}: missing field(s) {missing}")
+    kwargs = {n: _convert(raw[n], hints[n], f"{name}.{n}") for n in fields if n in raw}
+    try:
+        return expected(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise DecodeError(f"{name}: {exc}") from None
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _convert(value: Any, hint: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in args:
+            try:
+                return _convert(value, option, path)
+            except DecodeError as exc:
+                errors.append(str(exc))
+        raise DecodeError(f"{path}: no alternative matched ({'; '.join(errors)})")
+    if hint is type(None):
+        if value is not None:
+            raise DecodeError(f"{path}: expected nil")
+        return None
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise DecodeError(f"{path}: expected an array, got {type(value).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise DecodeError(f"{path}: expected {len(args)} items, got {len(value)}")
+        return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise DecodeError(f"{path}: expected a map, got {type(value).__name__}")
+        return {_convert(k, args[0], f"{path} key"): _convert(v, args[1], f"{path}[{k!r}]") for k, v in value.items()}
+    if hint is ModuleKey:
+        if not isinstance(value, str):
+            raise DecodeError(f"{path}: expected a module key string, got {type(value).__name__}")
+        try:
+            return ModuleKey.parse(value)
+        except ValueError as exc:
+            raise DecodeError(f"{path}: {exc}") from None
+    if hint is TensorBlob:
+        return _tensor(value, path)
+    return _scalar(value, hint, path)
+
+
+def _scalar(value: Any, hint: Any, path: str) -> Any:
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+            if not math.isfinite(value):
+                raise DecodeError(f"{path}: NaN or Inf is not allowed")
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif hint is bytes:
+        ok = isinstance(value, bytes)
+    else:
+        raise DecodeError(f"{path}: no decoder for {hint!r}")
+    if not ok:
+        raise DecodeError(f"{path}: expected {hint.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _tensor(value: Any, path: str) -> TensorBlob:
+    if not isinstance(value, list) or len(value) != 4:
+        raise DecodeError(f"{path}: a tensor is [name, dtype, shape, bytes]")
+    name, dtype, shape, data = value
+    if not isinstance(name, str) or not isinstance(dtype, str) or not isinstance(data, bytes):
+        raise DecodeError(f"{path}: a tensor is [str name, str dtype, shape, bin data]")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise DecodeError(f"{path}: tensor shape must be an array of ints")
+    try:
+        return TensorBlob(name=name, dtype=dtype, shape=tuple(shape), data=data)
+    except ValueError as exc:
+        raise DecodeError(f"{path}: {exc}") from None
+
+
+def message_type(name: str) -> type:
+    """The message class registered under wire name ``name``. Raises ``DecodeError`` if there is none."""
+    try:
+        return _TYPES_BY_NAME[name]
+    except KeyError:
+        raise DecodeError(f"unknown message type {name!r}; expected one of {sorted(_TYPES_BY_NAME)}") from None

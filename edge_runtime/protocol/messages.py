@@ -1,0 +1,308 @@
+"""Wire message types: frozen dataclasses with a schema version, checked in ``__post_init__``.
+
+Encoding and decoding live in :mod:`edge_runtime.protocol.codec`; nothing here touches msgpack. Tensors travel as
+:class:`TensorBlob` (bytes + dtype + shape), never pickled. A module's state or delta is a tuple of blobs, one per
+named parameter, with a SHA-256 over their bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from edge_runtime.errors import DecodeError
+from edge_runtime.protocol.keys import ModuleKey, check_name
+from edge_runtime.protocol.topics import check_segment
+
+SCHEMA_VERSION = 1
+ALLOWED_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64")
+MAX_DIMS = 8
+# Version stamp of a module: (global_round, stage). Stage 0..E_agg are the fog's cluster versions within a global
+# round (0 = the global version it started from); the cloud's global version of round g is (g, GLOBAL_STAGE).
+GLOBAL_STAGE = 1_000_000
+
+_frozen = dataclass(frozen=True, slots=True, kw_only=True)
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+def _nonneg_int(value: object, what: str) -> None:
+    _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0, f"{what} must be an int >= 0")
+
+
+def _finite_nonneg(value: object, what: str) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    _check(ok, f"{what} must be a finite number >= 0, got {value!r}")
+
+
+@_frozen
+class TensorBlob:
+    """One named tensor: raw little-endian bytes, a dtype name and a shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.name, str) and 0 < len(self.name) <= 256, f"bad tensor name {self.name!r}")
+        _check(self.dtype in ALLOWED_DTYPES, f"tensor {self.name!r}: dtype {self.dtype!r} not in {ALLOWED_DTYPES}")
+        _check(len(self.shape) <= MAX_DIMS, f"tensor {self.name!r}: more than {MAX_DIMS} dims")
+        for dim in self.shape:
+            _nonneg_int(dim, f"tensor {self.name!r} shape entry")
+        expected = math.prod(self.shape) * np.dtype(self.dtype).itemsize
+        _check(
+            len(self.data) == expected,
+            f"tensor {self.name!r}: {len(self.data)} data bytes, shape {self.shape} x {self.dtype} needs {expected}",
+        )
+
+    @classmethod
+    def from_array(cls, name: str, array: np.ndarray) -> TensorBlob:
+        arr = np.ascontiguousarray(array)
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        return cls(name=name, dtype=str(arr.dtype), shape=tuple(int(d) for d in arr.shape), data=arr.tobytes())
+
+    def to_array(self) -> np.ndarray:
+        """A writable numpy copy. Raises ``ValueError`` when a float tensor holds NaN or Inf."""
+        arr = np.frombuffer(self.data, dtype=np.dtype(self.dtype).newbyteorder("<")).reshape(self.shape).copy()
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ValueError(f"tensor {self.name!r} holds NaN or Inf")
+        return arr
+
+
+def tensors_sha256(tensors: tuple[TensorBlob, ...]) -> str:
+    """SHA-256 over every blob's name, dtype, shape and bytes, in order."""
+    digest = hashlib.sha256()
+    for blob in tensors:
+        digest.update(f"{blob.name}|{blob.dtype}|{blob.shape}|".encode())
+        digest.update(blob.data)
+    return digest.hexdigest()
+
+
+def blobs_from_state(state: dict[str, np.ndarray]) -> tuple[TensorBlob, ...]:
+    """Blobs for a module state, sorted by name so that every tier hashes the same bytes."""
+    return tuple(TensorBlob.from_array(name, state[name]) for name in sorted(state))
+
+
+def state_from_blobs(tensors: tuple[TensorBlob, ...]) -> dict[str, np.ndarray]:
+    """Inverse of :func:`blobs_from_state`.
+
+    Raises:
+        DecodeError: duplicate names, or a float tensor holding NaN or Inf.
+    """
+    out: dict[str, np.ndarray] = {}
+    for blob in tensors:
+        if blob.name in out:
+            raise DecodeError(f"duplicate tensor name {blob.name!r}")
+        try:
+            out[blob.name] = blob.to_array()
+        except ValueError as exc:
+            raise DecodeError(str(exc)) from None
+    return out
+
+
+def _check_tensors(tensors: tuple[TensorBlob, ...], sha256: str) -> None:
+    _check(isinstance(tensors, tuple) and len(tensors) > 0, "a module message needs at least one tensor")
+    names = [t.name for t in tensors]
+    _check(len(set(names)) == len(names), "duplicate tensor names")
+    _check(tensors_sha256(tensors) == sha256, "sha256 does not match the tensors")
+
+
+@_frozen
+class ModuleUpdate:
+    """device -> fog: the delta of one module after local training, against ``base`` (a version stamp)."""
+
+    TYPE: ClassVar[str] = "module_update"
+    schema: int = SCHEMA_VERSION
+    fleet: str
+    sender: str
+    fog: str
+    key: ModuleKey
+    global_round: int
+    cluster_round: int
+    base: tuple[int, int]
+    num_samples: int
+    train_loss: float
+    codec: str = "fp32"
+    tensors: tuple[TensorBlob, ...]
+    sha256: str
+    idempotency_key: str
+
+    def __post_init__(self) -> None:
+        check_segment(self.fleet, "fleet")
+        check_segment(self.sender, "sender")
+        check_segment(self.fog, "fog")
+        _nonneg_int(self.global_round, "global_round")
+        _nonneg_int(self.cluster_round, "cluster_round")
+        _check(len(self.base) == 2, "base must be (global_round, stage)")
+        _check(isinstance(self.num_samples, int) and self.num_samples > 0, "num_samples must be an int > 0")
+        _check(math.isfinite(self.train_loss), "train_loss must be finite")
+        _check(self.codec == "fp32", f"unsupported codec {self.codec!r}; expected 'fp32'")
+        _check_tensors(self.tensors, self.sha256)
+
+
+@_frozen
+class ModuleVersion:
+    """fog -> devices (cluster) or cloud -> all (global): the full state of one module at ``stamp``."""
+
+    TYPE: ClassVar[str] = "module_version"
+    schema: int = SCHEMA_VERSION
+    fleet: str
+    sender: str
+    key: ModuleKey
+    global_round: int
+    stage: int
+    tensors: tuple[TensorBlob, ...]
+    sha256: str
+
+    def __post_init__(self) -> None:
+        check_segment(self.fleet, "fleet")
+        check_segment(self.sender, "sender")
+        _nonneg_int(self.global_round, "global_round")
+        _nonneg_int(self.stage, "stage")
+        _check_tensors(self.tensors, self.sha256)
+
+    @property
+    def stamp(self) -> tuple[int, int]:
+        return (self.global_round, self.stage)
+
+
+@_frozen
+class FogAggregate:
+    """fog -> cloud: the fog's delta of one module over a global round, with the weight behind it."""
+
+    TYPE: ClassVar[str] = "fog_aggregate"
+    schema: int = SCHEMA_VERSION
+    fleet: str
+    fog: str
+    key: ModuleKey
+    global_round: int
+    total_weight: float
+    num_devices: int
+    tensors: tuple[TensorBlob, ...]
+    sha256: str
+    idempotency_key: str
+
+    def __post_init__(self) -> None:
+        check_segment(self.fleet, "fleet")
+        check_segment(self.fog, "fog")
+        _nonneg_int(self.global_round, "global_round")
+        _check(isinstance(self.num_devices, int) and self.num_devices > 0, "num_devices must be an int > 0")
+        _finite_nonneg(self.total_weight, "total_weight")
+        _check(self.total_weight > 0, "total_weight must be > 0")
+        _check_tensors(self.tensors, self.sha256)
+
+
+@_frozen
+class FogRoundReport:
+    """fog -> cloud, after its aggregates of a global round: which modules it sent, from how many devices."""
+
+    TYPE: ClassVar[str] = "fog_round_report"
+    schema: int = SCHEMA_VERSION
+    fleet: str
+    fog: str
+    global_round: int
+    modules: tuple[ModuleKey, ...]
+    devices: tuple[str, ...]
+    cluster_rounds: int
+
+    def __post_init__(self) -> None:
+        check_segment(self.fleet, "fleet")
+        check_segment(self.fog, "fog")
+        _nonneg_int(self.global_round, "global_round")
+        _nonneg_int(self.cluster_rounds, "cluster_rounds")
+        for dev in self.devices:
+            check_segment(dev, "device")
+
+
+@_frozen
+class RoundControl:
+    """Round announcement: cloud -> fogs on ``ctl/cloud`` (stage 0), fog -> devices on ``ctl/{fog}`` (stage >= 1).
+
+    ``final`` tells every tier the job is over after this message (devices evaluate and stop).
+    """
+
+    TYPE: ClassVar[str] = "round_control"
+    schema: int = SCHEMA_VERSION
+    fleet: str
+    sender: str
+    global_round: int
+    cluster_round: int
+    total_rounds: int
+    agg_every: int
+    local_epochs: int
+    deadline_s: float
+    final: bool = False
+
+    def __post_init__(self) -> None:
+        check_segment(self.fleet, "fleet")
+        check_segment(self.sender, "sender")
+        for name in ("global_round", "cluster_round", "total_rounds", "agg_every", "local_epochs"):
+            _nonneg_int(getattr(self, name), name)
+        _check(self.agg_every >= 1, "agg_every must be >= 1")
+        _finite_nonneg(self.deadline_s, "deadline_s")
+
+
+@_frozen
+class NodeState:
+    """A node's retained advert on ``state/{node}``: role, what it holds, whether it is online."""
+
+    TYPE: ClassVar[str] = "node_state"
+    schema: int = SCHEMA_VERSION
+    fleet: str
+    node: str
+    role: str
+    fog: str
+    online: bool
+    modules: tuple[ModuleKey, ...] = ()
+    num_samples: dict[str, int] = field(default_factory=dict)
+    backbone: str = ""
+
+    def __post_init__(self) -> None:
+        check_segment(self.fleet, "fleet")
+        check_segment(self.node, "node")
+        check_segment(self.fog, "fog")
+        _check(self.role in ("device", "fog", "cloud"), f"unknown role {self.role!r}")
+        for task, count in self.num_samples.items():
+            check_name(task, "task")
+            _nonneg_int(count, f"num_samples[{task!r}]")
+
+
+@_frozen
+class RoundMetrics:
+    """cloud -> observers after each global round: accuracy per task of the global model on held-out data."""
+
+    TYPE: ClassVar[str] = "round_metrics"
+    schema: int = SCHEMA_VERSION
+    fleet: str
+    global_round: int
+    total_rounds: int
+    accuracy: dict[str, float]
+    fogs_reported: tuple[str, ...]
+    modules_updated: int
+
+    def __post_init__(self) -> None:
+        check_segment(self.fleet, "fleet")
+        _nonneg_int(self.global_round, "global_round")
+        for task, acc in self.accuracy.items():
+            check_name(task, "task")
+            _check(isinstance(acc, float) and 0.0 <= acc <= 1.0, f"accuracy[{task!r}] must be in [0, 1]")
+
+
+MESSAGE_TYPES: tuple[type, ...] = (
+    ModuleUpdate,
+    ModuleVersion,
+    FogAggregate,
+    FogRoundReport,
+    RoundControl,
+    NodeState,
+    RoundMetrics,
+)

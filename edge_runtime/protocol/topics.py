@@ -1,0 +1,169 @@
+"""The topic scheme: the only place that builds or parses an hffm topic string.
+
+Root ``hffm/v1/{fleet}``. Every segment matches ``[a-z0-9_-]{1,64}``; ``_`` stands for "any" (an encoder's task, a
+head's modality). See docs/architecture.md for the table of topics, their direction, QoS and retain flag.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from edge_runtime.errors import DecodeError
+from edge_runtime.protocol.keys import ModuleKey
+
+ROOT = "hffm/v1"
+_SEGMENT = re.compile(r"^[a-z0-9_-]{1,64}$")
+
+TopicKind = Literal["up", "cluster", "fogup", "global", "ctl", "fogdone", "state", "metrics"]
+
+# Number of segments after ``hffm/v1/{fleet}/{kind}`` for each kind.
+_ARITY: dict[str, int] = {
+    "up": 5,  # fog, modality, task, kind, device
+    "cluster": 4,  # fog, modality, task, kind
+    "fogup": 4,  # fog, modality, task, kind
+    "global": 3,  # modality, task, kind
+    "ctl": 1,  # "cloud" or a fog id
+    "fogdone": 1,  # fog
+    "state": 1,  # device or fog id
+    "metrics": 1,  # "cloud"
+}
+
+
+def check_segment(value: str, what: str) -> str:
+    """Return ``value`` if it is a valid topic segment.
+
+    Raises:
+        ValueError: naming ``what`` and quoting the bad value.
+    """
+    if not isinstance(value, str) or not _SEGMENT.match(value):
+        raise ValueError(f"invalid {what} {value!r}: must match [a-z0-9_-]{{1,64}}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """A parsed hffm topic. ``module`` is set for module topics, ``node`` for the per-node ones."""
+
+    fleet: str
+    kind: str
+    fog: str | None = None
+    module: ModuleKey | None = None
+    node: str | None = None
+
+    def __str__(self) -> str:
+        return build(self)
+
+
+def _base(fleet: str, kind: str) -> str:
+    return f"{ROOT}/{check_segment(fleet, 'fleet')}/{kind}"
+
+
+def _module_path(key: ModuleKey) -> str:
+    return f"{key.modality}/{key.task}/{key.kind}"
+
+
+def up(fleet: str, fog: str, key: ModuleKey, device: str) -> str:
+    """device -> fog: a module delta (QoS 1)."""
+    return f"{_base(fleet, 'up')}/{check_segment(fog, 'fog')}/{_module_path(key)}/{check_segment(device, 'device')}"
+
+
+def up_filter(fleet: str, fog: str) -> str:
+    return f"{_base(fleet, 'up')}/{check_segment(fog, 'fog')}/#"
+
+
+def cluster(fleet: str, fog: str, key: ModuleKey) -> str:
+    """fog -> its devices: the cluster module version (QoS 1, retained)."""
+    return f"{_base(fleet, 'cluster')}/{check_segment(fog, 'fog')}/{_module_path(key)}"
+
+
+def fogup(fleet: str, fog: str, key: ModuleKey) -> str:
+    """fog -> cloud: the fog's aggregate and its total weight (QoS 1, bridged out)."""
+    return f"{_base(fleet, 'fogup')}/{check_segment(fog, 'fog')}/{_module_path(key)}"
+
+
+def fogup_filter(fleet: str, fog: str | None = None) -> str:
+    return f"{_base(fleet, 'fogup')}/{check_segment(fog, 'fog') if fog else '+'}/#"
+
+
+def fogdone(fleet: str, fog: str) -> str:
+    """fog -> cloud: the end-of-global-round report listing the aggregates sent (QoS 1, bridged out)."""
+    return f"{_base(fleet, 'fogdone')}/{check_segment(fog, 'fog')}"
+
+
+def global_(fleet: str, key: ModuleKey) -> str:
+    """cloud -> all: the global module version (QoS 1, retained, bridged in)."""
+    return f"{_base(fleet, 'global')}/{_module_path(key)}"
+
+
+def global_filter(fleet: str) -> str:
+    return f"{_base(fleet, 'global')}/#"
+
+
+def ctl(fleet: str, node: str) -> str:
+    """Round announcements: ``ctl/cloud`` (cloud -> fogs) and ``ctl/{fog}`` (fog -> its devices); retained."""
+    return f"{_base(fleet, 'ctl')}/{check_segment(node, 'node')}"
+
+
+def state(fleet: str, node: str) -> str:
+    """A node's capability advert / status; retained, with a last-will 'offline'."""
+    return f"{_base(fleet, 'state')}/{check_segment(node, 'node')}"
+
+
+def state_filter(fleet: str) -> str:
+    return f"{_base(fleet, 'state')}/+"
+
+
+def metrics(fleet: str, node: str = "cloud") -> str:
+    """cloud -> observers: per-round evaluation metrics (QoS 1, retained)."""
+    return f"{_base(fleet, 'metrics')}/{check_segment(node, 'node')}"
+
+
+def build(topic: Topic) -> str:
+    """Build the string of a parsed :class:`Topic` (inverse of :func:`parse`)."""
+    if topic.kind == "up" and topic.fog and topic.module and topic.node:
+        return up(topic.fleet, topic.fog, topic.module, topic.node)
+    if topic.kind in ("cluster", "fogup") and topic.fog and topic.module:
+        return (cluster if topic.kind == "cluster" else fogup)(topic.fleet, topic.fog, topic.module)
+    if topic.kind == "global" and topic.module:
+        return global_(topic.fleet, topic.module)
+    if topic.kind == "fogdone" and topic.fog:
+        return fogdone(topic.fleet, topic.fog)
+    if topic.kind in ("ctl", "state", "metrics") and topic.node:
+        return {"ctl": ctl, "state": state, "metrics": metrics}[topic.kind](topic.fleet, topic.node)
+    raise ValueError(f"incomplete topic {topic!r}")
+
+
+def parse(topic: str) -> Topic:
+    """Parse and validate a concrete (wildcard-free) hffm topic.
+
+    Raises:
+        DecodeError: the topic is not under ``hffm/v1``, has the wrong number of segments for its kind, an
+            unknown kind, a bad segment, or a module key that is not valid.
+    """
+    parts = topic.split("/")
+    if len(parts) < 4 or "/".join(parts[:2]) != ROOT:
+        raise DecodeError(f"topic {topic!r} is not under {ROOT}/{{fleet}}/{{kind}}")
+    fleet, kind, rest = parts[2], parts[3], parts[4:]
+    if kind not in _ARITY:
+        raise DecodeError(f"topic {topic!r}: unknown kind {kind!r}; expected one of {sorted(_ARITY)}")
+    if len(rest) != _ARITY[kind]:
+        raise DecodeError(f"topic {topic!r}: kind {kind!r} takes {_ARITY[kind]} segments after it, got {len(rest)}")
+    try:
+        check_segment(fleet, "fleet")
+        for seg in rest:
+            check_segment(seg, "segment")
+        if kind == "up":
+            key = ModuleKey(kind=rest[3], modality=rest[1], task=rest[2])
+            return Topic(fleet=fleet, kind=kind, fog=rest[0], module=key, node=rest[4])
+        if kind in ("cluster", "fogup"):
+            key = ModuleKey(kind=rest[3], modality=rest[1], task=rest[2])
+            return Topic(fleet=fleet, kind=kind, fog=rest[0], module=key)
+        if kind == "global":
+            return Topic(fleet=fleet, kind=kind, module=ModuleKey(kind=rest[2], modality=rest[0], task=rest[1]))
+        if kind == "fogdone":
+            return Topic(fleet=fleet, kind=kind, fog=rest[0])
+        return Topic(fleet=fleet, kind=kind, node=rest[0])
+    except ValueError as exc:
+        raise DecodeError(f"topic {topic!r}: {exc}") from None
