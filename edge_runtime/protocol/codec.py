@@ -108,7 +108,7 @@ def from_wire(raw: Any, expected: type[T]) -> T:
         raise DecodeError(f"{name}: unsupported schema {schema!r}; this build reads schema {SCHEMA_VERSION}")
     hints = _hints(expected)
     fields = {f.name: f for f in dataclasses.fields(expected)}  # type: ignore[arg-type]
-    unknown = sorted(set(raw) - set(fields) - {"type"})
+    unknown = sorted(set(raw) - set(fields) - {"type"}, key=repr)
     if unknown:
         raise DecodeError(f"{name}: unknown field(s) {unknown}")
     missing = sorted(n for n, f in fields.items() if n not in raw and _required(f))

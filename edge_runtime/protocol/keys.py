@@ -16,7 +16,7 @@ def check_name(value: object, what: str) -> str:
     Raises:
         ValueError: quoting the bad value.
     """
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise ValueError(f"invalid {what} {value!r}: must match [a-z0-9][a-z0-9-]{{0,62}}")
     return value
 

@@ -37,8 +37,12 @@ def _nonneg_int(value: object, what: str) -> None:
     _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0, f"{what} must be an int >= 0")
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _finite_nonneg(value: object, what: str) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    ok = _is_number(value) and math.isfinite(value) and value >= 0  # type: ignore[arg-type]
     _check(ok, f"{what} must be a finite number >= 0, got {value!r}")
 
 
@@ -54,7 +58,9 @@ class TensorBlob:
     def __post_init__(self) -> None:
         _check(isinstance(self.name, str) and 0 < len(self.name) <= 256, f"bad tensor name {self.name!r}")
         _check(self.dtype in ALLOWED_DTYPES, f"tensor {self.name!r}: dtype {self.dtype!r} not in {ALLOWED_DTYPES}")
+        _check(isinstance(self.shape, tuple), f"tensor {self.name!r}: shape must be a tuple")
         _check(len(self.shape) <= MAX_DIMS, f"tensor {self.name!r}: more than {MAX_DIMS} dims")
+        _check(isinstance(self.data, bytes), f"tensor {self.name!r}: data must be bytes")
         for dim in self.shape:
             _nonneg_int(dim, f"tensor {self.name!r} shape entry")
         expected = math.prod(self.shape) * np.dtype(self.dtype).itemsize
@@ -65,7 +71,7 @@ class TensorBlob:
 
     @classmethod
     def from_array(cls, name: str, array: np.ndarray) -> TensorBlob:
-        arr = np.ascontiguousarray(array)
+        arr = np.asarray(array, order="C")  # ascontiguousarray turns 0-d into (1,)
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         return cls(name=name, dtype=str(arr.dtype), shape=tuple(int(d) for d in arr.shape), data=arr.tobytes())
@@ -82,7 +88,9 @@ def tensors_sha256(tensors: tuple[TensorBlob, ...]) -> str:
     """SHA-256 over every blob's name, dtype, shape and bytes, in order."""
     digest = hashlib.sha256()
     for blob in tensors:
-        digest.update(f"{blob.name}|{blob.dtype}|{blob.shape}|".encode())
+        # Length-prefixed framing: no two different tensor lists can produce the same byte stream.
+        header = f"{blob.name}|{blob.dtype}|{','.join(map(str, blob.shape))}".encode()
+        digest.update(len(header).to_bytes(4, "little") + header + len(blob.data).to_bytes(8, "little"))
         digest.update(blob.data)
     return digest.hexdigest()
 
@@ -142,9 +150,12 @@ class ModuleUpdate:
         check_segment(self.fog, "fog")
         _nonneg_int(self.global_round, "global_round")
         _nonneg_int(self.cluster_round, "cluster_round")
-        _check(len(self.base) == 2, "base must be (global_round, stage)")
-        _check(isinstance(self.num_samples, int) and self.num_samples > 0, "num_samples must be an int > 0")
-        _check(math.isfinite(self.train_loss), "train_loss must be finite")
+        _check(isinstance(self.base, tuple) and len(self.base) == 2, "base must be (global_round, stage)")
+        _nonneg_int(self.base[0], "base[0]")
+        _nonneg_int(self.base[1], "base[1]")
+        _nonneg_int(self.num_samples, "num_samples")
+        _check(self.num_samples > 0, "num_samples must be an int > 0")
+        _check(_is_number(self.train_loss) and math.isfinite(self.train_loss), "train_loss must be finite")
         _check(self.codec == "fp32", f"unsupported codec {self.codec!r}; expected 'fp32'")
         _check_tensors(self.tensors, self.sha256)
 
@@ -195,7 +206,8 @@ class FogAggregate:
         check_segment(self.fleet, "fleet")
         check_segment(self.fog, "fog")
         _nonneg_int(self.global_round, "global_round")
-        _check(isinstance(self.num_devices, int) and self.num_devices > 0, "num_devices must be an int > 0")
+        _nonneg_int(self.num_devices, "num_devices")
+        _check(self.num_devices > 0, "num_devices must be an int > 0")
         _finite_nonneg(self.total_weight, "total_weight")
         _check(self.total_weight > 0, "total_weight must be > 0")
         _check_tensors(self.tensors, self.sha256)
@@ -249,6 +261,7 @@ class RoundControl:
             _nonneg_int(getattr(self, name), name)
         _check(self.agg_every >= 1, "agg_every must be >= 1")
         _finite_nonneg(self.deadline_s, "deadline_s")
+        _check(isinstance(self.final, bool), f"final must be a bool, got {self.final!r}")
 
 
 @_frozen
@@ -271,6 +284,7 @@ class NodeState:
         check_segment(self.node, "node")
         check_segment(self.fog, "fog")
         _check(self.role in ("device", "fog", "cloud"), f"unknown role {self.role!r}")
+        _check(isinstance(self.online, bool), f"online must be a bool, got {self.online!r}")
         for task, count in self.num_samples.items():
             check_name(task, "task")
             _nonneg_int(count, f"num_samples[{task!r}]")
@@ -292,6 +306,10 @@ class RoundMetrics:
     def __post_init__(self) -> None:
         check_segment(self.fleet, "fleet")
         _nonneg_int(self.global_round, "global_round")
+        _nonneg_int(self.total_rounds, "total_rounds")
+        _nonneg_int(self.modules_updated, "modules_updated")
+        for fog in self.fogs_reported:
+            check_segment(fog, "fog")
         for task, acc in self.accuracy.items():
             check_name(task, "task")
             _check(isinstance(acc, float) and 0.0 <= acc <= 1.0, f"accuracy[{task!r}] must be in [0, 1]")

@@ -37,7 +37,7 @@ def check_segment(value: str, what: str) -> str:
     Raises:
         ValueError: naming ``what`` and quoting the bad value.
     """
-    if not isinstance(value, str) or not _SEGMENT.match(value):
+    if not isinstance(value, str) or not _SEGMENT.fullmatch(value):
         raise ValueError(f"invalid {what} {value!r}: must match [a-z0-9_-]{{1,64}}")
     return value
 
@@ -84,12 +84,16 @@ def fogup(fleet: str, fog: str, key: ModuleKey) -> str:
 
 
 def fogup_filter(fleet: str, fog: str | None = None) -> str:
-    return f"{_base(fleet, 'fogup')}/{check_segment(fog, 'fog') if fog else '+'}/#"
+    return f"{_base(fleet, 'fogup')}/{check_segment(fog, 'fog') if fog is not None else '+'}/#"
 
 
 def fogdone(fleet: str, fog: str) -> str:
     """fog -> cloud: the end-of-global-round report listing the aggregates sent (QoS 1, bridged out)."""
     return f"{_base(fleet, 'fogdone')}/{check_segment(fog, 'fog')}"
+
+
+def fogdone_filter(fleet: str) -> str:
+    return f"{_base(fleet, 'fogdone')}/+"
 
 
 def global_(fleet: str, key: ModuleKey) -> str:

@@ -1,0 +1,39 @@
+# hffm: `make demo` runs the main job, `make test` runs the test suite. Both set up what is missing first:
+# a .venv with torch 2.13.0 (CPU wheel, installed before anything can pull a CUDA build), the package, and
+# Mosquitto via apt-get when no mosquitto binary is found (sudo when not root).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
+STAMP := $(VENV)/.hffm-installed
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test mosquitto clean
+
+setup: $(STAMP) mosquitto
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[edge,dev]'
+	touch $(STAMP)
+
+mosquitto:
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then \
+		echo "mosquitto: found"; \
+	else \
+		echo "mosquitto: installing with apt-get"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients; \
+	fi
+
+demo: setup
+	$(VENV)/bin/hffm demo --report runs/demo-report.json $(DEMO_ARGS)
+
+test: setup
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs .pytest_cache .hypothesis

@@ -1,0 +1,190 @@
+"""The cloud service: merges the fogs' aggregates per module (weighted), versions and publishes global modules.
+
+Per global round g: fold each fog's aggregate into the module's running weighted sum as it arrives (deduplicated by
+idempotency key); close when every expected fog sent its round report, or at the deadline; apply the averaged delta
+to the global version, store it (SQLite), publish it retained, evaluate the global model on the held-out test files
+and publish the metrics; then announce round g+1 (or the end of the job) on ``ctl/cloud``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloud.store import VersionStore
+from edge_runtime.config import CloudConfig, load_config, resolve
+from edge_runtime.errors import AggregationError, DecodeError
+from edge_runtime.protocol import (
+    GLOBAL_STAGE,
+    FogAggregate,
+    FogRoundReport,
+    ModuleKey,
+    ModuleVersion,
+    RoundControl,
+    RoundMetrics,
+    blobs_from_state,
+    encode,
+    modules_for,
+    state_from_blobs,
+    tensors_sha256,
+    topics,
+)
+from edge_runtime.protocol.topics import Topic
+from edge_runtime.service import Service
+from fog_gateway.aggregation import Aggregator, make_aggregator
+
+log = logging.getLogger(__name__)
+State = dict[str, np.ndarray]
+
+
+class CloudService(Service):
+    role = "cloud"
+
+    def __init__(self, cfg: CloudConfig) -> None:
+        from edge_runtime.data import TASKS, load_task_file
+        from edge_runtime.m3t_factory import build_m3t
+
+        self.cfg = cfg
+        c = cfg.cloud
+        self.fleet = c.fleet
+        metrics = resolve(cfg.base_dir, cfg.metrics_file) if cfg.metrics_file else None
+        super().__init__(node="cloud", host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics)
+        self.model = build_m3t(cfg.model, c.modalities, c.tasks)
+        self.keys: list[ModuleKey] = modules_for({m: [t for t in c.tasks if TASKS[t].modality == m]
+                                                  for m in c.modalities})
+        self.globals: dict[ModuleKey, State] = {k: self.model.get_module_state(k) for k in self.keys}
+        self.eval_data = {}
+        for task, path in sorted(cfg.eval.items()):
+            if task not in c.tasks:
+                raise DecodeError(f"eval file given for task {task!r}, which is not in the cloud's tasks")
+            self.eval_data[task] = load_task_file(resolve(cfg.base_dir, path), modality=TASKS[task].modality,
+                                                  task=task)
+        self.store = VersionStore(resolve(cfg.base_dir, c.db))
+        self.expected_fogs = set(c.fogs)
+        self.round_g = 0
+        self.aggs: dict[ModuleKey, Aggregator] = {}
+        self.seen: set[str] = set()
+        self.reported: set[str] = set()
+        self.deadline = 0.0
+        self.history: list[dict[str, Any]] = []
+
+    def subscriptions(self) -> list[str]:
+        return [topics.fogup_filter(self.fleet), topics.fogdone_filter(self.fleet)]
+
+    def start(self) -> None:
+        self.meter.round = 1
+        for key in self.keys:
+            self._publish_global(key, version=0)
+        log.info("cloud: %d modules at version 0; %d fogs expected; %d rounds", len(self.keys),
+                 len(self.expected_fogs), self.cfg.cloud.rounds)
+        self._open_round(1)
+
+    def handle(self, topic: Topic, message: Any) -> None:
+        if topic.kind == "fogup":
+            self._on_aggregate(topic, message)
+        elif topic.kind == "fogdone":
+            self._on_report(topic, message)
+        else:
+            raise DecodeError(f"the cloud does not take {topic.kind!r} messages")
+
+    def tick(self) -> None:
+        if time.monotonic() > self.deadline:
+            log.warning("cloud: round %d deadline passed; fogs reported: %s of %s", self.round_g,
+                        sorted(self.reported), sorted(self.expected_fogs))
+            self._close_round()
+
+    def finish(self) -> None:
+        self.store.close()
+
+    def extra_metrics(self) -> dict[str, Any]:
+        return {"rounds": self.history}
+
+    # -- handlers ------------------------------------------------------------------------------------------------
+    def _on_aggregate(self, topic: Topic, msg: FogAggregate) -> None:
+        if (topic.fog, topic.module) != (msg.fog, msg.key):
+            raise DecodeError(f"aggregate header ({msg.fog}, {msg.key}) does not match its topic")
+        if msg.fog not in self.expected_fogs:
+            raise DecodeError(f"fog {msg.fog!r} is not one of {sorted(self.expected_fogs)}")
+        if msg.global_round != self.round_g:
+            raise DecodeError(f"stale aggregate for round {msg.global_round}; open round is {self.round_g}")
+        if msg.key not in self.globals:
+            raise DecodeError(f"unknown module {msg.key}")
+        if msg.idempotency_key in self.seen:
+            self.rejected["duplicate"] += 1
+            log.info("cloud: duplicate aggregate %s ignored", msg.idempotency_key)
+            return
+        delta = state_from_blobs(msg.tensors)
+        base = self.globals[msg.key]
+        if {n: a.shape for n, a in delta.items()} != {n: a.shape for n, a in base.items()}:
+            raise AggregationError(f"aggregate of {msg.key} from {msg.fog} does not match the module's tensors")
+        self.aggs.setdefault(msg.key, make_aggregator("fedavg")).add(delta, msg.total_weight)
+        self.seen.add(msg.idempotency_key)
+
+    def _on_report(self, topic: Topic, msg: FogRoundReport) -> None:
+        if msg.fog not in self.expected_fogs or topic.fog != msg.fog:
+            raise DecodeError(f"round report from unexpected fog {msg.fog!r}")
+        if msg.global_round != self.round_g:
+            raise DecodeError(f"stale round report for round {msg.global_round}; open round is {self.round_g}")
+        self.reported.add(msg.fog)
+        if self.reported >= self.expected_fogs:
+            self._close_round()
+
+    # -- the round schedule --------------------------------------------------------------------------------------
+    def _open_round(self, g: int) -> None:
+        c = self.cfg.cloud
+        self.round_g = g
+        self.aggs, self.reported = {}, set()
+        self.deadline = time.monotonic() + c.round_deadline_s
+        ctl = RoundControl(fleet=self.fleet, sender="cloud", global_round=g, cluster_round=0, total_rounds=c.rounds,
+                           agg_every=c.agg_every, local_epochs=c.local_epochs, deadline_s=c.round_deadline_s,
+                           final=g > c.rounds)
+        self.transport.publish(topics.ctl(self.fleet, "cloud"), encode(ctl), category="cloud_to_fog", retain=True)
+        if ctl.final:
+            self.done = True
+
+    def _close_round(self) -> None:
+        g = self.round_g
+        for key, agg in sorted(self.aggs.items()):
+            delta = agg.result()
+            self.globals[key] = {n: (a + delta[n]).astype(np.float32) for n, a in self.globals[key].items()}
+        self.meter.round = min(g + 1, self.cfg.cloud.rounds)
+        for key in sorted(self.aggs):
+            self._publish_global(key, version=g)
+        accuracy = self.evaluate()
+        self.store.put_round(g, accuracy, sorted(self.reported), len(self.aggs))
+        metrics = RoundMetrics(fleet=self.fleet, global_round=g, total_rounds=self.cfg.cloud.rounds,
+                               accuracy=accuracy, fogs_reported=tuple(sorted(self.reported)),
+                               modules_updated=len(self.aggs))
+        self.transport.publish(topics.metrics(self.fleet), encode(metrics), category="cloud_to_fog", retain=True)
+        self.history.append({"round": g, "accuracy": accuracy, "fogs": sorted(self.reported),
+                             "modules_updated": len(self.aggs)})
+        mean = sum(accuracy.values()) / len(accuracy) if accuracy else float("nan")
+        log.info("cloud: round %d merged %d modules from fogs %s; mean accuracy %.3f; %d B down so far", g,
+                 len(self.aggs), sorted(self.reported), mean, self.meter.total("cloud_to_fog"))
+        self._open_round(g + 1)
+
+    def _publish_global(self, key: ModuleKey, *, version: int) -> None:
+        blobs = blobs_from_state(self.globals[key])
+        msg = ModuleVersion(fleet=self.fleet, sender="cloud", key=key, global_round=version, stage=GLOBAL_STAGE,
+                            tensors=blobs, sha256=tensors_sha256(blobs))
+        self.store.put_version(msg)
+        self.transport.publish(topics.global_(self.fleet, key), encode(msg), category="cloud_to_fog", retain=True)
+
+    def evaluate(self) -> dict[str, float]:
+        """Accuracy of the current global modules on each task's held-out test file."""
+        from edge_runtime.data import TASKS
+        from edge_runtime.training import evaluate
+
+        for key, state in self.globals.items():
+            self.model.load_module_state(key, state)
+        return {task: float(evaluate(self.model, modality=TASKS[task].modality, task=task, x=x, y=y))
+                for task, (x, y) in self.eval_data.items()}
+
+
+def run_cloud(config_path: Path, *, time_limit_s: float = 24 * 3600.0) -> None:
+    """Load a cloud config and run the service until the last global round is merged."""
+    CloudService(load_config(config_path, CloudConfig)).run(time_limit_s=time_limit_s)

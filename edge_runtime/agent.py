@@ -1,0 +1,245 @@
+"""The edge agent: trains the modules a device holds on its local data and exchanges them with its fog.
+
+A device subscribes to its fog's round announcements (``ctl/{fog}``) and to the cluster topic of every module it
+holds. On cluster round (g, c) it trains each of its tasks for the announced local epochs, starting from the latest
+cluster version it applied, then publishes one delta per module on ``up/{fog}/{modality}/{task}/{kind}/{device}``.
+When the job ends it evaluates the final modules on its test files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.config import DeviceConfig, load_config, resolve
+from edge_runtime.errors import ConfigError, DecodeError
+from edge_runtime.protocol import (
+    ModuleKey,
+    ModuleUpdate,
+    ModuleVersion,
+    NodeState,
+    RoundControl,
+    blobs_from_state,
+    encode,
+    modules_for,
+    state_from_blobs,
+    tensors_sha256,
+    topics,
+)
+from edge_runtime.protocol.topics import Topic
+from edge_runtime.service import Service
+
+log = logging.getLogger(__name__)
+BASE_WAIT_S = 30.0
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """A device's data: task -> (x, y) for training and, where given, for testing."""
+
+    modality_of: dict[str, str]
+    train: dict[str, tuple[np.ndarray, np.ndarray]]
+    test: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    def samples_for(self, key: ModuleKey) -> int:
+        if key.kind == "encoder":
+            return sum(len(y) for t, (_x, y) in self.train.items() if self.modality_of[t] == key.modality)
+        return len(self.train[key.task][1])
+
+
+def load_local_data(cfg: DeviceConfig) -> LocalData:
+    """Load the train (and optional test) file of every task in the config.
+
+    Raises:
+        ConfigError: a task without a data entry, or a data entry for a task the device does not run.
+        DataError: a file that is missing or malformed.
+    """
+    from edge_runtime.data import TASKS, load_task_file
+    from edge_runtime.m3t_factory import check_modalities_tasks
+
+    dev = cfg.device
+    check_modalities_tasks(dev.modalities, dev.tasks)
+    extra = sorted(set(cfg.data) - set(dev.tasks))
+    if extra:
+        raise ConfigError(f"[data] has entries for tasks {extra} that device {dev.id!r} does not run")
+    modality_of = {t: TASKS[t].modality for t in dev.tasks}
+    train, test = {}, {}
+    for task in dev.tasks:
+        if task not in cfg.data:
+            raise ConfigError(f"device {dev.id!r}: no [data.{task}] entry with a train file")
+        entry = cfg.data[task]
+        train[task] = load_task_file(resolve(cfg.base_dir, entry.train), modality=modality_of[task], task=task)
+        if entry.test:
+            test[task] = load_task_file(resolve(cfg.base_dir, entry.test), modality=modality_of[task], task=task)
+    return LocalData(modality_of=modality_of, train=train, test=test)
+
+
+def round_seed(seed: int, device: str, g: int, c: int) -> int:
+    return zlib.crc32(f"{seed}/{device}/{g}/{c}".encode()) & 0x7FFFFFFF
+
+
+class EdgeAgent(Service):
+    role = "device"
+
+    def __init__(self, cfg: DeviceConfig) -> None:
+        import torch
+
+        from edge_runtime.m3t_factory import build_m3t
+
+        self.cfg = cfg
+        dev = cfg.device
+        self.fleet, self.fog = dev.fleet, dev.fog
+        offline = NodeState(fleet=self.fleet, node=dev.id, role="device", fog=dev.fog, online=False)
+        metrics = resolve(cfg.base_dir, cfg.metrics_file) if cfg.metrics_file else None
+        super().__init__(node=dev.id, host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics,
+                         will=(topics.state(self.fleet, dev.id), encode(offline)))
+        torch.set_num_threads(cfg.training.threads)
+        self.data = load_local_data(cfg)
+        self.model = build_m3t(cfg.model, dev.modalities, dev.tasks)
+        self.keys = modules_for({m: [t for t in dev.tasks if self.data.modality_of[t] == m] for m in dev.modalities})
+        self.stamps: dict[ModuleKey, tuple[int, int]] = {}
+        self.last_done = (0, 0)
+        self.pending: RoundControl | None = None
+        self.pending_since = 0.0
+        self.final_accuracy: dict[str, float] = {}
+        self.rounds_log: list[dict[str, Any]] = []
+
+    def subscriptions(self) -> list[str]:
+        return [topics.ctl(self.fleet, self.fog)] + [topics.cluster(self.fleet, self.fog, k) for k in self.keys]
+
+    def start(self) -> None:
+        advert = NodeState(fleet=self.fleet, node=self.node, role="device", fog=self.fog, online=True,
+                           modules=tuple(self.keys), backbone=self.cfg.model.backbone,
+                           num_samples={t: len(y) for t, (_x, y) in self.data.train.items()})
+        self.transport.publish(topics.state(self.fleet, self.node), encode(advert), category="device_to_fog",
+                               retain=True)
+        log.info("device %s: holds %d modules, %d training samples", self.node, len(self.keys),
+                 sum(len(y) for _x, y in self.data.train.values()))
+
+    def handle(self, topic: Topic, message: Any) -> None:
+        if topic.kind == "cluster":
+            self._apply_version(message)
+        elif topic.kind == "ctl":
+            if message.final:
+                self.pending = message
+            elif (message.global_round, message.cluster_round) > self.last_done:
+                self.pending, self.pending_since = message, time.monotonic()
+        else:
+            raise DecodeError(f"device {self.node} does not take {topic.kind!r} messages")
+
+    def tick(self) -> None:
+        ctl = self.pending
+        if ctl is None:
+            return
+        floor = (ctl.global_round, 0)
+        behind = [k for k in self.keys if self.stamps.get(k, (-1, -1)) < floor]
+        if behind and time.monotonic() - self.pending_since < BASE_WAIT_S:
+            return  # the round's base versions are published before the announcement; give them time to arrive
+        if behind:
+            log.warning("device %s: no base version for %s; training from what it holds", self.node,
+                        [str(k) for k in behind])
+        self.pending = None
+        if ctl.final:
+            self._finish_job()
+        else:
+            self._train_and_send(ctl)
+
+    def extra_metrics(self) -> dict[str, Any]:
+        return {"final_accuracy": self.final_accuracy, "rounds": self.rounds_log}
+
+    # -- work ----------------------------------------------------------------------------------------------------
+    def _apply_version(self, msg: ModuleVersion) -> None:
+        if msg.key not in self.keys:
+            raise DecodeError(f"device {self.node} does not hold module {msg.key}")
+        if msg.stamp <= self.stamps.get(msg.key, (-1, -1)):
+            return
+        self.model.load_module_state(msg.key, state_from_blobs(msg.tensors))
+        self.stamps[msg.key] = msg.stamp
+
+    def _train_and_send(self, ctl: RoundControl) -> None:
+        from edge_runtime.training import train_task
+
+        g, c = ctl.global_round, ctl.cluster_round
+        self.meter.round = g
+        started = time.monotonic()
+        base = {k: self.model.get_module_state(k) for k in self.keys}
+        losses = {}
+        for task, (x, y) in sorted(self.data.train.items()):
+            t = self.cfg.training
+            losses[task] = train_task(self.model, modality=self.data.modality_of[task], task=task, x=x, y=y,
+                                      epochs=ctl.local_epochs, batch_size=t.batch_size, lr=t.lr,
+                                      seed=round_seed(t.seed, self.node, g, c))
+        train_s = time.monotonic() - started
+        sent = 0
+        for key in self.keys:
+            new = self.model.get_module_state(key)
+            delta = {n: (a - base[key][n]).astype(np.float32) for n, a in new.items()}
+            blobs = blobs_from_state(delta)
+            related = [v for t, v in losses.items() if key.task in (t, "_") and
+                       (key.modality in ("_", self.data.modality_of[t]))]
+            update = ModuleUpdate(
+                fleet=self.fleet, sender=self.node, fog=self.fog, key=key, global_round=g, cluster_round=c,
+                base=self.stamps.get(key, (0, 0)), num_samples=self.data.samples_for(key),
+                train_loss=float(np.mean(related)) if related else 0.0, tensors=blobs,
+                sha256=tensors_sha256(blobs), idempotency_key=f"{self.fleet}/{self.node}/{g}.{c}/{key}")
+            payload = encode(update)
+            self.transport.publish(topics.up(self.fleet, self.fog, key, self.node), payload,
+                                   category="device_to_fog")
+            sent += len(payload)
+        self.last_done = (g, c)
+        self.rounds_log.append({"global_round": g, "cluster_round": c, "train_s": round(train_s, 3),
+                                "bytes_sent": sent, "loss": {t: round(v, 4) for t, v in losses.items()}})
+        log.info("device %s: round (%d,%d) trained %.1f s, loss %s, sent %d modules / %d B", self.node, g, c,
+                 train_s, {t: round(v, 3) for t, v in losses.items()}, len(self.keys), sent)
+
+    def _finish_job(self) -> None:
+        from edge_runtime.training import evaluate
+
+        for task, (x, y) in sorted(self.data.test.items()):
+            self.final_accuracy[task] = float(evaluate(self.model, modality=self.data.modality_of[task], task=task,
+                                                       x=x, y=y))
+        log.info("device %s: job finished; test accuracy %s", self.node,
+                 {t: round(a, 3) for t, a in self.final_accuracy.items()})
+        self.done = True
+
+
+def train_local_only(cfg: DeviceConfig, *, sessions: int, local_epochs: int) -> dict[str, float]:
+    """Local-only baseline: ``sessions`` training sessions of ``local_epochs`` epochs each, no federation.
+
+    Mirrors the federated schedule (one session per cluster round, a fresh optimiser each), starts from the same
+    seeded initial modules, and returns the accuracy per task on the device's test files.
+    """
+    import torch
+
+    from edge_runtime.m3t_factory import build_m3t
+    from edge_runtime.training import evaluate, train_task
+
+    torch.set_num_threads(cfg.training.threads)
+    data = load_local_data(cfg)
+    model = build_m3t(cfg.model, cfg.device.modalities, cfg.device.tasks)
+    t = cfg.training
+    for s in range(sessions):
+        for task, (x, y) in sorted(data.train.items()):
+            train_task(model, modality=data.modality_of[task], task=task, x=x, y=y, epochs=local_epochs,
+                       batch_size=t.batch_size, lr=t.lr, seed=round_seed(t.seed, cfg.device.id, 0, s))
+    return {task: float(evaluate(model, modality=data.modality_of[task], task=task, x=x, y=y))
+            for task, (x, y) in sorted(data.test.items())}
+
+
+def run_edge(config_path: Path, *, time_limit_s: float = 24 * 3600.0) -> None:
+    """Load a device config and run the agent until its fog announces the end of the job."""
+    EdgeAgent(load_config(config_path, DeviceConfig)).run(time_limit_s=time_limit_s)
+
+
+def baseline_from_config(config_path: str, sessions: int, local_epochs: int) -> dict[str, float]:
+    """Picklable entry point for worker processes: :func:`train_local_only` on a device config file."""
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    return train_local_only(load_config(config_path, DeviceConfig), sessions=sessions, local_epochs=local_epochs)

@@ -1,0 +1,448 @@
+"""Render the Mosquitto templates in ``broker_config/`` and run real ``mosquitto`` processes on loopback.
+
+This is the harness behind the integration tests and local runs: one broker per fog, one cloud broker, each
+fog broker bridged to the cloud. It only ever binds 127.0.0.0/8, only ever signals the PID it started, and
+every wait in it is bounded.
+
+Bridge state is read from ``$SYS/broker/connection/<remote_clientid>/state`` with the tiny read-only MQTT
+client in :mod:`edge_runtime.broker_sys`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ipaddress
+import logging
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import stat
+import string
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from edge_runtime.broker_sys import read_sys
+from edge_runtime.errors import BrokerError
+from edge_runtime.protocol.topics import check_segment
+
+__all__ = [
+    "BridgeSpec",
+    "MosquittoProcess",
+    "find_mosquitto",
+    "free_port",
+    "render_config",
+    "templates_dir",
+    "wait_for_bridge",
+]
+
+log = logging.getLogger(__name__)
+
+Role = Literal["cloud", "fog"]
+_ROLES: tuple[str, ...] = ("cloud", "fog")
+_FALLBACK_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+_LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_RUNNING_LINE = re.compile(rb"mosquitto version \S+ running")
+_DEFAULT_FLEET = "fleet"
+_POLL_S = 0.05
+_LIVE: set[MosquittoProcess] = set()  # started here and maybe running: stopped at exit
+
+
+def find_mosquitto() -> str:
+    """Path of the ``mosquitto`` executable: ``PATH`` first, then the usual sbin folders.
+
+    Raises:
+        BrokerError: no executable mosquitto was found.
+    """
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for candidate in _FALLBACK_PATHS:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise BrokerError("mosquitto not found; install it with: apt-get install mosquitto")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now (the OS picks it; another process may still
+    take it before the broker binds, which :meth:`MosquittoProcess.start` reports as a BrokerError).
+
+    Raises:
+        BrokerError: ``host`` is not a loopback IPv4 address.
+    """
+    _check_host(host)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def templates_dir() -> Path:
+    """The folder holding ``cloud.conf.tmpl`` and ``fog.conf.tmpl``: ``$HFFM_BROKER_CONFIG`` if set, else the
+    repository's ``broker_config/``.
+
+    Raises:
+        BrokerError: the folder does not exist.
+    """
+    env = os.environ.get("HFFM_BROKER_CONFIG")
+    folder = Path(env) if env else Path(__file__).resolve().parents[1] / "broker_config"
+    if not folder.is_dir():
+        source = "HFFM_BROKER_CONFIG" if env else "the repository"
+        raise BrokerError(f"broker config templates folder {str(folder)!r} (from {source}) does not exist")
+    return folder
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeSpec:
+    """Where a fog broker's bridge goes. Validates itself: topic-safe ids, a loopback host, a real port."""
+
+    fleet: str
+    fog: str
+    cloud_host: str
+    cloud_port: int
+
+    def __post_init__(self) -> None:
+        _check_segment(self.fleet, "fleet")
+        _check_segment(self.fog, "fog")
+        _check_host(self.cloud_host)
+        _check_port(self.cloud_port)
+
+    @property
+    def connection(self) -> str:
+        """The bridge's ``connection`` name in the fog config."""
+        return f"fog-{self.fog}-to-cloud"
+
+    @property
+    def remote_clientid(self) -> str:
+        """The bridge's client id on the cloud broker; also names its ``$SYS`` state topic."""
+        return f"hffm-bridge-{self.fleet}-{self.fog}"
+
+    @property
+    def state_topic(self) -> str:
+        return f"$SYS/broker/connection/{self.remote_clientid}/state"
+
+
+def render_config(
+    role: Role,
+    *,
+    host: str,
+    port: int,
+    data_dir: Path,
+    bridge: BridgeSpec | None = None,
+    fleet: str = _DEFAULT_FLEET,
+    run_as: str | None = None,
+) -> str:
+    """Render ``broker_config/<role>.conf.tmpl``.
+
+    ``run_as`` renders a ``user`` line (the harness passes ``"root"`` only when the data dir is unreachable for
+    the user mosquitto would drop to); ``None`` keeps mosquitto's default. For a fog, ``bridge.fleet`` is the
+    fleet; a ``fleet`` other than the default must match it.
+
+    Raises:
+        BrokerError: unknown role, a fog without a bridge (or a cloud with one), a host outside 127.0.0.0/8, a
+            bad port, fleet, user or data dir (relative, or with whitespace), or a broken template.
+    """
+    if role not in _ROLES:
+        raise BrokerError(f"unknown broker role {role!r}; expected one of {list(_ROLES)}")
+    _check_host(host)
+    _check_port(port)
+    _check_segment(fleet, "fleet")
+    if role == "fog" and bridge is None:
+        raise BrokerError("a fog broker needs a BridgeSpec to the cloud broker")
+    if role == "cloud" and bridge is not None:
+        raise BrokerError("a cloud broker takes no bridge")
+    if bridge is not None and fleet not in (_DEFAULT_FLEET, bridge.fleet):
+        raise BrokerError(f"fleet {fleet!r} does not match the bridge's fleet {bridge.fleet!r}")
+    if run_as is not None and not _USER.match(run_as):
+        raise BrokerError(f"invalid user {run_as!r}: must match {_USER.pattern}")
+    data = str(data_dir)
+    if not Path(data).is_absolute() or any(ch.isspace() or not ch.isprintable() for ch in data):
+        raise BrokerError(f"data dir {data!r} must be an absolute path without whitespace")
+    values = {
+        "host": host,
+        "port": str(port),
+        "data_dir": data.rstrip("/") or "/",
+        "fleet": bridge.fleet if bridge else fleet,
+        "user_line": f"user {run_as}" if run_as else "# user: mosquitto's default (as root it drops to 'mosquitto')",
+    }
+    if bridge is not None:
+        values |= {"fog": bridge.fog, "cloud_host": bridge.cloud_host, "cloud_port": str(bridge.cloud_port)}
+    path = templates_dir() / f"{role}.conf.tmpl"
+    try:
+        return string.Template(path.read_text(encoding="utf-8")).substitute(values)
+    except OSError as exc:
+        raise BrokerError(f"cannot read broker template {str(path)!r}: {exc}") from None
+    except (KeyError, ValueError) as exc:
+        raise BrokerError(f"broker template {str(path)!r} has an unknown or malformed placeholder: {exc}") from None
+
+
+class MosquittoProcess:
+    """One ``mosquitto`` process with its own config, log and persistence in ``data_dir``.
+
+    Files in ``data_dir``: ``mosquitto.conf`` (rendered), ``mosquitto.log`` (the broker's log),
+    ``mosquitto.out`` (its stdout/stderr, where it reports problems before the log is open) and
+    ``mosquitto.db`` (persistence, saved every second).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        role: Role,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        data_dir: Path,
+        bridge: BridgeSpec | None = None,
+        fleet: str = _DEFAULT_FLEET,
+    ) -> None:
+        _check_host(host)
+        self.name = name
+        self.role: Role = role
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self.data_dir = Path(data_dir).resolve()
+        self.bridge = bridge
+        self.fleet = fleet
+        self.conf_path = self.data_dir / "mosquitto.conf"
+        self.log_path = self.data_dir / "mosquitto.log"
+        self.out_path = self.data_dir / "mosquitto.out"
+        self.db_path = self.data_dir / "mosquitto.db"
+        self._proc: subprocess.Popen[bytes] | None = None
+        # Validate everything before anything is started.
+        render_config(role, host=host, port=self.port, data_dir=self.data_dir, bridge=bridge, fleet=fleet)
+
+    def __repr__(self) -> str:
+        return f"MosquittoProcess(name={self.name!r}, role={self.role!r}, {self.host}:{self.port}, pid={self.pid})"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the process last started (kept after it stopped); None before the first start."""
+        return self._proc.pid if self._proc is not None else None
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Write the config, start mosquitto, and wait until it logs "running" and its port accepts TCP.
+
+        Raises:
+            BrokerError: already running; mosquitto missing; it exited, could not open its log (an unwritable
+                data dir) or was not ready within ``timeout`` s. The message carries the log tails.
+        """
+        if self.running():
+            raise BrokerError(f"broker {self.name!r} is already running (pid {self.pid})")
+        exe = find_mosquitto()
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            run_as = _prepare_data_dir(self.data_dir)
+        except OSError as exc:
+            raise BrokerError(f"cannot prepare data dir {str(self.data_dir)!r}: {exc}") from None
+        conf = render_config(
+            self.role,
+            host=self.host,
+            port=self.port,
+            data_dir=self.data_dir,
+            bridge=self.bridge,
+            fleet=self.fleet,
+            run_as=run_as,
+        )
+        try:
+            self.conf_path.write_text(conf, encoding="utf-8")
+            log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+            with open(self.out_path, "ab") as out:
+                self._proc = subprocess.Popen([exe, "-c", str(self.conf_path)], stdout=out, stderr=out)
+        except OSError as exc:
+            raise BrokerError(f"cannot start mosquitto {self.name!r} in {str(self.data_dir)!r}: {exc}") from None
+        _LIVE.add(self)
+        log.info("started mosquitto %r (%s) pid %d on %s:%d", self.name, self.role, self._proc.pid, self.host, self.port)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise BrokerError(f"mosquitto {self.name!r} exited with code {self._proc.returncode}{self._tails()}")
+            if self._logged_running(log_start) and _accepts_tcp(self.host, self.port):
+                return
+            time.sleep(_POLL_S)
+        self.stop()
+        raise BrokerError(f"mosquitto {self.name!r} was not ready on {self.host}:{self.port} in {timeout} s{self._tails()}")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM our process (mosquitto then saves its database), wait up to ``timeout`` s, then SIGKILL.
+        Idempotent; never signals any other PID."""
+        proc = self._proc
+        _LIVE.discard(self)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("mosquitto %r (pid %d) ignored SIGTERM for %s s; killing it", self.name, proc.pid, timeout)
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+    def kill9(self) -> None:
+        """SIGKILL our process (no final database save): for fault tests."""
+        proc = self._proc
+        _LIVE.discard(self)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=5.0)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Stop (if running) and start again on the same port and data dir."""
+        self.stop()
+        self.start(timeout=timeout)
+
+    def dropped_messages(self, timeout: float = 2.0) -> int | None:
+        """The broker's ``$SYS/broker/publish/messages/dropped`` counter (messages dropped because a client's
+        queue was full; refreshed every second), or None if it could not be read."""
+        if not self.running():
+            return None
+        try:
+            raw = read_sys(self.host, self.port, "$SYS/broker/publish/messages/dropped", timeout=timeout)
+        except (OSError, BrokerError):
+            return None
+        return int(raw) if raw is not None and raw.strip().isdigit() else None
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of the broker log and of its stdout/stderr."""
+        return self._tails(lines).strip()
+
+    def __enter__(self) -> MosquittoProcess:
+        """Returns self without starting it (call :meth:`start`); the broker is stopped on exit."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _logged_running(self, offset: int) -> bool:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(offset)
+                return _RUNNING_LINE.search(fh.read()) is not None
+        except OSError:
+            return False
+
+    def _tails(self, lines: int = 20) -> str:
+        parts = []
+        for path in (self.log_path, self.out_path):
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+            except OSError:
+                continue
+            if text:
+                parts.append(f"\n--- {path.name} ---\n" + "\n".join(text))
+        return "".join(parts)
+
+
+def wait_for_bridge(fog: MosquittoProcess, timeout: float = 10.0) -> None:
+    """Wait until the fog broker reports its bridge connected (``$SYS/broker/connection/<id>/state`` == 1).
+
+    "Connected" means the cloud accepted the bridge's CONNECT; its subscriptions follow within a round trip.
+
+    Raises:
+        BrokerError: ``fog`` has no bridge or is not running, or the bridge did not connect within ``timeout`` s.
+    """
+    if fog.bridge is None:
+        raise BrokerError(f"broker {fog.name!r} has no bridge")
+    deadline = time.monotonic() + timeout
+    last: bytes | None = None
+    while (left := deadline - time.monotonic()) > 0:
+        if not fog.running():
+            raise BrokerError(f"fog broker {fog.name!r} is not running{fog._tails()}")
+        try:
+            last = read_sys(fog.host, fog.port, fog.bridge.state_topic, timeout=min(left, 2.0), want=b"1")
+        except (OSError, BrokerError) as exc:
+            log.debug("bridge state probe on %r failed: %s", fog.name, exc)
+        if last == b"1":
+            return
+        time.sleep(min(_POLL_S * 2, max(deadline - time.monotonic(), 0)))
+    raise BrokerError(
+        f"bridge {fog.bridge.connection!r} to {fog.bridge.cloud_host}:{fog.bridge.cloud_port} not connected "
+        f"after {timeout} s (last state {last!r}){fog._tails()}"
+    )
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+def _check_host(host: str) -> None:
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise BrokerError(f"broker host {host!r} must be an IPv4 address in 127.0.0.0/8") from None
+    if addr.version != 4 or addr not in _LOOPBACK:
+        raise BrokerError(f"broker host {host!r} is not loopback; this harness only binds 127.0.0.0/8")
+
+
+def _check_port(port: int) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise BrokerError(f"invalid port {port!r}: expected an integer in 1..65535")
+
+
+def _check_segment(value: str, what: str) -> None:
+    try:
+        check_segment(value, what)
+    except ValueError as exc:
+        raise BrokerError(str(exc)) from None
+
+
+def _accepts_tcp(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _prepare_data_dir(data_dir: Path) -> str | None:
+    """Make ``data_dir`` usable by the user mosquitto drops to when started as root; return the ``user`` to
+    render (``"root"`` when that user cannot even reach the folder, e.g. under pytest's 0700 tmp root), or None.
+
+    Mosquitto as root drops to 'mosquitto' (or 'nobody' if that user does not exist); without write access it
+    keeps running but never writes its log or its database.
+    """
+    if os.geteuid() != 0:
+        return None
+    try:
+        user = pwd.getpwnam("mosquitto")
+    except KeyError:
+        try:
+            user = pwd.getpwnam("nobody")
+        except KeyError:
+            return None
+    for path in [data_dir, *(p for p in data_dir.iterdir() if p.is_file())]:
+        os.chown(path, user.pw_uid, user.pw_gid)
+    if _reachable_by(data_dir, user):
+        return None
+    log.warning("data dir %s is not reachable by user %r; running mosquitto as root", data_dir, user.pw_name)
+    return "root"
+
+
+def _reachable_by(folder: Path, user: pwd.struct_passwd) -> bool:
+    groups = set(os.getgrouplist(user.pw_name, user.pw_gid))
+    for path in [folder, *folder.parents]:
+        st = path.stat()
+        if st.st_uid == user.pw_uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid in groups:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Stop every broker this interpreter started and left running (only those PIDs)."""
+    for proc in list(_LIVE):
+        proc.stop(timeout=2.0)
+

@@ -1,0 +1,124 @@
+"""The ``hffm`` command line. The app only wires commands; each command's work lives in its own module.
+
+Every :class:`HffmError` ends the command with one line on stderr and the error's exit code (see
+``hffm --help`` and docs/architecture.md for the table); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from edge_runtime.errors import ALL_ERRORS, HffmError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES_HELP = "Exit codes: 0 ok; " + "; ".join(f"{e.exit_code} {e.help}" for e in ALL_ERRORS)
+app = typer.Typer(help=f"hffm: hierarchical federated fine-tuning over MQTT. {EXIT_CODES_HELP}.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+edge_app = typer.Typer(help="The device agent.", no_args_is_help=True)
+fog_app = typer.Typer(help="The fog gateway.", no_args_is_help=True)
+cloud_app = typer.Typer(help="The cloud service.", no_args_is_help=True)
+app.add_typer(edge_app, name="edge")
+app.add_typer(fog_app, name="fog")
+app.add_typer(cloud_app, name="cloud")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="TOML config file (see examples/).")]
+TimeLimitOpt = Annotated[float, typer.Option(help="Give up (exit 9) after this many seconds.")]
+LogLevelOpt = Annotated[str, typer.Option(help="Logging level: debug, info, warning, error.")]
+
+
+def setup_logging(level: str) -> None:
+    numeric = getattr(logging, level.upper(), None)
+    if not isinstance(numeric, int):
+        raise typer.BadParameter(f"unknown log level {level!r}")
+    logging.basicConfig(level=numeric, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("transformers", "peft", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def friendly_errors(func: F) -> F:
+    """Turn an :class:`HffmError` into one line on stderr and its exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except HffmError as exc:
+            typer.echo(f"hffm: error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("hffm: interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@edge_app.command("run")
+@friendly_errors
+def edge_run(config: ConfigOpt, time_limit: TimeLimitOpt = 24 * 3600.0, log_level: LogLevelOpt = "info") -> None:
+    """Run the device agent: train held modules each round, publish deltas to the fog."""
+    setup_logging(log_level)
+    from edge_runtime.agent import run_edge
+
+    run_edge(config, time_limit_s=time_limit)
+
+
+@fog_app.command("run")
+@friendly_errors
+def fog_run(config: ConfigOpt, time_limit: TimeLimitOpt = 24 * 3600.0, log_level: LogLevelOpt = "info") -> None:
+    """Run a fog gateway: aggregate its devices' deltas per module, send aggregates to the cloud."""
+    setup_logging(log_level)
+    from fog_gateway.service import run_fog
+
+    run_fog(config, time_limit_s=time_limit)
+
+
+@cloud_app.command("run")
+@friendly_errors
+def cloud_run(config: ConfigOpt, time_limit: TimeLimitOpt = 24 * 3600.0, log_level: LogLevelOpt = "info") -> None:
+    """Run the cloud service: merge fog aggregates, publish global modules, evaluate."""
+    setup_logging(log_level)
+    from cloud.service import run_cloud
+
+    run_cloud(config, time_limit_s=time_limit)
+
+
+@app.command("demo")
+@friendly_errors
+def demo(
+    fogs: Annotated[int, typer.Option(min=1, max=16, help="Fog nodes (one Mosquitto + gateway each).")] = 2,
+    devices_per_fog: Annotated[int, typer.Option(min=1, max=32, help="Devices per fog.")] = 3,
+    rounds: Annotated[int, typer.Option(min=1, max=100, help="Global rounds.")] = 4,
+    local_epochs: Annotated[int, typer.Option(min=1, max=50, help="Local epochs per cluster round.")] = 1,
+    agg_every: Annotated[int, typer.Option(min=1, max=50, help="Cluster rounds per global round (E_agg).")] = 2,
+    backbone: Annotated[str, typer.Option(help="minilm (default), tiny (tests only) or a local HF model dir.")] = "minilm",
+    seed: Annotated[int, typer.Option(help="Seed for data split, partition and init.")] = 0,
+    alpha: Annotated[float, typer.Option(min=0.01, help="Dirichlet alpha of the non-IID label split.")] = 0.5,
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Folder for configs, data, logs (default runs/demo-<time>).")] = None,
+    time_limit: TimeLimitOpt = 1800.0,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Run the main job: cloud, fogs and devices as real processes over real Mosquitto brokers on M3T-Bench."""
+    setup_logging(log_level)
+    from edge_runtime.demo import DemoOptions, run_demo
+
+    run_demo(DemoOptions(fogs=fogs, devices_per_fog=devices_per_fog, rounds=rounds, local_epochs=local_epochs,
+                         agg_every=agg_every, backbone=backbone, seed=seed, alpha=alpha, report=report,
+                         run_dir=run_dir, time_limit_s=time_limit))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Tier configs: TOML files read with tomllib into frozen dataclasses.
+
+Every unknown key, missing key and value of the wrong type is a :class:`ConfigError` naming the file, the key and the
+bad value. Defaults live here, commented examples in ``examples/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edge_runtime.errors import ConfigError
+from edge_runtime.protocol.keys import check_name
+from edge_runtime.protocol.topics import check_segment
+
+T = TypeVar("T")
+_frozen = dataclass(frozen=True, slots=True, kw_only=True)
+
+
+@_frozen
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
+
+
+@_frozen
+class ModelConfig:
+    backbone: str = "minilm"
+    seed: int = 0
+    lora_r: int = 8
+    lora_alpha: int = 16
+
+
+@_frozen
+class TrainingConfig:
+    batch_size: int = 32
+    lr: float = 1e-3
+    threads: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.threads < 1 or not self.lr > 0:
+            raise ValueError("batch_size and threads must be >= 1 and lr > 0")
+
+
+@_frozen
+class TaskData:
+    train: str
+    test: str = ""
+
+
+@_frozen
+class DeviceSection:
+    id: str
+    fleet: str
+    fog: str
+    modalities: list[str]
+    tasks: list[str]
+
+    def __post_init__(self) -> None:
+        for value, what in ((self.id, "device id"), (self.fleet, "fleet"), (self.fog, "fog")):
+            check_segment(value, what)
+        for m in self.modalities:
+            check_name(m, "modality")
+        for t in self.tasks:
+            check_name(t, "task")
+
+
+@_frozen
+class DeviceConfig:
+    device: DeviceSection
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: dict[str, TaskData] = field(default_factory=dict)
+    metrics_file: str = ""
+    base_dir: str = "."
+
+
+@_frozen
+class FogSection:
+    id: str
+    fleet: str
+    devices: list[str]
+    round_deadline_s: float = 600.0
+    startup_timeout_s: float = 300.0
+    aggregator: str = "fedavg"
+
+    def __post_init__(self) -> None:
+        check_segment(self.id, "fog id")
+        check_segment(self.fleet, "fleet")
+        if not self.devices:
+            raise ValueError("a fog needs at least one device")
+        for d in self.devices:
+            check_segment(d, "device id")
+
+
+@_frozen
+class FogConfig:
+    fog: FogSection
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    metrics_file: str = ""
+    base_dir: str = "."
+
+
+@_frozen
+class CloudSection:
+    fleet: str
+    fogs: list[str]
+    modalities: list[str]
+    tasks: list[str]
+    rounds: int = 5
+    agg_every: int = 2
+    local_epochs: int = 1
+    round_deadline_s: float = 1800.0
+    db: str = "cloud.sqlite"
+
+    def __post_init__(self) -> None:
+        check_segment(self.fleet, "fleet")
+        for f in self.fogs:
+            check_segment(f, "fog id")
+        if not self.fogs:
+            raise ValueError("the cloud needs at least one fog")
+        if self.rounds < 1 or self.agg_every < 1 or self.local_epochs < 1:
+            raise ValueError("rounds, agg_every and local_epochs must be >= 1")
+
+
+@_frozen
+class CloudConfig:
+    cloud: CloudSection
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    eval: dict[str, str] = field(default_factory=dict)  # task -> held-out test file (.npz)
+    metrics_file: str = ""
+    base_dir: str = "."
+
+
+def load_config(path: Path | str, cls: type[T]) -> T:
+    """Read ``path`` as TOML into ``cls`` (DeviceConfig, FogConfig or CloudConfig).
+
+    Raises:
+        ConfigError: unreadable file, invalid TOML, unknown/missing keys, wrong value types or invalid values.
+    """
+    path = Path(path)
+    try:
+        table = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    table.setdefault("base_dir", str(path.resolve().parent))
+    return build(cls, table, str(path))
+
+
+def build(cls: type[T], table: Any, where: str) -> T:
+    """Build a config dataclass from a TOML table. Raises ``ConfigError`` naming the key path."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(fields)}")
+    missing = sorted(
+        n for n, f in fields.items()
+        if n not in table and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {missing}")
+    kwargs = {name: _value(table[name], hints[name], f"{where}: {name}") for name in table}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _value(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, where)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _key, item = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return {k: _value(v, item, f"{where}.{k}") for k, v in value.items()}
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool, float) and (type(value) is not hint):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def resolve(base_dir: str, path: str) -> Path:
+    """A path from a config, relative to the config file's folder unless absolute."""
+    p = Path(path)
+    return p if p.is_absolute() else Path(base_dir) / p

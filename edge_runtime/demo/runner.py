@@ -1,0 +1,134 @@
+"""``hffm demo``: one cloud, F fogs, N devices per fog as real processes over real Mosquitto brokers.
+
+Steps: partition M3T-Bench and write configs; start the cloud broker and one bridged fog broker per fog; start
+the fog gateways, devices and cloud service as separate processes; follow the cloud's per-round metrics on MQTT;
+then train the local-only baseline (same modules, data and epochs, no federation) and write the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import ExitStack
+from datetime import datetime
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from edge_runtime.demo.plan import FLEET, DemoOptions, FleetPlan, write_fleet
+from edge_runtime.demo.processes import ProcessGroup, TierProcess
+from edge_runtime.demo.report import build_report, print_tables
+from edge_runtime.errors import HffmError, RoundTimeoutError
+from edge_runtime.protocol import RoundMetrics, decode, topics
+from edge_runtime.transport import MqttTransport
+
+log = logging.getLogger(__name__)
+
+
+def run_demo(opts: DemoOptions, *, console: Console | None = None) -> dict[str, Any]:
+    """Run the whole demo and return the report (also written to ``opts.report`` when given).
+
+    Raises:
+        HffmError: a broker or tier process failed, or the job ran past ``opts.time_limit_s``.
+    """
+    from edge_runtime.broker_process import BridgeSpec, MosquittoProcess, free_port, wait_for_bridge
+
+    console = console or Console(stderr=True)
+    run_dir = (opts.run_dir or Path("runs") / datetime.now().strftime("demo-%Y%m%d-%H%M%S")).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with ExitStack() as stack, _progress(console) as progress:
+        step = progress.add_task("preparing M3T-Bench partition and configs", total=None)
+        cloud_port = free_port()
+        fog_ids = [f"fog-{i}" for i in range(1, opts.fogs + 1)]
+        fog_ports = {fog: free_port() for fog in fog_ids}
+        plan = write_fleet(opts, run_dir, cloud_port=cloud_port, fog_ports=fog_ports)
+        progress.update(step, description=f"starting {1 + len(fog_ids)} mosquitto brokers", completed=1, total=1)
+        cloud_broker = stack.enter_context(MosquittoProcess(
+            name="cloud-broker", role="cloud", port=cloud_port, data_dir=run_dir / "brokers" / "cloud", fleet=FLEET))
+        cloud_broker.start()
+        for fog in fog_ids:
+            broker = stack.enter_context(MosquittoProcess(
+                name=f"{fog}-broker", role="fog", port=fog_ports[fog], data_dir=run_dir / "brokers" / fog,
+                bridge=BridgeSpec(fleet=FLEET, fog=fog, cloud_host="127.0.0.1", cloud_port=cloud_port), fleet=FLEET))
+            broker.start()
+            wait_for_bridge(broker)
+        progress.remove_task(step)
+        history = _run_federation(opts, plan, cloud_port, progress, stack)
+        baseline = _run_baseline(opts, plan, progress)
+    report = build_report(opts, plan, history, baseline, wall_s=time.monotonic() - started)
+    if opts.report:
+        opts.report.parent.mkdir(parents=True, exist_ok=True)
+        opts.report.write_text(json.dumps(report, indent=2))
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    print_tables(report, Console())
+    console.print(f"run folder: {run_dir}" + (f"; report: {opts.report}" if opts.report else ""))
+    return report
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False)
+
+
+def _run_federation(opts: DemoOptions, plan: FleetPlan, cloud_port: int, progress: Progress,
+                    stack: ExitStack) -> list[RoundMetrics]:
+    """Start every tier, follow the rounds, wait for a clean exit of all processes."""
+    inbox: queue.Queue[bytes] = queue.Queue()
+    observer = MqttTransport(client_id="hffm-demo-observer", host="127.0.0.1", port=cloud_port,
+                             on_message=lambda _t, payload, _r: inbox.put(payload))
+    observer.connect()
+    stack.callback(observer.close)
+    observer.subscribe([topics.metrics(FLEET)])
+    group = stack.enter_context(ProcessGroup())
+    logs = plan.run_dir / "logs"
+    limit = opts.time_limit_s
+    for fog, cfg in plan.fog_configs.items():
+        group.add(TierProcess(fog, "fog", cfg, logs / f"{fog}.log", time_limit_s=limit))
+    for dev, cfg in plan.device_configs.items():
+        group.add(TierProcess(dev, "edge", cfg, logs / f"{dev}.log", time_limit_s=limit))
+    group.add(TierProcess("cloud", "cloud", plan.cloud_config, logs / "cloud.log", time_limit_s=limit))
+    task = progress.add_task(f"federated rounds ({len(plan.device_configs)} devices, {len(plan.fog_configs)} fogs)",
+                             total=opts.rounds)
+    history: list[RoundMetrics] = []
+    end = time.monotonic() + limit
+    while len(history) < opts.rounds:
+        if time.monotonic() > end:
+            raise RoundTimeoutError(f"demo: {len(history)} of {opts.rounds} rounds done after {limit:.0f} s; "
+                                    f"logs in {logs}")
+        bad = group.failed()
+        if bad is not None:
+            raise HffmError(f"{bad.name} exited with code {bad.returncode}; log {bad.log_path}:\n{bad.log_tail()}")
+        try:
+            metrics = decode(inbox.get(timeout=0.5), RoundMetrics)
+        except queue.Empty:
+            continue
+        if metrics.global_round > len(history):
+            history.append(metrics)
+            mean = sum(metrics.accuracy.values()) / max(1, len(metrics.accuracy))
+            progress.update(task, completed=len(history),
+                            description=f"federated rounds (round {metrics.global_round}: mean acc {mean:.3f})")
+    group.wait(timeout_s=max(30.0, end - time.monotonic()))
+    return history
+
+
+def _run_baseline(opts: DemoOptions, plan: FleetPlan, progress: Progress) -> dict[str, dict[str, float]]:
+    """Local-only training of every device (same modules, data, total epochs), in parallel worker processes."""
+    from edge_runtime.agent import baseline_from_config
+
+    sessions = opts.rounds * opts.agg_every
+    task = progress.add_task("local-only baseline (no federation)", total=len(plan.device_configs))
+    out: dict[str, dict[str, float]] = {}
+    with ProcessPoolExecutor(max_workers=opts.baseline_workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(baseline_from_config, str(cfg), sessions, opts.local_epochs): dev
+                   for dev, cfg in plan.device_configs.items()}
+        for fut in as_completed(futures):
+            out[futures[fut]] = fut.result()
+            progress.advance(task)
+    return out

@@ -1,0 +1,41 @@
+"""Which message type each topic kind carries, and decoding a (topic, payload) pair in one step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edge_runtime.errors import DecodeError
+from edge_runtime.protocol import codec, topics
+from edge_runtime.protocol.messages import (
+    FogAggregate,
+    FogRoundReport,
+    ModuleUpdate,
+    ModuleVersion,
+    NodeState,
+    RoundControl,
+    RoundMetrics,
+)
+
+MESSAGE_FOR_KIND: dict[str, type] = {
+    "up": ModuleUpdate,
+    "cluster": ModuleVersion,
+    "global": ModuleVersion,
+    "fogup": FogAggregate,
+    "fogdone": FogRoundReport,
+    "ctl": RoundControl,
+    "state": NodeState,
+    "metrics": RoundMetrics,
+}
+
+
+def decode_message(topic: str, payload: bytes, *, max_payload: int = codec.DEFAULT_MAX_PAYLOAD) -> tuple[topics.Topic, Any]:
+    """Parse ``topic`` and decode ``payload`` into the type that topic kind carries.
+
+    Raises:
+        DecodeError: a bad topic, a bad payload, or a payload whose fleet disagrees with the topic's.
+    """
+    parsed = topics.parse(topic)
+    message = codec.decode(payload, MESSAGE_FOR_KIND[parsed.kind], max_payload=max_payload)
+    if getattr(message, "fleet", parsed.fleet) != parsed.fleet:
+        raise DecodeError(f"topic {topic!r}: message fleet {message.fleet!r} differs from the topic's")
+    return parsed, message

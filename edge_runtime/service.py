@@ -1,0 +1,128 @@
+"""The event loop every tier runs: MQTT messages go onto a queue and are handled one at a time in the main thread.
+
+Handling is guarded: a message that fails to parse, decode or validate is logged and counted under a reason and
+dropped; nothing already accepted is touched. Deadlines are driven by :meth:`Service.tick`, called between messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.errors import HffmError, RoundTimeoutError
+from edge_runtime.protocol.routing import decode_message
+from edge_runtime.protocol.topics import Topic
+from edge_runtime.transport import MqttTransport, TrafficMeter
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """Base of the edge agent, fog gateway and cloud service."""
+
+    role = "service"
+
+    def __init__(self, *, node: str, host: str, port: int, metrics_file: Path | None = None,
+                 will: tuple[str, bytes] | None = None) -> None:
+        self.node = node
+        self.meter = TrafficMeter(node)
+        self.rejected: Counter[str] = Counter()
+        self.accepted: Counter[str] = Counter()
+        self.metrics_file = metrics_file
+        self.done = False
+        self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
+        self.transport = MqttTransport(
+            client_id=f"hffm-{self.role}-{node}", host=host, port=port, on_message=self._enqueue,
+            meter=self.meter, will=will,
+        )
+
+    def _enqueue(self, topic: str, payload: bytes, retain: bool) -> None:
+        self._inbox.put((topic, payload, retain))
+
+    # -- hooks for subclasses ------------------------------------------------------------------------------------
+    def subscriptions(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Called once after connecting and subscribing."""
+
+    def handle(self, topic: Topic, message: Any) -> None:
+        raise NotImplementedError
+
+    def tick(self) -> None:
+        """Called between messages (at least every ``poll_s``): check deadlines."""
+
+    def finish(self) -> None:
+        """Called once when the loop ends."""
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def reject(self, topic: str, reason: str, detail: str) -> None:
+        self.rejected[reason] += 1
+        log.warning("%s %s: rejected message on %s (%s): %s", self.role, self.node, topic, reason, detail)
+
+    def dispatch(self, topic: str, payload: bytes) -> None:
+        """Decode and handle one message; every failure is logged and counted, never raised."""
+        try:
+            parsed, message = decode_message(topic, payload)
+        except HffmError as exc:
+            self.reject(topic, "decode", str(exc))
+            return
+        try:
+            self.handle(parsed, message)
+            self.accepted[parsed.kind] += 1
+        except HffmError as exc:
+            self.reject(topic, type(exc).__name__, str(exc))
+        except Exception:  # noqa: BLE001 - a bug in one handler must not stop a gateway
+            self.rejected["internal"] += 1
+            log.exception("%s %s: internal error handling %s", self.role, self.node, topic)
+
+    def run(self, *, time_limit_s: float = 24 * 3600.0, poll_s: float = 0.5) -> None:
+        """Connect, subscribe, then handle messages until ``done`` or the time limit.
+
+        Raises:
+            TransportError: the broker cannot be reached.
+            RoundTimeoutError: the time limit passed before the job finished.
+        """
+        self.transport.connect()
+        try:
+            self.transport.subscribe(self.subscriptions())
+            self.start()
+            end = time.monotonic() + time_limit_s
+            while not self.done:
+                if time.monotonic() > end:
+                    raise RoundTimeoutError(f"{self.role} {self.node}: job not finished after {time_limit_s:.0f} s")
+                try:
+                    topic, payload, _retain = self._inbox.get(timeout=poll_s)
+                except queue.Empty:
+                    pass
+                else:
+                    self.dispatch(topic, payload)
+                if not self.done:
+                    self.tick()
+        finally:
+            try:
+                self.finish()
+            finally:
+                self.write_metrics()
+                self.transport.close()
+
+    def write_metrics(self) -> None:
+        if self.metrics_file is None:
+            return
+        snap = self.meter.snapshot()
+        snap["rejected"] = dict(self.rejected)
+        snap["accepted"] = dict(self.accepted)
+        snap.update(self.extra_metrics())
+        self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.metrics_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(snap, indent=1))
+        os.replace(tmp, self.metrics_file)
+
+    def extra_metrics(self) -> dict[str, Any]:
+        return {}

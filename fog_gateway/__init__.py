@@ -1,0 +1,1 @@
+"""Fog gateway: per-module aggregation among the holders of a module, beside a Mosquitto broker."""

@@ -1,0 +1,250 @@
+"""The fog gateway: per-module aggregation among the holders of a module, E_agg cluster rounds per global round.
+
+Round schedule (see docs/architecture.md):
+1. The cloud announces global round g on ``ctl/cloud`` after publishing the global versions of round g-1.
+2. Once every expected device has advertised (or the startup timeout passed) and the global versions are here, the
+   gateway publishes them as cluster stage 0 (retained) and announces cluster round 1 on ``ctl/{fog}``.
+3. Devices train and send one delta per module. Each delta is folded into the module's running weighted sum as it
+   arrives. The cluster round closes when every holder of every module has reported, or at the deadline; updated
+   modules are published as cluster stage c (retained) and round c+1 is announced.
+4. After E_agg cluster rounds the gateway sends, per module, its delta against the global version with the total
+   sample weight behind it (``fogup``), then a round report (``fogdone``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.config import FogConfig, resolve
+from edge_runtime.errors import AggregationError, DecodeError
+from edge_runtime.protocol import (
+    FogAggregate,
+    FogRoundReport,
+    ModuleKey,
+    ModuleUpdate,
+    ModuleVersion,
+    NodeState,
+    RoundControl,
+    blobs_from_state,
+    encode,
+    state_from_blobs,
+    tensors_sha256,
+    topics,
+)
+from edge_runtime.protocol.topics import Topic
+from edge_runtime.service import Service
+from fog_gateway.aggregation import Aggregator, make_aggregator
+
+log = logging.getLogger(__name__)
+State = dict[str, np.ndarray]
+GLOBALS_GRACE_S = 60.0
+
+
+class FogGateway(Service):
+    role = "fog"
+
+    def __init__(self, cfg: FogConfig) -> None:
+        self.cfg = cfg
+        self.fleet = cfg.fog.fleet
+        offline = NodeState(fleet=self.fleet, node=cfg.fog.id, role="fog", fog=cfg.fog.id, online=False)
+        metrics = resolve(cfg.base_dir, cfg.metrics_file) if cfg.metrics_file else None
+        super().__init__(node=cfg.fog.id, host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics,
+                         will=(topics.state(self.fleet, cfg.fog.id), encode(offline)))
+        self.expected = set(cfg.fog.devices)
+        self.holdings: dict[str, set[ModuleKey]] = {}
+        self.globals: dict[ModuleKey, tuple[int, State]] = {}
+        self.plan: RoundControl | None = None
+        self.plan_seen_at = 0.0
+        self.round_g = 0
+        self.cluster_c = 0
+        self.in_round = False
+        self.modules: list[ModuleKey] = []
+        self.start_state: dict[ModuleKey, State] = {}
+        self.state: dict[ModuleKey, State] = {}
+        self.aggs: dict[ModuleKey, Aggregator] = {}
+        self.reported: dict[ModuleKey, set[str]] = {}
+        self.round_weight: dict[ModuleKey, dict[str, int]] = {}
+        self.deadline = 0.0
+        self.startup_deadline = time.monotonic() + cfg.fog.startup_timeout_s
+        self.rounds_log: list[dict[str, Any]] = []
+
+    # -- service hooks -------------------------------------------------------------------------------------------
+    def subscriptions(self) -> list[str]:
+        subs = [topics.up_filter(self.fleet, self.node), topics.global_filter(self.fleet),
+                topics.ctl(self.fleet, "cloud")]
+        return subs + [topics.state(self.fleet, d) for d in sorted(self.expected)]
+
+    def start(self) -> None:
+        advert = NodeState(fleet=self.fleet, node=self.node, role="fog", fog=self.node, online=True)
+        self.transport.publish(topics.state(self.fleet, self.node), encode(advert), category="fog_to_cloud",
+                               retain=True)
+        log.info("fog %s: waiting for devices %s", self.node, sorted(self.expected))
+
+    def handle(self, topic: Topic, message: Any) -> None:
+        if topic.kind == "state":
+            self._on_state(message)
+        elif topic.kind == "global":
+            self.globals[message.key] = (message.global_round, state_from_blobs(message.tensors))
+        elif topic.kind == "ctl":
+            if self.plan is None or message.global_round > self.plan.global_round:
+                self.plan, self.plan_seen_at = message, time.monotonic()
+        elif topic.kind == "up":
+            self._on_update(topic, message)
+        else:
+            raise DecodeError(f"fog {self.node} does not take {topic.kind!r} messages")
+
+    def tick(self) -> None:
+        if self.in_round:
+            if time.monotonic() > self.deadline:
+                missing = {str(k): sorted(self._holders(k) - self.reported[k]) for k in self.modules}
+                log.warning("fog %s: round (%d,%d) deadline passed; missing %s", self.node, self.round_g,
+                            self.cluster_c, {k: v for k, v in missing.items() if v})
+                self._close_cluster_round()
+        else:
+            self._maybe_start_round()
+
+    def extra_metrics(self) -> dict[str, Any]:
+        return {"rounds": self.rounds_log}
+
+    # -- handlers ------------------------------------------------------------------------------------------------
+    def _on_state(self, msg: NodeState) -> None:
+        if msg.role != "device" or msg.node not in self.expected:
+            raise DecodeError(f"state of {msg.node!r} (role {msg.role}) is not an expected device of {self.node}")
+        if msg.fog != self.node:
+            raise DecodeError(f"device {msg.node!r} says its fog is {msg.fog!r}, not {self.node!r}")
+        if msg.online:
+            self.holdings[msg.node] = set(msg.modules)
+        elif self.holdings.pop(msg.node, None) is not None:
+            log.warning("fog %s: device %s went offline", self.node, msg.node)
+
+    def _holders(self, key: ModuleKey) -> set[str]:
+        return {d for d, keys in self.holdings.items() if key in keys}
+
+    def _on_update(self, topic: Topic, msg: ModuleUpdate) -> None:
+        if (topic.node, topic.module, topic.fog) != (msg.sender, msg.key, msg.fog) or msg.fog != self.node:
+            raise DecodeError(f"update header ({msg.sender}, {msg.key}, {msg.fog}) does not match its topic")
+        if msg.sender not in self._holders(msg.key):
+            raise DecodeError(f"device {msg.sender!r} is not an advertised holder of {msg.key}")
+        if not self.in_round or (msg.global_round, msg.cluster_round) != (self.round_g, self.cluster_c):
+            raise DecodeError(f"stale update for round ({msg.global_round},{msg.cluster_round}); "
+                              f"open round is ({self.round_g},{self.cluster_c}) in_round={self.in_round}")
+        if msg.key not in self.aggs:
+            raise DecodeError(f"module {msg.key} is not aggregated in this round")
+        if msg.sender in self.reported[msg.key]:
+            self.rejected["duplicate"] += 1
+            log.info("fog %s: duplicate update %s ignored", self.node, msg.idempotency_key)
+            return
+        delta = state_from_blobs(msg.tensors)
+        base = self.state[msg.key]
+        if {n: a.shape for n, a in delta.items()} != {n: a.shape for n, a in base.items()}:
+            raise AggregationError(f"update of {msg.key} from {msg.sender} does not match the module's tensors")
+        self.aggs[msg.key].add(delta, msg.num_samples)
+        self.reported[msg.key].add(msg.sender)
+        self.round_weight[msg.key][msg.sender] = msg.num_samples
+        if all(self._holders(k) <= self.reported[k] for k in self.modules):
+            self._close_cluster_round()
+
+    # -- the round schedule --------------------------------------------------------------------------------------
+    def _maybe_start_round(self) -> None:
+        plan = self.plan
+        if plan is None or plan.global_round <= self.round_g:
+            return
+        now = time.monotonic()
+        if not self.expected <= set(self.holdings) and now < self.startup_deadline:
+            return
+        held = set().union(*self.holdings.values()) if self.holdings else set()
+        ready = {k for k in held if k in self.globals and self.globals[k][0] >= plan.global_round - 1}
+        if ready != held and now < self.plan_seen_at + GLOBALS_GRACE_S:
+            return
+        if ready != held:
+            log.warning("fog %s: no global version for %s; leaving them out", self.node, sorted(map(str, held - ready)))
+        self.round_g = plan.global_round
+        self.meter.round = plan.global_round
+        self.modules = sorted(ready)
+        self.start_state = {k: self.globals[k][1] for k in self.modules}
+        self.state = {k: {n: a.copy() for n, a in s.items()} for k, s in self.start_state.items()}
+        self.round_weight = {k: {} for k in self.modules}
+        for key in self.modules:
+            self._publish_cluster(key, stage=0)
+        if plan.final:
+            self._publish_ctl(0, final=True)
+            log.info("fog %s: job finished after %d global rounds", self.node, plan.global_round - 1)
+            self.done = True
+            return
+        self._open_cluster_round(1)
+
+    def _open_cluster_round(self, c: int) -> None:
+        assert self.plan is not None
+        self.cluster_c = c
+        self.aggs = {k: make_aggregator(self.cfg.fog.aggregator) for k in self.modules}
+        self.reported = {k: set() for k in self.modules}
+        self.deadline = time.monotonic() + min(self.plan.deadline_s, self.cfg.fog.round_deadline_s)
+        self.in_round = True
+        self._publish_ctl(c, final=False)
+
+    def _close_cluster_round(self) -> None:
+        updated = [k for k in self.modules if self.aggs[k].count > 0]
+        for key in updated:
+            delta = self.aggs[key].result()
+            self.state[key] = {n: (a + delta[n]).astype(np.float32) for n, a in self.state[key].items()}
+            self._publish_cluster(key, stage=self.cluster_c)
+        self.rounds_log.append({"global_round": self.round_g, "cluster_round": self.cluster_c,
+                                "modules_updated": len(updated),
+                                "updates": sum(self.aggs[k].count for k in self.modules)})
+        log.info("fog %s: cluster round (%d,%d) closed: %d modules, %d updates, %d B to devices so far",
+                 self.node, self.round_g, self.cluster_c, len(updated), self.rounds_log[-1]["updates"],
+                 self.meter.total("fog_to_device"))
+        assert self.plan is not None
+        if self.cluster_c < self.plan.agg_every:
+            self._open_cluster_round(self.cluster_c + 1)
+            return
+        self.in_round = False
+        self._send_upward()
+
+    def _send_upward(self) -> None:
+        sent: list[ModuleKey] = []
+        devices: set[str] = set()
+        for key in self.modules:
+            weights = self.round_weight[key]
+            if not weights:
+                continue
+            delta = {n: (a - self.start_state[key][n]).astype(np.float32) for n, a in self.state[key].items()}
+            blobs = blobs_from_state(delta)
+            agg = FogAggregate(fleet=self.fleet, fog=self.node, key=key, global_round=self.round_g,
+                               total_weight=float(sum(weights.values())), num_devices=len(weights),
+                               tensors=blobs, sha256=tensors_sha256(blobs),
+                               idempotency_key=f"{self.fleet}/{self.node}/{self.round_g}/{key}")
+            self.transport.publish(topics.fogup(self.fleet, self.node, key), encode(agg), category="fog_to_cloud")
+            sent.append(key)
+            devices |= set(weights)
+        report = FogRoundReport(fleet=self.fleet, fog=self.node, global_round=self.round_g, modules=tuple(sent),
+                                devices=tuple(sorted(devices)), cluster_rounds=self.cluster_c)
+        self.transport.publish(topics.fogdone(self.fleet, self.node), encode(report), category="fog_to_cloud")
+        log.info("fog %s: global round %d sent upward: %d modules from %d devices, %d B to cloud so far",
+                 self.node, self.round_g, len(sent), len(devices), self.meter.total("fog_to_cloud"))
+
+    def _publish_cluster(self, key: ModuleKey, *, stage: int) -> None:
+        blobs = blobs_from_state(self.state[key])
+        version = ModuleVersion(fleet=self.fleet, sender=self.node, key=key, global_round=self.round_g, stage=stage,
+                                tensors=blobs, sha256=tensors_sha256(blobs))
+        self.transport.publish(topics.cluster(self.fleet, self.node, key), encode(version),
+                               category="fog_to_device", retain=True)
+
+    def _publish_ctl(self, c: int, *, final: bool) -> None:
+        assert self.plan is not None
+        ctl = RoundControl(fleet=self.fleet, sender=self.node, global_round=self.round_g, cluster_round=c,
+                           total_rounds=self.plan.total_rounds, agg_every=self.plan.agg_every,
+                           local_epochs=self.plan.local_epochs, deadline_s=self.plan.deadline_s, final=final)
+        self.transport.publish(topics.ctl(self.fleet, self.node), encode(ctl), category="fog_to_device", retain=True)
+
+
+def run_fog(config_path: Path, *, time_limit_s: float = 24 * 3600.0) -> None:
+    """Load a fog config and run the gateway until the cloud finishes the job."""
+    from edge_runtime.config import load_config
+
+    FogGateway(load_config(config_path, FogConfig)).run(time_limit_s=time_limit_s)

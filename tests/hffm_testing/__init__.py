@@ -1,0 +1,65 @@
+"""Test support: real Mosquitto brokers on free loopback ports and a collecting MQTT client."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.broker_process import BridgeSpec, MosquittoProcess, wait_for_bridge
+from edge_runtime.transport import MqttTransport
+
+FLEET = "itest"
+
+
+@dataclass
+class Brokers:
+    cloud: MosquittoProcess
+    fog: MosquittoProcess
+
+
+@pytest.fixture
+def brokers(tmp_path: Path) -> Iterator[Brokers]:
+    cloud = MosquittoProcess(name="cloud", role="cloud", data_dir=tmp_path / "cloud", fleet=FLEET)
+    cloud.start()
+    fog = MosquittoProcess(name="fog-1", role="fog", data_dir=tmp_path / "fog-1", fleet=FLEET,
+                           bridge=BridgeSpec(fleet=FLEET, fog="fog-1", cloud_host="127.0.0.1", cloud_port=cloud.port))
+    try:
+        fog.start()
+        wait_for_bridge(fog)
+        yield Brokers(cloud=cloud, fog=fog)
+    finally:
+        fog.stop()
+        cloud.stop()
+
+
+class Client:
+    """A test MQTT client that collects what it receives."""
+
+    def __init__(self, name: str, port: int) -> None:
+        self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.transport = MqttTransport(client_id=name, host="127.0.0.1", port=port,
+                                       on_message=lambda t, p, _r: self.inbox.put((t, p)))
+        self.transport.connect()
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.transport.publish(topic, payload, category="other", retain=retain)
+
+    def expect(self, predicate, timeout: float = 15.0) -> tuple[str, bytes]:  # type: ignore[no-untyped-def]
+        """The first received (topic, payload) for which ``predicate`` is true; fails the test after ``timeout``."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                item = self.inbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if predicate(*item):
+                return item
+        pytest.fail(f"no matching message within {timeout} s")
+
+    def close(self) -> None:
+        self.transport.close()

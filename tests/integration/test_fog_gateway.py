@@ -1,0 +1,119 @@
+"""The fog gateway on real Mosquitto: scripted devices and a scripted cloud (numpy only, no model).
+
+Checks that the gateway aggregates per module only among the holders, publishes cluster versions, sends its
+aggregate and round report upward through the real bridge, and survives garbage on an update topic.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime.config import BrokerConfig, FogConfig, FogSection
+from edge_runtime.protocol import (
+    GLOBAL_STAGE,
+    FogAggregate,
+    FogRoundReport,
+    ModuleKey,
+    ModuleUpdate,
+    ModuleVersion,
+    NodeState,
+    RoundControl,
+    blobs_from_state,
+    decode,
+    encode,
+    tensors_sha256,
+    topics,
+)
+from fog_gateway.service import FogGateway
+
+from hffm_testing import FLEET, Brokers, Client
+
+pytestmark = pytest.mark.integration
+HEAD = ModuleKey.head("digit")
+ENC = ModuleKey.encoder("image")
+ONLY_A = ModuleKey.head("speaker")
+
+
+def _version(key: ModuleKey, state: dict[str, np.ndarray], g: int) -> bytes:
+    blobs = blobs_from_state(state)
+    return encode(ModuleVersion(fleet=FLEET, sender="cloud", key=key, global_round=g, stage=GLOBAL_STAGE,
+                                tensors=blobs, sha256=tensors_sha256(blobs)))
+
+
+def _update(dev: str, key: ModuleKey, delta: dict[str, np.ndarray], n: int) -> bytes:
+    blobs = blobs_from_state(delta)
+    return encode(ModuleUpdate(fleet=FLEET, sender=dev, fog="fog-1", key=key, global_round=1, cluster_round=1,
+                               base=(1, 0), num_samples=n, train_loss=0.1, tensors=blobs,
+                               sha256=tensors_sha256(blobs), idempotency_key=f"{dev}/{key}"))
+
+
+def test_fog_gateway_aggregates_holders_and_survives_garbage(brokers: Brokers, tmp_path: Path) -> None:
+    cfg = FogConfig(fog=FogSection(id="fog-1", fleet=FLEET, devices=["dev-a", "dev-b"], round_deadline_s=60,
+                                   startup_timeout_s=30),
+                    broker=BrokerConfig(port=brokers.fog.port), metrics_file=str(tmp_path / "fog.json"))
+    gateway = FogGateway(cfg)
+    thread = threading.Thread(target=gateway.run, kwargs={"time_limit_s": 60}, daemon=True)
+    cloud = Client("test-cloud", brokers.cloud.port)
+    device = Client("test-devices", brokers.fog.port)
+    try:
+        cloud.transport.subscribe([topics.fogup_filter(FLEET), topics.fogdone_filter(FLEET)])
+        device.transport.subscribe([f"hffm/v1/{FLEET}/cluster/fog-1/#", topics.ctl(FLEET, "fog-1")])
+        thread.start()
+        zero = {"w": np.zeros((2, 3), np.float32)}
+        for key in (HEAD, ENC, ONLY_A):
+            cloud.publish(topics.global_(FLEET, key), _version(key, zero, 0), retain=True)
+        adverts = {"dev-a": (HEAD, ENC, ONLY_A), "dev-b": (HEAD, ENC)}
+        for dev, keys in adverts.items():
+            advert = NodeState(fleet=FLEET, node=dev, role="device", fog="fog-1", online=True, modules=keys)
+            device.publish(topics.state(FLEET, dev), encode(advert), retain=True)
+        plan = RoundControl(fleet=FLEET, sender="cloud", global_round=1, cluster_round=0, total_rounds=1,
+                            agg_every=1, local_epochs=1, deadline_s=60)
+        cloud.publish(topics.ctl(FLEET, "cloud"), encode(plan), retain=True)
+        device.expect(lambda t, p: t == topics.ctl(FLEET, "fog-1") and decode(p, RoundControl).cluster_round == 1)
+
+        # Garbage and a forged update on update topics: rejected and counted, the round goes on.
+        device.publish(topics.up(FLEET, "fog-1", HEAD, "dev-a"), b"\x93garbage")
+        device.publish(topics.up(FLEET, "fog-1", ONLY_A, "dev-b"),
+                       _update("dev-b", ONLY_A, {"w": np.ones((2, 3), np.float32)}, 5))  # dev-b does not hold it
+        da, db = np.full((2, 3), 1.0, np.float32), np.full((2, 3), 4.0, np.float32)
+        device.publish(topics.up(FLEET, "fog-1", HEAD, "dev-a"), _update("dev-a", HEAD, {"w": da}, 10))
+        device.publish(topics.up(FLEET, "fog-1", HEAD, "dev-b"), _update("dev-b", HEAD, {"w": db}, 30))
+        device.publish(topics.up(FLEET, "fog-1", ENC, "dev-a"), _update("dev-a", ENC, {"w": da}, 10))
+        device.publish(topics.up(FLEET, "fog-1", ENC, "dev-b"), _update("dev-b", ENC, {"w": db}, 30))
+        device.publish(topics.up(FLEET, "fog-1", ONLY_A, "dev-a"), _update("dev-a", ONLY_A, {"w": da}, 10))
+
+        aggregates: dict[ModuleKey, FogAggregate] = {}
+        while True:
+            topic, payload = cloud.expect(lambda t, p: "/fogup/" in t or "/fogdone/" in t)
+            if "/fogdone/" in topic:
+                report = decode(payload, FogRoundReport)
+                break
+            agg = decode(payload, FogAggregate)
+            aggregates[agg.key] = agg
+        expected = (10 * 1.0 + 30 * 4.0) / 40  # the sample-weighted mean of the two holders' deltas
+        for key in (HEAD, ENC):
+            got = np.frombuffer(aggregates[key].tensors[0].data, np.float32)
+            np.testing.assert_allclose(got, expected, rtol=1e-6)
+            assert aggregates[key].total_weight == 40 and aggregates[key].num_devices == 2
+        only_a = np.frombuffer(aggregates[ONLY_A].tensors[0].data, np.float32)
+        np.testing.assert_allclose(only_a, 1.0)  # aggregated among its single holder only
+        assert aggregates[ONLY_A].num_devices == 1
+        assert set(report.modules) == {HEAD, ENC, ONLY_A} and report.devices == ("dev-a", "dev-b")
+        assert gateway.rejected["decode"] == 1  # the garbage
+        assert gateway.rejected["DecodeError"] == 1  # the update from a non-holder
+        assert gateway.accepted["up"] == 5
+    finally:
+        final = RoundControl(fleet=FLEET, sender="cloud", global_round=2, cluster_round=0, total_rounds=1,
+                             agg_every=1, local_epochs=1, deadline_s=60, final=True)
+        for key in (HEAD, ENC, ONLY_A):
+            cloud.publish(topics.global_(FLEET, key), _version(key, {"w": np.zeros((2, 3), np.float32)}, 1),
+                          retain=True)
+        cloud.publish(topics.ctl(FLEET, "cloud"), encode(final), retain=True)
+        thread.join(timeout=20)
+        cloud.close()
+        device.close()
+    assert not thread.is_alive(), "the gateway did not finish after the final round announcement"

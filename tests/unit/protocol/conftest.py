@@ -1,0 +1,207 @@
+"""Factories for one valid instance of every wire message type, and helpers to hand-craft bad payloads.
+
+Tests reach these through session-scoped fixtures (``make``, ``wire_of``, ``pack``) so that Hypothesis tests may
+use them too. A factory takes keyword overrides; it recomputes ``sha256`` when it is given new ``tensors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+
+from edge_runtime.protocol import codec
+from edge_runtime.protocol.keys import ModuleKey
+from edge_runtime.protocol.messages import (
+    FogAggregate,
+    FogRoundReport,
+    ModuleUpdate,
+    ModuleVersion,
+    NodeState,
+    RoundControl,
+    RoundMetrics,
+    TensorBlob,
+    blobs_from_state,
+    tensors_sha256,
+)
+
+FLEET = "fleet-1"
+FOG = "fog-a"
+DEVICE = "dev-01"
+
+
+def sample_state(seed: int = 0) -> dict[str, np.ndarray]:
+    """A small module state covering 0-d, empty and multi-dim tensors of float and int dtypes."""
+    rng = np.random.default_rng(seed)
+    return {
+        "weight": rng.standard_normal((2, 3, 2)).astype(np.float32),
+        "bias": rng.standard_normal(4).astype(np.float32),
+        "scale": np.array(1.5 + seed, dtype=np.float64),
+        "half": rng.standard_normal((3,)).astype(np.float16),
+        "empty": np.zeros((0, 3), dtype=np.float32),
+        "codes": rng.integers(-128, 128, size=(3, 1), dtype=np.int8),
+        "pixels": rng.integers(0, 256, size=(2, 2), dtype=np.uint8),
+        "short": np.array([-3, 7], dtype=np.int16),
+        "index": np.arange(5, dtype=np.int32),
+        "count": np.array(2**40 + seed, dtype=np.int64),
+    }
+
+
+def sample_blobs(seed: int = 0) -> tuple[TensorBlob, ...]:
+    return blobs_from_state(sample_state(seed))
+
+
+def _with_tensors(fields: dict[str, Any], overrides: dict[str, Any], seed: int) -> dict[str, Any]:
+    tensors = overrides.get("tensors", sample_blobs(seed))
+    fields["tensors"] = tensors
+    fields["sha256"] = tensors_sha256(tensors)
+    fields.update(overrides)
+    return fields
+
+
+def module_update(**overrides: Any) -> ModuleUpdate:
+    fields: dict[str, Any] = {
+        "fleet": FLEET,
+        "sender": DEVICE,
+        "fog": FOG,
+        "key": ModuleKey.adapter("imu", "activity"),
+        "global_round": 3,
+        "cluster_round": 2,
+        "base": (3, 1),
+        "num_samples": 128,
+        "train_loss": 0.4375,
+        "idempotency_key": f"{DEVICE}:3:2:adapter:imu:activity",
+    }
+    return ModuleUpdate(**_with_tensors(fields, overrides, seed=1))
+
+
+def module_version(**overrides: Any) -> ModuleVersion:
+    fields: dict[str, Any] = {
+        "fleet": FLEET,
+        "sender": "cloud",
+        "key": ModuleKey.encoder("image"),
+        "global_round": 4,
+        "stage": 1_000_000,
+    }
+    return ModuleVersion(**_with_tensors(fields, overrides, seed=2))
+
+
+def fog_aggregate(**overrides: Any) -> FogAggregate:
+    fields: dict[str, Any] = {
+        "fleet": FLEET,
+        "fog": FOG,
+        "key": ModuleKey.head("activity"),
+        "global_round": 4,
+        "total_weight": 512.5,
+        "num_devices": 3,
+        "idempotency_key": f"{FOG}:4:head:_:activity",
+    }
+    return FogAggregate(**_with_tensors(fields, overrides, seed=3))
+
+
+def fog_round_report(**overrides: Any) -> FogRoundReport:
+    fields: dict[str, Any] = {
+        "fleet": FLEET,
+        "fog": FOG,
+        "global_round": 4,
+        "modules": (ModuleKey.adapter("imu", "activity"), ModuleKey.encoder("imu"), ModuleKey.head("activity")),
+        "devices": (DEVICE, "dev-02", "dev_03"),
+        "cluster_rounds": 2,
+    }
+    fields.update(overrides)
+    return FogRoundReport(**fields)
+
+
+def round_control(**overrides: Any) -> RoundControl:
+    fields: dict[str, Any] = {
+        "fleet": FLEET,
+        "sender": "cloud",
+        "global_round": 4,
+        "cluster_round": 0,
+        "total_rounds": 10,
+        "agg_every": 2,
+        "local_epochs": 1,
+        "deadline_s": 30.5,
+        "final": True,
+    }
+    fields.update(overrides)
+    return RoundControl(**fields)
+
+
+def node_state(**overrides: Any) -> NodeState:
+    fields: dict[str, Any] = {
+        "fleet": FLEET,
+        "node": DEVICE,
+        "role": "device",
+        "fog": FOG,
+        "online": True,
+        "modules": (ModuleKey.encoder("imu"), ModuleKey.head("activity")),
+        "num_samples": {"activity": 128, "fall": 0},
+        "backbone": "tiny-cnn",
+    }
+    fields.update(overrides)
+    return NodeState(**fields)
+
+
+def round_metrics(**overrides: Any) -> RoundMetrics:
+    fields: dict[str, Any] = {
+        "fleet": FLEET,
+        "global_round": 4,
+        "total_rounds": 10,
+        "accuracy": {"activity": 0.8125, "fall": 1.0, "gesture": 0.0},
+        "fogs_reported": (FOG, "fog-b"),
+        "modules_updated": 5,
+    }
+    fields.update(overrides)
+    return RoundMetrics(**fields)
+
+
+FACTORIES: dict[type, Callable[..., Any]] = {
+    ModuleUpdate: module_update,
+    ModuleVersion: module_version,
+    FogAggregate: fog_aggregate,
+    FogRoundReport: fog_round_report,
+    RoundControl: round_control,
+    NodeState: node_state,
+    RoundMetrics: round_metrics,
+}
+
+
+def make_message(cls: type, **overrides: Any) -> Any:
+    """One valid instance of ``cls`` with ``overrides`` applied (a bad override raises from the constructor)."""
+    return FACTORIES[cls](**overrides)
+
+
+def wire_dict(message: object) -> dict[str, Any]:
+    """The unpacked wire map of ``message``, ready to be tampered with and packed again."""
+    raw = msgpack.unpackb(codec.encode(message), raw=False)
+    assert isinstance(raw, dict)
+    return raw
+
+
+def pack(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+@pytest.fixture(scope="session")
+def make() -> Callable[..., Any]:
+    return make_message
+
+
+@pytest.fixture(scope="session")
+def sample() -> Callable[[int], dict[str, np.ndarray]]:
+    return sample_state
+
+
+@pytest.fixture(scope="session")
+def wire_of() -> Callable[[object], dict[str, Any]]:
+    return wire_dict
+
+
+@pytest.fixture(scope="session", name="pack")
+def pack_fixture() -> Callable[[object], bytes]:
+    return pack
+
