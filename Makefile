@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 STAMP := $(VENV)/.hffm-installed
+# Extra pip arguments for the torch install, e.g. PyTorch's CPU wheel index on a stock x86-64 machine where
+# PyPI's torch==2.13.0 is the CUDA build.
+TORCH_PIP_ARGS ?=
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
@@ -17,7 +20,7 @@ setup: $(STAMP) mosquitto
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(PIP) install -q -e '.[edge,dev]'
 	touch $(STAMP)
 

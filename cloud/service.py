@@ -17,7 +17,7 @@ import numpy as np
 
 from cloud.store import VersionStore
 from edge_runtime.config import CloudConfig, load_config, resolve
-from edge_runtime.errors import AggregationError, DecodeError
+from edge_runtime.errors import AggregationError, ConfigError, DecodeError
 from edge_runtime.protocol import (
     GLOBAL_STAGE,
     FogAggregate,
@@ -60,7 +60,7 @@ class CloudService(Service):
         self.eval_data = {}
         for task, path in sorted(cfg.eval.items()):
             if task not in c.tasks:
-                raise DecodeError(f"eval file given for task {task!r}, which is not in the cloud's tasks")
+                raise ConfigError(f"eval file given for task {task!r}, which is not in the cloud's tasks")
             self.eval_data[task] = load_task_file(resolve(cfg.base_dir, path), modality=TASKS[task].modality,
                                                   task=task)
         self.store = VersionStore(resolve(cfg.base_dir, c.db))
@@ -138,7 +138,10 @@ class CloudService(Service):
         c = self.cfg.cloud
         self.round_g = g
         self.aggs, self.reported = {}, set()
-        self.deadline = time.monotonic() + c.round_deadline_s
+        # round_deadline_s bounds one cluster round at the fogs; a global round is agg_every of them plus the
+        # fogs' own start-up wait for devices (round 1) and slack for the upward hop.
+        allowance = c.round_deadline_s * (c.agg_every + 1) + (c.startup_timeout_s if g == 1 else 0.0)
+        self.deadline = time.monotonic() + allowance
         ctl = RoundControl(fleet=self.fleet, sender="cloud", global_round=g, cluster_round=0, total_rounds=c.rounds,
                            agg_every=c.agg_every, local_epochs=c.local_epochs, deadline_s=c.round_deadline_s,
                            final=g > c.rounds)

@@ -7,13 +7,18 @@ bad value. Defaults live here, commented examples in ``examples/``.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from edge_runtime.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (JetPack 6): the same parser from PyPI
+    import tomli as tomllib
 from edge_runtime.protocol.keys import check_name
 from edge_runtime.protocol.topics import check_segment
 
@@ -120,7 +125,8 @@ class CloudSection:
     rounds: int = 5
     agg_every: int = 2
     local_epochs: int = 1
-    round_deadline_s: float = 1800.0
+    round_deadline_s: float = 600.0  # per cluster round (sent to the fogs); see cloud/service.py
+    startup_timeout_s: float = 300.0
     db: str = "cloud.sqlite"
 
     def __post_init__(self) -> None:

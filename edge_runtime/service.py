@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.errors import HffmError, RoundTimeoutError
+from edge_runtime.errors import HffmError, RoundTimeoutError, TransportError
 from edge_runtime.protocol.routing import decode_message
 from edge_runtime.protocol.topics import Topic
 from edge_runtime.transport import MqttTransport, TrafficMeter
@@ -67,7 +67,8 @@ class Service:
         log.warning("%s %s: rejected message on %s (%s): %s", self.role, self.node, topic, reason, detail)
 
     def dispatch(self, topic: str, payload: bytes) -> None:
-        """Decode and handle one message; every failure is logged and counted, never raised."""
+        """Decode and handle one message. Bad input is logged and counted, never raised; a TransportError (the
+        broker did not take a publish) is raised, since the round state could not be shared."""
         try:
             parsed, message = decode_message(topic, payload)
         except HffmError as exc:
@@ -76,6 +77,8 @@ class Service:
         try:
             self.handle(parsed, message)
             self.accepted[parsed.kind] += 1
+        except TransportError:
+            raise  # the broker failed us mid-handling: stop loudly rather than leave a round half-published
         except HffmError as exc:
             self.reject(topic, type(exc).__name__, str(exc))
         except Exception:  # noqa: BLE001 - a bug in one handler must not stop a gateway

@@ -72,6 +72,8 @@ class FogGateway(Service):
         self.deadline = 0.0
         self.startup_deadline = time.monotonic() + cfg.fog.startup_timeout_s
         self.rounds_log: list[dict[str, Any]] = []
+        self.sent_last: set[ModuleKey] = set()  # modules whose new global version the next round must wait for
+        make_aggregator(cfg.fog.aggregator)  # an unknown aggregator is a config error at start, not mid-job
 
     # -- service hooks -------------------------------------------------------------------------------------------
     def subscriptions(self) -> list[str]:
@@ -121,6 +123,7 @@ class FogGateway(Service):
             self.holdings[msg.node] = set(msg.modules)
         elif self.holdings.pop(msg.node, None) is not None:
             log.warning("fog %s: device %s went offline", self.node, msg.node)
+            self._close_if_complete()
 
     def _holders(self, key: ModuleKey) -> set[str]:
         return {d for d, keys in self.holdings.items() if key in keys}
@@ -146,7 +149,10 @@ class FogGateway(Service):
         self.aggs[msg.key].add(delta, msg.num_samples)
         self.reported[msg.key].add(msg.sender)
         self.round_weight[msg.key][msg.sender] = msg.num_samples
-        if all(self._holders(k) <= self.reported[k] for k in self.modules):
+        self._close_if_complete()
+
+    def _close_if_complete(self) -> None:
+        if self.in_round and all(self._holders(k) <= self.reported[k] for k in self.modules):
             self._close_cluster_round()
 
     # -- the round schedule --------------------------------------------------------------------------------------
@@ -158,7 +164,9 @@ class FogGateway(Service):
         if not self.expected <= set(self.holdings) and now < self.startup_deadline:
             return
         held = set().union(*self.holdings.values()) if self.holdings else set()
-        ready = {k for k in held if k in self.globals and self.globals[k][0] >= plan.global_round - 1}
+        # Every held module needs a global version; those this fog sent upward need the one merged from them.
+        ready = {k for k in held if k in self.globals
+                 and (k not in self.sent_last or self.globals[k][0] >= plan.global_round - 1)}
         if ready != held and now < self.plan_seen_at + GLOBALS_GRACE_S:
             return
         if ready != held:
@@ -222,6 +230,7 @@ class FogGateway(Service):
             self.transport.publish(topics.fogup(self.fleet, self.node, key), encode(agg), category="fog_to_cloud")
             sent.append(key)
             devices |= set(weights)
+        self.sent_last = set(sent)
         report = FogRoundReport(fleet=self.fleet, fog=self.node, global_round=self.round_g, modules=tuple(sent),
                                 devices=tuple(sorted(devices)), cluster_rounds=self.cluster_c)
         self.transport.publish(topics.fogdone(self.fleet, self.node), encode(report), category="fog_to_cloud")

@@ -8,6 +8,7 @@ then train the local-only baseline (same modules, data and epochs, no federation
 from __future__ import annotations
 
 import json
+import shutil
 import logging
 import queue
 import time
@@ -42,6 +43,9 @@ def run_demo(opts: DemoOptions, *, console: Console | None = None) -> dict[str, 
     console = console or Console(stderr=True)
     run_dir = (opts.run_dir or Path("runs") / datetime.now().strftime("demo-%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("brokers", "metrics"):  # a reused run folder must not replay an old job's retained messages
+        shutil.rmtree(run_dir / stale, ignore_errors=True)
+    (run_dir / "cloud.sqlite").unlink(missing_ok=True)
     started = time.monotonic()
     with ExitStack() as stack, _progress(console) as progress:
         step = progress.add_task("preparing M3T-Bench partition and configs", total=None)

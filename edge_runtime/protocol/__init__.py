@@ -5,7 +5,9 @@ from edge_runtime.protocol.codec import decode, encode
 from edge_runtime.protocol.keys import ModuleKey, modules_for
 from edge_runtime.protocol.messages import (
     GLOBAL_STAGE,
+    RAW_CODEC,
     SCHEMA_VERSION,
+    EncodedTensor,
     FogAggregate,
     FogRoundReport,
     ModuleUpdate,
@@ -21,6 +23,8 @@ from edge_runtime.protocol.messages import (
 
 __all__ = [
     "GLOBAL_STAGE",
+    "RAW_CODEC",
+    "EncodedTensor",
     "SCHEMA_VERSION",
     "FogAggregate",
     "FogRoundReport",

@@ -19,7 +19,7 @@ import msgpack
 
 from edge_runtime.errors import DecodeError
 from edge_runtime.protocol.keys import ModuleKey
-from edge_runtime.protocol.messages import MESSAGE_TYPES, SCHEMA_VERSION, TensorBlob
+from edge_runtime.protocol.messages import MESSAGE_TYPES, SCHEMA_VERSION, EncodedTensor, TensorBlob
 
 T = TypeVar("T")
 
@@ -50,6 +50,8 @@ def _to_wire(value: Any) -> Any:
         return str(value)
     if isinstance(value, TensorBlob):
         return [value.name, value.dtype, list(value.shape), value.data]
+    if isinstance(value, EncodedTensor):
+        return [value.name, list(value.shape), value.data]
     if isinstance(value, tuple):
         return [_to_wire(v) for v in value]
     if isinstance(value, dict):
@@ -166,6 +168,8 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
             raise DecodeError(f"{path}: {exc}") from None
     if hint is TensorBlob:
         return _tensor(value, path)
+    if hint is EncodedTensor:
+        return _encoded(value, path)
     return _scalar(value, hint, path)
 
 
@@ -201,6 +205,20 @@ def _tensor(value: Any, path: str) -> TensorBlob:
         raise DecodeError(f"{path}: tensor shape must be an array of ints")
     try:
         return TensorBlob(name=name, dtype=dtype, shape=tuple(shape), data=data)
+    except ValueError as exc:
+        raise DecodeError(f"{path}: {exc}") from None
+
+
+def _encoded(value: Any, path: str) -> EncodedTensor:
+    if not isinstance(value, list) or len(value) != 3:
+        raise DecodeError(f"{path}: an encoded tensor is [name, shape, bytes]")
+    name, shape, data = value
+    if not isinstance(name, str) or not isinstance(data, bytes):
+        raise DecodeError(f"{path}: an encoded tensor is [str name, shape, bin data]")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise DecodeError(f"{path}: tensor shape must be an array of ints")
+    try:
+        return EncodedTensor(name=name, shape=tuple(shape), data=data)
     except ValueError as exc:
         raise DecodeError(f"{path}: {exc}") from None
 

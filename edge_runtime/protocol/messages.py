@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -24,6 +25,9 @@ MAX_DIMS = 8
 # Version stamp of a module: (global_round, stage). Stage 0..E_agg are the fog's cluster versions within a global
 # round (0 = the global version it started from); the cloud's global version of round g is (g, GLOBAL_STAGE).
 GLOBAL_STAGE = 1_000_000
+# Module messages carry raw TensorBlobs under this codec name, and EncodedTensors under any other.
+RAW_CODEC = "fp32"
+_CODEC_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 _frozen = dataclass(frozen=True, slots=True, kw_only=True)
 
@@ -84,14 +88,16 @@ class TensorBlob:
         return arr
 
 
-def tensors_sha256(tensors: tuple[TensorBlob, ...]) -> str:
-    """SHA-256 over every blob's name, dtype, shape and bytes, in order."""
+def tensors_sha256(tensors: tuple[TensorBlob, ...], encoded: tuple[EncodedTensor, ...] = ()) -> str:
+    """SHA-256 over every raw blob's name, dtype, shape and bytes, then every encoded tensor's, in order."""
     digest = hashlib.sha256()
-    for blob in tensors:
+    parts = [(f"{b.name}|{b.dtype}|", b.shape, b.data) for b in tensors]
+    parts += [(f"{e.name}|codec|", e.shape, e.data) for e in encoded]
+    for head, shape, data in parts:
         # Length-prefixed framing: no two different tensor lists can produce the same byte stream.
-        header = f"{blob.name}|{blob.dtype}|{','.join(map(str, blob.shape))}".encode()
-        digest.update(len(header).to_bytes(4, "little") + header + len(blob.data).to_bytes(8, "little"))
-        digest.update(blob.data)
+        header = (head + ",".join(map(str, shape))).encode()
+        digest.update(len(header).to_bytes(4, "little") + header + len(data).to_bytes(8, "little"))
+        digest.update(data)
     return digest.hexdigest()
 
 
@@ -117,11 +123,42 @@ def state_from_blobs(tensors: tuple[TensorBlob, ...]) -> dict[str, np.ndarray]:
     return out
 
 
-def _check_tensors(tensors: tuple[TensorBlob, ...], sha256: str) -> None:
-    _check(isinstance(tensors, tuple) and len(tensors) > 0, "a module message needs at least one tensor")
-    names = [t.name for t in tensors]
+@_frozen
+class EncodedTensor:
+    """One named float32 tensor of ``shape`` in a codec's byte layout (the codec is named by the message)."""
+
+    name: str
+    shape: tuple[int, ...]
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.name, str) and 0 < len(self.name) <= 256, f"bad tensor name {self.name!r}")
+        _check(isinstance(self.shape, tuple) and len(self.shape) <= MAX_DIMS, f"tensor {self.name!r}: bad shape")
+        for dim in self.shape:
+            _nonneg_int(dim, f"tensor {self.name!r} shape entry")
+        _check(isinstance(self.data, bytes), f"tensor {self.name!r}: data must be bytes")
+        # No codec may expand a tensor beyond 2x its float32 size plus a small header (bounds decode work).
+        limit = 2 * 4 * math.prod(self.shape) + 64
+        _check(len(self.data) <= limit, f"tensor {self.name!r}: {len(self.data)} encoded bytes exceed {limit}")
+
+
+def _check_tensors(tensors: tuple[TensorBlob, ...], encoded: tuple[EncodedTensor, ...], codec: str,
+                   codec_params: dict[str, int | float | str], sha256: str) -> None:
+    _check(isinstance(codec, str) and _CODEC_NAME.fullmatch(codec) is not None, f"bad codec name {codec!r}")
+    _check(isinstance(codec_params, dict) and len(codec_params) <= 16, "codec_params must be a small map")
+    for key, value in codec_params.items():
+        ok = isinstance(value, (int, float, str)) and not isinstance(value, bool)
+        _check(isinstance(key, str) and ok, f"codec parameter {key!r} must be an int, float or str")
+        _check(not isinstance(value, float) or math.isfinite(value), f"codec parameter {key!r} is not finite")
+    _check(isinstance(tensors, tuple) and isinstance(encoded, tuple), "a module message needs at least one tensor, as a tuple")
+    if codec == RAW_CODEC:
+        _check(len(tensors) > 0 and not encoded, f"codec {RAW_CODEC!r} carries raw tensors: needs at least one tensor")
+        _check(not codec_params, f"codec {RAW_CODEC!r} takes no parameters")
+    else:
+        _check(len(encoded) > 0 and not tensors, f"codec {codec!r} carries encoded tensors: needs at least one tensor")
+    names = [t.name for t in tensors] + [e.name for e in encoded]
     _check(len(set(names)) == len(names), "duplicate tensor names")
-    _check(tensors_sha256(tensors) == sha256, "sha256 does not match the tensors")
+    _check(tensors_sha256(tensors, encoded) == sha256, "sha256 does not match the tensors")
 
 
 @_frozen
@@ -139,8 +176,10 @@ class ModuleUpdate:
     base: tuple[int, int]
     num_samples: int
     train_loss: float
-    codec: str = "fp32"
-    tensors: tuple[TensorBlob, ...]
+    tensors: tuple[TensorBlob, ...] = ()
+    encoded: tuple[EncodedTensor, ...] = ()
+    codec: str = RAW_CODEC
+    codec_params: dict[str, int | float | str] = field(default_factory=dict)
     sha256: str
     idempotency_key: str
 
@@ -156,8 +195,7 @@ class ModuleUpdate:
         _nonneg_int(self.num_samples, "num_samples")
         _check(self.num_samples > 0, "num_samples must be an int > 0")
         _check(_is_number(self.train_loss) and math.isfinite(self.train_loss), "train_loss must be finite")
-        _check(self.codec == "fp32", f"unsupported codec {self.codec!r}; expected 'fp32'")
-        _check_tensors(self.tensors, self.sha256)
+        _check_tensors(self.tensors, self.encoded, self.codec, self.codec_params, self.sha256)
 
 
 @_frozen
@@ -171,7 +209,11 @@ class ModuleVersion:
     key: ModuleKey
     global_round: int
     stage: int
-    tensors: tuple[TensorBlob, ...]
+    delta_base: tuple[int, int] | None = None  # None: full state; else a delta against the version at this stamp
+    tensors: tuple[TensorBlob, ...] = ()
+    encoded: tuple[EncodedTensor, ...] = ()
+    codec: str = RAW_CODEC
+    codec_params: dict[str, int | float | str] = field(default_factory=dict)
     sha256: str
 
     def __post_init__(self) -> None:
@@ -179,7 +221,11 @@ class ModuleVersion:
         check_segment(self.sender, "sender")
         _nonneg_int(self.global_round, "global_round")
         _nonneg_int(self.stage, "stage")
-        _check_tensors(self.tensors, self.sha256)
+        if self.delta_base is not None:
+            _check(len(self.delta_base) == 2, "delta_base must be (global_round, stage)")
+            for v in self.delta_base:
+                _nonneg_int(v, "delta_base entry")
+        _check_tensors(self.tensors, self.encoded, self.codec, self.codec_params, self.sha256)
 
     @property
     def stamp(self) -> tuple[int, int]:
@@ -198,7 +244,10 @@ class FogAggregate:
     global_round: int
     total_weight: float
     num_devices: int
-    tensors: tuple[TensorBlob, ...]
+    tensors: tuple[TensorBlob, ...] = ()
+    encoded: tuple[EncodedTensor, ...] = ()
+    codec: str = RAW_CODEC
+    codec_params: dict[str, int | float | str] = field(default_factory=dict)
     sha256: str
     idempotency_key: str
 
@@ -210,7 +259,7 @@ class FogAggregate:
         _check(self.num_devices > 0, "num_devices must be an int > 0")
         _finite_nonneg(self.total_weight, "total_weight")
         _check(self.total_weight > 0, "total_weight must be > 0")
-        _check_tensors(self.tensors, self.sha256)
+        _check_tensors(self.tensors, self.encoded, self.codec, self.codec_params, self.sha256)
 
 
 @_frozen

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import random
 import re
+import types
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,7 @@ from edge_runtime.protocol.messages import (
     ModuleVersion,
     NodeState,
     RoundControl,
+    EncodedTensor,
     TensorBlob,
     blobs_from_state,
     state_from_blobs,
@@ -397,11 +399,17 @@ def _wrong_values(hint: Any) -> list[Any]:
         return ["1.0", True, None, math.nan, math.inf, -math.inf, [1.0], b"1"]
     if hint is bool:
         return [1, 0, "true", None, 1.0]
+    if hint is EncodedTensor:
+        return [3, "t", None, ["t"], ["t", [1], "x"], ["t", [-1], b""], ["t", [1], b"x" * 100]]
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args:  # tuple[int, int] | None
+            return ["x", 3, [], [1], [1, 2, 3], ["1", 2], [0, 1.5]]
+        return [None, b"x", [1], True, {"a": 1}]  # int | float | str
     if hint is ModuleKey:
         return [3, None, b"encoder:imu:_", ["encoder", "imu", "_"], "", "encoder:imu", "encoder:imu:fall",
                 "head:_:_", "decoder:imu:_"]
     if origin is tuple and args[-1] is Ellipsis:
-        inner = [v for v in _wrong_values(args[0]) if v is not None][:3] if args[0] is not TensorBlob else [3, "t"]
+        inner = [v for v in _wrong_values(args[0]) if v is not None][:3] if args[0] not in (TensorBlob, EncodedTensor) else [3, "t"]
         return ["x", 3, None, {"a": 1}, b"", *([v] for v in inner)]
     if origin is tuple:
         return ["x", None, [], [1], [1, 2, 3], ["1", 2], [True, 0], [0, 1.5], [0, None]]
@@ -478,7 +486,8 @@ def test_wrong_type_messages_name_the_field_and_the_problem(
         (ModuleUpdate, "global_round", -1, "global_round must be an int >= 0"),
         (ModuleUpdate, "base", [-1, 0], "base\\[0\\] must be an int >= 0"),
         (ModuleUpdate, "num_samples", 0, "num_samples must be an int > 0"),
-        (ModuleUpdate, "codec", "int8", "unsupported codec 'int8'"),
+        (ModuleUpdate, "codec", "int8", "codec 'int8' carries encoded tensors"),
+        (ModuleUpdate, "codec", "Bad Codec", "bad codec name 'Bad Codec'"),
         (FogAggregate, "total_weight", 0.0, "total_weight must be > 0"),
         (RoundControl, "agg_every", 0, "agg_every must be >= 1"),
         (codec.message_type("round_metrics"), "modules_updated", -3, "modules_updated must be an int >= 0"),
