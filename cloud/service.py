@@ -16,21 +16,20 @@ from typing import Any
 import numpy as np
 
 from cloud.store import VersionStore
-from edge_runtime.config import CloudConfig, load_config, resolve
+from edge_runtime.compression.module_codec import same_layout, unpack
+from edge_runtime.config import CloudConfig, load_config, make_codecs, resolve
+from edge_runtime.downlink import VersionPublisher
 from edge_runtime.errors import AggregationError, ConfigError, DecodeError
 from edge_runtime.protocol import (
     GLOBAL_STAGE,
     FogAggregate,
     FogRoundReport,
     ModuleKey,
-    ModuleVersion,
+    ResyncRequest,
     RoundControl,
     RoundMetrics,
-    blobs_from_state,
     encode,
     modules_for,
-    state_from_blobs,
-    tensors_sha256,
     topics,
 )
 from edge_runtime.protocol.topics import Topic
@@ -56,7 +55,10 @@ class CloudService(Service):
         self.model = build_m3t(cfg.model, c.modalities, c.tasks)
         self.keys: list[ModuleKey] = modules_for({m: [t for t in c.tasks if TASKS[t].modality == m]
                                                   for m in c.modalities})
-        self.globals: dict[ModuleKey, State] = {k: self.model.get_module_state(k) for k in self.keys}
+        # pub.true: the merged global state; pub.published: what the fogs (and so the devices) hold.
+        self.pub = VersionPublisher(fleet=self.fleet, sender="cloud", codecs=make_codecs(cfg.downlink, "downlink"))
+        for key in self.keys:
+            self.pub.true[key] = self.model.get_module_state(key)
         self.eval_data = {}
         for task, path in sorted(cfg.eval.items()):
             if task not in c.tasks:
@@ -73,7 +75,8 @@ class CloudService(Service):
         self.history: list[dict[str, Any]] = []
 
     def subscriptions(self) -> list[str]:
-        return [topics.fogup_filter(self.fleet), topics.fogdone_filter(self.fleet)]
+        return [topics.fogup_filter(self.fleet), topics.fogdone_filter(self.fleet),
+                topics.resync_filter(self.fleet, "cloud")]
 
     def start(self) -> None:
         self.meter.round = 1
@@ -88,6 +91,8 @@ class CloudService(Service):
             self._on_aggregate(topic, message)
         elif topic.kind == "fogdone":
             self._on_report(topic, message)
+        elif topic.kind == "resync":
+            self._on_resync(topic, message)
         else:
             raise DecodeError(f"the cloud does not take {topic.kind!r} messages")
 
@@ -111,18 +116,24 @@ class CloudService(Service):
             raise DecodeError(f"fog {msg.fog!r} is not one of {sorted(self.expected_fogs)}")
         if msg.global_round != self.round_g:
             raise DecodeError(f"stale aggregate for round {msg.global_round}; open round is {self.round_g}")
-        if msg.key not in self.globals:
+        if msg.key not in self.pub.true:
             raise DecodeError(f"unknown module {msg.key}")
         if msg.idempotency_key in self.seen:
             self.rejected["duplicate"] += 1
             log.info("cloud: duplicate aggregate %s ignored", msg.idempotency_key)
             return
-        delta = state_from_blobs(msg.tensors)
-        base = self.globals[msg.key]
-        if {n: a.shape for n, a in delta.items()} != {n: a.shape for n, a in base.items()}:
+        delta = unpack(msg)
+        if not same_layout(delta, self.pub.true[msg.key]):
             raise AggregationError(f"aggregate of {msg.key} from {msg.fog} does not match the module's tensors")
         self.aggs.setdefault(msg.key, make_aggregator("fedavg")).add(delta, msg.total_weight)
         self.seen.add(msg.idempotency_key)
+
+    def _on_resync(self, topic: Topic, msg: ResyncRequest) -> None:
+        if msg.sender not in self.expected_fogs or topic.node != msg.sender or msg.target != "cloud":
+            raise DecodeError(f"resync request from unexpected node {msg.sender!r}")
+        for key in msg.modules:
+            self.transport.publish(topics.global_(self.fleet, key), encode(self.pub.resync(key)),
+                                   category="cloud_to_fog", retain=True)
 
     def _on_report(self, topic: Topic, msg: FogRoundReport) -> None:
         if msg.fog not in self.expected_fogs or topic.fog != msg.fog:
@@ -153,7 +164,7 @@ class CloudService(Service):
         g = self.round_g
         for key, agg in sorted(self.aggs.items()):
             delta = agg.result()
-            self.globals[key] = {n: (a + delta[n]).astype(np.float32) for n, a in self.globals[key].items()}
+            self.pub.true[key] = {n: (a + delta[n]).astype(np.float32) for n, a in self.pub.true[key].items()}
         self.meter.round = min(g + 1, self.cfg.cloud.rounds)
         for key in sorted(self.aggs):
             self._publish_global(key, version=g)
@@ -171,18 +182,16 @@ class CloudService(Service):
         self._open_round(g + 1)
 
     def _publish_global(self, key: ModuleKey, *, version: int) -> None:
-        blobs = blobs_from_state(self.globals[key])
-        msg = ModuleVersion(fleet=self.fleet, sender="cloud", key=key, global_round=version, stage=GLOBAL_STAGE,
-                            tensors=blobs, sha256=tensors_sha256(blobs))
-        self.store.put_version(msg)
+        msg = self.pub.version(key, (version, GLOBAL_STAGE))
+        self.store.put_version(self.pub.resync(key))  # stored as full state, so any version can be re-served
         self.transport.publish(topics.global_(self.fleet, key), encode(msg), category="cloud_to_fog", retain=True)
 
     def evaluate(self) -> dict[str, float]:
-        """Accuracy of the current global modules on each task's held-out test file."""
+        """Accuracy of the published global modules (what the fleet holds) on each task's held-out test file."""
         from edge_runtime.data import TASKS
         from edge_runtime.training import evaluate
 
-        for key, state in self.globals.items():
+        for key, state in self.pub.published.items():
             self.model.load_module_state(key, state)
         return {task: float(evaluate(self.model, modality=TASKS[task].modality, task=task, x=x, y=y))
                 for task, (x, y) in self.eval_data.items()}

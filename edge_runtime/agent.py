@@ -17,19 +17,20 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.config import DeviceConfig, load_config, resolve
+from edge_runtime.compression import ErrorFeedback
+from edge_runtime.compression.module_codec import pack
+from edge_runtime.config import DeviceConfig, load_config, make_codecs, resolve
+from edge_runtime.downlink import ResyncNeeded, VersionReceiver
 from edge_runtime.errors import ConfigError, DecodeError
 from edge_runtime.protocol import (
     ModuleKey,
     ModuleUpdate,
     ModuleVersion,
     NodeState,
+    ResyncRequest,
     RoundControl,
-    blobs_from_state,
     encode,
     modules_for,
-    state_from_blobs,
-    tensors_sha256,
     topics,
 )
 from edge_runtime.protocol.topics import Topic
@@ -103,7 +104,11 @@ class EdgeAgent(Service):
         self.data = load_local_data(cfg)
         self.model = build_m3t(cfg.model, dev.modalities, dev.tasks)
         self.keys = modules_for({m: [t for t in dev.tasks if self.data.modality_of[t] == m] for m in dev.modalities})
-        self.stamps: dict[ModuleKey, tuple[int, int]] = {}
+        self.codecs = make_codecs(cfg.uplink, "uplink")
+        self.rx = VersionReceiver()
+        self.residuals_path = resolve(cfg.base_dir, cfg.state_dir) / f"{dev.id}-residuals.npz"
+        self.residuals_path.parent.mkdir(parents=True, exist_ok=True)
+        self.feedback = ErrorFeedback.load(self.residuals_path) if self.residuals_path.exists() else ErrorFeedback()
         self.last_done = (0, 0)
         self.pending: RoundControl | None = None
         self.pending_since = 0.0
@@ -138,7 +143,7 @@ class EdgeAgent(Service):
         if ctl is None:
             return
         floor = (ctl.global_round, 0)
-        behind = [k for k in self.keys if self.stamps.get(k, (-1, -1)) < floor]
+        behind = [k for k in self.keys if self.rx.stamps.get(k, (-1, -1)) < floor]
         if behind and time.monotonic() - self.pending_since < BASE_WAIT_S:
             return  # the round's base versions are published before the announcement; give them time to arrive
         if behind:
@@ -157,10 +162,16 @@ class EdgeAgent(Service):
     def _apply_version(self, msg: ModuleVersion) -> None:
         if msg.key not in self.keys:
             raise DecodeError(f"device {self.node} does not hold module {msg.key}")
-        if msg.stamp <= self.stamps.get(msg.key, (-1, -1)):
+        try:
+            state = self.rx.apply(msg)
+        except ResyncNeeded as exc:
+            log.info("device %s: %s; asking %s for the full state", self.node, exc, self.fog)
+            request = ResyncRequest(fleet=self.fleet, sender=self.node, target=self.fog, modules=(msg.key,))
+            self.transport.publish(topics.resync(self.fleet, self.fog, self.node), encode(request),
+                                   category="device_to_fog")
             return
-        self.model.load_module_state(msg.key, state_from_blobs(msg.tensors))
-        self.stamps[msg.key] = msg.stamp
+        if state is not None:
+            self.model.load_module_state(msg.key, state)
 
     def _train_and_send(self, ctl: RoundControl) -> None:
         from edge_runtime.training import train_task
@@ -168,6 +179,8 @@ class EdgeAgent(Service):
         g, c = ctl.global_round, ctl.cluster_round
         self.meter.round = g
         started = time.monotonic()
+        for key, state in self.rx.states.items():  # train from the published version, not last round's weights
+            self.model.load_module_state(key, state)
         base = {k: self.model.get_module_state(k) for k in self.keys}
         losses = {}
         for task, (x, y) in sorted(self.data.train.items()):
@@ -180,19 +193,20 @@ class EdgeAgent(Service):
         for key in self.keys:
             new = self.model.get_module_state(key)
             delta = {n: (a - base[key][n]).astype(np.float32) for n, a in new.items()}
-            blobs = blobs_from_state(delta)
+            packed, _sent = pack(delta, self.codecs[key.kind], feedback=self.feedback, stream=str(key))
             related = [v for t, v in losses.items() if key.task in (t, "_") and
                        (key.modality in ("_", self.data.modality_of[t]))]
             update = ModuleUpdate(
                 fleet=self.fleet, sender=self.node, fog=self.fog, key=key, global_round=g, cluster_round=c,
-                base=self.stamps.get(key, (0, 0)), num_samples=self.data.samples_for(key),
-                train_loss=float(np.mean(related)) if related else 0.0, tensors=blobs,
-                sha256=tensors_sha256(blobs), idempotency_key=f"{self.fleet}/{self.node}/{g}.{c}/{key}")
+                base=self.rx.stamps.get(key, (0, 0)), num_samples=self.data.samples_for(key),
+                train_loss=float(np.mean(related)) if related else 0.0,
+                idempotency_key=f"{self.fleet}/{self.node}/{g}.{c}/{key}", **packed.fields())
             payload = encode(update)
             self.transport.publish(topics.up(self.fleet, self.fog, key, self.node), payload,
                                    category="device_to_fog")
             sent += len(payload)
         self.last_done = (g, c)
+        self.feedback.save(self.residuals_path)
         self.rounds_log.append({"global_round": g, "cluster_round": c, "train_s": round(train_s, 3),
                                 "bytes_sent": sent, "loss": {t: round(v, 4) for t, v in losses.items()}})
         log.info("device %s: round (%d,%d) trained %.1f s, loss %s, sent %d modules / %d B", self.node, g, c,
@@ -201,6 +215,8 @@ class EdgeAgent(Service):
     def _finish_job(self) -> None:
         from edge_runtime.training import evaluate
 
+        for key, state in self.rx.states.items():  # evaluate what the fleet was sent, as every device holds it
+            self.model.load_module_state(key, state)
         for task, (x, y) in sorted(self.data.test.items()):
             self.final_accuracy[task] = float(evaluate(self.model, modality=self.data.modality_of[task], task=task,
                                                        x=x, y=y))

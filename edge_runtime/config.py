@@ -57,6 +57,38 @@ class TrainingConfig:
 
 
 @_frozen
+class CodecSpec:
+    """One module kind's codec: ``codec`` names it (see edge_runtime/compression), ``params`` its parameters."""
+
+    codec: str = "fp32"
+    params: dict[str, object] = field(default_factory=dict)
+
+
+MODULE_KINDS = ("encoder", "adapter", "head")
+
+
+def make_codecs(specs: dict[str, CodecSpec], where: str) -> dict[str, Any]:
+    """Codec instances per module kind (``fp32`` for kinds not listed).
+
+    Raises:
+        ConfigError: an unknown module kind, codec or parameter.
+    """
+    from edge_runtime.compression import make_codec
+
+    unknown = sorted(set(specs) - set(MODULE_KINDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown module kind(s) {unknown}; expected some of {list(MODULE_KINDS)}")
+    out = {}
+    for kind in MODULE_KINDS:
+        spec = specs.get(kind, CodecSpec())
+        try:
+            out[kind] = make_codec(spec.codec, spec.params)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.{kind}: {exc}") from None
+    return out
+
+
+@_frozen
 class TaskData:
     train: str
     test: str = ""
@@ -86,6 +118,8 @@ class DeviceConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data: dict[str, TaskData] = field(default_factory=dict)
+    uplink: dict[str, CodecSpec] = field(default_factory=dict)  # per module kind; error feedback on lossy codecs
+    state_dir: str = "state"  # error-feedback residuals persist here across rounds and restarts
     metrics_file: str = ""
     base_dir: str = "."
 
@@ -112,6 +146,9 @@ class FogSection:
 class FogConfig:
     fog: FogSection
     broker: BrokerConfig = field(default_factory=BrokerConfig)
+    uplink: dict[str, CodecSpec] = field(default_factory=dict)  # fog -> cloud aggregates
+    downlink: dict[str, CodecSpec] = field(default_factory=dict)  # fog -> devices cluster versions
+    state_dir: str = "state"
     metrics_file: str = ""
     base_dir: str = "."
 
@@ -145,6 +182,7 @@ class CloudConfig:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: dict[str, str] = field(default_factory=dict)  # task -> held-out test file (.npz)
+    downlink: dict[str, CodecSpec] = field(default_factory=dict)  # cloud -> fogs global versions
     metrics_file: str = ""
     base_dir: str = "."
 

@@ -20,20 +20,20 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.config import FogConfig, resolve
+from edge_runtime.compression import ErrorFeedback
+from edge_runtime.compression.module_codec import pack, same_layout, unpack
+from edge_runtime.config import FogConfig, make_codecs, resolve
+from edge_runtime.downlink import ResyncNeeded, VersionPublisher, VersionReceiver
 from edge_runtime.errors import AggregationError, DecodeError
 from edge_runtime.protocol import (
     FogAggregate,
     FogRoundReport,
     ModuleKey,
     ModuleUpdate,
-    ModuleVersion,
     NodeState,
+    ResyncRequest,
     RoundControl,
-    blobs_from_state,
     encode,
-    state_from_blobs,
-    tensors_sha256,
     topics,
 )
 from edge_runtime.protocol.topics import Topic
@@ -57,7 +57,12 @@ class FogGateway(Service):
                          will=(topics.state(self.fleet, cfg.fog.id), encode(offline)))
         self.expected = set(cfg.fog.devices)
         self.holdings: dict[str, set[ModuleKey]] = {}
-        self.globals: dict[ModuleKey, tuple[int, State]] = {}
+        self.global_rx = VersionReceiver()  # the global versions, as the cloud published them
+        self.pub = VersionPublisher(fleet=self.fleet, sender=cfg.fog.id, codecs=make_codecs(cfg.downlink, "downlink"))
+        self.up_codecs = make_codecs(cfg.uplink, "uplink")
+        self.residuals_path = resolve(cfg.base_dir, cfg.state_dir) / f"{cfg.fog.id}-residuals.npz"
+        self.residuals_path.parent.mkdir(parents=True, exist_ok=True)
+        self.feedback = ErrorFeedback.load(self.residuals_path) if self.residuals_path.exists() else ErrorFeedback()
         self.plan: RoundControl | None = None
         self.plan_seen_at = 0.0
         self.round_g = 0
@@ -65,7 +70,6 @@ class FogGateway(Service):
         self.in_round = False
         self.modules: list[ModuleKey] = []
         self.start_state: dict[ModuleKey, State] = {}
-        self.state: dict[ModuleKey, State] = {}
         self.aggs: dict[ModuleKey, Aggregator] = {}
         self.reported: dict[ModuleKey, set[str]] = {}
         self.round_weight: dict[ModuleKey, dict[str, int]] = {}
@@ -78,7 +82,7 @@ class FogGateway(Service):
     # -- service hooks -------------------------------------------------------------------------------------------
     def subscriptions(self) -> list[str]:
         subs = [topics.up_filter(self.fleet, self.node), topics.global_filter(self.fleet),
-                topics.ctl(self.fleet, "cloud")]
+                topics.ctl(self.fleet, "cloud"), topics.resync_filter(self.fleet, self.node)]
         return subs + [topics.state(self.fleet, d) for d in sorted(self.expected)]
 
     def start(self) -> None:
@@ -91,7 +95,9 @@ class FogGateway(Service):
         if topic.kind == "state":
             self._on_state(message)
         elif topic.kind == "global":
-            self.globals[message.key] = (message.global_round, state_from_blobs(message.tensors))
+            self._on_global(message)
+        elif topic.kind == "resync":
+            self._on_resync(topic, message)
         elif topic.kind == "ctl":
             if self.plan is None or message.global_round > self.plan.global_round:
                 self.plan, self.plan_seen_at = message, time.monotonic()
@@ -125,6 +131,22 @@ class FogGateway(Service):
             log.warning("fog %s: device %s went offline", self.node, msg.node)
             self._close_if_complete()
 
+    def _on_global(self, msg: Any) -> None:
+        try:
+            self.global_rx.apply(msg)
+        except ResyncNeeded as exc:
+            log.info("fog %s: %s; asking the cloud for the full state", self.node, exc)
+            request = ResyncRequest(fleet=self.fleet, sender=self.node, target="cloud", modules=(msg.key,))
+            self.transport.publish(topics.resync(self.fleet, "cloud", self.node), encode(request),
+                                   category="fog_to_cloud")
+
+    def _on_resync(self, topic: Topic, msg: ResyncRequest) -> None:
+        if msg.sender not in self.expected or topic.node != msg.sender or msg.target != self.node:
+            raise DecodeError(f"resync request from {msg.sender!r} is not for fog {self.node}")
+        for key in msg.modules:
+            self.transport.publish(topics.cluster(self.fleet, self.node, key), encode(self.pub.resync(key)),
+                                   category="fog_to_device", retain=True)
+
     def _holders(self, key: ModuleKey) -> set[str]:
         return {d for d, keys in self.holdings.items() if key in keys}
 
@@ -142,9 +164,8 @@ class FogGateway(Service):
             self.rejected["duplicate"] += 1
             log.info("fog %s: duplicate update %s ignored", self.node, msg.idempotency_key)
             return
-        delta = state_from_blobs(msg.tensors)
-        base = self.state[msg.key]
-        if {n: a.shape for n, a in delta.items()} != {n: a.shape for n, a in base.items()}:
+        delta = unpack(msg)
+        if not same_layout(delta, self.pub.true[msg.key]):
             raise AggregationError(f"update of {msg.key} from {msg.sender} does not match the module's tensors")
         self.aggs[msg.key].add(delta, msg.num_samples)
         self.reported[msg.key].add(msg.sender)
@@ -165,8 +186,8 @@ class FogGateway(Service):
             return
         held = set().union(*self.holdings.values()) if self.holdings else set()
         # Every held module needs a global version; those this fog sent upward need the one merged from them.
-        ready = {k for k in held if k in self.globals
-                 and (k not in self.sent_last or self.globals[k][0] >= plan.global_round - 1)}
+        stamps = self.global_rx.stamps
+        ready = {k for k in held if k in stamps and (k not in self.sent_last or stamps[k][0] >= plan.global_round - 1)}
         if ready != held and now < self.plan_seen_at + GLOBALS_GRACE_S:
             return
         if ready != held:
@@ -174,8 +195,9 @@ class FogGateway(Service):
         self.round_g = plan.global_round
         self.meter.round = plan.global_round
         self.modules = sorted(ready)
-        self.start_state = {k: self.globals[k][1] for k in self.modules}
-        self.state = {k: {n: a.copy() for n, a in s.items()} for k, s in self.start_state.items()}
+        self.start_state = {k: self.global_rx.states[k] for k in self.modules}
+        for key in self.modules:
+            self.pub.true[key] = {n: a.copy() for n, a in self.start_state[key].items()}
         self.round_weight = {k: {} for k in self.modules}
         for key in self.modules:
             self._publish_cluster(key, stage=0)
@@ -199,7 +221,7 @@ class FogGateway(Service):
         updated = [k for k in self.modules if self.aggs[k].count > 0]
         for key in updated:
             delta = self.aggs[key].result()
-            self.state[key] = {n: (a + delta[n]).astype(np.float32) for n, a in self.state[key].items()}
+            self.pub.true[key] = {n: (a + delta[n]).astype(np.float32) for n, a in self.pub.true[key].items()}
             self._publish_cluster(key, stage=self.cluster_c)
         self.rounds_log.append({"global_round": self.round_g, "cluster_round": self.cluster_c,
                                 "modules_updated": len(updated),
@@ -221,16 +243,16 @@ class FogGateway(Service):
             weights = self.round_weight[key]
             if not weights:
                 continue
-            delta = {n: (a - self.start_state[key][n]).astype(np.float32) for n, a in self.state[key].items()}
-            blobs = blobs_from_state(delta)
+            delta = {n: (a - self.start_state[key][n]).astype(np.float32) for n, a in self.pub.true[key].items()}
+            packed, _sent = pack(delta, self.up_codecs[key.kind], feedback=self.feedback, stream=str(key))
             agg = FogAggregate(fleet=self.fleet, fog=self.node, key=key, global_round=self.round_g,
                                total_weight=float(sum(weights.values())), num_devices=len(weights),
-                               tensors=blobs, sha256=tensors_sha256(blobs),
-                               idempotency_key=f"{self.fleet}/{self.node}/{self.round_g}/{key}")
+                               idempotency_key=f"{self.fleet}/{self.node}/{self.round_g}/{key}", **packed.fields())
             self.transport.publish(topics.fogup(self.fleet, self.node, key), encode(agg), category="fog_to_cloud")
             sent.append(key)
             devices |= set(weights)
         self.sent_last = set(sent)
+        self.feedback.save(self.residuals_path)
         report = FogRoundReport(fleet=self.fleet, fog=self.node, global_round=self.round_g, modules=tuple(sent),
                                 devices=tuple(sorted(devices)), cluster_rounds=self.cluster_c)
         self.transport.publish(topics.fogdone(self.fleet, self.node), encode(report), category="fog_to_cloud")
@@ -238,9 +260,7 @@ class FogGateway(Service):
                  self.node, self.round_g, len(sent), len(devices), self.meter.total("fog_to_cloud"))
 
     def _publish_cluster(self, key: ModuleKey, *, stage: int) -> None:
-        blobs = blobs_from_state(self.state[key])
-        version = ModuleVersion(fleet=self.fleet, sender=self.node, key=key, global_round=self.round_g, stage=stage,
-                                tensors=blobs, sha256=tensors_sha256(blobs))
+        version = self.pub.version(key, (self.round_g, stage))
         self.transport.publish(topics.cluster(self.fleet, self.node, key), encode(version),
                                category="fog_to_device", retain=True)
 

@@ -82,7 +82,8 @@ def check_input(x: np.ndarray, codec: str) -> np.ndarray:
         raise ValueError(f"codec {codec!r} encodes float32 arrays, got {getattr(x, 'dtype', type(x))}")
     if not np.isfinite(x).all():
         raise ValueError(f"codec {codec!r}: input holds NaN or Inf")
-    return np.ascontiguousarray(x)
+    # np.ascontiguousarray would turn a 0-d array into shape (1,); a 0-d array is always contiguous.
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
 
 
 def decode_shape(shape: Any, codec: str) -> tuple[tuple[int, ...], int]:

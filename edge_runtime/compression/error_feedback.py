@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.compression.base import Codec
+from edge_runtime.compression.base import Codec, check_input
 from edge_runtime.errors import DataError, DecodeError
 
 FORMAT = "hffm-residuals"
@@ -45,16 +45,17 @@ class ErrorFeedback:
         sent: dict[str, np.ndarray] = {}
         updated: dict[tuple[str, str], np.ndarray] = {}
         for name in sorted(delta):
-            x = delta[name]
+            x = check_input(delta[name], codec.name)
             residual = self._residuals.get((stream, name))
-            if residual is not None and residual.shape != np.shape(x):
-                raise ValueError(f"error feedback {stream!r}/{name!r}: delta shape {np.shape(x)} differs from "
+            if residual is not None and residual.shape != x.shape:
+                raise ValueError(f"error feedback {stream!r}/{name!r}: delta shape {x.shape} differs from "
                                  f"the residual's {residual.shape}; reset the stream after changing a module")
-            corrected = x if residual is None else x + residual
+            # np.asarray: arithmetic on 0-d arrays yields numpy scalars, which codecs refuse.
+            corrected = x if residual is None else np.asarray(x + residual)
             data = codec.encode(corrected)
-            decoded = codec.decode(data, corrected.shape)
+            decoded = codec.decode(data, x.shape)
             encoded[name], sent[name] = data, decoded
-            updated[(stream, name)] = (corrected - decoded).astype(np.float32, copy=False)
+            updated[(stream, name)] = np.asarray(corrected - decoded, dtype=np.float32)
         self._residuals.update(updated)
         return encoded, sent
 
@@ -138,5 +139,5 @@ def _residuals_from(arrays: dict[str, np.ndarray], where: str) -> dict[tuple[str
         array = arrays[f"r{i}"]
         if array.dtype != np.float32 or not np.isfinite(array).all():
             raise DecodeError(f"residual file {where!r}: residual {key[0]!r}/{key[1]!r} is not finite float32")
-        residuals[key] = np.ascontiguousarray(array)
+        residuals[key] = np.array(array, dtype=np.float32, order="C")  # keeps 0-d arrays 0-d
     return residuals

@@ -20,7 +20,9 @@ _ABS_ERROR = 2.0**-25
 
 def pack_fp16(values: np.ndarray) -> bytes:
     """The little-endian float16 bytes of ``values`` (checked float32), clipped to +-``FP16_MAX``."""
-    return np.clip(values, -FP16_MAX, FP16_MAX).astype("<f2").tobytes()
+    if values.size and float(np.max(np.abs(values))) > FP16_MAX:  # clip copies, so only when needed
+        values = np.clip(values, -FP16_MAX, FP16_MAX)
+    return values.astype("<f2").tobytes()
 
 
 def unpack_fp16(data: bytes, count: int, codec: str) -> np.ndarray:

@@ -97,6 +97,7 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
             "model": model,
             "training": {"batch_size": 32, "lr": 2e-3, "threads": 1, "seed": opts.seed},
             "data": entries,
+            "state_dir": str(run_dir / "state"),
             "metrics_file": str(plan.metrics_file(dev)),
         }
         plan.device_configs[dev] = _write(run_dir / "configs" / f"{dev}.toml", cfg)
@@ -105,6 +106,7 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
             "fog": {"id": fog, "fleet": FLEET, "devices": sorted(d for d, f in fog_of.items() if f == fog),
                     "round_deadline_s": opts.round_deadline_s, "startup_timeout_s": opts.round_deadline_s},
             "broker": {"host": "127.0.0.1", "port": fog_ports[fog]},
+            "state_dir": str(run_dir / "state"),
             "metrics_file": str(plan.metrics_file(fog)),
         }
         plan.fog_configs[fog] = _write(run_dir / "configs" / f"{fog}.toml", cfg)

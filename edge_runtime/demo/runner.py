@@ -43,7 +43,7 @@ def run_demo(opts: DemoOptions, *, console: Console | None = None) -> dict[str, 
     console = console or Console(stderr=True)
     run_dir = (opts.run_dir or Path("runs") / datetime.now().strftime("demo-%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("brokers", "metrics"):  # a reused run folder must not replay an old job's retained messages
+    for stale in ("brokers", "metrics", "state"):  # a reused run folder must not replay an old job's retained messages
         shutil.rmtree(run_dir / stale, ignore_errors=True)
     (run_dir / "cloud.sqlite").unlink(missing_ok=True)
     started = time.monotonic()

@@ -364,6 +364,24 @@ class RoundMetrics:
             _check(isinstance(acc, float) and 0.0 <= acc <= 1.0, f"accuracy[{task!r}] must be in [0, 1]")
 
 
+@_frozen
+class ResyncRequest:
+    """receiver -> publisher on ``resync/{target}/{sender}``: send me the full state of these modules."""
+
+    TYPE: ClassVar[str] = "resync_request"
+    schema: int = SCHEMA_VERSION
+    fleet: str
+    sender: str
+    target: str
+    modules: tuple[ModuleKey, ...]
+
+    def __post_init__(self) -> None:
+        check_segment(self.fleet, "fleet")
+        check_segment(self.sender, "sender")
+        check_segment(self.target, "target")
+        _check(0 < len(self.modules) <= 1024, "a resync request names 1..1024 modules")
+
+
 MESSAGE_TYPES: tuple[type, ...] = (
     ModuleUpdate,
     ModuleVersion,
@@ -372,4 +390,5 @@ MESSAGE_TYPES: tuple[type, ...] = (
     RoundControl,
     NodeState,
     RoundMetrics,
+    ResyncRequest,
 )

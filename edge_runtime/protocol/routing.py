@@ -12,6 +12,7 @@ from edge_runtime.protocol.messages import (
     ModuleUpdate,
     ModuleVersion,
     NodeState,
+    ResyncRequest,
     RoundControl,
     RoundMetrics,
 )
@@ -25,6 +26,7 @@ MESSAGE_FOR_KIND: dict[str, type] = {
     "ctl": RoundControl,
     "state": NodeState,
     "metrics": RoundMetrics,
+    "resync": ResyncRequest,
 }
 
 

@@ -16,7 +16,7 @@ from edge_runtime.protocol.keys import ModuleKey
 ROOT = "hffm/v1"
 _SEGMENT = re.compile(r"^[a-z0-9_-]{1,64}$")
 
-TopicKind = Literal["up", "cluster", "fogup", "global", "ctl", "fogdone", "state", "metrics"]
+TopicKind = Literal["up", "cluster", "fogup", "global", "ctl", "fogdone", "state", "metrics", "resync"]
 
 # Number of segments after ``hffm/v1/{fleet}/{kind}`` for each kind.
 _ARITY: dict[str, int] = {
@@ -28,6 +28,7 @@ _ARITY: dict[str, int] = {
     "fogdone": 1,  # fog
     "state": 1,  # device or fog id
     "metrics": 1,  # "cloud"
+    "resync": 2,  # target ("cloud" or a fog id), requesting node
 }
 
 
@@ -124,6 +125,15 @@ def metrics(fleet: str, node: str = "cloud") -> str:
     return f"{_base(fleet, 'metrics')}/{check_segment(node, 'node')}"
 
 
+def resync(fleet: str, target: str, node: str) -> str:
+    """receiver -> publisher: a node asks for the full state of modules it cannot apply a delta to (QoS 1)."""
+    return f"{_base(fleet, 'resync')}/{check_segment(target, 'target')}/{check_segment(node, 'node')}"
+
+
+def resync_filter(fleet: str, target: str) -> str:
+    return f"{_base(fleet, 'resync')}/{check_segment(target, 'target')}/+"
+
+
 def build(topic: Topic) -> str:
     """Build the string of a parsed :class:`Topic` (inverse of :func:`parse`)."""
     if topic.kind == "up" and topic.fog and topic.module and topic.node:
@@ -132,6 +142,8 @@ def build(topic: Topic) -> str:
         return (cluster if topic.kind == "cluster" else fogup)(topic.fleet, topic.fog, topic.module)
     if topic.kind == "global" and topic.module:
         return global_(topic.fleet, topic.module)
+    if topic.kind == "resync" and topic.fog and topic.node:
+        return resync(topic.fleet, topic.fog, topic.node)
     if topic.kind == "fogdone" and topic.fog:
         return fogdone(topic.fleet, topic.fog)
     if topic.kind in ("ctl", "state", "metrics") and topic.node:
@@ -168,6 +180,8 @@ def parse(topic: str) -> Topic:
             return Topic(fleet=fleet, kind=kind, module=ModuleKey(kind=rest[2], modality=rest[0], task=rest[1]))
         if kind == "fogdone":
             return Topic(fleet=fleet, kind=kind, fog=rest[0])
+        if kind == "resync":
+            return Topic(fleet=fleet, kind=kind, fog=rest[0], node=rest[1])
         return Topic(fleet=fleet, kind=kind, node=rest[0])
     except ValueError as exc:
         raise DecodeError(f"topic {topic!r}: {exc}") from None

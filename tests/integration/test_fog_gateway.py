@@ -54,7 +54,8 @@ def _update(dev: str, key: ModuleKey, delta: dict[str, np.ndarray], n: int) -> b
 def test_fog_gateway_aggregates_holders_and_survives_garbage(brokers: Brokers, tmp_path: Path) -> None:
     cfg = FogConfig(fog=FogSection(id="fog-1", fleet=FLEET, devices=["dev-a", "dev-b"], round_deadline_s=60,
                                    startup_timeout_s=30),
-                    broker=BrokerConfig(port=brokers.fog.port), metrics_file=str(tmp_path / "fog.json"))
+                    broker=BrokerConfig(port=brokers.fog.port), metrics_file=str(tmp_path / "fog.json"),
+                    state_dir=str(tmp_path / "state"))
     gateway = FogGateway(cfg)
     thread = threading.Thread(target=gateway.run, kwargs={"time_limit_s": 60}, daemon=True)
     cloud = Client("test-cloud", brokers.cloud.port)

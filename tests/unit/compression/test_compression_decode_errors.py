@@ -134,12 +134,26 @@ def test_random_bytes_only_raise_decode_error(name: str, params: dict[str, Any],
     assert out.shape == shape and out.dtype == np.float32 and np.isfinite(out).all()
 
 
+def _value_bytes(values: str, k: int) -> int:
+    return {"fp32": 4 * k, "fp16": 2 * k, "int8": 4 * -(-k // 4) + k}[values]
+
+
 @pytest.mark.parametrize("values", ["fp32", "fp16", "int8"])
-@settings(max_examples=2000, deadline=None)
-@given(mode=st.integers(0, 2), k=st.integers(0, 40), index=st.binary(max_size=24), rest=st.binary(max_size=90),
-       shape=st.sampled_from(FUZZ_SHAPES))
-def test_topk_plausible_headers_only_raise_decode_error(values: str, mode: int, k: int, index: bytes, rest: bytes,
-                                                        shape: tuple[int, ...]) -> None:
+@settings(max_examples=1000, deadline=None)
+@given(data=st.data())
+def test_topk_plausible_payloads_only_raise_decode_error(values: str, data: st.DataObject) -> None:
+    """Random payloads that get past the header: k <= n, right-sized bitmaps, often right-sized values."""
+    shape = data.draw(st.sampled_from(FUZZ_SHAPES))
+    n = int(np.prod(shape))
+    k = data.draw(st.integers(0, n))
+    mode = data.draw(st.sampled_from([VARINT, BITMAP]))
+    if mode == BITMAP:
+        index = data.draw(st.binary(min_size=-(-n // 8), max_size=-(-n // 8)))
+    else:
+        index = data.draw(st.one_of(st.binary(max_size=2 * k + 2), st.lists(st.integers(1, 3), min_size=k,
+                                                                            max_size=k).map(bytes)))
+    size = _value_bytes(values, k)
+    rest = data.draw(st.one_of(st.binary(min_size=size, max_size=size), st.binary(max_size=90)))
     codec = TopKCodec({"values": values, "block": 4})
     try:
         out = codec.decode(_topk(mode, k, index, rest), shape)

@@ -22,6 +22,7 @@ from edge_runtime.protocol.messages import (
     ModuleVersion,
     NodeState,
     RoundControl,
+    ResyncRequest,
     RoundMetrics,
     TensorBlob,
     blobs_from_state,
@@ -159,6 +160,17 @@ def round_metrics(**overrides: Any) -> RoundMetrics:
     return RoundMetrics(**fields)
 
 
+def resync_request(**overrides: Any) -> ResyncRequest:
+    fields: dict[str, Any] = {
+        "fleet": FLEET,
+        "sender": DEVICE,
+        "target": FOG,
+        "modules": (ModuleKey.adapter("imu", "activity"), ModuleKey.head("activity")),
+    }
+    fields.update(overrides)
+    return ResyncRequest(**fields)
+
+
 FACTORIES: dict[type, Callable[..., Any]] = {
     ModuleUpdate: module_update,
     ModuleVersion: module_version,
@@ -167,6 +179,7 @@ FACTORIES: dict[type, Callable[..., Any]] = {
     RoundControl: round_control,
     NodeState: node_state,
     RoundMetrics: round_metrics,
+    ResyncRequest: resync_request,
 }
 
 

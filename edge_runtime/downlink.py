@@ -1,0 +1,105 @@
+"""Downlink module versions: compressed deltas against what the receivers already hold, full state as fallback.
+
+A :class:`VersionPublisher` (fog for its devices, cloud for the fogs) keeps two states per module: the true state
+``T`` its aggregation produces, and the published state ``P`` that every in-sync receiver holds. Publishing
+encodes ``T - P`` with the module kind's codec, advances ``P`` by exactly what receivers decode, and stamps the
+message with ``delta_base`` = the stamp of the previous ``P``. Whatever a lossy codec left out stays in ``T - P``
+and goes out with the next version (implicit error feedback), so receivers never drift from ``P``.
+
+A :class:`VersionReceiver` (device, fog) applies a delta only onto the exact version it names; when it does not
+hold that version (it joined late, or missed one) it asks for a resync, and the publisher answers with the full
+``P`` at the current stamp (raw fp32). The first version of a module, and every version under the ``fp32`` codec,
+is sent as full state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from edge_runtime.compression import Codec, make_codec
+from edge_runtime.compression.module_codec import pack, same_layout, unpack
+from edge_runtime.errors import DecodeError
+from edge_runtime.protocol import RAW_CODEC, ModuleKey, ModuleVersion
+
+State = dict[str, np.ndarray]
+Stamp = tuple[int, int]
+
+
+class ResyncNeeded(Exception):
+    """A delta arrived for a base version the receiver does not hold."""
+
+    def __init__(self, key: ModuleKey, held: Stamp | None, base: Stamp) -> None:
+        super().__init__(f"{key}: delta against {base}, but holding {held}")
+        self.key = key
+
+
+class VersionPublisher:
+    def __init__(self, *, fleet: str, sender: str, codecs: Mapping[str, Codec]) -> None:
+        self.fleet = fleet
+        self.sender = sender
+        self.codecs = dict(codecs)
+        self.raw = make_codec(RAW_CODEC)
+        self.true: dict[ModuleKey, State] = {}
+        self.published: dict[ModuleKey, State] = {}
+        self.stamps: dict[ModuleKey, Stamp] = {}
+
+    def version(self, key: ModuleKey, stamp: Stamp) -> ModuleVersion:
+        """The next version of ``key`` at ``stamp``: a delta ``T - P`` where possible, else the full state."""
+        target = self.true[key]
+        codec = self.codecs.get(key.kind, self.raw)
+        base = self.stamps.get(key)
+        if base is None or codec.name == RAW_CODEC or not same_layout(target, self.published[key]):
+            self.published[key] = {n: a.copy() for n, a in target.items()}
+            return self._full(key, stamp)
+        delta = {n: a - self.published[key][n] for n, a in target.items()}
+        packed, sent = pack(delta, codec)
+        self.published[key] = {n: (a + sent[n]).astype(np.float32) for n, a in self.published[key].items()}
+        self.stamps[key] = stamp
+        return ModuleVersion(fleet=self.fleet, sender=self.sender, key=key, global_round=stamp[0], stage=stamp[1],
+                             delta_base=base, **packed.fields())
+
+    def resync(self, key: ModuleKey) -> ModuleVersion:
+        """The full published state at its current stamp (for a receiver that lost track).
+
+        Raises:
+            DecodeError: nothing was ever published for ``key``.
+        """
+        if key not in self.stamps:
+            raise DecodeError(f"resync asked for {key}, which was never published")
+        return self._full(key, self.stamps[key])
+
+    def _full(self, key: ModuleKey, stamp: Stamp) -> ModuleVersion:
+        packed, _ = pack(self.published[key], self.raw)
+        self.stamps[key] = stamp
+        return ModuleVersion(fleet=self.fleet, sender=self.sender, key=key, global_round=stamp[0], stage=stamp[1],
+                             **packed.fields())
+
+
+class VersionReceiver:
+    def __init__(self) -> None:
+        self.states: dict[ModuleKey, State] = {}
+        self.stamps: dict[ModuleKey, Stamp] = {}
+
+    def apply(self, msg: ModuleVersion) -> State | None:
+        """Apply a version; return the module's new state, or None when it is not newer than what is held.
+
+        Raises:
+            ResyncNeeded: a delta against a version this receiver does not hold.
+            DecodeError: malformed tensors, or a delta whose tensors do not match the held state.
+        """
+        held = self.stamps.get(msg.key)
+        if held is not None and msg.stamp <= held:
+            return None
+        if msg.delta_base is not None and held != msg.delta_base:
+            raise ResyncNeeded(msg.key, held, msg.delta_base)
+        state = unpack(msg)
+        if msg.delta_base is not None:
+            current = self.states[msg.key]
+            if not same_layout(state, current):
+                raise DecodeError(f"delta for {msg.key} does not match the held module's tensors")
+            state = {n: (current[n] + a).astype(np.float32) for n, a in state.items()}
+        self.states[msg.key] = state
+        self.stamps[msg.key] = msg.stamp
+        return state
