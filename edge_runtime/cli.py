@@ -25,9 +25,11 @@ app = typer.Typer(help=f"hffm: hierarchical federated fine-tuning over MQTT. {EX
 edge_app = typer.Typer(help="The device agent.", no_args_is_help=True)
 fog_app = typer.Typer(help="The fog gateway.", no_args_is_help=True)
 cloud_app = typer.Typer(help="The cloud service.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: print a table and save the figures as JSON.", no_args_is_help=True)
 app.add_typer(edge_app, name="edge")
 app.add_typer(fog_app, name="fog")
 app.add_typer(cloud_app, name="cloud")
+app.add_typer(bench_app, name="bench")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="TOML config file (see examples/).")]
 TimeLimitOpt = Annotated[float, typer.Option(help="Give up (exit 9) after this many seconds.")]
@@ -114,6 +116,27 @@ def demo(
     run_demo(DemoOptions(fogs=fogs, devices_per_fog=devices_per_fog, rounds=rounds, local_epochs=local_epochs,
                          agg_every=agg_every, backbone=backbone, seed=seed, alpha=alpha, report=report,
                          run_dir=run_dir, time_limit_s=time_limit))
+
+
+@bench_app.command("compression")
+@friendly_errors
+def bench_compression(
+    rounds: Annotated[int, typer.Option(min=1, max=100, help="Global rounds per run (demo default).")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed (same for every run).")] = 0,
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    backbone: Annotated[str, typer.Option(help="Backbone (demo default: minilm).")] = "minilm",
+    run_root: Annotated[Path, typer.Option(help="Folder for each run's files.")] = Path("runs/bench-compression"),
+    only: Annotated[str, typer.Option(help="Comma-separated subset of settings (fp32 is always run first).")] = "",
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Run the demo's federated job once per codec setting; compare uplink bytes, accuracy and codec speed."""
+    setup_logging(log_level)
+    from edge_runtime.bench.compression import run_compression_bench
+
+    from edge_runtime.bench.compression import select_settings
+
+    run_compression_bench(rounds=rounds, seed=seed, report=report, run_root=run_root.resolve(), backbone=backbone,
+                          settings=select_settings(only))
 
 
 def main() -> None:

@@ -55,7 +55,6 @@ class Fp16Codec(Codec):
     """Half precision: 2 bytes per element, relative error <= 2**-11 inside +-65504."""
 
     name = "fp16"
-    defaults = {}
 
     def encode(self, x: np.ndarray) -> bytes:
         return pack_fp16(check_input(x, self.name))

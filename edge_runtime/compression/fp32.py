@@ -32,7 +32,6 @@ class Fp32Codec(Codec):
     """Raw float32: 4 bytes per element, decoded bit-exactly."""
 
     name = "fp32"
-    defaults = {}
     lossless = True
 
     def encode(self, x: np.ndarray) -> bytes:

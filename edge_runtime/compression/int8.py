@@ -38,11 +38,10 @@ def block_scales(values: np.ndarray, block: int) -> np.ndarray:
     return scales
 
 
-def _per_block(values: np.ndarray, per: np.ndarray, block: int, op: str) -> np.ndarray:
-    """``values op per-block factor`` for a 1-d array: full blocks by broadcasting, the short tail on its own."""
+def _per_block(values: np.ndarray, per: np.ndarray, block: int, func: np.ufunc) -> np.ndarray:
+    """``func(values, per-block factor)`` for a 1-d array: full blocks by broadcasting, the short tail alone."""
     full = (values.size // block) * block
     out = np.empty(values.size, dtype=np.float32)
-    func = np.divide if op == "div" else np.multiply
     if full:
         func(values[:full].reshape(-1, block), per[: full // block, None], out=out[:full].reshape(-1, block))
     if full < values.size:
@@ -56,7 +55,7 @@ def pack_int8(values: np.ndarray, block: int) -> bytes:
     if values.size == 0:
         return b""
     safe = np.where(scales > 0, scales, np.float32(1))
-    codes = np.rint(_per_block(values, safe, block, "div"))
+    codes = np.rint(_per_block(values, safe, block, np.divide))
     np.clip(codes, -QMAX, QMAX, out=codes)
     return scales.astype("<f4", copy=False).tobytes() + codes.astype(np.int8).tobytes()
 
@@ -81,7 +80,7 @@ def unpack_int8(data: bytes, count: int, block: int, codec: str) -> np.ndarray:
     if (codes < -QMAX).any():
         raise DecodeError(f"codec {codec!r}: a code is -128; codes lie in [-127, 127]")
     with np.errstate(over="ignore"):
-        values = _per_block(codes.astype(np.float32), scales, block, "mul")
+        values = _per_block(codes.astype(np.float32), scales, block, np.multiply)
     if not np.isfinite(values).all():
         raise DecodeError(f"codec {codec!r}: a decoded value overflows float32")
     return values

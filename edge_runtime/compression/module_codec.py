@@ -54,7 +54,11 @@ def pack(state: Mapping[str, np.ndarray], codec: Codec, *, feedback: ErrorFeedba
     With ``feedback``, the residual of ``stream`` is added before encoding and what was not sent is kept for the
     next call. Returns the message fields and the arrays the receiver will decode.
     """
-    arrays = {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in state.items()}
+    arrays = {}
+    for name, arr in state.items():
+        if arr.dtype != np.float32:
+            raise ValueError(f"tensor {name!r}: modules are float32, got {arr.dtype}")
+        arrays[name] = np.asarray(arr, order="C")  # keeps 0-d arrays 0-d
     if codec.name == RAW_CODEC:
         blobs = blobs_from_state(arrays)
         return Packed(RAW_CODEC, {}, blobs, (), tensors_sha256(blobs)), {n: a.copy() for n, a in arrays.items()}

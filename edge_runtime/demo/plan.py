@@ -33,6 +33,11 @@ class DemoOptions:
     time_limit_s: float = 1800.0
     round_deadline_s: float = 600.0
     baseline_workers: int = 2
+    baseline: bool = True
+    show_tables: bool = True
+    # Codec per module kind, e.g. {"adapter": {"codec": "topk", "params": {"fraction": 0.01}}}; fp32 if absent.
+    uplink: dict[str, dict[str, object]] = field(default_factory=dict)
+    downlink: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
             "model": model,
             "training": {"batch_size": 32, "lr": 2e-3, "threads": 1, "seed": opts.seed},
             "data": entries,
+            "uplink": opts.uplink,
             "state_dir": str(run_dir / "state"),
             "metrics_file": str(plan.metrics_file(dev)),
         }
@@ -106,6 +112,8 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
             "fog": {"id": fog, "fleet": FLEET, "devices": sorted(d for d, f in fog_of.items() if f == fog),
                     "round_deadline_s": opts.round_deadline_s, "startup_timeout_s": opts.round_deadline_s},
             "broker": {"host": "127.0.0.1", "port": fog_ports[fog]},
+            "uplink": opts.uplink,
+            "downlink": opts.downlink,
             "state_dir": str(run_dir / "state"),
             "metrics_file": str(plan.metrics_file(fog)),
         }
@@ -117,6 +125,7 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
         "broker": {"host": "127.0.0.1", "port": cloud_port},
         "model": model,
         "eval": {t: str(data_dir / "test" / f"{t}.npz") for t in tasks},
+        "downlink": opts.downlink,
         "metrics_file": str(plan.metrics_file("cloud")),
     }
     object.__setattr__(plan, "cloud_config", _write(run_dir / "configs" / "cloud.toml", cloud))

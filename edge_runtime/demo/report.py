@@ -54,7 +54,7 @@ def build_report(opts: DemoOptions, plan: FleetPlan, history: list[RoundMetrics]
         if accs:
             local_only[task] = sum(accs) / len(accs)
     final = dict(history[-1].accuracy) if history else {}
-    config = {k: (str(v) if v is not None and not isinstance(v, (int, float, str, bool)) else v)
+    config = {k: (str(v) if v is not None and not isinstance(v, (int, float, str, bool, dict)) else v)
               for k, v in asdict(opts).items()}
     devices = {
         dev: {"fog": plan.fog_of[dev], "tasks": plan.device_tasks[dev],

@@ -65,13 +65,14 @@ def run_demo(opts: DemoOptions, *, console: Console | None = None) -> dict[str, 
             wait_for_bridge(broker)
         progress.remove_task(step)
         history = _run_federation(opts, plan, cloud_port, progress, stack)
-        baseline = _run_baseline(opts, plan, progress)
+        baseline = _run_baseline(opts, plan, progress) if opts.baseline else {}
     report = build_report(opts, plan, history, baseline, wall_s=time.monotonic() - started)
     if opts.report:
         opts.report.parent.mkdir(parents=True, exist_ok=True)
         opts.report.write_text(json.dumps(report, indent=2))
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
-    print_tables(report, Console())
+    if opts.show_tables:
+        print_tables(report, Console())
     console.print(f"run folder: {run_dir}" + (f"; report: {opts.report}" if opts.report else ""))
     return report
 
