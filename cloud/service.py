@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from cloud.store import VersionStore
-from edge_runtime.compression.module_codec import same_layout, unpack
+from edge_runtime.compression.module_codec import layout_of, same_layout, unpack
 from edge_runtime.config import CloudConfig, load_config, make_codecs, resolve
 from edge_runtime.downlink import VersionPublisher
 from edge_runtime.errors import AggregationError, ConfigError, DecodeError
@@ -122,7 +122,7 @@ class CloudService(Service):
             self.rejected["duplicate"] += 1
             log.info("cloud: duplicate aggregate %s ignored", msg.idempotency_key)
             return
-        delta = unpack(msg)
+        delta = unpack(msg, layout_of(self.pub.true[msg.key]))
         if not same_layout(delta, self.pub.true[msg.key]):
             raise AggregationError(f"aggregate of {msg.key} from {msg.fog} does not match the module's tensors")
         self.aggs.setdefault(msg.key, make_aggregator("fedavg")).add(delta, msg.total_weight)

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from edge_runtime.compression import Codec, make_codec
-from edge_runtime.compression.module_codec import pack, same_layout, unpack
+from edge_runtime.compression.module_codec import layout_of, pack, same_layout, unpack
 from edge_runtime.errors import DecodeError
 from edge_runtime.protocol import RAW_CODEC, ModuleKey, ModuleVersion
 
@@ -94,7 +94,7 @@ class VersionReceiver:
             return None
         if msg.delta_base is not None and held != msg.delta_base:
             raise ResyncNeeded(msg.key, held, msg.delta_base)
-        state = unpack(msg)
+        state = unpack(msg, layout_of(self.states[msg.key]) if msg.key in self.states else None)
         if msg.delta_base is not None:
             current = self.states[msg.key]
             if not same_layout(state, current):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.compression import ErrorFeedback
-from edge_runtime.compression.module_codec import pack, same_layout, unpack
+from edge_runtime.compression.module_codec import layout_of, pack, same_layout, unpack
 from edge_runtime.config import FogConfig, make_codecs, resolve
 from edge_runtime.downlink import ResyncNeeded, VersionPublisher, VersionReceiver
 from edge_runtime.errors import AggregationError, DecodeError
@@ -164,7 +164,7 @@ class FogGateway(Service):
             self.rejected["duplicate"] += 1
             log.info("fog %s: duplicate update %s ignored", self.node, msg.idempotency_key)
             return
-        delta = unpack(msg)
+        delta = unpack(msg, layout_of(self.pub.true[msg.key]))
         if not same_layout(delta, self.pub.true[msg.key]):
             raise AggregationError(f"update of {msg.key} from {msg.sender} does not match the module's tensors")
         self.aggs[msg.key].add(delta, msg.num_samples)

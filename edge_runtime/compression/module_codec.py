@@ -1,7 +1,9 @@
 """Module states and deltas <-> the tensor fields of module messages, through a codec.
 
-The ``fp32`` codec travels as raw :class:`TensorBlob`\\ s; every other codec as :class:`EncodedTensor`\\ s whose
-codec name and parameters ride in the message. :func:`pack` also returns exactly what the receiver will decode, so
+The ``fp32`` codec travels as raw, self-describing :class:`TensorBlob`\\ s. Every other codec encodes the whole
+module as ONE flat vector (tensors in name order) in a single :class:`EncodedTensor`: per-tensor names and headers
+would otherwise outweigh a sparse payload, and top-k then selects across the whole module. The receiver splits the
+vector with the layout (names and shapes) of the module it already holds. :func:`pack` also returns exactly what the receiver will decode, so
 a sender can track the receiver's view (downlink) or keep the error-feedback residual (uplink).
 """
 
@@ -20,6 +22,7 @@ from edge_runtime.protocol import RAW_CODEC, EncodedTensor, TensorBlob, blobs_fr
 from edge_runtime.protocol import tensors_sha256
 
 State = dict[str, np.ndarray]
+FLAT = "module"
 
 
 class ModuleTensors(Protocol):
@@ -62,21 +65,41 @@ def pack(state: Mapping[str, np.ndarray], codec: Codec, *, feedback: ErrorFeedba
     if codec.name == RAW_CODEC:
         blobs = blobs_from_state(arrays)
         return Packed(RAW_CODEC, {}, blobs, (), tensors_sha256(blobs)), {n: a.copy() for n, a in arrays.items()}
+    names = sorted(arrays)
+    flat = {FLAT: np.concatenate([arrays[n].ravel() for n in names]) if names else np.zeros(0, np.float32)}
     if feedback is not None:
-        data, sent = feedback.compress(stream, arrays, codec)
+        data, sent_flat = feedback.compress(stream, flat, codec)
     else:
-        data = {n: codec.encode(a) for n, a in arrays.items()}
-        sent = {n: codec.decode(data[n], a.shape) for n, a in arrays.items()}
-    encoded = tuple(EncodedTensor(name=n, shape=tuple(int(d) for d in arrays[n].shape), data=data[n])
-                    for n in sorted(arrays))
+        data = {FLAT: codec.encode(flat[FLAT])}
+        sent_flat = {FLAT: codec.decode(data[FLAT], flat[FLAT].shape)}
+    encoded = (EncodedTensor(name=FLAT, shape=(int(flat[FLAT].size),), data=data[FLAT]),)
+    sent = split(sent_flat[FLAT], {n: arrays[n].shape for n in names})
     return Packed(codec.name, dict(codec.params), (), encoded, tensors_sha256((), encoded)), sent
 
 
-def unpack(message: ModuleTensors) -> State:
-    """Decode a module message's tensors into float32 arrays.
+def split(flat: np.ndarray, layout: Mapping[str, tuple[int, ...]]) -> State:
+    """Cut a flat vector into the tensors of ``layout`` (in name order). Raises ``DecodeError`` on a size mismatch."""
+    sizes = {n: int(np.prod(layout[n], dtype=np.int64)) for n in sorted(layout)}
+    if flat.size != sum(sizes.values()):
+        raise DecodeError(f"encoded module has {flat.size} values; the module's layout needs {sum(sizes.values())}")
+    out, start = {}, 0
+    for name, size in sizes.items():
+        out[name] = flat[start:start + size].reshape(layout[name]).copy()
+        start += size
+    return out
+
+
+def layout_of(state: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(a.shape) for n, a in state.items()}
+
+
+def unpack(message: ModuleTensors, layout: Mapping[str, tuple[int, ...]] | None) -> State:
+    """Decode a module message's tensors into float32 arrays; ``layout`` (the receiver's view of the module) is
+    needed for encoded (non-fp32) messages.
 
     Raises:
-        DecodeError: unknown codec or parameters, malformed encoded data, NaN/Inf, duplicate names.
+        DecodeError: unknown codec or parameters, malformed encoded data, NaN/Inf, duplicate names, a flat module
+            whose size does not match ``layout``, or an encoded message where no layout is known.
     """
     from edge_runtime.compression import make_codec
 
@@ -86,12 +109,12 @@ def unpack(message: ModuleTensors) -> State:
         codec = make_codec(message.codec, message.codec_params)
     except ConfigError as exc:
         raise DecodeError(str(exc)) from None
-    out: State = {}
-    for enc in message.encoded:
-        if enc.name in out:
-            raise DecodeError(f"duplicate tensor name {enc.name!r}")
-        out[enc.name] = codec.decode(enc.data, enc.shape)
-    return out
+    if len(message.encoded) != 1 or message.encoded[0].name != FLAT or len(message.encoded[0].shape) != 1:
+        raise DecodeError(f"an encoded module is one flat tensor named {FLAT!r}")
+    if layout is None:
+        raise DecodeError("an encoded module arrived for a module whose layout is not known here")
+    enc = message.encoded[0]
+    return split(codec.decode(enc.data, enc.shape), layout)
 
 
 def same_layout(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
