@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0 $(TORCH_PIP_ARGS)
-	$(PIP) install -q -e '.[edge,dev]'
+	$(PIP) install -q -e '.[edge,export,dev]'
 	touch $(STAMP)
 
 mosquitto:

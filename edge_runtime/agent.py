@@ -8,7 +8,10 @@ When the job ends it evaluates the final modules on its test files.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
 import time
 import zlib
 from dataclasses import dataclass
@@ -21,6 +24,8 @@ from edge_runtime.compression import ErrorFeedback
 from edge_runtime.compression.module_codec import pack
 from edge_runtime.config import DeviceConfig, load_config, make_codecs, resolve
 from edge_runtime.downlink import ResyncNeeded, VersionReceiver
+from edge_runtime.resources import Decision, decide
+from edge_runtime.telemetry import sample
 from edge_runtime.errors import ConfigError, DecodeError
 from edge_runtime.protocol import (
     ModuleKey,
@@ -48,10 +53,6 @@ class LocalData:
     train: dict[str, tuple[np.ndarray, np.ndarray]]
     test: dict[str, tuple[np.ndarray, np.ndarray]]
 
-    def samples_for(self, key: ModuleKey) -> int:
-        if key.kind == "encoder":
-            return sum(len(y) for t, (_x, y) in self.train.items() if self.modality_of[t] == key.modality)
-        return len(self.train[key.task][1])
 
 
 def load_local_data(cfg: DeviceConfig) -> LocalData:
@@ -106,7 +107,13 @@ class EdgeAgent(Service):
         self.keys = modules_for({m: [t for t in dev.tasks if self.data.modality_of[t] == m] for m in dev.modalities})
         self.codecs = make_codecs(cfg.uplink, "uplink")
         self.rx = VersionReceiver()
-        self.residuals_path = resolve(cfg.base_dir, cfg.state_dir) / f"{dev.id}-residuals.npz"
+        state_dir = resolve(cfg.base_dir, cfg.state_dir)
+        self.residuals_path = state_dir / f"{dev.id}-residuals.npz"
+        self.status_path = state_dir / f"{dev.id}-status.json"
+        self.modules_path = state_dir / f"{dev.id}-modules.npz"
+        self.next_advert = 0.0
+        self.decision: Decision | None = None
+        self.state_text = "starting"
         self.residuals_path.parent.mkdir(parents=True, exist_ok=True)
         self.feedback = ErrorFeedback.load(self.residuals_path) if self.residuals_path.exists() else ErrorFeedback()
         self.last_done = (0, 0)
@@ -119,11 +126,7 @@ class EdgeAgent(Service):
         return [topics.ctl(self.fleet, self.fog)] + [topics.cluster(self.fleet, self.fog, k) for k in self.keys]
 
     def start(self) -> None:
-        advert = NodeState(fleet=self.fleet, node=self.node, role="device", fog=self.fog, online=True,
-                           modules=tuple(self.keys), backbone=self.cfg.model.backbone,
-                           num_samples={t: len(y) for t, (_x, y) in self.data.train.items()})
-        self.transport.publish(topics.state(self.fleet, self.node), encode(advert), category="device_to_fog",
-                               retain=True)
+        self.advertise("idle")
         log.info("device %s: holds %d modules, %d training samples", self.node, len(self.keys),
                  sum(len(y) for _x, y in self.data.train.values()))
 
@@ -138,7 +141,49 @@ class EdgeAgent(Service):
         else:
             raise DecodeError(f"device {self.node} does not take {topic.kind!r} messages")
 
+    def advertise(self, state: str, *, skip: tuple[int, int] | None = None) -> None:
+        """Publish the retained capability advert with fresh telemetry, and write the local status file."""
+        self.state_text = state
+        telemetry = sample(resolve(self.cfg.base_dir, self.cfg.state_dir))
+        dev = self.cfg.device
+        advert = NodeState(
+            fleet=self.fleet, node=self.node, role="device", fog=self.fog, online=True, modules=tuple(self.keys),
+            backbone=self.cfg.model.backbone, num_samples={t: len(y) for t, (_x, y) in self.data.train.items()},
+            modalities=tuple(dev.modalities), tasks=tuple(dev.tasks),
+            versions={str(k): s for k, s in self.rx.stamps.items()}, telemetry=telemetry, last_seen=time.time(),
+            status=state, skip=skip)
+        self.transport.publish(topics.state(self.fleet, self.node), encode(advert), category="device_to_fog",
+                               retain=True)
+        self.next_advert = time.monotonic() + self.cfg.telemetry_interval_s
+        self._write_status(telemetry)
+
+    def _write_status(self, telemetry: dict[str, float]) -> None:
+        status = {
+            "device": self.node, "fog": self.fog, "fleet": self.fleet, "pid": os.getpid(), "state": self.state_text,
+            "broker": f"{self.cfg.broker.host}:{self.cfg.broker.port}",
+            "link": {"connected": self.transport.connected},
+            "last_round": list(self.last_done) if self.last_done != (0, 0) else None,
+            "modules": {str(k): list(s) for k, s in sorted(self.rx.stamps.items())},
+            "held_modules": [str(k) for k in self.keys],
+            "outbox": {"depth": None, "note": "no outbox yet: each publish waits for the broker's acknowledgement"},
+            "decision": None if self.decision is None else
+            {"action": self.decision.action, "fraction": self.decision.fraction,
+             "reasons": list(self.decision.reasons)},
+            "resources": telemetry, "updated_at": time.time(),
+        }
+        self.status_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.status_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status, indent=1))
+        os.replace(tmp, self.status_path)
+
+    def _save_modules(self) -> None:
+        from edge_runtime.model.snapshot import save_modules
+
+        save_modules(self.modules_path, self.rx.states, self.rx.stamps)
+
     def tick(self) -> None:
+        if time.monotonic() > self.next_advert:
+            self.advertise(self.state_text)
         ctl = self.pending
         if ctl is None:
             return
@@ -174,23 +219,28 @@ class EdgeAgent(Service):
             self.model.load_module_state(msg.key, state)
 
     def _train_and_send(self, ctl: RoundControl) -> None:
-        from edge_runtime.training import train_task
-
         g, c = ctl.global_round, ctl.cluster_round
         self.meter.round = g
+        self.last_done = (g, c)
+        selected = [k for k in self.keys if not ctl.participants or self.node in ctl.participants.get(str(k), ())]
+        if not selected:
+            self.advertise(f"not selected for round ({g},{c})")
+            return
+        self.decision = decide(sample(resolve(self.cfg.base_dir, self.cfg.state_dir)), self.cfg.resources)
+        if self.decision.action == "skip":
+            reasons = "; ".join(self.decision.reasons)
+            log.warning("device %s: skipping round (%d,%d): %s", self.node, g, c, reasons)
+            self.advertise(f"skipped round ({g},{c}): {reasons}", skip=(g, c))
+            return
+        self.advertise(f"training round ({g},{c})")
         started = time.monotonic()
         for key, state in self.rx.states.items():  # train from the published version, not last round's weights
             self.model.load_module_state(key, state)
         base = {k: self.model.get_module_state(k) for k in self.keys}
-        losses = {}
-        for task, (x, y) in sorted(self.data.train.items()):
-            t = self.cfg.training
-            losses[task] = train_task(self.model, modality=self.data.modality_of[task], task=task, x=x, y=y,
-                                      epochs=ctl.local_epochs, batch_size=t.batch_size, lr=t.lr,
-                                      seed=round_seed(t.seed, self.node, g, c))
+        losses, used = self._train(ctl, selected, self.decision.fraction)
         train_s = time.monotonic() - started
         sent = 0
-        for key in self.keys:
+        for key in selected:
             new = self.model.get_module_state(key)
             delta = {n: (a - base[key][n]).astype(np.float32) for n, a in new.items()}
             packed, _sent = pack(delta, self.codecs[key.kind], feedback=self.feedback, stream=str(key))
@@ -198,19 +248,48 @@ class EdgeAgent(Service):
                        (key.modality in ("_", self.data.modality_of[t]))]
             update = ModuleUpdate(
                 fleet=self.fleet, sender=self.node, fog=self.fog, key=key, global_round=g, cluster_round=c,
-                base=self.rx.stamps.get(key, (0, 0)), num_samples=self.data.samples_for(key),
+                base=self.rx.stamps.get(key, (0, 0)), num_samples=self._samples(key, used),
                 train_loss=float(np.mean(related)) if related else 0.0,
                 idempotency_key=f"{self.fleet}/{self.node}/{g}.{c}/{key}", **packed.fields())
             payload = encode(update)
             self.transport.publish(topics.up(self.fleet, self.fog, key, self.node), payload,
                                    category="device_to_fog")
             sent += len(payload)
-        self.last_done = (g, c)
         self.feedback.save(self.residuals_path)
+        self._save_modules()
         self.rounds_log.append({"global_round": g, "cluster_round": c, "train_s": round(train_s, 3),
-                                "bytes_sent": sent, "loss": {t: round(v, 4) for t, v in losses.items()}})
+                                "bytes_sent": sent, "loss": {t: round(v, 4) for t, v in losses.items()},
+                                "fraction": self.decision.fraction})
+        self.advertise(f"sent round ({g},{c})")
         log.info("device %s: round (%d,%d) trained %.1f s, loss %s, sent %d modules / %d B", self.node, g, c,
                  train_s, {t: round(v, 3) for t, v in losses.items()}, len(self.keys), sent)
+
+    def _train(self, ctl: RoundControl, selected: list[ModuleKey], fraction: float
+               ) -> tuple[dict[str, float], dict[str, int]]:
+        """Train every task one of whose modules is selected; with ``fraction`` < 1 (resources short), on a seeded
+        subset of that share of the samples. Returns the last-epoch loss and the samples used per task."""
+        from edge_runtime.training import train_task
+
+        g, c = ctl.global_round, ctl.cluster_round
+        t = self.cfg.training
+        losses, used = {}, {}
+        for task, (x, y) in sorted(self.data.train.items()):
+            modality = self.data.modality_of[task]
+            if not any(k.task in (task, "_") and k.modality in (modality, "_") for k in selected):
+                continue
+            seed = round_seed(t.seed, self.node, g, c)
+            if fraction < 1.0:
+                keep = np.random.default_rng(seed).permutation(len(y))[: max(1, math.ceil(fraction * len(y)))]
+                x, y = x[np.sort(keep)], y[np.sort(keep)]
+            losses[task] = train_task(self.model, modality=modality, task=task, x=x, y=y, epochs=ctl.local_epochs,
+                                      batch_size=t.batch_size, lr=t.lr, seed=seed)
+            used[task] = len(y)
+        return losses, used
+
+    def _samples(self, key: ModuleKey, used: dict[str, int]) -> int:
+        if key.kind == "encoder":
+            return max(1, sum(n for t, n in used.items() if self.data.modality_of[t] == key.modality))
+        return max(1, used.get(key.task, 0))
 
     def _finish_job(self) -> None:
         from edge_runtime.training import evaluate
@@ -222,6 +301,8 @@ class EdgeAgent(Service):
                                                        x=x, y=y))
         log.info("device %s: job finished; test accuracy %s", self.node,
                  {t: round(a, 3) for t, a in self.final_accuracy.items()})
+        self._save_modules()
+        self.advertise("job finished")
         self.done = True
 
 

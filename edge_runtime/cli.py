@@ -7,6 +7,7 @@ Every :class:`HffmError` ends the command with one line on stderr and the error'
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -26,14 +27,25 @@ edge_app = typer.Typer(help="The device agent.", no_args_is_help=True)
 fog_app = typer.Typer(help="The fog gateway.", no_args_is_help=True)
 cloud_app = typer.Typer(help="The cloud service.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks: print a table and save the figures as JSON.", no_args_is_help=True)
+config_app = typer.Typer(help="Config files.", no_args_is_help=True)
+fleet_app = typer.Typer(help="The fleet as its brokers see it.", no_args_is_help=True)
 app.add_typer(edge_app, name="edge")
 app.add_typer(fog_app, name="fog")
 app.add_typer(cloud_app, name="cloud")
 app.add_typer(bench_app, name="bench")
+app.add_typer(config_app, name="config")
+app.add_typer(fleet_app, name="fleet")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="TOML config file (see examples/).")]
 TimeLimitOpt = Annotated[float, typer.Option(help="Give up (exit 9) after this many seconds.")]
 LogLevelOpt = Annotated[str, typer.Option(help="Logging level: debug, info, warning, error.")]
+FormatOpt = Annotated[str, typer.Option("--format", help="Output format: text or json.")]
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in ("text", "json"):
+        raise typer.BadParameter(f"unknown format {fmt!r}; expected 'text' or 'json'", param_hint="--format")
+    return fmt
 
 
 def setup_logging(level: str) -> None:
@@ -71,6 +83,81 @@ def edge_run(config: ConfigOpt, time_limit: TimeLimitOpt = 24 * 3600.0, log_leve
     from edge_runtime.agent import run_edge
 
     run_edge(config, time_limit_s=time_limit)
+
+
+@edge_app.command("status")
+@friendly_errors
+def edge_status(config: ConfigOpt, fmt: FormatOpt = "text") -> None:
+    """Modules held and their versions, last round, link state, resources (from the agent's status file)."""
+    from edge_runtime.commands.ops import edge_status as run
+
+    run(config, fmt=check_format(fmt))
+
+
+@edge_app.command("export")
+@friendly_errors
+def edge_export(
+    config: ConfigOpt,
+    task: Annotated[str, typer.Option(help="The task whose personalised model to export.")],
+    out: Annotated[Path, typer.Option(help="The .onnx file to write.")],
+    modules: Annotated[Path | None, typer.Option(help="Module snapshot (default: the agent's, in state_dir).")] = None,
+    fmt: FormatOpt = "text",
+) -> None:
+    """Merge the device's LoRA into the backbone and export encoder + backbone + head of TASK to ONNX."""
+    setup_logging("warning")
+    from edge_runtime.commands.ops import edge_export as run
+
+    result = run(config, task=task, out=out, modules=modules)
+    if check_format(fmt) == "json":
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(f"wrote {result['onnx']} ({result['bytes']:,} B) in {result['export_s']} s; parity on "
+                   f"{result['parity_rows']} rows: max abs diff {result['max_abs_diff']:.2e}, argmax agreement "
+                   f"{result['argmax_agreement']:.4f}")
+
+
+@edge_app.command("infer")
+@friendly_errors
+def edge_infer(
+    model: Annotated[Path, typer.Option(help="An .onnx file from 'hffm edge export'.")],
+    input: Annotated[Path, typer.Option(help="A task data file (.npz, see README).")],
+    predictions: Annotated[bool, typer.Option(help="Include every prediction in the JSON output.")] = False,
+    fmt: FormatOpt = "text",
+) -> None:
+    """Run an exported model with onnxruntime on a data file; print accuracy (and predictions)."""
+    from edge_runtime.commands.ops import edge_infer as run
+
+    run(model, input, fmt=check_format(fmt), labels=predictions)
+
+
+@config_app.command("check")
+@friendly_errors
+def config_check(
+    file: Annotated[Path, typer.Argument(help="A device, fog or cloud TOML config.")],
+    check_files: Annotated[bool, typer.Option(help="Also require every data/eval file to exist.")] = False,
+    fmt: FormatOpt = "text",
+) -> None:
+    """Validate a config and name every bad or unknown key (exit 0 valid, 2 invalid). Needs no torch."""
+    from edge_runtime.commands.ops import config_check as run
+
+    code = run(file, check_files=check_files, fmt=check_format(fmt))
+    if code:
+        raise typer.Exit(code)
+
+
+@fleet_app.command("status")
+@friendly_errors
+def fleet_status(
+    host: Annotated[str, typer.Option(help="Broker host (a fog's or the cloud's).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Broker port.")] = 1883,
+    fleet: Annotated[str, typer.Option(help="Fleet name.")] = "demo",
+    timeout: Annotated[float, typer.Option(help="Seconds to collect retained adverts.")] = 3.0,
+    fmt: FormatOpt = "text",
+) -> None:
+    """Which nodes are online, what they hold, when they were last seen (retained state adverts)."""
+    from edge_runtime.commands.ops import fleet_status as run
+
+    run(host, port, fleet, timeout_s=timeout, fmt=check_format(fmt))
 
 
 @fog_app.command("run")

@@ -21,6 +21,7 @@ else:  # Python 3.10 (JetPack 6): the same parser from PyPI
     import tomli as tomllib
 from edge_runtime.protocol.keys import check_name
 from edge_runtime.protocol.topics import check_segment
+from edge_runtime.resources import ResourceThresholds
 
 T = TypeVar("T")
 _frozen = dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,7 +120,9 @@ class DeviceConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data: dict[str, TaskData] = field(default_factory=dict)
     uplink: dict[str, CodecSpec] = field(default_factory=dict)  # per module kind; error feedback on lossy codecs
-    state_dir: str = "state"  # error-feedback residuals persist here across rounds and restarts
+    resources: ResourceThresholds = field(default_factory=ResourceThresholds)  # skip/shorten training when crossed
+    telemetry_interval_s: float = 30.0  # how often the retained state advert is refreshed
+    state_dir: str = "state"  # residuals, module snapshot and status file live here
     metrics_file: str = ""
     base_dir: str = "."
 
@@ -132,6 +135,7 @@ class FogSection:
     round_deadline_s: float = 600.0
     startup_timeout_s: float = 300.0
     aggregator: str = "fedavg"
+    max_participants_per_module: int = 0  # 0 = every eligible holder; else the N holders with the most samples
 
     def __post_init__(self) -> None:
         check_segment(self.id, "fog id")
@@ -146,6 +150,7 @@ class FogSection:
 class FogConfig:
     fog: FogSection
     broker: BrokerConfig = field(default_factory=BrokerConfig)
+    selection: ResourceThresholds = field(default_factory=ResourceThresholds)  # who may train, from adverts
     uplink: dict[str, CodecSpec] = field(default_factory=dict)  # fog -> cloud aggregates
     downlink: dict[str, CodecSpec] = field(default_factory=dict)  # fog -> devices cluster versions
     state_dir: str = "state"
@@ -187,63 +192,93 @@ class CloudConfig:
     base_dir: str = "."
 
 
-def load_config(path: Path | str, cls: type[T]) -> T:
-    """Read ``path`` as TOML into ``cls`` (DeviceConfig, FogConfig or CloudConfig).
-
-    Raises:
-        ConfigError: unreadable file, invalid TOML, unknown/missing keys, wrong value types or invalid values.
-    """
+def read_toml(path: Path | str) -> dict[str, Any]:
+    """Parse a TOML file. Raises ``ConfigError`` for an unreadable file or invalid TOML."""
     path = Path(path)
     try:
-        table = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    table.setdefault("base_dir", str(path.resolve().parent))
+
+
+def load_config(path: Path | str, cls: type[T]) -> T:
+    """Read ``path`` as TOML into ``cls`` (DeviceConfig, FogConfig or CloudConfig).
+
+    Raises:
+        ConfigError: unreadable file, invalid TOML, unknown/missing keys, wrong value types or invalid values —
+            every problem found, one per line.
+    """
+    table = read_toml(path)
+    table.setdefault("base_dir", str(Path(path).resolve().parent))
     return build(cls, table, str(path))
 
 
 def build(cls: type[T], table: Any, where: str) -> T:
-    """Build a config dataclass from a TOML table. Raises ``ConfigError`` naming the key path."""
+    """Build a config dataclass from a TOML table.
+
+    Raises:
+        ConfigError: listing every problem found (key path and bad value), one per line.
+    """
+    problems: list[str] = []
+    result = collect(cls, table, where, problems)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return result  # type: ignore[return-value]
+
+
+_BAD = object()
+
+
+def collect(cls: type[T], table: Any, where: str, problems: list[str]) -> T | object:
+    """Build ``cls`` from ``table``, appending every problem to ``problems``; returns a marker when any."""
     if not isinstance(table, dict):
-        raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+        problems.append(f"{where}: expected a table, got {type(table).__name__}")
+        return _BAD
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    before = len(problems)
     unknown = sorted(set(table) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(fields)}")
+        problems.append(f"{where}: unknown key(s) {unknown}; expected some of {sorted(fields)}")
     missing = sorted(
         n for n, f in fields.items()
         if n not in table and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     )
     if missing:
-        raise ConfigError(f"{where}: missing key(s) {missing}")
-    kwargs = {name: _value(table[name], hints[name], f"{where}: {name}") for name in table}
+        problems.append(f"{where}: missing key(s) {missing}")
+    kwargs = {name: _value(table[name], hints[name], f"{where}: {name}", problems) for name in table if name in fields}
+    if len(problems) > before:
+        return _BAD
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        problems.append(f"{where}: {exc}")
+        return _BAD
 
 
-def _value(value: Any, hint: Any, where: str) -> Any:
+def _value(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
-        return build(hint, value, where)
+        return collect(hint, value, where, problems)  # type: ignore[arg-type]
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+            problems.append(f"{where}: expected a list, got {value!r}")
+            return _BAD
+        return [_value(v, item, f"{where}[{i}]", problems) for i, v in enumerate(value)]
     if origin is dict:
         _key, item = typing.get_args(hint)
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return {k: _value(v, item, f"{where}.{k}") for k, v in value.items()}
+            problems.append(f"{where}: expected a table, got {value!r}")
+            return _BAD
+        return {k: _value(v, item, f"{where}.{k}", problems) for k, v in value.items()}
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, str, bool, float) and (type(value) is not hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+        problems.append(f"{where}: expected {hint.__name__}, got {value!r}")
+        return _BAD
     return value
 
 

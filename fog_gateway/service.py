@@ -24,6 +24,7 @@ from edge_runtime.compression import ErrorFeedback
 from edge_runtime.compression.module_codec import layout_of, pack, same_layout, unpack
 from edge_runtime.config import FogConfig, make_codecs, resolve
 from edge_runtime.downlink import ResyncNeeded, VersionPublisher, VersionReceiver
+from edge_runtime.resources import eligible
 from edge_runtime.errors import AggregationError, DecodeError
 from edge_runtime.protocol import (
     FogAggregate,
@@ -57,6 +58,9 @@ class FogGateway(Service):
                          will=(topics.state(self.fleet, cfg.fog.id), encode(offline)))
         self.expected = set(cfg.fog.devices)
         self.holdings: dict[str, set[ModuleKey]] = {}
+        self.adverts: dict[str, NodeState] = {}
+        self.participants: dict[ModuleKey, set[str]] = {}
+        self.skipped: set[str] = set()
         self.global_rx = VersionReceiver()  # the global versions, as the cloud published them
         self.pub = VersionPublisher(fleet=self.fleet, sender=cfg.fog.id, codecs=make_codecs(cfg.downlink, "downlink"))
         self.up_codecs = make_codecs(cfg.uplink, "uplink")
@@ -109,7 +113,7 @@ class FogGateway(Service):
     def tick(self) -> None:
         if self.in_round:
             if time.monotonic() > self.deadline:
-                missing = {str(k): sorted(self._holders(k) - self.reported[k]) for k in self.modules}
+                missing = {str(k): sorted(self._expected(k) - self.reported[k]) for k in self.modules}
                 log.warning("fog %s: round (%d,%d) deadline passed; missing %s", self.node, self.round_g,
                             self.cluster_c, {k: v for k, v in missing.items() if v})
                 self._close_cluster_round()
@@ -125,8 +129,14 @@ class FogGateway(Service):
             raise DecodeError(f"state of {msg.node!r} (role {msg.role}) is not an expected device of {self.node}")
         if msg.fog != self.node:
             raise DecodeError(f"device {msg.node!r} says its fog is {msg.fog!r}, not {self.node!r}")
+        self.adverts[msg.node] = msg
         if msg.online:
             self.holdings[msg.node] = set(msg.modules)
+            if self.in_round and msg.skip == (self.round_g, self.cluster_c) and msg.node not in self.skipped:
+                log.warning("fog %s: device %s sits out round (%d,%d): %s", self.node, msg.node, self.round_g,
+                            self.cluster_c, msg.status)
+                self.skipped.add(msg.node)
+                self._close_if_complete()
         elif self.holdings.pop(msg.node, None) is not None:
             log.warning("fog %s: device %s went offline", self.node, msg.node)
             self._close_if_complete()
@@ -155,6 +165,8 @@ class FogGateway(Service):
             raise DecodeError(f"update header ({msg.sender}, {msg.key}, {msg.fog}) does not match its topic")
         if msg.sender not in self._holders(msg.key):
             raise DecodeError(f"device {msg.sender!r} is not an advertised holder of {msg.key}")
+        if self.in_round and msg.sender not in self.participants.get(msg.key, set()):
+            raise DecodeError(f"device {msg.sender!r} was not selected for {msg.key} this round")
         if not self.in_round or (msg.global_round, msg.cluster_round) != (self.round_g, self.cluster_c):
             raise DecodeError(f"stale update for round ({msg.global_round},{msg.cluster_round}); "
                               f"open round is ({self.round_g},{self.cluster_c}) in_round={self.in_round}")
@@ -173,8 +185,35 @@ class FogGateway(Service):
         self._close_if_complete()
 
     def _close_if_complete(self) -> None:
-        if self.in_round and all(self._holders(k) <= self.reported[k] for k in self.modules):
+        if self.in_round and all(self._expected(k) <= self.reported[k] for k in self.modules):
             self._close_cluster_round()
+
+    def _expected(self, key: ModuleKey) -> set[str]:
+        """Who must still report ``key`` this round: selected, still online, not sitting it out."""
+        return (self.participants.get(key, set()) & self._holders(key)) - self.skipped
+
+    def _select(self, key: ModuleKey) -> set[str]:
+        """The holders of ``key`` whose advertised resources pass the fog's thresholds, at most N of them (those
+        with the most samples for the module)."""
+        chosen = []
+        for dev in sorted(self._holders(key)):
+            advert = self.adverts.get(dev)
+            ok, reasons = eligible(advert.telemetry if advert and advert.telemetry else None, self.cfg.selection)
+            if ok:
+                chosen.append(dev)
+            else:
+                log.info("fog %s: %s not selected for %s: %s", self.node, dev, key, "; ".join(reasons))
+        cap = self.cfg.fog.max_participants_per_module
+        if cap > 0 and len(chosen) > cap:
+            chosen.sort(key=lambda d: -self._samples_of(d, key))
+            chosen = chosen[:cap]
+        return set(chosen)
+
+    def _samples_of(self, dev: str, key: ModuleKey) -> int:
+        counts = self.adverts[dev].num_samples if dev in self.adverts else {}
+        if key.kind == "head" or key.kind == "adapter":
+            return counts.get(key.task, 0)
+        return sum(counts.values())
 
     # -- the round schedule --------------------------------------------------------------------------------------
     def _maybe_start_round(self) -> None:
@@ -213,6 +252,8 @@ class FogGateway(Service):
         self.cluster_c = c
         self.aggs = {k: make_aggregator(self.cfg.fog.aggregator) for k in self.modules}
         self.reported = {k: set() for k in self.modules}
+        self.skipped = set()
+        self.participants = {k: self._select(k) for k in self.modules}
         self.deadline = time.monotonic() + min(self.plan.deadline_s, self.cfg.fog.round_deadline_s)
         self.in_round = True
         self._publish_ctl(c, final=False)
@@ -266,9 +307,13 @@ class FogGateway(Service):
 
     def _publish_ctl(self, c: int, *, final: bool) -> None:
         assert self.plan is not None
+        # Name the participants only when the selection left some holder out; an empty map means "every holder".
+        narrowed = any(self.participants.get(k, set()) != self._holders(k) for k in self.modules)
+        participants = {str(k): tuple(sorted(v)) for k, v in self.participants.items()} if narrowed else {}
         ctl = RoundControl(fleet=self.fleet, sender=self.node, global_round=self.round_g, cluster_round=c,
                            total_rounds=self.plan.total_rounds, agg_every=self.plan.agg_every,
-                           local_epochs=self.plan.local_epochs, deadline_s=self.plan.deadline_s, final=final)
+                           local_epochs=self.plan.local_epochs, deadline_s=self.plan.deadline_s, final=final,
+                           participants=participants if not final else {})
         self.transport.publish(topics.ctl(self.fleet, self.node), encode(ctl), category="fog_to_device", retain=True)
 
 

@@ -1,8 +1,9 @@
 """``hffm bench compression``: the same federated M3T-Bench job once per codec setting, side by side.
 
 Every run uses the demo's defaults (backbone, fleet, partition, seed, rounds) and differs only in the codecs. For
-each run the report gives the uplink payload bytes per global round (device -> fog plus fog -> cloud, counted where
-published), the ratio against fp32, the final mean accuracy of the global model on the held-out test splits and its
+each run the report gives the uplink payload bytes per global round — the devices' uplink, device -> fog, counted
+where published — and the ratio against fp32; the fog -> cloud backhaul and the downlinks are reported beside it
+with their own codecs; the final mean accuracy of the global model on the held-out test splits and its
 change against fp32 in points, and the codec's encode/decode time per MB of fp32 input, measured on the real
 module deltas of the fp32 run (final global modules minus their initial version).
 """
@@ -33,7 +34,8 @@ _TOPK_INT8 = {"codec": "topk", "params": {"fraction": 0.01, "values": "int8"}}
 @dataclass(frozen=True)
 class Setting:
     name: str
-    uplink: Mapping[str, Mapping[str, Any]]
+    uplink: Mapping[str, Mapping[str, Any]]  # devices -> fogs
+    fog_uplink: Mapping[str, Mapping[str, Any]]  # fogs -> cloud
     downlink: Mapping[str, Mapping[str, Any]]
 
 
@@ -48,11 +50,11 @@ def _topk(fraction: float, head_fraction: float) -> dict[str, dict[str, Any]]:
 
 
 DEFAULT_SETTINGS: tuple[Setting, ...] = (
-    Setting("fp32", {}, {}),
-    Setting("fp16", _all("fp16"), _all("fp16")),
-    Setting("int8", _all("int8"), _all("int8")),
-    Setting("topk1%+int8", _topk(0.01, 0.1), _all("int8")),
-    Setting("topk0.3%+int8", _topk(0.003, 0.05), _all("int8")),
+    Setting("fp32", {}, {}, {}),
+    Setting("fp16", _all("fp16"), _all("fp16"), _all("fp16")),
+    Setting("int8", _all("int8"), _all("int8"), _all("int8")),
+    Setting("topk1%+int8", _topk(0.01, 0.1), _all("int8"), _all("int8")),
+    Setting("topk0.3%+int8", _topk(0.003, 0.05), _all("int8"), _all("int8")),
 )
 
 
@@ -87,14 +89,16 @@ def run_compression_bench(*, rounds: int, seed: int, report: Path | None, run_ro
     for i, setting in enumerate(settings, 1):
         console.print(f"[bold]run {i}/{len(settings)}: {setting.name}")
         opts = replace(base, run_dir=run_root / setting.name, uplink=dict(setting.uplink),
-                       downlink=dict(setting.downlink))
+                       fog_uplink=dict(setting.fog_uplink), downlink=dict(setting.downlink))
         result = run_demo(opts)
         if not deltas:
             deltas = real_deltas(run_root / setting.name / "cloud.sqlite")
-        up = [r["bytes"]["device_to_fog"] + r["bytes"]["fog_to_cloud"] for r in result["rounds"]]
+        n = len(result["rounds"])
         enc_ms, dec_ms = codec_speed(setting.uplink, deltas)
-        runs.append({"codec": setting.name, "uplink": setting.uplink, "downlink": setting.downlink,
-                     "uplink_bytes_per_round": int(sum(up) / len(up)),
+        runs.append({"codec": setting.name, "uplink": setting.uplink, "fog_uplink": setting.fog_uplink,
+                     "downlink": setting.downlink,
+                     "uplink_bytes_per_round": int(sum(r["bytes"]["device_to_fog"] for r in result["rounds"]) / n),
+                     "fog_to_cloud_bytes_per_round": int(sum(r["bytes"]["fog_to_cloud"] for r in result["rounds"]) / n),
                      "downlink_bytes_per_round": int(sum(r["bytes"]["fog_to_device"] + r["bytes"]["cloud_to_fog"]
                                                          for r in result["rounds"]) / len(result["rounds"])),
                      "mean_accuracy": result["final"]["mean_accuracy"], "accuracy": result["final"]["accuracy"],
@@ -102,6 +106,7 @@ def run_compression_bench(*, rounds: int, seed: int, report: Path | None, run_ro
     ref = runs[0]
     for run in runs:
         run["ratio_vs_fp32"] = ref["uplink_bytes_per_round"] / run["uplink_bytes_per_round"]
+        run["fog_to_cloud_ratio_vs_fp32"] = ref["fog_to_cloud_bytes_per_round"] / run["fog_to_cloud_bytes_per_round"]
         run["accuracy_delta_vs_fp32"] = (run["mean_accuracy"] - ref["mean_accuracy"]) * 100
         saved_ms = (1 - 1 / run["ratio_vs_fp32"]) * 1000 * 1_000_000 / LINK_BYTES_PER_S  # per MB of fp32 at 1 MB/s
         run["transfer_ms_saved_per_mb_at_1mbps"] = saved_ms
@@ -157,13 +162,13 @@ def codec_speed(uplink: Mapping[str, Mapping[str, Any]], deltas: Mapping[ModuleK
 
 def print_table(out: dict[str, Any], console: Console) -> None:
     table = Table(title=f"Compression benchmark: M3T-Bench, {out['backbone']}, {out['rounds']} rounds, seed "
-                        f"{out['seed']} (uplink = device->fog + fog->cloud payload bytes per global round)")
+                        f"{out['seed']} (uplink = device->fog payload bytes per global round)")
     for col in ("codec", "uplink B/round", "ratio", "mean acc", "delta (pt)", "enc ms/MB", "dec ms/MB",
-                "downlink B/round"):
+                "fog->cloud ratio", "downlink B/round"):
         table.add_column(col, justify="right")
     for r in out["runs"]:
         table.add_row(r["codec"], f"{r['uplink_bytes_per_round']:,}", f"{r['ratio_vs_fp32']:.1f}x",
                       f"{r['mean_accuracy']:.4f}", f"{r['accuracy_delta_vs_fp32']:+.2f}",
                       f"{r['encode_ms_per_mb']:.2f}", f"{r['decode_ms_per_mb']:.2f}",
-                      f"{r['downlink_bytes_per_round']:,}")
+                      f"{r['fog_to_cloud_ratio_vs_fp32']:.1f}x", f"{r['downlink_bytes_per_round']:,}")
     console.print(table)

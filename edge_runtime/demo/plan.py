@@ -36,8 +36,9 @@ class DemoOptions:
     baseline: bool = True
     show_tables: bool = True
     # Codec per module kind, e.g. {"adapter": {"codec": "topk", "params": {"fraction": 0.01}}}; fp32 if absent.
-    uplink: dict[str, dict[str, object]] = field(default_factory=dict)
-    downlink: dict[str, dict[str, object]] = field(default_factory=dict)
+    uplink: dict[str, dict[str, object]] = field(default_factory=dict)  # devices -> fogs
+    fog_uplink: dict[str, dict[str, object]] = field(default_factory=dict)  # fogs -> cloud
+    downlink: dict[str, dict[str, object]] = field(default_factory=dict)  # cloud -> fogs and fogs -> devices
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
             "fog": {"id": fog, "fleet": FLEET, "devices": sorted(d for d, f in fog_of.items() if f == fog),
                     "round_deadline_s": opts.round_deadline_s, "startup_timeout_s": opts.round_deadline_s},
             "broker": {"host": "127.0.0.1", "port": fog_ports[fog]},
-            "uplink": opts.uplink,
+            "uplink": opts.fog_uplink,
             "downlink": opts.downlink,
             "state_dir": str(run_dir / "state"),
             "metrics_file": str(plan.metrics_file(fog)),

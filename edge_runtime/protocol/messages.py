@@ -302,10 +302,16 @@ class RoundControl:
     local_epochs: int
     deadline_s: float
     final: bool = False
+    # module key -> the devices selected to train and send it this round; empty = every holder.
+    participants: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_segment(self.fleet, "fleet")
         check_segment(self.sender, "sender")
+        for key, devices in self.participants.items():
+            ModuleKey.parse(key)
+            for dev in devices:
+                check_segment(dev, "participant")
         for name in ("global_round", "cluster_round", "total_rounds", "agg_every", "local_epochs"):
             _nonneg_int(getattr(self, name), name)
         _check(self.agg_every >= 1, "agg_every must be >= 1")
@@ -315,7 +321,11 @@ class RoundControl:
 
 @_frozen
 class NodeState:
-    """A node's retained advert on ``state/{node}``: role, what it holds, whether it is online."""
+    """A node's retained advert on ``state/{node}``: role, what it holds (capability advert), telemetry, status.
+
+    ``telemetry`` holds only the sensors the node has (an absent sensor is absent, never 0). ``skip`` names the
+    round (global, cluster) a device sits out for lack of resources; ``status`` says why in words.
+    """
 
     TYPE: ClassVar[str] = "node_state"
     schema: int = SCHEMA_VERSION
@@ -327,8 +337,27 @@ class NodeState:
     modules: tuple[ModuleKey, ...] = ()
     num_samples: dict[str, int] = field(default_factory=dict)
     backbone: str = ""
+    modalities: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+    versions: dict[str, tuple[int, int]] = field(default_factory=dict)  # module key -> version stamp held
+    telemetry: dict[str, float] = field(default_factory=dict)
+    last_seen: float = 0.0  # unix time of this advert
+    status: str = ""
+    skip: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        for value in (*self.modalities, *self.tasks):
+            check_name(value, "modality/task")
+        for key, stamp in self.versions.items():
+            ModuleKey.parse(key)
+            _check(len(stamp) == 2 and all(isinstance(v, int) and v >= 0 for v in stamp), f"bad stamp for {key}")
+        for name, value in self.telemetry.items():
+            _check(isinstance(name, str) and 0 < len(name) <= 64, f"bad telemetry name {name!r}")
+            _check(isinstance(value, float) and math.isfinite(value), f"telemetry {name!r} must be a finite float")
+        _finite_nonneg(self.last_seen, "last_seen")
+        _check(len(self.status) <= 1024, "status longer than 1024 characters")
+        if self.skip is not None:
+            _check(len(self.skip) == 2 and all(isinstance(v, int) and v >= 0 for v in self.skip), "bad skip round")
         check_segment(self.fleet, "fleet")
         check_segment(self.node, "node")
         check_segment(self.fog, "fog")

@@ -1,0 +1,133 @@
+"""Operator commands: config check, edge/fleet status, ONNX export and inference."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from edge_runtime.config import DeviceConfig, load_config, resolve
+from edge_runtime.errors import ConfigError, DataError, ModelError
+
+
+def config_check(path: Path, *, check_files: bool, fmt: str) -> int:
+    """Print the verdict on a config file; return the exit code (0 valid, ConfigError's code otherwise)."""
+    from edge_runtime.config_check import check_config_file
+
+    kind, problems = check_config_file(path, check_files=check_files)
+    if fmt == "json":
+        print(json.dumps({"file": str(path), "kind": kind, "valid": not problems, "problems": problems}))
+    elif problems:
+        print(f"hffm: error: {path}: {len(problems)} problem(s) in this {kind} config", file=sys.stderr)
+        for line in problems:
+            print(f"  - {line}", file=sys.stderr)
+    else:
+        print(f"{path}: valid {kind} config")
+    return ConfigError.exit_code if problems else 0
+
+
+def status_path(cfg: DeviceConfig) -> Path:
+    return resolve(cfg.base_dir, cfg.state_dir) / f"{cfg.device.id}-status.json"
+
+
+def modules_path(cfg: DeviceConfig) -> Path:
+    return resolve(cfg.base_dir, cfg.state_dir) / f"{cfg.device.id}-modules.npz"
+
+
+def edge_status(config: Path, *, fmt: str) -> None:
+    """Print the status the agent of ``config`` last wrote.
+
+    Raises:
+        ConfigError: bad config. DataError: no status file (the agent never ran with this state_dir) or a bad one.
+    """
+    cfg = load_config(config, DeviceConfig)
+    path = status_path(cfg)
+    try:
+        status = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"no status at {path}: the agent of {cfg.device.id!r} has not run with this state_dir") \
+            from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"unreadable status file {path}: {exc}") from None
+    status["age_s"] = round(time.time() - float(status.get("updated_at", 0)), 1)
+    if fmt == "json":
+        print(json.dumps(status, indent=1))
+        return
+    console = Console()
+    table = Table(title=f"device {status.get('device')} (fog {status.get('fog')}, updated {status['age_s']} s ago)")
+    table.add_column("field")
+    table.add_column("value")
+    for key in ("state", "link", "last_round", "decision", "outbox"):
+        table.add_row(key, json.dumps(status.get(key)))
+    table.add_row("resources", ", ".join(f"{k}={v:.1f}" for k, v in status.get("resources", {}).items()))
+    for module, stamp in sorted(status.get("modules", {}).items()):
+        table.add_row(module, f"version {stamp}")
+    console.print(table)
+
+
+def fleet_status(host: str, port: int, fleet: str, *, timeout_s: float, fmt: str) -> None:
+    from edge_runtime.fleet_status import fleet_rows, print_fleet, read_fleet
+
+    rows = fleet_rows(read_fleet(host, port, fleet, timeout_s=timeout_s))
+    if fmt == "json":
+        print(json.dumps({"fleet": fleet, "broker": f"{host}:{port}", "nodes": rows}, indent=1))
+    else:
+        print_fleet(rows, Console())
+
+
+def edge_export(config: Path, *, task: str, out: Path, modules: Path | None) -> dict[str, Any]:
+    """Export the device's personalised model for ``task`` (its latest module versions) to ONNX, check parity.
+
+    Raises:
+        ConfigError: the device does not run ``task``. DataError: no module snapshot yet. ModelError: export failed.
+    """
+    from edge_runtime.agent import load_local_data
+    from edge_runtime.export import export_task, parity
+    from edge_runtime.m3t_factory import build_m3t
+    from edge_runtime.model.snapshot import load_modules
+
+    cfg = load_config(config, DeviceConfig)
+    if task not in cfg.device.tasks:
+        raise ConfigError(f"device {cfg.device.id!r} does not run task {task!r}; it runs {cfg.device.tasks}")
+    states, stamps = load_modules(modules or modules_path(cfg))
+    model = build_m3t(cfg.model, cfg.device.modalities, cfg.device.tasks)
+    for key, state in states.items():
+        if key in model.module_keys():
+            model.load_module_state(key, state)
+    data = load_local_data(cfg)
+    modality = data.modality_of[task]
+    started = time.monotonic()
+    path = export_task(model, modality=modality, task=task, path=out)
+    x, _y = data.test.get(task, data.train[task])
+    check = parity(model, modality=modality, task=task, path=path, x=x)
+    result = {"onnx": str(path), "task": task, "modality": modality, "bytes": path.stat().st_size,
+              "export_s": round(time.monotonic() - started, 2), "parity_rows": int(len(x)), **check,
+              "versions": {str(k): list(v) for k, v in stamps.items() if k.task in (task, "_")
+                           and k.modality in (modality, "_")}}
+    if check["argmax_agreement"] < 0.999:
+        raise ModelError(f"ONNX export of {task!r} disagrees with torch: {check}")
+    return result
+
+
+def edge_infer(model_path: Path, input_path: Path, *, fmt: str, labels: bool) -> None:
+    """Run an exported model on a task data file (.npz) and print predictions (and accuracy when labelled)."""
+    import numpy as np
+
+    from edge_runtime.data import load_task_file
+    from edge_runtime.export import run_onnx
+
+    x, y = load_task_file(input_path)
+    logits = run_onnx(model_path, x)
+    pred = logits.argmax(axis=1)
+    out: dict[str, Any] = {"model": str(model_path), "input": str(input_path), "rows": int(len(x)),
+                           "predictions": pred.tolist() if labels else None}
+    out["accuracy"] = float(np.mean(pred == y))
+    if fmt == "json":
+        print(json.dumps(out))
+    else:
+        print(f"{len(x)} rows -> predictions; accuracy against the file's labels: {out['accuracy']:.4f}")
