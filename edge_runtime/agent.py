@@ -243,7 +243,8 @@ class EdgeAgent(Service):
         for key in selected:
             new = self.model.get_module_state(key)
             delta = {n: (a - base[key][n]).astype(np.float32) for n, a in new.items()}
-            packed, _sent = pack(delta, self.codecs[key.kind], feedback=self.feedback, stream=str(key))
+            packed, _sent = pack(delta, self.codecs[key.kind], feedback=self.feedback, stream=str(key),
+                                 seed=zlib.crc32(f"{self.node}/{g}.{c}/{key}".encode()))
             related = [v for t, v in losses.items() if key.task in (t, "_") and
                        (key.modality in ("_", self.data.modality_of[t]))]
             update = ModuleUpdate(

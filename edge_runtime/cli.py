@@ -226,6 +226,22 @@ def bench_compression(
                           settings=select_settings(only))
 
 
+@bench_app.command("agent")
+@friendly_errors
+def bench_agent(
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    backbone: Annotated[str, typer.Option(help="Backbone (demo default: minilm).")] = "minilm",
+    work: Annotated[Path, typer.Option(help="Folder for the bench's brokers, configs and files.")] = Path(
+        "runs/bench-agent"),
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Step-time overhead of the runtime, idle/peak RSS against torch+peft alone, ONNX parity."""
+    setup_logging(log_level)
+    from edge_runtime.bench.agent import run_agent_bench
+
+    run_agent_bench(backbone=backbone, report=report, work=work.resolve())
+
+
 def main() -> None:
     app()
 

@@ -14,6 +14,7 @@ is sent as full state.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -54,7 +55,7 @@ class VersionPublisher:
             self.published[key] = {n: a.copy() for n, a in target.items()}
             return self._full(key, stamp)
         delta = {n: a - self.published[key][n] for n, a in target.items()}
-        packed, sent = pack(delta, codec)
+        packed, sent = pack(delta, codec, seed=zlib.crc32(f"{self.sender}/{stamp}/{key}".encode()))
         self.published[key] = {n: (a + sent[n]).astype(np.float32) for n, a in self.published[key].items()}
         self.stamps[key] = stamp
         return ModuleVersion(fleet=self.fleet, sender=self.sender, key=key, global_round=stamp[0], stage=stamp[1],

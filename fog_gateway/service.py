@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -285,7 +286,8 @@ class FogGateway(Service):
             if not weights:
                 continue
             delta = {n: (a - self.start_state[key][n]).astype(np.float32) for n, a in self.pub.true[key].items()}
-            packed, _sent = pack(delta, self.up_codecs[key.kind], feedback=self.feedback, stream=str(key))
+            packed, _sent = pack(delta, self.up_codecs[key.kind], feedback=self.feedback, stream=str(key),
+                                 seed=zlib.crc32(f"{self.node}/{self.round_g}/{key}".encode()))
             agg = FogAggregate(fleet=self.fleet, fog=self.node, key=key, global_round=self.round_g,
                                total_weight=float(sum(weights.values())), num_devices=len(weights),
                                idempotency_key=f"{self.fleet}/{self.node}/{self.round_g}/{key}", **packed.fields())

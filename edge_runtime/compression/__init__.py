@@ -15,6 +15,7 @@ from edge_runtime.compression.error_feedback import ErrorFeedback
 from edge_runtime.compression.fp16 import Fp16Codec
 from edge_runtime.compression.fp32 import Fp32Codec
 from edge_runtime.compression.int8 import Int8Codec
+from edge_runtime.compression.sign import SignCodec
 from edge_runtime.compression.state import decode_state, encode_state
 from edge_runtime.compression.topk import TopKCodec
 from edge_runtime.errors import ConfigError
@@ -50,7 +51,7 @@ def make_codec(name: str, params: Mapping[str, Any] | None = None) -> Codec:
     return CODECS[name](params)
 
 
-for _cls in (Fp32Codec, Fp16Codec, Int8Codec, TopKCodec):
+for _cls in (Fp32Codec, Fp16Codec, Int8Codec, TopKCodec, SignCodec):
     register(_cls)
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "Codec",
     "ErrorFeedback",
     "Fp16Codec",
+    "SignCodec",
     "Fp32Codec",
     "Int8Codec",
     "TopKCodec",

@@ -51,12 +51,16 @@ class Packed:
 
 
 def pack(state: Mapping[str, np.ndarray], codec: Codec, *, feedback: ErrorFeedback | None = None,
-         stream: str = "") -> tuple[Packed, State]:
+         stream: str = "", seed: int | None = None) -> tuple[Packed, State]:
     """Encode ``state`` (a module state or delta) with ``codec``.
 
     With ``feedback``, the residual of ``stream`` is added before encoding and what was not sent is kept for the
-    next call. Returns the message fields and the arrays the receiver will decode.
+    next call. ``seed`` replaces the ``seed`` parameter of codecs that draw a random subset (a sender passes a
+    fresh one per message, so successive messages reach different coordinates). Returns the message fields and
+    the arrays the receiver will decode.
     """
+    if seed is not None and "seed" in codec.defaults:
+        codec = type(codec)({**codec.params, "seed": seed & ((1 << 63) - 1)})
     arrays = {}
     for name, arr in state.items():
         if arr.dtype != np.float32:

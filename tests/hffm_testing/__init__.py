@@ -63,3 +63,15 @@ class Client:
 
     def close(self) -> None:
         self.transport.close()
+
+
+@pytest.fixture(scope="session")
+def job(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """One small full run shared by the tests that inspect a finished job: tiny backbone, 2 fogs x 2 devices,
+    2 global rounds of 2 cluster rounds, every tier a process on real Mosquitto brokers."""
+    from edge_runtime.demo import DemoOptions, run_demo
+
+    run_dir = tmp_path_factory.mktemp("job")
+    opts = DemoOptions(fogs=2, devices_per_fog=2, rounds=2, agg_every=2, local_epochs=1, backbone="tiny",
+                       run_dir=run_dir, report=run_dir / "out" / "report.json", time_limit_s=300)
+    return run_demo(opts), run_dir

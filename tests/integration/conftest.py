@@ -1,3 +1,3 @@
-"""Fixtures for integration tests: real Mosquitto processes on free loopback ports."""
+"""Fixtures for integration tests: real Mosquitto processes on free loopback ports, one shared small job."""
 
-from hffm_testing import brokers  # noqa: F401  (fixture)
+from hffm_testing import brokers, job  # noqa: F401  (fixtures)

@@ -8,18 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.demo import DemoOptions, run_demo
 from edge_runtime.protocol import ModuleKey
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def job(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
-    run_dir = tmp_path_factory.mktemp("job")
-    opts = DemoOptions(fogs=2, devices_per_fog=2, rounds=2, agg_every=2, local_epochs=1, backbone="tiny",
-                       run_dir=run_dir, report=run_dir / "out" / "report.json", time_limit_s=300)
-    return run_demo(opts), run_dir
 
 
 def test_deltas_crossed_every_tier_in_every_round(job: tuple[dict, Path]) -> None:

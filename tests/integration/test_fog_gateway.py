@@ -119,3 +119,55 @@ def test_fog_gateway_aggregates_holders_and_survives_garbage(brokers: Brokers, t
     assert gateway.rejected["decode"] == 1  # the garbage
     assert gateway.rejected["DecodeError"] == 1  # the update from a non-holder
     assert gateway.accepted["up"] == 5
+
+
+def test_fog_selects_participants_from_adverts_and_closes_on_skip(brokers: Brokers, tmp_path: Path) -> None:
+    """dev-hot advertises a CPU temperature above the fog's limit: it is left out of the participants. dev-skip
+    sits the round out (skip notice): the round closes on dev-ok's update alone, long before its 60 s deadline."""
+    from edge_runtime.resources import ResourceThresholds
+
+    devices = ["dev-hot", "dev-ok", "dev-skip"]
+    cfg = FogConfig(fog=FogSection(id="fog-1", fleet=FLEET, devices=devices, round_deadline_s=60,
+                                   startup_timeout_s=30),
+                    selection=ResourceThresholds(max_cpu_temp_c=80.0),
+                    broker=BrokerConfig(port=brokers.fog.port), state_dir=str(tmp_path / "state"))
+    gateway = FogGateway(cfg)
+    thread = threading.Thread(target=gateway.run, kwargs={"time_limit_s": 60}, daemon=True)
+    cloud = Client("test-cloud-2", brokers.cloud.port)
+    device = Client("test-devices-2", brokers.fog.port)
+    try:
+        cloud.transport.subscribe([topics.fogdone_filter(FLEET)])
+        device.transport.subscribe([topics.ctl(FLEET, "fog-1")])
+        thread.start()
+        cloud.publish(topics.global_(FLEET, HEAD), _version(HEAD, {"w": np.zeros((2, 3), np.float32)}, 0),
+                      retain=True)
+        temps = {"dev-hot": 91.0, "dev-ok": 45.0, "dev-skip": 50.0}
+        for dev in devices:
+            advert = NodeState(fleet=FLEET, node=dev, role="device", fog="fog-1", online=True, modules=(HEAD,),
+                               telemetry={"cpu_temp_c": temps[dev]})
+            device.publish(topics.state(FLEET, dev), encode(advert), retain=True)
+        cloud.publish(topics.ctl(FLEET, "cloud"), encode(RoundControl(
+            fleet=FLEET, sender="cloud", global_round=1, cluster_round=0, total_rounds=1, agg_every=1,
+            local_epochs=1, deadline_s=60)), retain=True)
+        _topic, payload = device.expect(lambda t, p: decode(p, RoundControl).cluster_round == 1)
+        ctl = decode(payload, RoundControl)
+        assert ctl.participants == {str(HEAD): ("dev-ok", "dev-skip")}
+        skip = NodeState(fleet=FLEET, node="dev-skip", role="device", fog="fog-1", online=True, modules=(HEAD,),
+                         skip=(1, 1), status="skipped round (1,1): battery_percent 9.0 < min 20.0")
+        device.publish(topics.state(FLEET, "dev-skip"), encode(skip), retain=True)
+        device.publish(topics.up(FLEET, "fog-1", HEAD, "dev-hot"),  # not selected: rejected
+                       _update("dev-hot", HEAD, {"w": np.ones((2, 3), np.float32)}, 10))
+        device.publish(topics.up(FLEET, "fog-1", HEAD, "dev-ok"),
+                       _update("dev-ok", HEAD, {"w": np.full((2, 3), 2.0, np.float32)}, 10))
+        _topic, payload = cloud.expect(lambda t, p: "/fogdone/" in t, timeout=15)
+        assert decode(payload, FogRoundReport).devices == ("dev-ok",)
+    finally:
+        cloud.publish(topics.global_(FLEET, HEAD), _version(HEAD, {"w": np.zeros((2, 3), np.float32)}, 1),
+                      retain=True)
+        cloud.publish(topics.ctl(FLEET, "cloud"), encode(RoundControl(
+            fleet=FLEET, sender="cloud", global_round=2, cluster_round=0, total_rounds=1, agg_every=1,
+            local_epochs=1, deadline_s=60, final=True)), retain=True)
+        thread.join(timeout=20)
+        cloud.close()
+        device.close()
+    assert gateway.rejected["DecodeError"] == 1  # the unselected device's update

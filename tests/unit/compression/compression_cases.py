@@ -22,6 +22,9 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("topk", {"fraction": 0.3, "values": "int8", "block": 4}),
     ("topk", {"fraction": 0.75, "values": "int8"}),
     ("topk", {"fraction": 1.0, "values": "fp32"}),
+    ("sign", {}),
+    ("sign", {"block": 3}),
+    ("sign", {"fraction": 0.3, "seed": 11}),
 ]
 IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in params.items()) or 'default'}" for name, params in CONFIGS]
 
@@ -42,7 +45,12 @@ def sent_mask(codec: Codec, x: np.ndarray) -> np.ndarray:
     """Which elements a codec transmits: the top-k selection for sparsifying codecs, every element otherwise."""
     mask = np.ones(x.size, dtype=bool)
     select = getattr(codec, "select", None)
-    if select is not None:
+    if codec.name == "sign":
+        from edge_runtime.compression.sign import subset
+
+        mask[:] = False
+        mask[subset(x.size, float(codec.params["fraction"]), int(codec.params["seed"]))] = True
+    elif select is not None:
         mask[:] = False
         mask[select(x)] = True
     return mask.reshape(x.shape)

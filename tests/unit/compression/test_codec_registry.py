@@ -12,15 +12,18 @@ from edge_runtime.compression import CODECS, Codec, Fp16Codec, Fp32Codec, Int8Co
 from edge_runtime.errors import ConfigError
 
 
-def test_the_four_codecs_are_registered() -> None:
-    assert CODECS == {"fp32": Fp32Codec, "fp16": Fp16Codec, "int8": Int8Codec, "topk": TopKCodec}
+def test_the_five_codecs_are_registered() -> None:
+    from edge_runtime.compression import SignCodec
+
+    assert CODECS == {"fp32": Fp32Codec, "fp16": Fp16Codec, "int8": Int8Codec, "topk": TopKCodec,
+                      "sign": SignCodec}
     assert make_codec("fp32").lossless and not any(CODECS[n].lossless for n in ("fp16", "int8", "topk"))
     assert set(compression.__all__) >= {"Codec", "CODECS", "make_codec", "register", "ErrorFeedback",
                                         "encode_state", "decode_state"}
 
 
 def test_unknown_codec_names_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"unknown codec 'zstd'; expected one of \['fp16', 'fp32', 'int8', 'topk'\]"):
+    with pytest.raises(ConfigError, match=r"unknown codec 'zstd'; expected one of \['fp16', 'fp32', 'int8', 'sign', 'topk'\]"):
         make_codec("zstd")
     with pytest.raises(ConfigError, match="unknown codec"):
         make_codec(None)  # type: ignore[arg-type]

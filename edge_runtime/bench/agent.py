@@ -1,0 +1,221 @@
+"""``hffm bench agent``: what the runtime costs a device, measured side by side in one run.
+
+- step overhead: local training steps (demo backbone, batch 32) timed bare, then with the runtime's MQTT client
+  connected to a real Mosquitto and publishing a full module update per step plus a telemetry advert each second
+  (far more traffic than a real round sends while training) — alternating blocks, so load drift hits both alike;
+- RSS: a real ``hffm edge run`` agent idling after start-up (model built, data loaded, connected, advertised),
+  against a bare process that imports torch + transformers + peft and builds the same model; and the agent's peak
+  during a one-device, one-round federated job;
+- ONNX: export of a trained task model and parity against torch on its held-out split.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from edge_runtime.config import ModelConfig
+from edge_runtime.errors import HffmError
+
+TASK = "digit"
+_BASELINE = """
+import sys, psutil, torch, transformers, peft
+from edge_runtime.config import ModelConfig
+from edge_runtime.m3t_factory import build_m3t
+m = build_m3t(ModelConfig(backbone=sys.argv[1]), sys.argv[2].split(","), sys.argv[3].split(","))
+print(psutil.Process().memory_info().rss / 2**20)
+"""
+
+
+def run_agent_bench(*, backbone: str, report: Path | None, work: Path, steps: int = 24,
+                    console: Console | None = None) -> dict[str, Any]:
+    console = console or Console()
+    work.mkdir(parents=True, exist_ok=True)
+    console.print("[bold]1/4 training step time, bare vs with the runtime publishing")
+    bare_ms, with_ms = step_overhead(backbone, steps=steps, work=work)
+    console.print("[bold]2/4 RSS of torch + transformers + peft + the model alone")
+    baseline = baseline_rss(backbone)
+    console.print("[bold]3/4 idle and peak RSS of a real agent")
+    idle, peak = agent_rss(backbone, work)
+    console.print("[bold]4/4 ONNX export parity")
+    onnx = onnx_parity(backbone, work)
+    out = {"benchmark": "agent", "backbone": backbone, "step_ms_bare": bare_ms, "step_ms_with_runtime": with_ms,
+           "step_overhead_ratio": with_ms / bare_ms, "idle_rss_mb": idle, "baseline_rss_mb": baseline,
+           "peak_rss_mb": peak, "idle_over_baseline_mb": idle - baseline, "onnx": onnx}
+    table = Table(title=f"Agent benchmark ({backbone})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("goal")
+    table.add_row("train step, bare", f"{bare_ms:.1f} ms", "")
+    table.add_row("train step, runtime publishing", f"{with_ms:.1f} ms", "")
+    table.add_row("step overhead ratio", f"{out['step_overhead_ratio']:.3f}", "<= 1.02")
+    table.add_row("baseline RSS (torch+peft+model)", f"{baseline:.0f} MB", "")
+    table.add_row("agent idle RSS", f"{idle:.0f} MB", f"<= {baseline + 50:.0f} MB")
+    table.add_row("agent peak RSS (training round)", f"{peak:.0f} MB", "")
+    table.add_row("ONNX max abs diff", f"{onnx['max_abs_diff']:.2e}", "")
+    table.add_row("ONNX argmax agreement", f"{onnx['argmax_agreement']:.4f}", "")
+    console.print(table)
+    if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(out, indent=2))
+        console.print(f"report: {report}")
+    return out
+
+
+def _model_and_data(backbone: str) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from edge_runtime.data import TASKS, load_m3t_bench
+    from edge_runtime.m3t_factory import build_m3t
+
+    td = load_m3t_bench(tasks=[TASK])[TASK]
+    model = build_m3t(ModelConfig(backbone=backbone), [TASKS[TASK].modality], [TASK])
+    return model, td.x_train, td.y_train, td.x_test, td.y_test
+
+
+def step_overhead(backbone: str, *, steps: int, work: Path) -> tuple[float, float]:
+    """Median ms per training step (one batch of 32), bare and with the runtime publishing."""
+    import torch
+
+    from edge_runtime.broker_process import MosquittoProcess
+    from edge_runtime.compression.module_codec import pack
+    from edge_runtime.compression import make_codec
+    from edge_runtime.data import TASKS
+    from edge_runtime.protocol import ModuleKey, ModuleUpdate, encode, topics
+    from edge_runtime.telemetry import sample
+    from edge_runtime.training import train_task
+    from edge_runtime.transport import MqttTransport
+
+    torch.set_num_threads(1)
+    model, x, y, _xt, _yt = _model_and_data(backbone)
+    modality = TASKS[TASK].modality
+    key = ModuleKey.adapter(modality, TASK)
+    packed, _ = pack(model.get_module_state(key), make_codec("fp32"))
+    update = encode(ModuleUpdate(fleet="bench", sender="dev", fog="fog", key=key, global_round=1, cluster_round=1,
+                                 base=(1, 0), num_samples=32, train_loss=0.1, idempotency_key="k", **packed.fields()))
+
+    def one_step(i: int) -> float:
+        sl = slice((i * 32) % (len(y) - 32), (i * 32) % (len(y) - 32) + 32)
+        t0 = time.perf_counter()
+        train_task(model, modality=modality, task=TASK, x=x[sl], y=y[sl], epochs=1, batch_size=32, seed=i)
+        return (time.perf_counter() - t0) * 1000
+
+    with MosquittoProcess(name="bench", role="cloud", data_dir=work / "broker") as broker:
+        broker.start()
+        client = MqttTransport(client_id="bench-agent", host="127.0.0.1", port=broker.port,
+                               on_message=lambda *_: None)
+        client.connect()
+        stop = threading.Event()
+        publishing = threading.Event()
+
+        def publisher() -> None:  # the runtime's traffic: module updates and telemetry adverts
+            last_advert = 0.0
+            while not stop.is_set():
+                if not publishing.wait(0.05):
+                    continue
+                client.publish(topics.up("bench", "fog", key, "dev"), update, category="device_to_fog")
+                if time.monotonic() - last_advert > 1.0:
+                    sample()
+                    last_advert = time.monotonic()
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=publisher, daemon=True)
+        thread.start()
+        one_step(0)  # warm-up
+        bare, busy = [], []
+        for block in range(4):  # alternate so that load drift on a shared machine hits both alike
+            for mode in (("bare", "busy") if block % 2 == 0 else ("busy", "bare")):
+                if mode == "busy":
+                    publishing.set()
+                else:
+                    publishing.clear()
+                times = [one_step(block * steps + i) for i in range(steps // 4)]
+                (busy if mode == "busy" else bare).extend(times)
+        stop.set()
+        thread.join(5)
+        client.close()
+    return statistics.median(bare), statistics.median(busy)
+
+
+def baseline_rss(backbone: str) -> float:
+    from edge_runtime.data import TASKS
+
+    out = subprocess.run([sys.executable, "-c", _BASELINE, backbone, TASKS[TASK].modality, TASK],
+                         capture_output=True, text=True, timeout=300, check=False)
+    if out.returncode != 0:
+        raise HffmError(f"baseline RSS process failed: {out.stderr.strip()[-400:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def agent_rss(backbone: str, work: Path) -> tuple[float, float]:
+    """Idle RSS of a lone agent after start-up; peak RSS of the agent in a 1-fog, 1-device, 1-round job."""
+    from edge_runtime.demo import DemoOptions, run_demo
+    from edge_runtime.demo.plan import FLEET, write_fleet
+    from edge_runtime.broker_process import MosquittoProcess
+    from edge_runtime.demo.processes import TierProcess
+
+    opts = DemoOptions(fogs=1, devices_per_fog=1, rounds=1, agg_every=1, backbone=backbone, baseline=False,
+                       show_tables=False, modalities_per_device=1, run_dir=work / "job")
+    idle_dir = work / "idle"
+    with MosquittoProcess(name="idle", role="cloud", data_dir=idle_dir / "broker", fleet=FLEET) as broker:
+        broker.start()
+        plan = write_fleet(replace(opts, run_dir=idle_dir), idle_dir, cloud_port=broker.port,
+                           fog_ports={"fog-1": broker.port})
+        (device, cfg), = plan.device_configs.items()
+        agent = TierProcess(device, "edge", cfg, idle_dir / "agent.log", time_limit_s=300)
+        agent.start()
+        try:
+            status = idle_dir / "state" / f"{device}-status.json"
+            end = time.monotonic() + 240
+            while not status.exists() and time.monotonic() < end and agent.returncode is None:
+                time.sleep(0.2)
+            if not status.exists():
+                raise HffmError(f"the agent did not come up; log {agent.log_path}:\n{agent.log_tail()}")
+            time.sleep(3)  # settle: no round will come, the agent idles
+            idle = psutil.Process(agent.proc.pid).memory_info().rss / 2**20  # type: ignore[union-attr]
+        finally:
+            agent.stop()
+    peak = [0.0]
+    done = threading.Event()
+
+    def sampler() -> None:
+        while not done.is_set():
+            for proc in psutil.process_iter(["cmdline"]):
+                cmd = " ".join(proc.info["cmdline"] or [])
+                if " edge run " in f" {cmd} " and str(work / "job") in cmd:
+                    try:
+                        peak[0] = max(peak[0], proc.memory_info().rss / 2**20)
+                    except psutil.Error:
+                        pass
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=sampler, daemon=True)
+    thread.start()
+    try:
+        run_demo(opts)
+    finally:
+        done.set()
+        thread.join(5)
+    return idle, peak[0]
+
+
+def onnx_parity(backbone: str, work: Path) -> dict[str, float]:
+    from edge_runtime.data import TASKS
+    from edge_runtime.export import export_task, parity
+    from edge_runtime.training import train_task
+
+    model, x, y, xt, _yt = _model_and_data(backbone)
+    modality = TASKS[TASK].modality
+    train_task(model, modality=modality, task=TASK, x=x, y=y, epochs=1, batch_size=32)
+    path = export_task(model, modality=modality, task=TASK, path=work / f"{TASK}.onnx")
+    return parity(model, modality=modality, task=TASK, path=path, x=xt)
