@@ -134,7 +134,8 @@ class FogSection:
     devices: list[str]
     round_deadline_s: float = 600.0
     startup_timeout_s: float = 300.0
-    aggregator: str = "fedavg"
+    aggregator: str = "fedavg"  # fedavg, median, trimmed_mean, krum (fog_gateway/aggregation)
+    aggregator_params: dict[str, object] = field(default_factory=dict)  # e.g. {trim_fraction = 0.2}
     max_participants_per_module: int = 0  # 0 = every eligible holder; else the N holders with the most samples
 
     def __post_init__(self) -> None:

@@ -58,7 +58,7 @@ def _semantic(kind: str, cfg: Any, where: str, problems: list[str], check_files:
     elif kind == "fog":
         from fog_gateway.aggregation import make_aggregator
 
-        _guard(problems, where, make_aggregator, cfg.fog.aggregator)
+        _guard(problems, where, make_aggregator, cfg.fog.aggregator, cfg.fog.aggregator_params)
         _guard(problems, where, make_codecs, cfg.uplink, "uplink")
         _guard(problems, where, make_codecs, cfg.downlink, "downlink")
         files = []

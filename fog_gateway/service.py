@@ -78,11 +78,12 @@ class FogGateway(Service):
         self.aggs: dict[ModuleKey, Aggregator] = {}
         self.reported: dict[ModuleKey, set[str]] = {}
         self.round_weight: dict[ModuleKey, dict[str, int]] = {}
+        self.round_updated: set[ModuleKey] = set()
         self.deadline = 0.0
         self.startup_deadline = time.monotonic() + cfg.fog.startup_timeout_s
         self.rounds_log: list[dict[str, Any]] = []
         self.sent_last: set[ModuleKey] = set()  # modules whose new global version the next round must wait for
-        make_aggregator(cfg.fog.aggregator)  # an unknown aggregator is a config error at start, not mid-job
+        make_aggregator(cfg.fog.aggregator, cfg.fog.aggregator_params)  # bad name/params: config error at start
 
     # -- service hooks -------------------------------------------------------------------------------------------
     def subscriptions(self) -> list[str]:
@@ -239,6 +240,7 @@ class FogGateway(Service):
         for key in self.modules:
             self.pub.true[key] = {n: a.copy() for n, a in self.start_state[key].items()}
         self.round_weight = {k: {} for k in self.modules}
+        self.round_updated: set[ModuleKey] = set()
         for key in self.modules:
             self._publish_cluster(key, stage=0)
         if plan.final:
@@ -251,7 +253,7 @@ class FogGateway(Service):
     def _open_cluster_round(self, c: int) -> None:
         assert self.plan is not None
         self.cluster_c = c
-        self.aggs = {k: make_aggregator(self.cfg.fog.aggregator) for k in self.modules}
+        self.aggs = {k: make_aggregator(self.cfg.fog.aggregator, self.cfg.fog.aggregator_params) for k in self.modules}
         self.reported = {k: set() for k in self.modules}
         self.skipped = set()
         self.participants = {k: self._select(k) for k in self.modules}
@@ -260,9 +262,17 @@ class FogGateway(Service):
         self._publish_ctl(c, final=False)
 
     def _close_cluster_round(self) -> None:
-        updated = [k for k in self.modules if self.aggs[k].count > 0]
-        for key in updated:
-            delta = self.aggs[key].result()
+        updated = []
+        for key in (k for k in self.modules if self.aggs[k].count > 0):
+            try:
+                delta = self.aggs[key].result()
+            except AggregationError as exc:  # a robust rule outside its tolerance refuses; it never averages
+                self.rejected["aggregation_refused"] += 1
+                log.warning("fog %s: %s not updated in round (%d,%d): %s", self.node, key, self.round_g,
+                            self.cluster_c, exc)
+                continue
+            updated.append(key)
+            self.round_updated.add(key)
             self.pub.true[key] = {n: (a + delta[n]).astype(np.float32) for n, a in self.pub.true[key].items()}
             self._publish_cluster(key, stage=self.cluster_c)
         self.rounds_log.append({"global_round": self.round_g, "cluster_round": self.cluster_c,
@@ -283,7 +293,7 @@ class FogGateway(Service):
         devices: set[str] = set()
         for key in self.modules:
             weights = self.round_weight[key]
-            if not weights:
+            if not weights or key not in self.round_updated:
                 continue
             delta = {n: (a - self.start_state[key][n]).astype(np.float32) for n, a in self.pub.true[key].items()}
             packed, _sent = pack(delta, self.up_codecs[key.kind], feedback=self.feedback, stream=str(key),

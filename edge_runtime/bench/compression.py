@@ -49,12 +49,19 @@ def _topk(fraction: float, head_fraction: float) -> dict[str, dict[str, Any]]:
             "head": {"codec": "topk", "params": {"fraction": head_fraction, "values": "int8"}}}
 
 
+def _sign(encoder: float, adapter: float, head: float) -> dict[str, dict[str, Any]]:
+    return {kind: {"codec": "sign", "params": {"fraction": f}}
+            for kind, f in (("encoder", encoder), ("adapter", adapter), ("head", head))}
+
+
+# Lossy settings share the backhaul (fog -> cloud) and downlink codec, int8, so only the device uplink differs.
 DEFAULT_SETTINGS: tuple[Setting, ...] = (
     Setting("fp32", {}, {}, {}),
     Setting("fp16", _all("fp16"), _all("fp16"), _all("fp16")),
     Setting("int8", _all("int8"), _all("int8"), _all("int8")),
     Setting("topk1%+int8", _topk(0.01, 0.1), _all("int8"), _all("int8")),
-    Setting("topk0.3%+int8", _topk(0.003, 0.05), _all("int8"), _all("int8")),
+    Setting("sign", _sign(1.0, 1.0, 1.0), _all("int8"), _all("int8")),
+    Setting("sign+adapter10%", _sign(1.0, 0.1, 1.0), _all("int8"), _all("int8")),
 )
 
 

@@ -114,20 +114,48 @@ def edge_export(config: Path, *, task: str, out: Path, modules: Path | None) -> 
     return result
 
 
-def edge_infer(model_path: Path, input_path: Path, *, fmt: str, labels: bool) -> None:
-    """Run an exported model on a task data file (.npz) and print predictions (and accuracy when labelled)."""
+def load_inputs(path: Path) -> tuple[Any, Any]:
+    """``x`` (and ``y`` when the file is a labelled task file) from an .npz; an unlabelled file holds only ``x``.
+
+    Raises:
+        DataError: not a readable .npz, no ``x``, or ``x`` not a finite 3-d float array.
+    """
+    import zipfile
+
     import numpy as np
 
     from edge_runtime.data import load_task_file
+
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            keys = set(arrays.files)
+            x = arrays["x"] if "x" in keys else None
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    if "y" in keys:
+        return load_task_file(path)
+    if x is None:
+        raise DataError(f"{path}: no 'x' array (found {sorted(keys)})")
+    if x.ndim != 3 or x.dtype.kind != "f" or not np.isfinite(x).all():
+        raise DataError(f"{path}: 'x' must be a finite float array (N, n_tokens, token_dim), got {x.dtype} "
+                        f"{x.shape}")
+    return x.astype(np.float32), None
+
+
+def edge_infer(model_path: Path, input_path: Path, *, fmt: str, labels: bool) -> None:
+    """Run an exported model on an .npz of inputs; print predictions, and accuracy when the file has labels."""
+    import numpy as np
+
     from edge_runtime.export import run_onnx
 
-    x, y = load_task_file(input_path)
-    logits = run_onnx(model_path, x)
-    pred = logits.argmax(axis=1)
+    x, y = load_inputs(input_path)
+    pred = run_onnx(model_path, x).argmax(axis=1)
     out: dict[str, Any] = {"model": str(model_path), "input": str(input_path), "rows": int(len(x)),
-                           "predictions": pred.tolist() if labels else None}
-    out["accuracy"] = float(np.mean(pred == y))
+                           "predictions": pred.tolist() if labels or y is None else None,
+                           "accuracy": float(np.mean(pred == y)) if y is not None else None}
     if fmt == "json":
         print(json.dumps(out))
+    elif y is None:
+        print(f"{len(x)} rows -> predictions: {pred.tolist()}")
     else:
         print(f"{len(x)} rows -> predictions; accuracy against the file's labels: {out['accuracy']:.4f}")

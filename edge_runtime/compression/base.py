@@ -72,6 +72,11 @@ class Codec(ABC):
         stated error; 0.0 for lossless codecs). For sparsifying codecs this bounds the error on the elements that
         are sent; the elements that are not sent are exactly the residual that error feedback keeps."""
 
+    @property
+    def wire_params(self) -> dict[str, ParamValue]:
+        """The parameters a message must carry: those that differ from the defaults (the decoder fills in the rest)."""
+        return {k: v for k, v in self.params.items() if v != self.defaults[k]}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params})"
 

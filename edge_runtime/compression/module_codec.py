@@ -78,7 +78,7 @@ def pack(state: Mapping[str, np.ndarray], codec: Codec, *, feedback: ErrorFeedba
         sent_flat = {FLAT: codec.decode(data[FLAT], flat[FLAT].shape)}
     encoded = (EncodedTensor(name=FLAT, shape=(int(flat[FLAT].size),), data=data[FLAT]),)
     sent = split(sent_flat[FLAT], {n: arrays[n].shape for n in names})
-    return Packed(codec.name, dict(codec.params), (), encoded, tensors_sha256((), encoded)), sent
+    return Packed(codec.name, codec.wire_params, (), encoded, tensors_sha256((), encoded)), sent
 
 
 def split(flat: np.ndarray, layout: Mapping[str, tuple[int, ...]]) -> State:

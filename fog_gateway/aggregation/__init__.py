@@ -1,10 +1,20 @@
-"""Aggregation strategies, one per file behind :class:`Aggregator`, in a strict registry."""
+"""Aggregation strategies, one per file behind :class:`Aggregator`, in a strict registry.
+
+``make_aggregator(name, params)`` builds one by name with keyword parameters over its constructor's defaults.
+"""
 
 from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
 
 from edge_runtime.errors import ConfigError
 from fog_gateway.aggregation.base import Aggregator
 from fog_gateway.aggregation.fedavg import FedAvg
+from fog_gateway.aggregation.krum import Krum
+from fog_gateway.aggregation.median import CoordinateMedian
+from fog_gateway.aggregation.trimmed_mean import TrimmedMean
 
 AGGREGATORS: dict[str, type[Aggregator]] = {}
 
@@ -19,14 +29,49 @@ def register(cls: type[Aggregator]) -> type[Aggregator]:
     return cls
 
 
-def make_aggregator(name: str) -> Aggregator:
-    """A fresh aggregator by name. Raises ``ConfigError`` naming the known ones."""
-    try:
-        return AGGREGATORS[name]()
-    except KeyError:
-        raise ConfigError(f"unknown aggregator {name!r}; expected one of {sorted(AGGREGATORS)}") from None
+def _defaults(cls: type[Aggregator]) -> dict[str, Any]:
+    """The parameters ``cls`` accepts: its constructor's keyword-only arguments with their defaults."""
+    signature = inspect.signature(cls)
+    return {p.name: p.default for p in signature.parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
 
 
-register(FedAvg)
+def make_aggregator(name: str, params: Mapping[str, Any] | None = None) -> Aggregator:
+    """A fresh aggregator by name with ``params`` over its defaults (an int is taken where a float is expected).
 
-__all__ = ["AGGREGATORS", "Aggregator", "FedAvg", "make_aggregator", "register"]
+    Raises:
+        ConfigError: an unknown aggregator (naming the known ones), ``params`` that is not a mapping, an unknown
+            parameter, a parameter of the wrong type, or a bad value.
+    """
+    if not isinstance(name, str) or name not in AGGREGATORS:
+        raise ConfigError(f"unknown aggregator {name!r}; expected one of {sorted(AGGREGATORS)}")
+    defaults = _defaults(AGGREGATORS[name])
+    if params is not None and not isinstance(params, Mapping):
+        raise ConfigError(f"aggregator {name!r}: parameters must be a mapping, got {type(params).__name__}")
+    kwargs = dict(params or {})
+    unknown = sorted(set(kwargs) - set(defaults), key=str)
+    if unknown:
+        raise ConfigError(f"aggregator {name!r}: unknown parameter(s) {unknown}; expected some of {sorted(defaults)}")
+    for key, value in kwargs.items():
+        default = defaults[key]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            kwargs[key] = value = float(value)
+        if type(value) is not type(default):
+            raise ConfigError(f"aggregator {name!r}: parameter {key!r} must be {type(default).__name__}, "
+                              f"got {value!r}")
+    return AGGREGATORS[name](**kwargs)
+
+
+for _cls in (FedAvg, CoordinateMedian, TrimmedMean, Krum):
+    register(_cls)
+
+__all__ = [
+    "AGGREGATORS",
+    "Aggregator",
+    "CoordinateMedian",
+    "FedAvg",
+    "Krum",
+    "TrimmedMean",
+    "make_aggregator",
+    "register",
+]

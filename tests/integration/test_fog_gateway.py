@@ -171,3 +171,41 @@ def test_fog_selects_participants_from_adverts_and_closes_on_skip(brokers: Broke
         cloud.close()
         device.close()
     assert gateway.rejected["DecodeError"] == 1  # the unselected device's update
+
+
+def test_robust_rule_outside_its_tolerance_refuses_and_the_gateway_goes_on(brokers: Brokers, tmp_path: Path) -> None:
+    """Krum with f=1 needs more than 4 updates; with 2 it refuses: the module is not updated or sent upward (never
+    silently averaged), the refusal is counted, and the round still closes and reports."""
+    cfg = FogConfig(fog=FogSection(id="fog-1", fleet=FLEET, devices=["dev-a", "dev-b"], round_deadline_s=60,
+                                   startup_timeout_s=30, aggregator="krum", aggregator_params={"byzantine": 1}),
+                    broker=BrokerConfig(port=brokers.fog.port), state_dir=str(tmp_path / "state"))
+    gateway = FogGateway(cfg)
+    thread = threading.Thread(target=gateway.run, kwargs={"time_limit_s": 60}, daemon=True)
+    cloud = Client("test-cloud-3", brokers.cloud.port)
+    device = Client("test-devices-3", brokers.fog.port)
+    try:
+        cloud.transport.subscribe([topics.fogup_filter(FLEET), topics.fogdone_filter(FLEET)])
+        device.transport.subscribe([topics.ctl(FLEET, "fog-1")])
+        thread.start()
+        cloud.publish(topics.global_(FLEET, HEAD), _version(HEAD, {"w": np.zeros((2, 3), np.float32)}, 0),
+                      retain=True)
+        for dev in ("dev-a", "dev-b"):
+            advert = NodeState(fleet=FLEET, node=dev, role="device", fog="fog-1", online=True, modules=(HEAD,))
+            device.publish(topics.state(FLEET, dev), encode(advert), retain=True)
+        cloud.publish(topics.ctl(FLEET, "cloud"), encode(RoundControl(
+            fleet=FLEET, sender="cloud", global_round=1, cluster_round=0, total_rounds=1, agg_every=1,
+            local_epochs=1, deadline_s=60)), retain=True)
+        device.expect(lambda t, p: decode(p, RoundControl).cluster_round == 1)
+        for dev in ("dev-a", "dev-b"):
+            device.publish(topics.up(FLEET, "fog-1", HEAD, dev), _update(dev, HEAD, {"w": np.ones((2, 3), np.float32)}, 5))
+        topic, payload = cloud.expect(lambda t, p: "/fogup/" in t or "/fogdone/" in t, timeout=15)
+        assert "/fogdone/" in topic, "a refused module must not be sent upward"
+        assert decode(payload, FogRoundReport).modules == ()
+    finally:
+        cloud.publish(topics.ctl(FLEET, "cloud"), encode(RoundControl(
+            fleet=FLEET, sender="cloud", global_round=2, cluster_round=0, total_rounds=1, agg_every=1,
+            local_epochs=1, deadline_s=60, final=True)), retain=True)
+        thread.join(timeout=20)
+        cloud.close()
+        device.close()
+    assert gateway.rejected["aggregation_refused"] == 1 and gateway.accepted["up"] == 2

@@ -115,3 +115,24 @@ def test_fleet_status_reads_retained_adverts(brokers: Brokers) -> None:
     assert nodes["dev-a"]["online"] is True and nodes["dev-b"]["online"] is False
     assert nodes["dev-a"]["telemetry"] == {"cpu_percent": 12.0} and nodes["dev-a"]["tasks"] == ["digit"]
     assert runner.invoke(app, ["fleet", "status", "--port", str(brokers.fog.port), "--fleet", FLEET]).exit_code == 0
+
+
+def test_infer_on_unlabelled_inputs_and_bad_files(job: tuple[dict, Path], tmp_path: Path) -> None:
+    import numpy as np
+
+    report, run_dir = job
+    cfg = _device_config(run_dir)
+    task = report["devices"][cfg.stem]["tasks"][0]
+    out = tmp_path / "m.onnx"
+    assert runner.invoke(app, ["edge", "export", "--config", str(cfg), "--task", task, "--out", str(out)]).exit_code == 0
+    with np.load(run_dir / "data" / "test" / f"{task}.npz", allow_pickle=False) as labelled:
+        x = labelled["x"][:5]
+    np.savez(tmp_path / "x.npz", x=x)
+    result = runner.invoke(app, ["edge", "infer", "--model", str(out), "--input", str(tmp_path / "x.npz"),
+                                 "--format", "json"])
+    assert result.exit_code == 0, result.output
+    inferred = json.loads(result.output)
+    assert len(inferred["predictions"]) == 5 and inferred["accuracy"] is None
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    result = runner.invoke(app, ["edge", "infer", "--model", str(out), "--input", str(tmp_path / "junk.npz")])
+    assert result.exit_code == DataError.exit_code and "not a readable .npz" in result.output
