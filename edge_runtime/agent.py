@@ -111,6 +111,7 @@ class EdgeAgent(Service):
         self.residuals_path = state_dir / f"{dev.id}-residuals.npz"
         self.status_path = state_dir / f"{dev.id}-status.json"
         self.modules_path = state_dir / f"{dev.id}-modules.npz"
+        self.local_modules_path = state_dir / f"{dev.id}-local-modules.npz"
         self.next_advert = 0.0
         self.decision: Decision | None = None
         self.state_text = "starting"
@@ -141,13 +142,18 @@ class EdgeAgent(Service):
         else:
             raise DecodeError(f"device {self.node} does not take {topic.kind!r} messages")
 
-    def advertise(self, state: str, *, skip: tuple[int, int] | None = None) -> None:
-        """Publish the retained capability advert with fresh telemetry, and write the local status file."""
+    def advertise(self, state: str, *, skip: tuple[int, int] | None = None, online: bool = True,
+                  publish: bool = True) -> None:
+        """Write the local status file and (unless ``publish`` is false) publish the retained capability advert
+        with fresh telemetry."""
         self.state_text = state
         telemetry = sample(resolve(self.cfg.base_dir, self.cfg.state_dir))
+        self._write_status(telemetry)
+        if not publish:
+            return
         dev = self.cfg.device
         advert = NodeState(
-            fleet=self.fleet, node=self.node, role="device", fog=self.fog, online=True, modules=tuple(self.keys),
+            fleet=self.fleet, node=self.node, role="device", fog=self.fog, online=online, modules=tuple(self.keys),
             backbone=self.cfg.model.backbone, num_samples={t: len(y) for t, (_x, y) in self.data.train.items()},
             modalities=tuple(dev.modalities), tasks=tuple(dev.tasks),
             versions={str(k): s for k, s in self.rx.stamps.items()}, telemetry=telemetry, last_seen=time.time(),
@@ -155,13 +161,17 @@ class EdgeAgent(Service):
         self.transport.publish(topics.state(self.fleet, self.node), encode(advert), category="device_to_fog",
                                retain=True)
         self.next_advert = time.monotonic() + self.cfg.telemetry_interval_s
-        self._write_status(telemetry)
+
+    def finish(self) -> None:
+        """On a clean exit, say so: the retained advert goes offline (the broker's last will covers crashes)."""
+        if self.transport.connected:
+            self.advertise(f"stopped ({self.state_text})", online=False)
 
     def _write_status(self, telemetry: dict[str, float]) -> None:
         status = {
             "device": self.node, "fog": self.fog, "fleet": self.fleet, "pid": os.getpid(), "state": self.state_text,
             "broker": f"{self.cfg.broker.host}:{self.cfg.broker.port}",
-            "link": {"connected": self.transport.connected},
+            "link": {"connected": self.transport.connected and self.state_text[:7] != "stopped"},
             "last_round": list(self.last_done) if self.last_done != (0, 0) else None,
             "modules": {str(k): list(s) for k, s in sorted(self.rx.stamps.items())},
             "held_modules": [str(k) for k in self.keys],
@@ -176,10 +186,15 @@ class EdgeAgent(Service):
         tmp.write_text(json.dumps(status, indent=1))
         os.replace(tmp, self.status_path)
 
-    def _save_modules(self) -> None:
+    def _save_modules(self, *, local: bool = False) -> None:
+        """Snapshot the modules: as received (what the fleet holds) or, with ``local``, as trained here."""
         from edge_runtime.model.snapshot import save_modules
 
-        save_modules(self.modules_path, self.rx.states, self.rx.stamps)
+        if local:
+            states = {k: self.model.get_module_state(k) for k in self.keys}
+            save_modules(self.local_modules_path, states, dict(self.rx.stamps))
+        else:
+            save_modules(self.modules_path, self.rx.states, self.rx.stamps)
 
     def tick(self) -> None:
         if time.monotonic() > self.next_advert:
@@ -232,13 +247,14 @@ class EdgeAgent(Service):
             log.warning("device %s: skipping round (%d,%d): %s", self.node, g, c, reasons)
             self.advertise(f"skipped round ({g},{c}): {reasons}", skip=(g, c))
             return
-        self.advertise(f"training round ({g},{c})")
+        self.advertise(f"training round ({g},{c})", publish=False)  # local status only: spare the uplink
         started = time.monotonic()
         for key, state in self.rx.states.items():  # train from the published version, not last round's weights
             self.model.load_module_state(key, state)
         base = {k: self.model.get_module_state(k) for k in self.keys}
         losses, used = self._train(ctl, selected, self.decision.fraction)
         train_s = time.monotonic() - started
+        self._save_modules(local=True)  # the personalised modules, as trained here
         sent = 0
         for key in selected:
             new = self.model.get_module_state(key)

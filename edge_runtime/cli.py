@@ -101,13 +101,15 @@ def edge_export(
     task: Annotated[str, typer.Option(help="The task whose personalised model to export.")],
     out: Annotated[Path, typer.Option(help="The .onnx file to write.")],
     modules: Annotated[Path | None, typer.Option(help="Module snapshot (default: the agent's, in state_dir).")] = None,
+    source: Annotated[str, typer.Option(help="local: the personalised modules as trained on this device; "
+                                             "fleet: the versions last received from the fog.")] = "local",
     fmt: FormatOpt = "text",
 ) -> None:
     """Merge the device's LoRA into the backbone and export encoder + backbone + head of TASK to ONNX."""
     setup_logging("warning")
     from edge_runtime.commands.ops import edge_export as run
 
-    result = run(config, task=task, out=out, modules=modules)
+    result = run(config, task=task, out=out, modules=modules, source=source)
     if check_format(fmt) == "json":
         typer.echo(json.dumps(result))
     else:

@@ -80,8 +80,10 @@ def fleet_status(host: str, port: int, fleet: str, *, timeout_s: float, fmt: str
         print_fleet(rows, Console())
 
 
-def edge_export(config: Path, *, task: str, out: Path, modules: Path | None) -> dict[str, Any]:
-    """Export the device's personalised model for ``task`` (its latest module versions) to ONNX, check parity.
+def edge_export(config: Path, *, task: str, out: Path, modules: Path | None, source: str = "local"
+                ) -> dict[str, Any]:
+    """Export the device's model for ``task`` to ONNX and check parity: ``source`` "local" = its personalised
+    modules as it last trained them, "fleet" = the versions it last received from its fog.
 
     Raises:
         ConfigError: the device does not run ``task``. DataError: no module snapshot yet. ModelError: export failed.
@@ -94,7 +96,12 @@ def edge_export(config: Path, *, task: str, out: Path, modules: Path | None) -> 
     cfg = load_config(config, DeviceConfig)
     if task not in cfg.device.tasks:
         raise ConfigError(f"device {cfg.device.id!r} does not run task {task!r}; it runs {cfg.device.tasks}")
-    states, stamps = load_modules(modules or modules_path(cfg))
+    if source not in ("local", "fleet"):
+        raise ConfigError(f"unknown source {source!r}; expected 'local' or 'fleet'")
+    default = modules_path(cfg)
+    if source == "local":
+        default = default.with_name(f"{cfg.device.id}-local-modules.npz")
+    states, stamps = load_modules(modules or default)
     model = build_m3t(cfg.model, cfg.device.modalities, cfg.device.tasks)
     for key, state in states.items():
         if key in model.module_keys():
@@ -105,7 +112,8 @@ def edge_export(config: Path, *, task: str, out: Path, modules: Path | None) -> 
     path = export_task(model, modality=modality, task=task, path=out)
     x, _y = data.test.get(task, data.train[task])
     check = parity(model, modality=modality, task=task, path=path, x=x)
-    result = {"onnx": str(path), "task": task, "modality": modality, "bytes": path.stat().st_size,
+    result = {"onnx": str(path), "task": task, "modality": modality, "source": source,
+              "bytes": path.stat().st_size,
               "export_s": round(time.monotonic() - started, 2), "parity_rows": int(len(x)), **check,
               "versions": {str(k): list(v) for k, v in stamps.items() if k.task in (task, "_")
                            and k.modality in (modality, "_")}}

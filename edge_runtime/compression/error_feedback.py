@@ -1,6 +1,6 @@
 """Error feedback: what a lossy codec did not send this round is added to the next round's delta.
 
-The memory is keyed by ``(stream, tensor name)`` (a stream is one module's uplink, e.g. ``"adapter/imu/activity"``).
+The memory is keyed by ``(stream, tensor name)`` (a stream is one module's uplink, e.g. ``"adapter:imu:activity"``; ``module_codec.pack`` codes a module as one flat tensor named ``"module"``).
 After any number of rounds, the sum of what was transmitted plus the residual equals the sum of the true deltas,
 so top-k and quantisation errors are delayed, never lost. The memory persists to one ``.npz`` file (no pickle),
 written atomically, so it survives restarts.

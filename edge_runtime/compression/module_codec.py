@@ -9,6 +9,7 @@ a sender can track the receiver's view (downlink) or keep the error-feedback res
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from edge_runtime.protocol import tensors_sha256
 
 State = dict[str, np.ndarray]
 FLAT = "module"
+log = logging.getLogger(__name__)
 
 
 class ModuleTensors(Protocol):
@@ -72,7 +74,12 @@ def pack(state: Mapping[str, np.ndarray], codec: Codec, *, feedback: ErrorFeedba
     names = sorted(arrays)
     flat = {FLAT: np.concatenate([arrays[n].ravel() for n in names]) if names else np.zeros(0, np.float32)}
     if feedback is not None:
-        data, sent_flat = feedback.compress(stream, flat, codec)
+        try:
+            data, sent_flat = feedback.compress(stream, flat, codec)
+        except ValueError as exc:  # a residual left by another module layout (e.g. a changed lora_r): start over
+            log.warning("error feedback for %s reset: %s", stream, exc)
+            feedback.reset(stream)
+            data, sent_flat = feedback.compress(stream, flat, codec)
     else:
         data = {FLAT: codec.encode(flat[FLAT])}
         sent_flat = {FLAT: codec.decode(data[FLAT], flat[FLAT].shape)}

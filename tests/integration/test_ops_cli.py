@@ -60,7 +60,8 @@ def test_edge_status_reports_what_the_agent_holds(job: tuple[dict, Path]) -> Non
     result = runner.invoke(app, ["edge", "status", "--config", str(_device_config(run_dir)), "--format", "json"])
     assert result.exit_code == 0, result.output
     status = json.loads(result.output)
-    assert status["state"] == "job finished" and status["last_round"] == [2, 2]
+    assert status["state"] == "stopped (job finished)" and status["last_round"] == [2, 2]
+    assert status["link"]["connected"] is False
     assert set(status["modules"]) == set(status["held_modules"]) and status["modules"]
     assert "mem_available_mb" in status["resources"] and "cpu_temp_c" not in status["resources"]  # absent here
     assert runner.invoke(app, ["edge", "status", "--config", str(_device_config(run_dir))]).exit_code == 0
@@ -80,7 +81,7 @@ def test_export_and_infer_match_the_devices_own_accuracy(job: tuple[dict, Path],
     task = report["devices"][device]["tasks"][0]
     out = tmp_path / f"{task}.onnx"
     result = runner.invoke(app, ["edge", "export", "--config", str(cfg), "--task", task, "--out", str(out),
-                                 "--format", "json"])
+                                 "--source", "fleet", "--format", "json"])
     assert result.exit_code == 0, result.output
     exported = json.loads(result.output.strip().splitlines()[-1])
     assert exported["argmax_agreement"] == 1.0 and exported["max_abs_diff"] < 1e-4
@@ -136,3 +137,44 @@ def test_infer_on_unlabelled_inputs_and_bad_files(job: tuple[dict, Path], tmp_pa
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     result = runner.invoke(app, ["edge", "infer", "--model", str(out), "--input", str(tmp_path / "junk.npz")])
     assert result.exit_code == DataError.exit_code and "not a readable .npz" in result.output
+
+
+def test_export_of_the_personalised_local_modules(job: tuple[dict, Path], tmp_path: Path) -> None:
+    report, run_dir = job
+    cfg = _device_config(run_dir)
+    task = report["devices"][cfg.stem]["tasks"][0]
+    result = runner.invoke(app, ["edge", "export", "--config", str(cfg), "--task", task, "--out",
+                                 str(tmp_path / "local.onnx"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    exported = json.loads(result.output.strip().splitlines()[-1])
+    assert exported["source"] == "local" and exported["argmax_agreement"] == 1.0
+
+
+def test_fleet_shows_a_finished_device_offline(job: tuple[dict, Path]) -> None:
+    """A device that ends its job cleanly leaves an offline advert (a crash is covered by the last will)."""
+    import tomllib
+
+    report, run_dir = job
+    from edge_runtime.broker_process import MosquittoProcess
+
+    cfg = tomllib.loads(_device_config(run_dir).read_text())
+    broker_dir = run_dir / "brokers" / cfg["device"]["fog"]
+    with MosquittoProcess(name="reopen", role="cloud", data_dir=tmp_copy(broker_dir), fleet="demo") as broker:
+        broker.start()
+        result = runner.invoke(app, ["fleet", "status", "--port", str(broker.port), "--fleet", "demo",
+                                     "--format", "json"])
+    assert result.exit_code == 0, result.output
+    nodes = {n["node"]: n for n in json.loads(result.output)["nodes"]}
+    assert nodes[cfg["device"]["id"]]["online"] is False
+    assert nodes[cfg["device"]["id"]]["status"].startswith("stopped")
+
+
+def tmp_copy(folder: Path) -> Path:
+    """A copy of a stopped broker's persistence (its retained messages) to start a fresh broker on."""
+    import shutil
+    import tempfile
+
+    dest = Path(tempfile.mkdtemp(prefix="hffm-broker-")) / "data"
+    dest.mkdir()
+    shutil.copy(folder / "mosquitto.db", dest / "mosquitto.db")
+    return dest
