@@ -13,7 +13,7 @@ TORCH_PIP_ARGS ?=
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test mosquitto clean
+.PHONY: setup demo test lint mosquitto clean
 
 setup: $(STAMP) mosquitto
 
@@ -35,7 +35,10 @@ mosquitto:
 demo: setup
 	$(VENV)/bin/hffm demo --report runs/demo-report.json $(DEMO_ARGS)
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check --select F,E9 edge_runtime fog_gateway cloud tests
+
+test: setup lint
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 clean:

@@ -8,7 +8,6 @@ When the job ends it evaluates the final modules on its test files.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.atomic import write_json
 from edge_runtime.compression import ErrorFeedback
 from edge_runtime.compression.module_codec import pack
 from edge_runtime.config import DeviceConfig, load_config, make_codecs, resolve
@@ -181,10 +181,7 @@ class EdgeAgent(Service):
              "reasons": list(self.decision.reasons)},
             "resources": telemetry, "updated_at": time.time(),
         }
-        self.status_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status, indent=1))
-        os.replace(tmp, self.status_path)
+        write_json(self.status_path, status)
 
     def _save_modules(self, *, local: bool = False) -> None:
         """Snapshot the modules: as received (what the fleet holds) or, with ``local``, as trained here."""

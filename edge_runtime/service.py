@@ -6,15 +6,14 @@ dropped; nothing already accepted is touched. Deadlines are driven by :meth:`Ser
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import queue
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.atomic import write_json
 from edge_runtime.errors import HffmError, RoundTimeoutError, TransportError
 from edge_runtime.protocol.routing import decode_message
 from edge_runtime.protocol.topics import Topic
@@ -122,10 +121,7 @@ class Service:
         snap["rejected"] = dict(self.rejected)
         snap["accepted"] = dict(self.accepted)
         snap.update(self.extra_metrics())
-        self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.metrics_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(snap, indent=1))
-        os.replace(tmp, self.metrics_file)
+        write_json(self.metrics_file, snap)
 
     def extra_metrics(self) -> dict[str, Any]:
         return {}

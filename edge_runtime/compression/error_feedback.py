@@ -9,13 +9,12 @@ written atomically, so it survives restarts.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.atomic import write_npz
 from edge_runtime.compression.base import Codec, check_input
 from edge_runtime.errors import DataError, DecodeError
 
@@ -79,16 +78,7 @@ class ErrorFeedback:
         manifest = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "entries": [list(k) for k in keys]})
         arrays = {f"r{i}": self._residuals[key] for i, key in enumerate(keys)}
         arrays[_MANIFEST] = np.frombuffer(manifest.encode("utf-8"), dtype=np.uint8)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, allow_pickle=False, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_npz(path, arrays)
 
     @classmethod
     def load(cls, path: Path) -> ErrorFeedback:

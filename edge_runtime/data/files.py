@@ -7,8 +7,6 @@ An archive holds exactly four arrays: ``x`` (float32 tokens ``(N, n_tokens, toke
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.atomic import write_npz
 from edge_runtime.data.spec import MODALITIES, TASKS
 from edge_runtime.errors import DataError
 
@@ -35,15 +34,7 @@ def save_task_file(path: Path, *, modality: str, task: str, x: np.ndarray, y: np
     path = Path(path)
     x_arr, y_arr = _check(f"data for {path}", modality, task, x, y)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, x=x_arr, y=y_arr, modality=np.array(modality), task=np.array(task))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_npz(path, {"x": x_arr, "y": y_arr, "modality": np.array(modality), "task": np.array(task)})
     except OSError as exc:
         raise DataError(f"cannot write data file {path}: {exc}") from None
 

@@ -15,8 +15,6 @@ Reading checks all of it, and any problem becomes one :class:`~edge_runtime.erro
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -25,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.atomic import write_npz
 from edge_runtime.errors import DataError
 from edge_runtime.protocol.keys import ModuleKey
 
@@ -92,17 +91,7 @@ def save_modules(
     manifest = {"format": FORMAT, "version": FORMAT_VERSION, "modules": modules, "stamps": stamp_json}
     arrays[MANIFEST] = np.frombuffer(json.dumps(manifest, sort_keys=True).encode(), dtype=np.uint8)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)  # numeric arrays only: nothing is pickled
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_npz(path, arrays)
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot write {where}: {type(exc).__name__}: {exc}") from None
 

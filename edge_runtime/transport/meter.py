@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 from collections import defaultdict
-from pathlib import Path
 
 # The four links of the hierarchy; every publish is counted under one of them (or "other").
 CATEGORIES = ("device_to_fog", "fog_to_device", "fog_to_cloud", "cloud_to_fog", "other")
@@ -40,10 +37,3 @@ class TrafficMeter:
                 for (r, c), b in sorted(self._bytes.items())
             ]
         return {"node": self.node, "traffic": rows}
-
-    def dump(self, path: Path) -> None:
-        """Write the snapshot as JSON atomically (write to a temp file, then rename)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.snapshot(), indent=1))
-        os.replace(tmp, path)
