@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import queue
+import signal
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -91,6 +93,8 @@ class Service:
             TransportError: the broker cannot be reached.
             RoundTimeoutError: the time limit passed before the job finished.
         """
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)  # stop between messages, then finish() runs
         self.transport.connect()
         try:
             self.transport.subscribe(self.subscriptions())
@@ -113,6 +117,10 @@ class Service:
             finally:
                 self.write_metrics()
                 self.transport.close()
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        log.warning("%s %s: SIGTERM received; stopping after the current message", self.role, self.node)
+        self.done = True
 
     def write_metrics(self) -> None:
         if self.metrics_file is None:

@@ -92,7 +92,8 @@ class FogGateway(Service):
         return subs + [topics.state(self.fleet, d) for d in sorted(self.expected)]
 
     def start(self) -> None:
-        advert = NodeState(fleet=self.fleet, node=self.node, role="fog", fog=self.node, online=True)
+        advert = NodeState(fleet=self.fleet, node=self.node, role="fog", fog=self.node, online=True,
+                           status="running", last_seen=time.time())
         self.transport.publish(topics.state(self.fleet, self.node), encode(advert), category="fog_to_cloud",
                                retain=True)
         log.info("fog %s: waiting for devices %s", self.node, sorted(self.expected))
@@ -124,6 +125,14 @@ class FogGateway(Service):
 
     def extra_metrics(self) -> dict[str, Any]:
         return {"rounds": self.rounds_log}
+
+    def finish(self) -> None:
+        """On a clean exit the retained advert goes offline (the broker's last will covers crashes)."""
+        if self.transport.connected:
+            advert = NodeState(fleet=self.fleet, node=self.node, role="fog", fog=self.node, online=False,
+                               status="stopped", last_seen=time.time())
+            self.transport.publish(topics.state(self.fleet, self.node), encode(advert), category="fog_to_cloud",
+                                   retain=True)
 
     # -- handlers ------------------------------------------------------------------------------------------------
     def _on_state(self, msg: NodeState) -> None:

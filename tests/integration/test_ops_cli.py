@@ -178,3 +178,35 @@ def tmp_copy(folder: Path) -> Path:
     dest.mkdir()
     shutil.copy(folder / "mosquitto.db", dest / "mosquitto.db")
     return dest
+
+
+def test_sigterm_stops_an_agent_cleanly_with_an_offline_advert(brokers: Brokers, job: tuple[dict, Path]) -> None:
+    """An operator's `systemctl stop` (SIGTERM) ends the agent through its normal exit: offline advert, exit 0."""
+    import signal
+    import time
+
+    import tomli_w
+    import tomllib
+
+    from edge_runtime.demo.processes import TierProcess
+
+    _, run_dir = job
+    cfg = tomllib.loads(_device_config(run_dir).read_text())
+    cfg["broker"]["port"] = brokers.fog.port
+    cfg["device"]["fleet"] = FLEET
+    cfg["state_dir"] = str(run_dir / "sigterm-state")
+    path = run_dir / "sigterm-device.toml"
+    path.write_bytes(tomli_w.dumps(cfg).encode())
+    agent = TierProcess("sigterm", "edge", path, run_dir / "sigterm.log", time_limit_s=120)
+    agent.start()
+    status = run_dir / "sigterm-state" / f"{cfg['device']['id']}-status.json"
+    end = time.monotonic() + 90
+    while not status.exists() and time.monotonic() < end and agent.returncode is None:
+        time.sleep(0.2)
+    assert status.exists(), agent.log_tail()
+    agent.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    assert agent.proc.wait(30) == 0, agent.log_tail()  # type: ignore[union-attr]
+    result = runner.invoke(app, ["fleet", "status", "--port", str(brokers.fog.port), "--fleet", FLEET,
+                                 "--format", "json"])
+    node = {n["node"]: n for n in json.loads(result.output)["nodes"]}[cfg["device"]["id"]]
+    assert node["online"] is False and node["status"].startswith("stopped")
