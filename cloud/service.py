@@ -149,6 +149,7 @@ class CloudService(Service):
         c = self.cfg.cloud
         self.round_g = g
         self.aggs, self.reported = {}, set()
+        self.seen = set()  # idempotency keys of this round; older rounds are refused as stale anyway
         # round_deadline_s bounds one cluster round at the fogs; a global round is agg_every of them plus the
         # fogs' own start-up wait for devices (round 1) and slack for the upward hop.
         allowance = c.round_deadline_s * (c.agg_every + 1) + (c.startup_timeout_s if g == 1 else 0.0)
@@ -162,12 +163,20 @@ class CloudService(Service):
 
     def _close_round(self) -> None:
         g = self.round_g
+        merged = []
         for key, agg in sorted(self.aggs.items()):
             delta = agg.result()
-            self.pub.true[key] = {n: (a + delta[n]).astype(np.float32) for n, a in self.pub.true[key].items()}
+            new = {n: (a + delta[n]).astype(np.float32) for n, a in self.pub.true[key].items()}
+            if not all(np.isfinite(a).all() for a in new.values()):
+                self.rejected["aggregation_refused"] += 1
+                log.warning("cloud: %s not updated in round %d: the merge overflows to NaN/Inf", key, g)
+                continue
+            self.pub.true[key] = new
+            merged.append(key)
         self.meter.round = min(g + 1, self.cfg.cloud.rounds)
-        for key in sorted(self.aggs):
-            self._publish_global(key, version=g)
+        last = g >= self.cfg.cloud.rounds
+        for key in merged:  # the last round goes out as full state: nobody will answer a resync after it
+            self._publish_global(key, version=g, full=last)
         accuracy = self.evaluate()
         self.store.put_round(g, accuracy, sorted(self.reported), len(self.aggs))
         metrics = RoundMetrics(fleet=self.fleet, global_round=g, total_rounds=self.cfg.cloud.rounds,
@@ -178,11 +187,11 @@ class CloudService(Service):
                              "modules_updated": len(self.aggs)})
         mean = sum(accuracy.values()) / len(accuracy) if accuracy else float("nan")
         log.info("cloud: round %d merged %d modules from fogs %s; mean accuracy %.3f; %d B down so far", g,
-                 len(self.aggs), sorted(self.reported), mean, self.meter.total("cloud_to_fog"))
+                 len(merged), sorted(self.reported), mean, self.meter.total("cloud_to_fog"))
         self._open_round(g + 1)
 
-    def _publish_global(self, key: ModuleKey, *, version: int) -> None:
-        msg = self.pub.version(key, (version, GLOBAL_STAGE))
+    def _publish_global(self, key: ModuleKey, *, version: int, full: bool = False) -> None:
+        msg = self.pub.version(key, (version, GLOBAL_STAGE), full=full)
         self.store.put_version(self.pub.resync(key))  # stored as full state, so any version can be re-served
         self.transport.publish(topics.global_(self.fleet, key), encode(msg), category="cloud_to_fog", retain=True)
 

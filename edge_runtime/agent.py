@@ -21,7 +21,7 @@ import numpy as np
 
 from edge_runtime.atomic import write_json
 from edge_runtime.compression import ErrorFeedback
-from edge_runtime.compression.module_codec import pack
+from edge_runtime.compression.module_codec import layout_of, pack
 from edge_runtime.config import DeviceConfig, load_config, make_codecs, resolve
 from edge_runtime.downlink import ResyncNeeded, VersionReceiver
 from edge_runtime.resources import Decision, decide
@@ -106,7 +106,7 @@ class EdgeAgent(Service):
         self.model = build_m3t(cfg.model, dev.modalities, dev.tasks)
         self.keys = modules_for({m: [t for t in dev.tasks if self.data.modality_of[t] == m] for m in dev.modalities})
         self.codecs = make_codecs(cfg.uplink, "uplink")
-        self.rx = VersionReceiver()
+        self.rx = VersionReceiver(layouts={k: layout_of(self.model.get_module_state(k)) for k in self.keys})
         state_dir = resolve(cfg.base_dir, cfg.state_dir)
         self.residuals_path = state_dir / f"{dev.id}-residuals.npz"
         self.status_path = state_dir / f"{dev.id}-status.json"
@@ -133,10 +133,15 @@ class EdgeAgent(Service):
 
     def handle(self, topic: Topic, message: Any) -> None:
         if topic.kind == "cluster":
+            if topic.module != message.key or message.sender != self.fog:
+                raise DecodeError(f"cluster version of {message.key} from {message.sender!r} on {topic} is not "
+                                  f"from fog {self.fog!r} or not for its topic")
             self._apply_version(message)
         elif topic.kind == "ctl":
+            if message.sender != self.fog:
+                raise DecodeError(f"round announcement from {message.sender!r}, not from fog {self.fog!r}")
             if message.final:
-                self.pending = message
+                self.pending, self.pending_since = message, time.monotonic()
             elif (message.global_round, message.cluster_round) > self.last_done:
                 self.pending, self.pending_since = message, time.monotonic()
         else:
@@ -200,7 +205,8 @@ class EdgeAgent(Service):
         if ctl is None:
             return
         floor = (ctl.global_round, 0)
-        behind = [k for k in self.keys if self.rx.stamps.get(k, (-1, -1)) < floor]
+        in_round = [k for k in self.keys if ctl.final or not ctl.participants or str(k) in ctl.participants]
+        behind = [k for k in in_round if self.rx.stamps.get(k, (-1, -1)) < floor]
         if behind and time.monotonic() - self.pending_since < BASE_WAIT_S:
             return  # the round's base versions are published before the announcement; give them time to arrive
         if behind:

@@ -7,6 +7,7 @@ bad value. Defaults live here, commented examples in ``examples/``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +26,11 @@ from edge_runtime.resources import ResourceThresholds
 
 T = TypeVar("T")
 _frozen = dataclass(frozen=True, slots=True, kw_only=True)
+
+
+def _positive_seconds(value: float, what: str) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{what} must be a finite number of seconds > 0, got {value!r}")
 
 
 @_frozen
@@ -121,10 +127,13 @@ class DeviceConfig:
     data: dict[str, TaskData] = field(default_factory=dict)
     uplink: dict[str, CodecSpec] = field(default_factory=dict)  # per module kind; error feedback on lossy codecs
     resources: ResourceThresholds = field(default_factory=ResourceThresholds)  # skip/shorten training when crossed
-    telemetry_interval_s: float = 30.0  # how often the retained state advert is refreshed
+    telemetry_interval_s: float = 30.0  # how often the retained state advert is refreshed (> 0)
     state_dir: str = "state"  # residuals, module snapshot and status file live here
     metrics_file: str = ""
     base_dir: str = "."
+
+    def __post_init__(self) -> None:
+        _positive_seconds(self.telemetry_interval_s, "telemetry_interval_s")
 
 
 @_frozen
@@ -141,6 +150,10 @@ class FogSection:
     def __post_init__(self) -> None:
         check_segment(self.id, "fog id")
         check_segment(self.fleet, "fleet")
+        _positive_seconds(self.round_deadline_s, "round_deadline_s")
+        _positive_seconds(self.startup_timeout_s, "startup_timeout_s")
+        if self.max_participants_per_module < 0:
+            raise ValueError("max_participants_per_module must be >= 0")
         if not self.devices:
             raise ValueError("a fog needs at least one device")
         for d in self.devices:
@@ -180,6 +193,8 @@ class CloudSection:
             raise ValueError("the cloud needs at least one fog")
         if self.rounds < 1 or self.agg_every < 1 or self.local_epochs < 1:
             raise ValueError("rounds, agg_every and local_epochs must be >= 1")
+        _positive_seconds(self.round_deadline_s, "round_deadline_s")
+        _positive_seconds(self.startup_timeout_s, "startup_timeout_s")
 
 
 @_frozen

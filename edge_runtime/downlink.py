@@ -46,12 +46,13 @@ class VersionPublisher:
         self.published: dict[ModuleKey, State] = {}
         self.stamps: dict[ModuleKey, Stamp] = {}
 
-    def version(self, key: ModuleKey, stamp: Stamp) -> ModuleVersion:
-        """The next version of ``key`` at ``stamp``: a delta ``T - P`` where possible, else the full state."""
+    def version(self, key: ModuleKey, stamp: Stamp, *, full: bool = False) -> ModuleVersion:
+        """The next version of ``key`` at ``stamp``: a delta ``T - P`` where possible, else (or with ``full``) the
+        full state. A publisher about to stop sends ``full`` so that nobody needs a resync it could not answer."""
         target = self.true[key]
         codec = self.codecs.get(key.kind, self.raw)
         base = self.stamps.get(key)
-        if base is None or codec.name == RAW_CODEC or not same_layout(target, self.published[key]):
+        if full or base is None or codec.name == RAW_CODEC or not same_layout(target, self.published[key]):
             self.published[key] = {n: a.copy() for n, a in target.items()}
             return self._full(key, stamp)
         delta = {n: a - self.published[key][n] for n, a in target.items()}
@@ -79,7 +80,10 @@ class VersionPublisher:
 
 
 class VersionReceiver:
-    def __init__(self) -> None:
+    def __init__(self, layouts: Mapping[ModuleKey, Mapping[str, tuple[int, ...]]] | None = None) -> None:
+        """``layouts``: the tensor names and shapes each module must have (a device knows them from its model);
+        without them a module's first version fixes its layout."""
+        self.layouts = {k: dict(v) for k, v in (layouts or {}).items()}
         self.states: dict[ModuleKey, State] = {}
         self.stamps: dict[ModuleKey, Stamp] = {}
 
@@ -95,12 +99,19 @@ class VersionReceiver:
             return None
         if msg.delta_base is not None and held != msg.delta_base:
             raise ResyncNeeded(msg.key, held, msg.delta_base)
+        if msg.delta_base is None and msg.codec != RAW_CODEC:
+            raise DecodeError(f"a full state of {msg.key} must be raw fp32, not {msg.codec!r}")
         state = unpack(msg, layout_of(self.states[msg.key]) if msg.key in self.states else None)
+        expected = self.layouts.get(msg.key) or (layout_of(self.states[msg.key]) if msg.key in self.states else None)
+        if any(a.dtype != np.float32 for a in state.values()):
+            raise DecodeError(f"version of {msg.key} holds non-float32 tensors")
+        if expected is not None and layout_of(state) != expected:
+            raise DecodeError(f"version of {msg.key} does not match the module's tensors")
         if msg.delta_base is not None:
             current = self.states[msg.key]
-            if not same_layout(state, current):
-                raise DecodeError(f"delta for {msg.key} does not match the held module's tensors")
             state = {n: (current[n] + a).astype(np.float32) for n, a in state.items()}
+            if not all(np.isfinite(a).all() for a in state.values()):
+                raise DecodeError(f"applying the delta to {msg.key} gives NaN or Inf")
         self.states[msg.key] = state
         self.stamps[msg.key] = msg.stamp
         return state

@@ -102,10 +102,13 @@ class FogGateway(Service):
         if topic.kind == "state":
             self._on_state(message)
         elif topic.kind == "global":
-            self._on_global(message)
+            self._on_global(topic, message)
         elif topic.kind == "resync":
             self._on_resync(topic, message)
         elif topic.kind == "ctl":
+            if message.sender != "cloud" or message.global_round > message.total_rounds + 1:
+                raise DecodeError(f"round announcement from {message.sender!r} for round {message.global_round} "
+                                  f"of {message.total_rounds} is not a valid cloud plan")
             if self.plan is None or message.global_round > self.plan.global_round:
                 self.plan, self.plan_seen_at = message, time.monotonic()
         elif topic.kind == "up":
@@ -114,6 +117,8 @@ class FogGateway(Service):
             raise DecodeError(f"fog {self.node} does not take {topic.kind!r} messages")
 
     def tick(self) -> None:
+        if self.in_round:
+            self._close_if_complete()  # e.g. nobody was eligible: no reason to wait for the deadline
         if self.in_round:
             if time.monotonic() > self.deadline:
                 missing = {str(k): sorted(self._expected(k) - self.reported[k]) for k in self.modules}
@@ -152,7 +157,9 @@ class FogGateway(Service):
             log.warning("fog %s: device %s went offline", self.node, msg.node)
             self._close_if_complete()
 
-    def _on_global(self, msg: Any) -> None:
+    def _on_global(self, topic: Topic, msg: Any) -> None:
+        if topic.module != msg.key or msg.sender != "cloud":
+            raise DecodeError(f"global version of {msg.key} from {msg.sender!r} on {topic} is not the cloud's")
         try:
             self.global_rx.apply(msg)
         except ResyncNeeded as exc:
@@ -221,10 +228,12 @@ class FogGateway(Service):
         return set(chosen)
 
     def _samples_of(self, dev: str, key: ModuleKey) -> int:
+        from edge_runtime.data import TASKS
+
         counts = self.adverts[dev].num_samples if dev in self.adverts else {}
         if key.kind == "head" or key.kind == "adapter":
             return counts.get(key.task, 0)
-        return sum(counts.values())
+        return sum(n for t, n in counts.items() if t in TASKS and TASKS[t].modality == key.modality)
 
     # -- the round schedule --------------------------------------------------------------------------------------
     def _maybe_start_round(self) -> None:
@@ -235,11 +244,15 @@ class FogGateway(Service):
         if not self.expected <= set(self.holdings) and now < self.startup_deadline:
             return
         held = set().union(*self.holdings.values()) if self.holdings else set()
-        # Every held module needs a global version; those this fog sent upward need the one merged from them.
+        # Modules this fog sent upward wait (bounded) for the version merged from them; in round 1 every module
+        # waits for its initial version. A module the cloud never published is left out at once after that.
         stamps = self.global_rx.stamps
-        ready = {k for k in held if k in stamps and (k not in self.sent_last or stamps[k][0] >= plan.global_round - 1)}
-        if ready != held and now < self.plan_seen_at + GLOBALS_GRACE_S:
+        waiting = {k for k in held & self.sent_last if stamps.get(k, (-1, -1))[0] < plan.global_round - 1}
+        if plan.global_round == 1:
+            waiting |= {k for k in held if k not in stamps}
+        if waiting and now < self.plan_seen_at + GLOBALS_GRACE_S:
             return
+        ready = {k for k in held if k in stamps} - waiting
         if ready != held:
             log.warning("fog %s: no global version for %s; leaving them out", self.node, sorted(map(str, held - ready)))
         self.round_g = plan.global_round
@@ -251,7 +264,7 @@ class FogGateway(Service):
         self.round_weight = {k: {} for k in self.modules}
         self.round_updated: set[ModuleKey] = set()
         for key in self.modules:
-            self._publish_cluster(key, stage=0)
+            self._publish_cluster(key, stage=0, full=plan.final)  # final: full state, no resync needed after exit
         if plan.final:
             self._publish_ctl(0, final=True)
             log.info("fog %s: job finished after %d global rounds", self.node, plan.global_round - 1)
@@ -280,9 +293,15 @@ class FogGateway(Service):
                 log.warning("fog %s: %s not updated in round (%d,%d): %s", self.node, key, self.round_g,
                             self.cluster_c, exc)
                 continue
+            new = {n: (a + delta[n]).astype(np.float32) for n, a in self.pub.true[key].items()}
+            if not all(np.isfinite(a).all() for a in new.values()):
+                self.rejected["aggregation_refused"] += 1
+                log.warning("fog %s: %s not updated in round (%d,%d): the aggregate overflows to NaN/Inf",
+                            self.node, key, self.round_g, self.cluster_c)
+                continue
             updated.append(key)
             self.round_updated.add(key)
-            self.pub.true[key] = {n: (a + delta[n]).astype(np.float32) for n, a in self.pub.true[key].items()}
+            self.pub.true[key] = new
             self._publish_cluster(key, stage=self.cluster_c)
         self.rounds_log.append({"global_round": self.round_g, "cluster_round": self.cluster_c,
                                 "modules_updated": len(updated),
@@ -321,16 +340,15 @@ class FogGateway(Service):
         log.info("fog %s: global round %d sent upward: %d modules from %d devices, %d B to cloud so far",
                  self.node, self.round_g, len(sent), len(devices), self.meter.total("fog_to_cloud"))
 
-    def _publish_cluster(self, key: ModuleKey, *, stage: int) -> None:
-        version = self.pub.version(key, (self.round_g, stage))
+    def _publish_cluster(self, key: ModuleKey, *, stage: int, full: bool = False) -> None:
+        version = self.pub.version(key, (self.round_g, stage), full=full)
         self.transport.publish(topics.cluster(self.fleet, self.node, key), encode(version),
                                category="fog_to_device", retain=True)
 
     def _publish_ctl(self, c: int, *, final: bool) -> None:
         assert self.plan is not None
-        # Name the participants only when the selection left some holder out; an empty map means "every holder".
-        narrowed = any(self.participants.get(k, set()) != self._holders(k) for k in self.modules)
-        participants = {str(k): tuple(sorted(v)) for k, v in self.participants.items()} if narrowed else {}
+        # Always name the participants: a device trains and sends only the modules it is listed for this round.
+        participants = {str(k): tuple(sorted(v)) for k, v in self.participants.items()}
         ctl = RoundControl(fleet=self.fleet, sender=self.node, global_round=self.round_g, cluster_round=c,
                            total_rounds=self.plan.total_rounds, agg_every=self.plan.agg_every,
                            local_epochs=self.plan.local_epochs, deadline_s=self.plan.deadline_s, final=final,

@@ -73,3 +73,12 @@ def test_fog_and_cloud_configs(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="rounds, agg_every and local_epochs must be >= 1"):
         load_config(_write(tmp_path, '[cloud]\nfleet = "demo"\nfogs = ["f"]\nmodalities = []\ntasks = []\n'
                                      'rounds = 0\n'), CloudConfig)
+
+
+@pytest.mark.parametrize("value", ["inf", "-1.0", "0.0", "nan"])
+def test_deadlines_must_be_finite_and_positive(tmp_path: Path, value: str) -> None:
+    from edge_runtime.errors import ConfigError
+
+    text = f'[fog]\nid = "fog-1"\nfleet = "demo"\ndevices = ["a"]\nround_deadline_s = {value}\n'
+    with pytest.raises(ConfigError, match="round_deadline_s must be a finite number of seconds > 0"):
+        load_config(_write(tmp_path, text), FogConfig)

@@ -85,3 +85,29 @@ def test_delta_with_other_tensors_is_rejected() -> None:
 def test_resync_of_unknown_module_is_a_decode_error() -> None:
     with pytest.raises(DecodeError, match="never published"):
         _publisher("fp32").resync(KEY)
+
+
+def test_receiver_refuses_full_states_that_are_not_raw_fp32_or_of_another_layout() -> None:
+    from edge_runtime.compression.module_codec import pack
+    from edge_runtime.protocol import ModuleVersion
+
+    def full(state: dict, codec: str = "fp32") -> ModuleVersion:
+        packed, _ = pack(state, make_codec(codec))
+        return _wire(ModuleVersion(fleet="f", sender="cloud", key=KEY, global_round=1, stage=0, **packed.fields()))
+
+    rx = VersionReceiver(layouts={KEY: {"w": (3,)}})
+    with pytest.raises(DecodeError, match="must be raw fp32"):
+        rx.apply(full({"w": np.ones(3, np.float32)}, codec="int8"))
+    with pytest.raises(DecodeError, match="does not match"):
+        rx.apply(full({"w": np.ones(4, np.float32)}))
+    assert KEY not in rx.states and KEY not in rx.stamps  # nothing stored
+    assert rx.apply(full({"w": np.ones(3, np.float32)})) is not None
+
+
+def test_publisher_can_force_a_full_state() -> None:
+    pub = _publisher("int8")
+    pub.true[KEY] = {"w": np.ones(3, np.float32)}
+    pub.version(KEY, (1, 0))
+    pub.true[KEY] = {"w": np.full(3, 2.0, np.float32)}
+    last = pub.version(KEY, (1, 1), full=True)
+    assert last.delta_base is None and last.codec == "fp32"
