@@ -62,6 +62,8 @@ DEFAULT_SETTINGS: tuple[Setting, ...] = (
     Setting("topk1%+int8", _topk(0.01, 0.1), _all("int8"), _all("int8")),
     Setting("sign", _sign(1.0, 1.0, 1.0), _all("int8"), _all("int8")),
     Setting("sign+adapter10%", _sign(1.0, 0.1, 1.0), _all("int8"), _all("int8")),
+    Setting("sign+adapter5%", _sign(1.0, 0.05, 1.0), _all("int8"), _all("int8")),
+    Setting("sign-sparse", _sign(0.25, 0.1, 0.5), _all("int8"), _all("int8")),
 )
 
 

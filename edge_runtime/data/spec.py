@@ -54,7 +54,7 @@ MODALITIES: dict[str, ModalitySpec] = {
         ),
         ModalitySpec("power", 16, 8, "electric power / current series resampled to 128 steps, z-normalised"),
         ModalitySpec("speech", 16, 12, "12 LPC cepstra per frame, resampled to 16 frames, fixed global scale"),
-        ModalitySpec("image", 16, 4, "8x8 grey image in 2x2 patches, scaled to [0, 1]"),
+        ModalitySpec("image", 8, 8, "8x8 grey image, one token per pixel row, scaled to [0, 1]"),
     )
 }
 

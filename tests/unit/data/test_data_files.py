@@ -26,7 +26,7 @@ def _write(path: Path, **arrays: Any) -> Path:
 
 def _good(**override: Any) -> dict[str, Any]:
     arrays: dict[str, Any] = {
-        "x": np.zeros((4, 16, 4), np.float32),
+        "x": np.zeros((4, 8, 8), np.float32),
         "y": np.array([0, 1, 2, 9]),
         "modality": np.array("image"),
         "task": np.array("digit"),
@@ -49,7 +49,7 @@ def test_round_trip(tmp_path: Path, digits: tuple[np.ndarray, np.ndarray]) -> No
 
 
 def test_integer_tokens_and_labels_are_converted(tmp_path: Path) -> None:
-    path = _write(tmp_path / "f.npz", **_good(x=np.ones((4, 16, 4), np.int16), y=np.array([0, 1, 2, 9], np.uint8)))
+    path = _write(tmp_path / "f.npz", **_good(x=np.ones((4, 8, 8), np.int16), y=np.array([0, 1, 2, 9], np.uint8)))
     x, y = load_task_file(path)
     assert x.dtype == np.float32 and y.dtype == np.int64 and y.tolist() == [0, 1, 2, 9]
 
@@ -59,12 +59,12 @@ def test_integer_tokens_and_labels_are_converted(tmp_path: Path) -> None:
     [
         ({"task": None}, r"missing \['task'\]"),
         ({"extra": np.zeros(2)}, r"unexpected \['extra'\]"),
-        ({"x": np.zeros((4, 16, 5), np.float32)}, r"x has shape \(4, 16, 5\); expected \(N, 16, 4\)"),
+        ({"x": np.zeros((4, 8, 9), np.float32)}, r"x has shape \(4, 8, 9\); expected \(N, 8, 8\)"),
         ({"x": np.zeros((4, 64), np.float32)}, r"x has shape \(4, 64\)"),
-        ({"x": np.zeros((0, 16, 4), np.float32), "y": np.zeros(0, np.int64)}, "with N > 0"),
-        ({"x": np.zeros((4, 16, 4), np.complex64)}, "x has dtype complex64"),
-        ({"x": np.full((4, 16, 4), np.nan, np.float32)}, "x holds 256 non-finite values"),
-        ({"x": np.full((4, 16, 4), 1e300)}, "x overflows float32"),
+        ({"x": np.zeros((0, 8, 8), np.float32), "y": np.zeros(0, np.int64)}, "with N > 0"),
+        ({"x": np.zeros((4, 8, 8), np.complex64)}, "x has dtype complex64"),
+        ({"x": np.full((4, 8, 8), np.nan, np.float32)}, "x holds 256 non-finite values"),
+        ({"x": np.full((4, 8, 8), 1e300)}, "x overflows float32"),
         ({"y": np.array([0, 1, 2, 10])}, r"labels \[10\] lie outside \[0, 10\) of task 'digit'"),
         ({"y": np.array([0, -1, 2, 3])}, r"labels \[-1\] lie outside"),
         ({"y": np.array([0.0, 1.0, 2.0, 3.0])}, "y has dtype float64; expected integer labels"),
@@ -127,16 +127,16 @@ def test_unreadable_files_are_rejected(tmp_path: Path, kind: str, match: str) ->
 def test_save_checks_before_writing(tmp_path: Path) -> None:
     path = tmp_path / "f.npz"
     with pytest.raises(DataError, match="x holds 1 non-finite values"):
-        x = np.zeros((2, 16, 4), np.float32)
+        x = np.zeros((2, 8, 8), np.float32)
         x[1, 3, 2] = np.inf
         save_task_file(path, modality="image", task="digit", x=x, y=np.array([0, 1]))
     with pytest.raises(DataError, match="task 'speaker' reads modality 'speech', not 'image'"):
-        save_task_file(path, modality="image", task="speaker", x=np.zeros((2, 16, 4)), y=np.array([0, 1]))
+        save_task_file(path, modality="image", task="speaker", x=np.zeros((2, 8, 8)), y=np.array([0, 1]))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_save_creates_folders_and_reports_unwritable_paths(tmp_path: Path) -> None:
-    x, y = np.zeros((1, 16, 4)), np.array([0])
+    x, y = np.zeros((1, 8, 8)), np.array([0])
     save_task_file(tmp_path / "a" / "b" / "f.npz", modality="image", task="digit", x=x, y=y)
     assert load_task_file(tmp_path / "a" / "b" / "f.npz")[1].tolist() == [0]
     (tmp_path / "file").write_text("")

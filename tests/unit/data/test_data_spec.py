@@ -13,7 +13,7 @@ from edge_runtime.errors import DataError
 def test_four_modalities_five_tasks() -> None:
     assert set(MODALITIES) == {"inertial", "power", "speech", "image"}
     assert set(TASKS) == {"activity", "demand", "appliance", "speaker", "digit"}
-    assert {(m.n_tokens, m.token_dim) for m in MODALITIES.values()} == {(10, 60), (16, 8), (16, 12), (16, 4)}
+    assert {(m.n_tokens, m.token_dim) for m in MODALITIES.values()} == {(10, 60), (16, 8), (16, 12), (8, 8)}
     for name, spec in MODALITIES.items():
         assert spec.name == name and spec.description
     for name, task in TASKS.items():

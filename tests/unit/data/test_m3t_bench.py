@@ -120,8 +120,8 @@ def test_bad_arguments(kwargs: dict, match: str) -> None:
 
 
 def test_task_data_checks_shapes() -> None:
-    x = np.zeros((3, 16, 4), np.float32)
+    x = np.zeros((3, 8, 8), np.float32)
     with pytest.raises(DataError, match=r"y_test has shape \(2,\); expected \(3,\)"):
         TaskData("digit", "image", x, np.zeros(3, np.int64), x, np.zeros(2, np.int64))
     with pytest.raises(DataError, match="x_train has shape"):
-        TaskData("digit", "image", x[:, :8], np.zeros(3, np.int64), x, np.zeros(3, np.int64))
+        TaskData("digit", "image", x[:, :4], np.zeros(3, np.int64), x, np.zeros(3, np.int64))

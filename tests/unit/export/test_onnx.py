@@ -21,7 +21,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-IMAGE = (16, 4)  # M3T-Bench's image modality: 8x8 digits as 16 tokens of 2x2 patches
+IMAGE = (16, 4)  # an image-like modality: 16 tokens of 4 values
 
 
 def build() -> M3TModel:
