@@ -262,6 +262,8 @@ class EdgeAgent(Service):
         for key in selected:
             new = self.model.get_module_state(key)
             delta = {n: (a - base[key][n]).astype(np.float32) for n, a in new.items()}
+            if self.cfg.attack.kind != "none":
+                delta = self._poison(delta, key, g, c)
             packed, _sent = pack(delta, self.codecs[key.kind], feedback=self.feedback, stream=str(key),
                                  seed=zlib.crc32(f"{self.node}/{g}.{c}/{key}".encode()))
             related = [v for t, v in losses.items() if key.task in (t, "_") and
@@ -283,6 +285,15 @@ class EdgeAgent(Service):
         self.advertise(f"sent round ({g},{c})")
         log.info("device %s: round (%d,%d) trained %.1f s, loss %s, sent %d modules / %d B", self.node, g, c,
                  train_s, {t: round(v, 3) for t, v in losses.items()}, len(self.keys), sent)
+
+    def _poison(self, delta: dict[str, np.ndarray], key: ModuleKey, g: int, c: int) -> dict[str, np.ndarray]:
+        from edge_runtime.security.attacks import check_attack, poison
+
+        attack = self.cfg.attack
+        log.warning("device %s: RED-TEAM MODE: sending a %s-poisoned delta for %s in round (%d,%d)", self.node,
+                    attack.kind, key, g, c)
+        rng = np.random.default_rng(zlib.crc32(f"{attack.seed}/{self.node}/{g}.{c}/{key}".encode()))
+        return poison(delta, attack.kind, check_attack(attack.kind, attack.factor or None), rng)
 
     def _train(self, ctl: RoundControl, selected: list[ModuleKey], fraction: float
                ) -> tuple[dict[str, float], dict[str, int]]:

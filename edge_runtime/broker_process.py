@@ -6,6 +6,10 @@ every wait in it is bounded.
 
 Bridge state is read from ``$SYS/broker/connection/<remote_clientid>/state`` with the tiny read-only MQTT
 client in :mod:`edge_runtime.broker_sys`.
+
+With ``tls`` (:class:`BrokerTls`) a broker gets a mutual-TLS listener with a CRL and access control generated from
+the fleet's topology (Mosquitto's dynamic-security plugin), and with ``BridgeSpec.tls`` a fog's bridge
+authenticates to the cloud with its own certificate (docs/security.md).
 """
 
 from __future__ import annotations
@@ -30,10 +34,20 @@ from typing import Literal
 from edge_runtime.broker_sys import read_sys
 from edge_runtime.errors import BrokerError
 from edge_runtime.protocol.topics import check_segment
+from edge_runtime.security.broker_tls import (
+    BrokerTls,
+    find_dynsec_plugin,
+    install_files,
+    probe_context,
+)
+from edge_runtime.security.tls import TlsSettings
 
 __all__ = [
     "BridgeSpec",
+    "BrokerTls",
     "MosquittoProcess",
+    "bridge_client_id",
+    "bridge_state_topic",
     "find_mosquitto",
     "free_port",
     "render_config",
@@ -97,20 +111,36 @@ def templates_dir() -> Path:
     return folder
 
 
+def bridge_client_id(fleet: str, fog: str) -> str:
+    """The client id of fog ``fog``'s bridge on the cloud broker; it also names its ``$SYS`` state topic."""
+    return f"hffm-bridge-{fleet}-{fog}"
+
+
+def bridge_state_topic(fleet: str, fog: str) -> str:
+    """Where the bridge of fog ``fog`` publishes its retained ``1``/``0`` state (on both brokers)."""
+    return f"$SYS/broker/connection/{bridge_client_id(fleet, fog)}/state"
+
+
 @dataclass(frozen=True, slots=True)
 class BridgeSpec:
-    """Where a fog broker's bridge goes. Validates itself: topic-safe ids, a loopback host, a real port."""
+    """Where a fog broker's bridge goes. Validates itself: topic-safe ids, a loopback host, a real port.
+
+    ``tls``: the bridge's own certificate and key (role ``bridge``, CN ``bridge-<fog>``) and the CA that signed
+    the cloud broker's certificate; None for a plain bridge."""
 
     fleet: str
     fog: str
     cloud_host: str
     cloud_port: int
+    tls: TlsSettings | None = None
 
     def __post_init__(self) -> None:
         _check_segment(self.fleet, "fleet")
         _check_segment(self.fog, "fog")
         _check_host(self.cloud_host)
         _check_port(self.cloud_port)
+        if self.tls is not None and not isinstance(self.tls, TlsSettings):
+            raise BrokerError(f"bridge tls must be TlsSettings, got {type(self.tls).__name__}")
 
     @property
     def connection(self) -> str:
@@ -120,11 +150,11 @@ class BridgeSpec:
     @property
     def remote_clientid(self) -> str:
         """The bridge's client id on the cloud broker; also names its ``$SYS`` state topic."""
-        return f"hffm-bridge-{self.fleet}-{self.fog}"
+        return bridge_client_id(self.fleet, self.fog)
 
     @property
     def state_topic(self) -> str:
-        return f"$SYS/broker/connection/{self.remote_clientid}/state"
+        return bridge_state_topic(self.fleet, self.fog)
 
 
 def render_config(
@@ -136,8 +166,11 @@ def render_config(
     bridge: BridgeSpec | None = None,
     fleet: str = _DEFAULT_FLEET,
     run_as: str | None = None,
+    tls: BrokerTls | None = None,
 ) -> str:
-    """Render ``broker_config/<role>.conf.tmpl``.
+    """Render ``broker_config/<role>.conf.tmpl``, with ``listener_tls.conf.tmpl`` when ``tls`` is given (else
+    ``listener_anonymous.conf.tmpl``) and, for a fog, ``bridge_tls.conf.tmpl`` when ``bridge.tls`` is given
+    (else ``bridge_plain.conf.tmpl``). The TLS files are referenced under their installed names in ``data_dir``.
 
     ``run_as`` renders a ``user`` line (the harness passes ``"root"`` only when the data dir is unreachable for
     the user mosquitto would drop to); ``None`` keeps mosquitto's default. For a fog, ``bridge.fleet`` is the
@@ -172,13 +205,22 @@ def render_config(
     }
     if bridge is not None:
         values |= {"fog": bridge.fog, "cloud_host": bridge.cloud_host, "cloud_port": str(bridge.cloud_port)}
-    path = templates_dir() / f"{role}.conf.tmpl"
+        values["bridge_security"] = _render_template("bridge_tls" if bridge.tls else "bridge_plain", values)
+    if tls is not None:
+        values["dynsec_plugin"] = find_dynsec_plugin()
+    values["listener_security"] = _render_template("listener_tls" if tls else "listener_anonymous", values)
+    return _render_template(role, values)
+
+
+def _render_template(name: str, values: dict[str, str]) -> str:
+    path = templates_dir() / f"{name}.conf.tmpl"
     try:
-        return string.Template(path.read_text(encoding="utf-8")).substitute(values)
+        text = string.Template(path.read_text(encoding="utf-8")).substitute(values)
     except OSError as exc:
         raise BrokerError(f"cannot read broker template {str(path)!r}: {exc}") from None
     except (KeyError, ValueError) as exc:
         raise BrokerError(f"broker template {str(path)!r} has an unknown or malformed placeholder: {exc}") from None
+    return text if name in _ROLES else text.rstrip("\n")
 
 
 class MosquittoProcess:
@@ -186,7 +228,8 @@ class MosquittoProcess:
 
     Files in ``data_dir``: ``mosquitto.conf`` (rendered), ``mosquitto.log`` (the broker's log),
     ``mosquitto.out`` (its stdout/stderr, where it reports problems before the log is open) and
-    ``mosquitto.db`` (persistence, saved every second).
+    ``mosquitto.db`` (persistence, saved every second); with ``tls``, copies of the TLS files and of the
+    access-control config (see :mod:`edge_runtime.security.broker_tls`).
     """
 
     def __init__(
@@ -199,6 +242,7 @@ class MosquittoProcess:
         data_dir: Path,
         bridge: BridgeSpec | None = None,
         fleet: str = _DEFAULT_FLEET,
+        tls: BrokerTls | None = None,
     ) -> None:
         _check_host(host)
         self.name = name
@@ -208,13 +252,16 @@ class MosquittoProcess:
         self.data_dir = Path(data_dir).resolve()
         self.bridge = bridge
         self.fleet = fleet
+        self.tls = tls
         self.conf_path = self.data_dir / "mosquitto.conf"
         self.log_path = self.data_dir / "mosquitto.log"
         self.out_path = self.data_dir / "mosquitto.out"
         self.db_path = self.data_dir / "mosquitto.db"
         self._proc: subprocess.Popen[bytes] | None = None
         # Validate everything before anything is started.
-        render_config(role, host=host, port=self.port, data_dir=self.data_dir, bridge=bridge, fleet=fleet)
+        render_config(role, host=host, port=self.port, data_dir=self.data_dir, bridge=bridge, fleet=fleet, tls=tls)
+        # The SSL context the harness's $SYS probe connects with (None for a plain listener).
+        self.sys_context = probe_context(tls)
 
     def __repr__(self) -> str:
         return f"MosquittoProcess(name={self.name!r}, role={self.role!r}, {self.host}:{self.port}, pid={self.pid})"
@@ -239,6 +286,7 @@ class MosquittoProcess:
         exe = find_mosquitto()
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
+            install_files(self.data_dir, self.tls, self.bridge.tls if self.bridge else None)
             run_as = _prepare_data_dir(self.data_dir)
         except OSError as exc:
             raise BrokerError(f"cannot prepare data dir {str(self.data_dir)!r}: {exc}") from None
@@ -250,6 +298,7 @@ class MosquittoProcess:
             bridge=self.bridge,
             fleet=self.fleet,
             run_as=run_as,
+            tls=self.tls,
         )
         try:
             self.conf_path.write_text(conf, encoding="utf-8")
@@ -305,7 +354,8 @@ class MosquittoProcess:
         if not self.running():
             return None
         try:
-            raw = read_sys(self.host, self.port, "$SYS/broker/publish/messages/dropped", timeout=timeout)
+            raw = read_sys(self.host, self.port, "$SYS/broker/publish/messages/dropped", timeout=timeout,
+                           ssl_context=self.sys_context)
         except (OSError, BrokerError):
             return None
         return int(raw) if raw is not None and raw.strip().isdigit() else None
@@ -357,7 +407,8 @@ def wait_for_bridge(fog: MosquittoProcess, timeout: float = 10.0) -> None:
         if not fog.running():
             raise BrokerError(f"fog broker {fog.name!r} is not running{fog._tails()}")
         try:
-            last = read_sys(fog.host, fog.port, fog.bridge.state_topic, timeout=min(left, 2.0), want=b"1")
+            last = read_sys(fog.host, fog.port, fog.bridge.state_topic, timeout=min(left, 2.0), want=b"1",
+                            ssl_context=fog.sys_context)
         except (OSError, BrokerError) as exc:
             log.debug("bridge state probe on %r failed: %s", fog.name, exc)
         if last == b"1":

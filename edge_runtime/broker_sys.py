@@ -2,13 +2,15 @@
 
 Used by :mod:`edge_runtime.broker_process` to see whether a fog broker's bridge is connected: mosquitto 2.0 logs
 nothing on the fog side when a bridge connects, and the broker harness must not depend on the transport layer (the
-only importer of paho). It speaks just CONNECT, SUBSCRIBE (QoS 0), PUBLISH (read) and DISCONNECT.
+only importer of paho). It speaks just CONNECT, SUBSCRIBE (QoS 0), PUBLISH (read) and DISCONNECT, over TCP or, with
+an SSL context (a client certificate the broker's ACL lets read ``$SYS``), over TLS.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import ssl
 import struct
 import time
 
@@ -17,19 +19,22 @@ from edge_runtime.errors import BrokerError
 __all__ = ["read_sys"]
 
 
-def read_sys(host: str, port: int, topic: str, *, timeout: float, want: bytes | None = None) -> bytes | None:
+def read_sys(host: str, port: int, topic: str, *, timeout: float, want: bytes | None = None,
+             ssl_context: ssl.SSLContext | None = None) -> bytes | None:
     """Subscribe (MQTT 3.1.1, QoS 0, clean session) to one retained ``$SYS`` topic and return its payload: the
     first one seen, or with ``want`` the first equal to it. None if nothing matching arrived in ``timeout`` s.
+    With ``ssl_context`` the connection is TLS (the broker's certificate must name ``host``).
 
     Raises:
-        OSError: the connection failed.  BrokerError: the broker refused the connection or sent garbage.
+        OSError: the connection or the TLS handshake failed (ssl.SSLError is an OSError).
+        BrokerError: the broker refused the connection or sent garbage.
     """
     deadline = time.monotonic() + timeout
     client_id = f"hffm-sys-probe-{os.getpid()}-{time.monotonic_ns() % 10**9}".encode()
     connect = b"\x00\x04MQTT\x04\x02\x00\x0a" + _mqtt_str(client_id)
     subscribe = b"\x00\x01" + _mqtt_str(topic.encode()) + b"\x00"
     last: bytes | None = None
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    with _connect(host, port, timeout, ssl_context) as sock:
         sock.sendall(_packet(0x10, connect))
         kind, body = _recv_packet(sock, deadline)
         if kind != 0x20 or len(body) < 2 or body[1] != 0:
@@ -53,6 +58,17 @@ def read_sys(host: str, port: int, topic: str, *, timeout: float, want: bytes | 
         except OSError:
             pass
     return last
+
+
+def _connect(host: str, port: int, timeout: float, context: ssl.SSLContext | None) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    if context is None:
+        return sock
+    try:
+        return context.wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _mqtt_str(data: bytes) -> bytes:

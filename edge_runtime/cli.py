@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from edge_runtime.commands.certs import certs_app
 from edge_runtime.errors import ALL_ERRORS, HffmError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,6 +36,7 @@ app.add_typer(cloud_app, name="cloud")
 app.add_typer(bench_app, name="bench")
 app.add_typer(config_app, name="config")
 app.add_typer(fleet_app, name="fleet")
+app.add_typer(certs_app, name="certs")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="TOML config file (see examples/).")]
 TimeLimitOpt = Annotated[float, typer.Option(help="Give up (exit 9) after this many seconds.")]

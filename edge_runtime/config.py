@@ -119,6 +119,23 @@ class DeviceSection:
 
 
 @_frozen
+class AttackConfig:
+    """Red-team mode: this device sends poisoned deltas (edge_runtime/security/attacks.py). Off by default."""
+
+    kind: str = "none"  # none, sign_flip, scale, noise
+    factor: float = 0.0  # 0 = the attack's default (sign_flip 1, scale 100, noise 10)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from edge_runtime.security.attacks import check_attack
+
+        try:
+            check_attack(self.kind, self.factor or None)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+
+@_frozen
 class DeviceConfig:
     device: DeviceSection
     broker: BrokerConfig = field(default_factory=BrokerConfig)
@@ -127,6 +144,7 @@ class DeviceConfig:
     data: dict[str, TaskData] = field(default_factory=dict)
     uplink: dict[str, CodecSpec] = field(default_factory=dict)  # per module kind; error feedback on lossy codecs
     resources: ResourceThresholds = field(default_factory=ResourceThresholds)  # skip/shorten training when crossed
+    attack: AttackConfig = field(default_factory=AttackConfig)  # red-team mode for testing defences; off by default
     telemetry_interval_s: float = 30.0  # how often the retained state advert is refreshed (> 0)
     state_dir: str = "state"  # residuals, module snapshot and status file live here
     metrics_file: str = ""

@@ -55,6 +55,14 @@ class RoundTimeoutError(HffmError):
     help = "a federated job did not finish within its time limit"
 
 
+class SecurityError(HffmError):
+    """A message failed a security check. ``reason`` is the short name it is counted under (e.g. ``replayed``)."""
+
+    exit_code = 10
+    help = "a message failed a security check (unsigned, bad signature, replayed, wrong sender, unknown or revoked key)"
+    reason: ClassVar[str] = "security"
+
+
 ALL_ERRORS: tuple[type[HffmError], ...] = (
     HffmError,
     ConfigError,
@@ -65,4 +73,5 @@ ALL_ERRORS: tuple[type[HffmError], ...] = (
     ModelError,
     BrokerError,
     RoundTimeoutError,
+    SecurityError,
 )

@@ -2,6 +2,8 @@
 
 Handling is guarded: a message that fails to parse, decode or validate is logged and counted under a reason and
 dropped; nothing already accepted is touched. Deadlines are driven by :meth:`Service.tick`, called between messages.
+With a signer, every publish is sealed in a signed envelope; with a verifier, every delivery must be one, from the
+node its topic names, and not a replay (edge_runtime/security/signing.py).
 """
 
 from __future__ import annotations
@@ -13,15 +15,33 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.atomic import write_json
-from edge_runtime.errors import HffmError, RoundTimeoutError, TransportError
+from edge_runtime.errors import HffmError, RoundTimeoutError, SecurityError, TransportError
 from edge_runtime.protocol.routing import decode_message
 from edge_runtime.protocol.topics import Topic
 from edge_runtime.transport import MqttTransport, TrafficMeter
 
+if TYPE_CHECKING:  # cryptography is imported only by nodes that sign
+    from edge_runtime.security.signing import Signer, Verifier
+
 log = logging.getLogger(__name__)
+
+
+class SealingTransport:
+    """The service's transport with every publish sealed first; the inner transport counts the sealed bytes."""
+
+    def __init__(self, inner: MqttTransport, signer: Signer) -> None:
+        self.inner = inner
+        self.signer = signer
+
+    def publish(self, topic: str, payload: bytes, **kwargs: Any) -> None:
+        """Seal ``payload`` for ``topic`` and publish it. Raises what ``MqttTransport.publish`` raises."""
+        self.inner.publish(topic, self.signer.seal(topic, payload), **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 class Service:
@@ -30,18 +50,26 @@ class Service:
     role = "service"
 
     def __init__(self, *, node: str, host: str, port: int, metrics_file: Path | None = None,
-                 will: tuple[str, bytes] | None = None) -> None:
+                 will: tuple[str, bytes] | None = None, signer: Signer | None = None,
+                 verifier: Verifier | None = None) -> None:
         self.node = node
+        self.signer = signer
+        self.verifier = verifier
         self.meter = TrafficMeter(node)
         self.rejected: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()
         self.metrics_file = metrics_file
         self.done = False
         self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
-        self.transport = MqttTransport(
+        if signer is not None and will is not None:
+            # Sealed now with the number taken now: receivers accept it while it is inside their replay window.
+            will = (will[0], signer.seal(will[0], will[1]))
+        transport = MqttTransport(
             client_id=f"hffm-{self.role}-{node}", host=host, port=port, on_message=self._enqueue,
             meter=self.meter, will=will,
         )
+        self.transport: MqttTransport | SealingTransport = (
+            transport if signer is None else SealingTransport(transport, signer))
 
     def _enqueue(self, topic: str, payload: bytes, retain: bool) -> None:
         self._inbox.put((topic, payload, retain))
@@ -67,11 +95,31 @@ class Service:
         self.rejected[reason] += 1
         log.warning("%s %s: rejected message on %s (%s): %s", self.role, self.node, topic, reason, detail)
 
-    def dispatch(self, topic: str, payload: bytes) -> None:
-        """Decode and handle one message. Bad input is logged and counted, never raised; a TransportError (the
-        broker did not take a publish) is raised, since the round state could not be shared."""
+    def dispatch(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
+        """Open (with a verifier), decode and handle one message. Bad input is logged and counted, never raised; a
+        TransportError (the broker did not take a publish) is raised, since the round state could not be shared.
+        ``retained``: the broker delivered a retained message (the verifier lets it repeat the topic's last one)."""
+        verifier, signer = self.verifier, ""
+        if verifier is not None:
+            try:
+                signer, payload = verifier.open(topic, payload, retained=retained)
+            except SecurityError as exc:
+                self.reject(topic, exc.reason, str(exc))
+                return
+            except HffmError as exc:
+                self.reject(topic, "decode", str(exc))
+                return
+            except Exception:
+                self.rejected["internal"] += 1
+                log.exception("%s %s: internal error opening %s", self.role, self.node, topic)
+                return
         try:
             parsed, message = decode_message(topic, payload)
+            if verifier is not None:
+                verifier.check_sender(signer, message)
+        except SecurityError as exc:
+            self.reject(topic, exc.reason, str(exc))
+            return
         except HffmError as exc:
             self.reject(topic, "decode", str(exc))
             return
@@ -82,7 +130,7 @@ class Service:
             raise  # the broker failed us mid-handling: stop loudly rather than leave a round half-published
         except HffmError as exc:
             self.reject(topic, type(exc).__name__, str(exc))
-        except Exception:  # noqa: BLE001 - a bug in one handler must not stop a gateway
+        except Exception:
             self.rejected["internal"] += 1
             log.exception("%s %s: internal error handling %s", self.role, self.node, topic)
 
@@ -104,19 +152,25 @@ class Service:
                 if time.monotonic() > end:
                     raise RoundTimeoutError(f"{self.role} {self.node}: job not finished after {time_limit_s:.0f} s")
                 try:
-                    topic, payload, _retain = self._inbox.get(timeout=poll_s)
+                    topic, payload, retain = self._inbox.get(timeout=poll_s)
                 except queue.Empty:
                     pass
                 else:
-                    self.dispatch(topic, payload)
+                    self.dispatch(topic, payload, retained=retain)
+                if self.verifier is not None:
+                    self.verifier.maybe_flush()
                 if not self.done:
                     self.tick()
         finally:
             try:
                 self.finish()
             finally:
-                self.write_metrics()
-                self.transport.close()
+                try:
+                    if self.verifier is not None:
+                        self.verifier.flush()
+                finally:
+                    self.write_metrics()
+                    self.transport.close()
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         log.warning("%s %s: SIGTERM received; stopping after the current message", self.role, self.node)

@@ -39,6 +39,12 @@ class DemoOptions:
     uplink: dict[str, dict[str, object]] = field(default_factory=dict)  # devices -> fogs
     fog_uplink: dict[str, dict[str, object]] = field(default_factory=dict)  # fogs -> cloud
     downlink: dict[str, dict[str, object]] = field(default_factory=dict)  # cloud -> fogs and fogs -> devices
+    # Poisoning runs (hffm bench security): the last `attackers_per_fog` devices of each fog send `attack`-poisoned
+    # deltas ([attack] table of the device config); each fog aggregates with `aggregator`.
+    attackers_per_fog: int = 0
+    attack: dict[str, object] = field(default_factory=dict)
+    aggregator: str = "fedavg"
+    aggregator_params: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,13 @@ class FleetPlan:
 def fleet_ids(opts: DemoOptions) -> dict[str, str]:
     """device id -> fog id, e.g. ``fog-1-dev-2`` -> ``fog-1``."""
     return {f"fog-{f}-dev-{d}": f"fog-{f}" for f in range(1, opts.fogs + 1) for d in range(1, opts.devices_per_fog + 1)}
+
+
+def attacker_ids(opts: DemoOptions) -> list[str]:
+    """The devices that run in red-team mode: the last ``attackers_per_fog`` of each fog."""
+    n = opts.devices_per_fog
+    return sorted(f"fog-{f}-dev-{d}" for f in range(1, opts.fogs + 1)
+                  for d in range(n - opts.attackers_per_fog + 1, n + 1))
 
 
 def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports: dict[str, int]) -> FleetPlan:
@@ -86,6 +99,7 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
     plan = FleetPlan(run_dir=run_dir, fog_of=fog_of, modalities=sorted({TASKS[t].modality for t in tasks}),
                      tasks=tasks, device_tasks={})
     model = {"backbone": opts.backbone, "seed": opts.seed}
+    attackers = set(attacker_ids(opts))
     for dev in devices:
         shard = shards[dev]
         dev_tasks = sorted(shard.data)
@@ -107,11 +121,14 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
             "state_dir": str(run_dir / "state"),
             "metrics_file": str(plan.metrics_file(dev)),
         }
+        if dev in attackers:
+            cfg["attack"] = dict(opts.attack)
         plan.device_configs[dev] = _write(run_dir / "configs" / f"{dev}.toml", cfg)
     for fog in sorted(set(fog_of.values())):
         cfg = {
             "fog": {"id": fog, "fleet": FLEET, "devices": sorted(d for d, f in fog_of.items() if f == fog),
-                    "round_deadline_s": opts.round_deadline_s, "startup_timeout_s": opts.round_deadline_s},
+                    "round_deadline_s": opts.round_deadline_s, "startup_timeout_s": opts.round_deadline_s,
+                    "aggregator": opts.aggregator, "aggregator_params": dict(opts.aggregator_params)},
             "broker": {"host": "127.0.0.1", "port": fog_ports[fog]},
             "uplink": opts.fog_uplink,
             "downlink": opts.downlink,

@@ -2,6 +2,7 @@
 
 from edge_runtime.protocol import topics
 from edge_runtime.protocol.codec import decode, encode
+from edge_runtime.protocol.envelope import SignedEnvelope
 from edge_runtime.protocol.keys import ModuleKey, modules_for
 from edge_runtime.protocol.messages import (
     GLOBAL_STAGE,
@@ -36,6 +37,7 @@ __all__ = [
     "ResyncRequest",
     "RoundControl",
     "RoundMetrics",
+    "SignedEnvelope",
     "TensorBlob",
     "blobs_from_state",
     "decode",

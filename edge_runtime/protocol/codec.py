@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from edge_runtime.errors import DecodeError
+from edge_runtime.protocol.envelope import SignedEnvelope
 from edge_runtime.protocol.keys import ModuleKey
 from edge_runtime.protocol.messages import MESSAGE_TYPES, SCHEMA_VERSION, EncodedTensor, TensorBlob
 
@@ -27,7 +28,9 @@ DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
 _MAX_STR = 64 * 1024
 _MAX_ARRAY = 100_000
 _MAX_MAP = 10_000
-_TYPES_BY_NAME = {cls.TYPE: cls for cls in MESSAGE_TYPES}  # type: ignore[attr-defined]
+# Every type the codec encodes and decodes: the messages, and the envelope that may carry one of them signed.
+WIRE_TYPES: tuple[type, ...] = (*MESSAGE_TYPES, SignedEnvelope)
+_TYPES_BY_NAME = {cls.TYPE: cls for cls in WIRE_TYPES}  # type: ignore[attr-defined]
 
 
 def encode(message: object) -> bytes:
@@ -37,7 +40,7 @@ def encode(message: object) -> bytes:
         TypeError: ``message`` is not one of the registered message types.
     """
     cls = type(message)
-    if cls not in MESSAGE_TYPES:
+    if cls not in WIRE_TYPES:
         raise TypeError(f"not an hffm message type: {cls.__name__}")
     body: dict[str, Any] = {"type": cls.TYPE}  # type: ignore[attr-defined]
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]

@@ -134,6 +134,61 @@ def resync_filter(fleet: str, target: str) -> str:
     return f"{_base(fleet, 'resync')}/{check_segment(target, 'target')}/+"
 
 
+# --- Reserved for device-to-device (D2D) traffic ------------------------------------------------------------
+# ``peer/{fog}/{to}/{sender}`` (a device's message to another device of its fog) and ``ack/{fog}/{to}/{sender}``
+# (its end-to-end acknowledgement). No message type is carried on them yet, so parse() rejects them; the broker
+# ACLs (edge_runtime/security/acl.py) already grant them, so that brokers deployed today need no change later.
+RESERVED_KINDS: tuple[str, ...] = ("peer", "ack")
+
+
+def peer(fleet: str, fog: str, to: str, sender: str) -> str:
+    """device -> device of the same fog (reserved, see RESERVED_KINDS)."""
+    return _d2d(fleet, "peer", fog, to, sender)
+
+
+def ack(fleet: str, fog: str, to: str, sender: str) -> str:
+    """device -> device: end-to-end acknowledgement (reserved, see RESERVED_KINDS)."""
+    return _d2d(fleet, "ack", fog, to, sender)
+
+
+def d2d_inbox_filter(fleet: str, kind: str, fog: str, to: str) -> str:
+    """``{kind}/{fog}/{to}/+``: every ``peer`` (or ``ack``) message addressed to device ``to``."""
+    return f"{_d2d_base(fleet, kind, fog)}/{check_segment(to, 'device')}/+"
+
+
+def d2d_sent_filter(fleet: str, kind: str, fog: str, sender: str) -> str:
+    """``{kind}/{fog}/+/{sender}``: every ``peer`` (or ``ack``) message device ``sender`` may send."""
+    return f"{_d2d_base(fleet, kind, fog)}/+/{check_segment(sender, 'device')}"
+
+
+def _d2d_base(fleet: str, kind: str, fog: str) -> str:
+    if kind not in RESERVED_KINDS:
+        raise ValueError(f"invalid D2D kind {kind!r}: expected one of {list(RESERVED_KINDS)}")
+    return f"{_base(fleet, kind)}/{check_segment(fog, 'fog')}"
+
+
+def _d2d(fleet: str, kind: str, fog: str, to: str, sender: str) -> str:
+    return f"{_d2d_base(fleet, kind, fog)}/{check_segment(to, 'device')}/{check_segment(sender, 'device')}"
+
+
+# --- Filters for broker ACLs (edge_runtime/security/acl.py) ---------------------------------------------------
+
+
+def device_up_filter(fleet: str, fog: str, device: str) -> str:
+    """``up/{fog}/+/+/+/{device}``: every module update device ``device`` of fog ``fog`` may publish."""
+    return f"{_base(fleet, 'up')}/{check_segment(fog, 'fog')}/+/+/+/{check_segment(device, 'device')}"
+
+
+def cluster_filter(fleet: str, fog: str) -> str:
+    """``cluster/{fog}/#``: every cluster module version of fog ``fog``."""
+    return f"{_base(fleet, 'cluster')}/{check_segment(fog, 'fog')}/#"
+
+
+def metrics_filter(fleet: str) -> str:
+    """``metrics/#``: every metrics topic (what the bridge carries in)."""
+    return f"{_base(fleet, 'metrics')}/#"
+
+
 def build(topic: Topic) -> str:
     """Build the string of a parsed :class:`Topic` (inverse of :func:`parse`)."""
     if topic.kind == "up" and topic.fog and topic.module and topic.node:

@@ -4,13 +4,21 @@ Incoming messages are handed to a callback that must be quick (services put them
 wrapped so that an exception is logged and counted, never raised into paho's network thread. Publishes are QoS 1 by
 default and wait for the broker's PUBACK (bounded), so a service knows the broker took the message and keeps the
 publish order. Payload bytes are counted in a :class:`TrafficMeter` under a category chosen by the caller.
+
+With ``tls`` (:class:`~edge_runtime.security.tls.TlsSettings`) the connection is mutual TLS: the broker's
+certificate must be signed by the fleet CA and name the host, and the client presents its own certificate. A
+broker that refuses the connection (a certificate it does not trust, an expired or revoked one, none at all) makes
+:meth:`MqttTransport.connect` raise a :class:`TransportError` saying so. A PUBACK or SUBACK with an MQTT 5 failure
+reason code (0x87 Not authorized: an ACL denial) raises :class:`MqttRefusedError`, which carries the code.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
+import time
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
@@ -18,12 +26,31 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_runtime.errors import TransportError
+from edge_runtime.security.tls import TlsSettings
 from edge_runtime.transport.meter import TrafficMeter
 
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes, bool], None]
 SESSION_EXPIRY_S = 600
+NOT_AUTHORIZED = 0x87
+_MAX_REFUSALS_KEPT = 4096
+
+
+class MqttRefusedError(TransportError):
+    """The broker answered a PUBLISH or SUBSCRIBE with an MQTT 5 failure reason code (>= 0x80), for example
+    0x87 Not authorized when its ACL denies the topic. ``reason_code`` is the first failing code."""
+
+    def __init__(self, message: str, *, reason_code: int) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
+
+
+def _reason_text(code: int, packet: int) -> str:
+    try:
+        return f"0x{code:02x} {mqtt.ReasonCode(packet, identifier=code).getName()}"
+    except Exception:  # noqa: BLE001 - an unknown code still gets reported by number
+        return f"0x{code:02x}"
 
 
 class MqttTransport:
@@ -40,7 +67,9 @@ class MqttTransport:
         will: tuple[str, bytes] | None = None,
         keepalive: int = 15,
         timeout_s: float = 15.0,
+        tls: TlsSettings | None = None,
     ) -> None:
+        """Raises: ConfigError: ``tls`` names files that cannot be loaded as a CA, certificate and key."""
         self.client_id = client_id
         self.host = host
         self.port = port
@@ -52,7 +81,13 @@ class MqttTransport:
         self._filters: list[str] = []
         self._connected = threading.Event()
         self._connect_error: str | None = None
+        self._last_error: str | None = None
+        self._tls = tls is not None
+        self._settled = threading.Event()  # the first CONNACK arrived, or the connection attempt failed
         self._lock = threading.Lock()
+        self._acks = threading.Condition(self._lock)
+        self._refused_pubs: dict[int, int] = {}  # mid -> failing PUBACK reason code
+        self._subacks: dict[int, list[int] | None] = {}  # mid -> SUBACK reason codes (None until it arrives)
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, reconnect_on_failure=True
         )
@@ -62,6 +97,11 @@ class MqttTransport:
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
         self._client.on_socket_open = self._handle_socket_open
+        self._client.on_publish = self._handle_publish
+        self._client.on_subscribe = self._handle_subscribe
+        self._client.on_log = self._handle_log
+        if tls is not None:
+            self._client.tls_set_context(tls.client_context())
         if will is not None:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
 
@@ -70,18 +110,26 @@ class MqttTransport:
         """Connect and start the network thread.
 
         Raises:
-            TransportError: the broker refused or did not answer within ``timeout_s``.
+            TransportError: the broker could not be reached, the TLS handshake failed (the broker's certificate is
+                not trusted, or the broker refused ours), or the broker refused or did not answer within
+                ``timeout_s``.
         """
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self._settled.clear()
+        self._connect_error = self._last_error = None
         try:
             self._client.connect(self.host, self.port, keepalive=self._keepalive, properties=props)
+        except ssl.SSLError as exc:  # before OSError: SSLError is one
+            raise TransportError(f"TLS handshake with MQTT broker {self.host}:{self.port} failed for "
+                                 f"{self.client_id!r}: {exc}") from None
         except OSError as exc:
             raise TransportError(f"cannot reach MQTT broker {self.host}:{self.port}: {exc}") from None
         self._client.loop_start()
-        if not self._connected.wait(self.timeout_s):
+        settled = self._settled.wait(self.timeout_s)
+        if not self._connected.is_set():
+            reason = self._connect_error if settled else f"no CONNACK within {self.timeout_s} s"
             self.close()
-            reason = self._connect_error or "no CONNACK"
             raise TransportError(f"MQTT broker {self.host}:{self.port} did not accept {self.client_id!r}: {reason}")
 
     def close(self) -> None:
@@ -98,21 +146,39 @@ class MqttTransport:
     def subscribe(self, filters: list[str], qos: int = 1) -> None:
         """Subscribe (and remember the filters for resubscription after a reconnect).
 
+        Waits (bounded by ``timeout_s``) for the broker's SUBACK when connected.
+
         Raises:
-            TransportError: the client is not connected or paho refused the request.
+            MqttRefusedError: the SUBACK refused a filter (0x87 Not authorized: the broker's ACL denies it); the
+                refused filters are not resubscribed after a reconnect.
+            TransportError: the client is not connected, paho refused the request, or no SUBACK arrived in time.
         """
         with self._lock:
             self._filters.extend(f for f in filters if f not in self._filters)
         if not filters:
             return
-        rc, _mid = self._client.subscribe([(f, qos) for f in filters])
+        with self._lock:  # held until the mid is registered, so that a fast SUBACK is not missed
+            rc, mid = self._client.subscribe([(f, qos) for f in filters])
+            if rc == mqtt.MQTT_ERR_SUCCESS:
+                self._subacks[mid] = None
         if rc != mqtt.MQTT_ERR_SUCCESS:
             raise TransportError(f"subscribe to {filters} failed: {mqtt.error_string(rc)}")
+        codes = self._wait_suback(mid)
+        if codes is None:
+            raise TransportError(f"broker did not acknowledge the subscription to {filters} within {self.timeout_s} s")
+        refused = [(f, c) for f, c in zip(filters, codes, strict=False) if c >= 0x80]
+        if refused:
+            with self._lock:
+                self._filters = [f for f in self._filters if f not in {f for f, _ in refused}]
+            detail = ", ".join(f"{f!r}: {_reason_text(c, PacketTypes.SUBACK)}" for f, c in refused)
+            raise MqttRefusedError(f"broker refused subscription {detail}", reason_code=refused[0][1])
 
     def publish(self, topic: str, payload: bytes, *, category: str, retain: bool = False, qos: int = 1) -> None:
         """Publish and, for QoS >= 1, wait for the broker's acknowledgement (bounded by ``timeout_s``).
 
         Raises:
+            MqttRefusedError: the PUBACK carries a failure reason code (0x87 Not authorized: the broker's ACL
+                denies the topic; the message reached no one).
             TransportError: paho refused the publish or the broker did not acknowledge it in time.
         """
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
@@ -125,7 +191,19 @@ class MqttTransport:
                 raise TransportError(f"publish to {topic!r} failed: {exc}") from None
             if not info.is_published():
                 raise TransportError(f"broker did not acknowledge publish to {topic!r} within {self.timeout_s} s")
+            with self._lock:
+                code = self._refused_pubs.pop(info.mid, 0)
+            if code >= 0x80:
+                raise MqttRefusedError(f"broker refused publish to {topic!r}: {_reason_text(code, PacketTypes.PUBACK)}",
+                                       reason_code=code)
         self.meter.add(category, len(payload))
+
+    def _wait_suback(self, mid: int) -> list[int] | None:
+        end = time.monotonic() + self.timeout_s
+        with self._acks:
+            while self._subacks.get(mid) is None and (left := end - time.monotonic()) > 0:
+                self._acks.wait(left)
+            return self._subacks.pop(mid, None)
 
     # -- paho callbacks (never raise) --------------------------------------------------------------------------
     def _handle_socket_open(self, client: mqtt.Client, userdata: object, sock: object) -> None:
@@ -134,9 +212,34 @@ class MqttTransport:
         except (OSError, AttributeError):
             log.debug("could not set TCP_NODELAY on %s", self.client_id)
 
+    def _handle_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: object, props: object) -> None:
+        code = int(getattr(reason, "value", 0))
+        if code >= 0x80:  # only failures are kept: publish() pops them; a timed-out publish leaves one behind
+            with self._lock:
+                self._refused_pubs[mid] = code
+                if len(self._refused_pubs) > _MAX_REFUSALS_KEPT:
+                    del self._refused_pubs[next(iter(self._refused_pubs))]
+
+    def _handle_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reasons: list[object],
+                          props: object) -> None:
+        codes = [int(getattr(r, "value", r)) for r in reasons]  # type: ignore[call-overload]
+        with self._acks:
+            if mid in self._subacks:
+                self._subacks[mid] = codes
+                self._acks.notify_all()
+                return
+        if any(c >= 0x80 for c in codes):  # a resubscription after a reconnect
+            log.warning("%s: broker refused a resubscription: %s", self.client_id,
+                        [_reason_text(c, PacketTypes.SUBACK) for c in codes])
+
+    def _handle_log(self, client: mqtt.Client, userdata: object, level: int, text: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR and not self._settled.is_set():
+            self._last_error = text  # e.g. the TLS alert of a broker that refused our certificate
+
     def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
         if getattr(reason, "is_failure", False):
             self._connect_error = str(reason)
+            self._settled.set()
             log.warning("%s: broker %s:%d refused connection: %s", self.client_id, self.host, self.port, reason)
             return
         with self._lock:
@@ -144,9 +247,17 @@ class MqttTransport:
         if filters:
             client.subscribe([(f, 1) for f in filters])
         self._connected.set()
+        self._settled.set()
         log.debug("%s connected to %s:%d", self.client_id, self.host, self.port)
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+        if not self._settled.is_set():  # closed before the CONNACK: a refused certificate, for example
+            self._connect_error = f"the connection was closed before the CONNACK ({self._last_error or reason})"
+            if self._tls:
+                self._connect_error += ("; a TLS broker does this when it does not accept the client certificate "
+                                        "(not signed by its CA, expired, or revoked)")
+            self._settled.set()
+            return
         self._connected.clear()
         if getattr(reason, "value", 0) != 0:
             log.warning("%s disconnected from %s:%d: %s", self.client_id, self.host, self.port, reason)

@@ -21,7 +21,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-IMAGE = (16, 4)  # an image-like modality: 16 tokens of 4 values
+IMAGE = (8, 8)  # M3T-Bench's image modality: 8x8 digits, one token per pixel row
 
 
 def build() -> M3TModel:
@@ -217,14 +217,14 @@ def test_export_refuses_an_unknown_task_or_the_wrong_modality(model: M3TModel, t
 
 
 def test_run_onnx_rejects_a_wrong_input_shape(exported: Path) -> None:
-    with pytest.raises(ModelError, match=r"has shape \(4, 16, 5\), expected \(batch, 16, 4\)"):
-        run_onnx(exported, np.zeros((4, 16, 5), np.float32))
-    with pytest.raises(ModelError, match=r"has shape \(16, 4\)"):
-        run_onnx(exported, np.zeros((16, 4), np.float32))
+    with pytest.raises(ModelError, match=r"has shape \(4, 8, 9\), expected \(batch, 8, 8\)"):
+        run_onnx(exported, np.zeros((4, 8, 9), np.float32))
+    with pytest.raises(ModelError, match=r"has shape \(8, 8\)"):
+        run_onnx(exported, np.zeros((8, 8), np.float32))
     with pytest.raises(DataError, match="not numeric"):
-        run_onnx(exported, np.full((2, 16, 4), "a"))
+        run_onnx(exported, np.full((2, 8, 8), "a"))
     with pytest.raises(ValueError, match="batch_size"):
-        run_onnx(exported, np.zeros((2, 16, 4), np.float32), batch_size=0)
+        run_onnx(exported, np.zeros((2, 8, 8), np.float32), batch_size=0)
 
 
 def test_run_onnx_accepts_other_dtypes_and_empty_input(exported: Path, digits) -> None:

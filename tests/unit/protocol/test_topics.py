@@ -308,3 +308,49 @@ def test_parse_rejects_every_filter() -> None:
     for text in FILTERS.values():
         with pytest.raises(DecodeError):
             topics.parse(text)
+
+
+# --- D2D (reserved) topics and the ACL filter builders ------------------------------------------------------
+
+
+def test_d2d_topics_and_their_acl_filters() -> None:
+    assert topics.peer("f1", "fog-a", "dev-2", "dev-1") == "hffm/v1/f1/peer/fog-a/dev-2/dev-1"
+    assert topics.ack("f1", "fog-a", "dev-1", "dev-2") == "hffm/v1/f1/ack/fog-a/dev-1/dev-2"
+    inbox = topics.d2d_inbox_filter("f1", "peer", "fog-a", "dev-2")
+    sent = topics.d2d_sent_filter("f1", "peer", "fog-a", "dev-1")
+    message = topics.peer("f1", "fog-a", "dev-2", "dev-1")
+    assert mqtt_matches(inbox, message) and mqtt_matches(sent, message)
+    assert not mqtt_matches(topics.d2d_inbox_filter("f1", "peer", "fog-a", "dev-1"), message)
+    assert not mqtt_matches(topics.d2d_sent_filter("f1", "peer", "fog-a", "dev-2"), message)
+    assert not mqtt_matches(topics.d2d_inbox_filter("f1", "ack", "fog-a", "dev-2"), message)
+    with pytest.raises(ValueError, match="invalid D2D kind 'up'"):
+        topics.d2d_inbox_filter("f1", "up", "fog-a", "dev-1")
+    with pytest.raises(ValueError, match="invalid device"):
+        topics.peer("f1", "fog-a", "dev/2", "dev-1")
+    for kind in topics.RESERVED_KINDS:  # no message type yet: parse() keeps rejecting them
+        with pytest.raises(DecodeError, match="unknown kind"):
+            topics.parse(f"hffm/v1/f1/{kind}/fog-a/dev-2/dev-1")
+
+
+def test_acl_filter_builders_match_exactly_their_topics() -> None:
+    own = topics.device_up_filter("f1", "fog-a", "dev-1")
+    assert own == "hffm/v1/f1/up/fog-a/+/+/+/dev-1"
+    for key in (ENC, ADA, HEAD):
+        assert mqtt_matches(own, topics.up("f1", "fog-a", key, "dev-1"))
+        assert not mqtt_matches(own, topics.up("f1", "fog-a", key, "dev-2"))
+        assert not mqtt_matches(own, topics.up("f1", "fog-b", key, "dev-1"))
+        assert mqtt_matches(topics.cluster_filter("f1", "fog-a"), topics.cluster("f1", "fog-a", key))
+        assert not mqtt_matches(topics.cluster_filter("f1", "fog-a"), topics.cluster("f1", "fog-b", key))
+    assert mqtt_matches(topics.metrics_filter("f1"), topics.metrics("f1"))
+    assert not mqtt_matches(topics.metrics_filter("f1"), topics.ctl("f1", "cloud"))
+
+
+@given(SEGMENTS, SEGMENTS, SEGMENTS)
+def test_acl_filter_builders_are_valid_filters(fleet: str, fog: str, device: str) -> None:
+    built = [topics.device_up_filter(fleet, fog, device), topics.cluster_filter(fleet, fog),
+             topics.metrics_filter(fleet)]
+    built += [f(fleet, kind, fog, device) for kind in topics.RESERVED_KINDS
+              for f in (topics.d2d_inbox_filter, topics.d2d_sent_filter)]
+    for text in built:
+        assert_valid_filter(text)
+        assert text.startswith(f"hffm/v1/{fleet}/")
