@@ -33,6 +33,7 @@ from edge_runtime.protocol import (
     topics,
 )
 from edge_runtime.protocol.topics import Topic
+from edge_runtime.security.wiring import service_security
 from edge_runtime.service import Service
 from fog_gateway.aggregation import Aggregator, make_aggregator
 
@@ -51,7 +52,8 @@ class CloudService(Service):
         c = cfg.cloud
         self.fleet = c.fleet
         metrics = resolve(cfg.base_dir, cfg.metrics_file) if cfg.metrics_file else None
-        super().__init__(node="cloud", host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics)
+        security = service_security(cfg, "cloud", resolve(cfg.base_dir, cfg.state_dir))
+        super().__init__(node="cloud", host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics, **security)
         self.model = build_m3t(cfg.model, c.modalities, c.tasks)
         self.keys: list[ModuleKey] = modules_for({m: [t for t in c.tasks if TASKS[t].modality == m]
                                                   for m in c.modalities})

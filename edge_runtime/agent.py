@@ -39,6 +39,7 @@ from edge_runtime.protocol import (
     topics,
 )
 from edge_runtime.protocol.topics import Topic
+from edge_runtime.security.wiring import privacy_settings, service_security
 from edge_runtime.service import Service
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,13 @@ class EdgeAgent(Service):
         self.fleet, self.fog = dev.fleet, dev.fog
         offline = NodeState(fleet=self.fleet, node=dev.id, role="device", fog=dev.fog, online=False)
         metrics = resolve(cfg.base_dir, cfg.metrics_file) if cfg.metrics_file else None
+        security = service_security(cfg, dev.id, resolve(cfg.base_dir, cfg.state_dir))
         super().__init__(node=dev.id, host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics,
-                         will=(topics.state(self.fleet, dev.id), encode(offline)))
+                         will=(topics.state(self.fleet, dev.id), encode(offline)), **security)
+        self.dp = privacy_settings(cfg)  # module kind -> DpSettings; noise is drawn from OS entropy, never a seed
+        self.dp_rng = np.random.default_rng()
+        self.privacy_path = resolve(cfg.base_dir, cfg.state_dir) / f"{dev.id}-privacy.json"
+        self.privacy = self._load_privacy_ledger() if self.dp else None
         torch.set_num_threads(cfg.training.threads)
         self.data = load_local_data(cfg)
         self.model = build_m3t(cfg.model, dev.modalities, dev.tasks)
@@ -219,7 +225,26 @@ class EdgeAgent(Service):
             self._train_and_send(ctl)
 
     def extra_metrics(self) -> dict[str, Any]:
-        return {"final_accuracy": self.final_accuracy, "rounds": self.rounds_log}
+        out: dict[str, Any] = {"final_accuracy": self.final_accuracy, "rounds": self.rounds_log}
+        if self.privacy is not None:
+            out["privacy"] = self.privacy.report()
+        return out
+
+    def _load_privacy_ledger(self) -> Any:
+        """The DP ledger, with the participations counted before a restart (they stay spent)."""
+        import json
+
+        from edge_runtime.privacy.dp import PrivacyLedger
+
+        counts: dict[str, int] = {}
+        if self.privacy_path.exists():
+            try:
+                raw = json.loads(self.privacy_path.read_text())
+                counts = {str(k): int(v) for k, v in raw["counts"].items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ConfigError(f"privacy ledger {str(self.privacy_path)!r} is unreadable ({exc}); refusing to "
+                                  "start, since the privacy spent so far would be forgotten") from None
+        return PrivacyLedger(self.dp, counts=counts)
 
     # -- work ----------------------------------------------------------------------------------------------------
     def _apply_version(self, msg: ModuleVersion) -> None:
@@ -264,6 +289,12 @@ class EdgeAgent(Service):
             delta = {n: (a - base[key][n]).astype(np.float32) for n, a in new.items()}
             if self.cfg.attack.kind != "none":
                 delta = self._poison(delta, key, g, c)
+            if key.kind in self.dp:  # clip + noise before coding: error feedback only ever sees the noised delta
+                from edge_runtime.privacy.dp import privatize
+
+                delta, _norm = privatize(delta, self.dp[key.kind], self.dp_rng)
+                self.privacy.record(key.kind)
+                write_json(self.privacy_path, {"counts": dict(self.privacy.counts)})
             packed, _sent = pack(delta, self.codecs[key.kind], feedback=self.feedback, stream=str(key),
                                  seed=zlib.crc32(f"{self.node}/{g}.{c}/{key}".encode()))
             related = [v for t, v in losses.items() if key.task in (t, "_") and

@@ -197,6 +197,7 @@ def demo(
     alpha: Annotated[float, typer.Option(min=0.01, help="Dirichlet alpha of the non-IID label split.")] = 0.5,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Folder for configs, data, logs (default runs/demo-<time>).")] = None,
+    secure: Annotated[bool, typer.Option(help="Mutual TLS, generated access control and signed envelopes.")] = False,
     time_limit: TimeLimitOpt = 1800.0,
     log_level: LogLevelOpt = "warning",
 ) -> None:
@@ -206,7 +207,7 @@ def demo(
 
     run_demo(DemoOptions(fogs=fogs, devices_per_fog=devices_per_fog, rounds=rounds, local_epochs=local_epochs,
                          agg_every=agg_every, backbone=backbone, seed=seed, alpha=alpha, report=report,
-                         run_dir=run_dir, time_limit_s=time_limit))
+                         run_dir=run_dir, time_limit_s=time_limit, secure=secure))
 
 
 @bench_app.command("compression")
@@ -244,6 +245,24 @@ def bench_agent(
     from edge_runtime.bench.agent import run_agent_bench
 
     run_agent_bench(backbone=backbone, report=report, work=work.resolve())
+
+
+@bench_app.command("reliability")
+@friendly_errors
+def bench_reliability(
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    rounds: Annotated[int, typer.Option(min=1, max=1000, help="Rounds per fault (x 20 devices = deltas).")] = 50,
+    long_outages: Annotated[bool, typer.Option(help="Also kill the cloud broker for 60 s and 300 s.")] = False,
+    work: Annotated[Path, typer.Option(help="Folder for the brokers, ledgers and state (wiped first).")] = Path(
+        "runs/bench-reliability"),
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Inject every fault (broker/gateway/cloud kill -9, link cut, queue overflow, oversized payload) and count
+    lost and duplicated deltas end to end; a negative control runs without the outbox."""
+    setup_logging(log_level)
+    from edge_runtime.bench.reliability import run_reliability_bench
+
+    run_reliability_bench(rounds=rounds, report=report, work=work.resolve(), long_outages=long_outages)
 
 
 def main() -> None:

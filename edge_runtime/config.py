@@ -43,12 +43,22 @@ class BrokerConfig:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
 
 
+ADAPTER_VARIANTS = ("lora", "ffa_lora")
+
+
 @_frozen
 class ModelConfig:
     backbone: str = "minilm"
     seed: int = 0
     lora_r: int = 8
     lora_alpha: int = 16
+    # "lora": train and send A and B. "ffa_lora": A stays at its seeded initial value on every node and only B is
+    # trained and sent (FFA-LoRA, Sun et al. 2024): half the adapter traffic, and FedAvg of B is exact for B A.
+    adapter: str = "lora"
+
+    def __post_init__(self) -> None:
+        if self.adapter not in ADAPTER_VARIANTS:
+            raise ValueError(f"unknown adapter {self.adapter!r}; expected one of {list(ADAPTER_VARIANTS)}")
 
 
 @_frozen
@@ -146,6 +156,9 @@ class DeviceConfig:
     resources: ResourceThresholds = field(default_factory=ResourceThresholds)  # skip/shorten training when crossed
     attack: AttackConfig = field(default_factory=AttackConfig)  # red-team mode for testing defences; off by default
     telemetry_interval_s: float = 30.0  # how often the retained state advert is refreshed (> 0)
+    tls: dict[str, Any] = field(default_factory=dict)  # [tls] ca/cert/key: mutual TLS to the broker (security/tls.py)
+    signing: dict[str, Any] = field(default_factory=dict)  # [signing]: Ed25519 envelopes (security/signing_config.py)
+    privacy: dict[str, Any] = field(default_factory=dict)  # [privacy.<kind>]: client-side DP (privacy/dp.py)
     state_dir: str = "state"  # residuals, module snapshot and status file live here
     metrics_file: str = ""
     base_dir: str = "."
@@ -185,6 +198,8 @@ class FogConfig:
     selection: ResourceThresholds = field(default_factory=ResourceThresholds)  # who may train, from adverts
     uplink: dict[str, CodecSpec] = field(default_factory=dict)  # fog -> cloud aggregates
     downlink: dict[str, CodecSpec] = field(default_factory=dict)  # fog -> devices cluster versions
+    tls: dict[str, Any] = field(default_factory=dict)  # [tls] ca/cert/key: mutual TLS to the broker (security/tls.py)
+    signing: dict[str, Any] = field(default_factory=dict)  # [signing]: Ed25519 envelopes (security/signing_config.py)
     state_dir: str = "state"
     metrics_file: str = ""
     base_dir: str = "."
@@ -222,6 +237,9 @@ class CloudConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: dict[str, str] = field(default_factory=dict)  # task -> held-out test file (.npz)
     downlink: dict[str, CodecSpec] = field(default_factory=dict)  # cloud -> fogs global versions
+    tls: dict[str, Any] = field(default_factory=dict)  # [tls] ca/cert/key: mutual TLS to the broker (security/tls.py)
+    signing: dict[str, Any] = field(default_factory=dict)  # [signing]: Ed25519 envelopes (security/signing_config.py)
+    state_dir: str = "state"  # signing counter and replay windows
     metrics_file: str = ""
     base_dir: str = "."
 
@@ -257,6 +275,10 @@ def build(cls: type[T], table: Any, where: str) -> T:
     """
     problems: list[str] = []
     result = collect(cls, table, where, problems)
+    if not problems and hasattr(result, "signing"):
+        from edge_runtime.security.wiring import check_tables
+
+        check_tables(result, where, problems)
     if problems:
         raise ConfigError("\n".join(problems))
     return result  # type: ignore[return-value]

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from edge_runtime.errors import DecodeError
 from edge_runtime.protocol import NodeState, decode, topics
+from edge_runtime.security.signing import unwrap_unverified
 from edge_runtime.transport import MqttTransport
 
 
@@ -41,7 +42,8 @@ def read_fleet(host: str, port: int, fleet: str, *, timeout_s: float = 3.0, quie
             except queue.Empty:
                 continue
             try:
-                state = decode(payload, NodeState)
+                # A signed fleet seals its adverts; status only displays them, so the envelope is opened unchecked.
+                state = decode(unwrap_unverified(payload), NodeState)
             except DecodeError:
                 continue
             states[state.node] = state

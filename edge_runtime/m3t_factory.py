@@ -43,5 +43,6 @@ def build_m3t(cfg: ModelConfig, modalities: Sequence[str], tasks: Sequence[str])
         tasks={t: (TASKS[t].modality, TASKS[t].num_classes) for t in tasks},
         lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
+        adapter=cfg.adapter,
         seed=cfg.seed,
     )

@@ -25,6 +25,7 @@ from edge_runtime.transport import MqttTransport, TrafficMeter
 
 if TYPE_CHECKING:  # cryptography is imported only by nodes that sign
     from edge_runtime.security.signing import Signer, Verifier
+    from edge_runtime.security.tls import TlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Service:
 
     def __init__(self, *, node: str, host: str, port: int, metrics_file: Path | None = None,
                  will: tuple[str, bytes] | None = None, signer: Signer | None = None,
-                 verifier: Verifier | None = None) -> None:
+                 verifier: Verifier | None = None, tls: TlsSettings | None = None) -> None:
         self.node = node
         self.signer = signer
         self.verifier = verifier
@@ -66,7 +67,7 @@ class Service:
             will = (will[0], signer.seal(will[0], will[1]))
         transport = MqttTransport(
             client_id=f"hffm-{self.role}-{node}", host=host, port=port, on_message=self._enqueue,
-            meter=self.meter, will=will,
+            meter=self.meter, will=will, tls=tls,
         )
         self.transport: MqttTransport | SealingTransport = (
             transport if signer is None else SealingTransport(transport, signer))

@@ -39,6 +39,7 @@ from edge_runtime.protocol import (
     topics,
 )
 from edge_runtime.protocol.topics import Topic
+from edge_runtime.security.wiring import service_security
 from edge_runtime.service import Service
 from fog_gateway.aggregation import Aggregator, make_aggregator
 
@@ -55,8 +56,9 @@ class FogGateway(Service):
         self.fleet = cfg.fog.fleet
         offline = NodeState(fleet=self.fleet, node=cfg.fog.id, role="fog", fog=cfg.fog.id, online=False)
         metrics = resolve(cfg.base_dir, cfg.metrics_file) if cfg.metrics_file else None
+        security = service_security(cfg, cfg.fog.id, resolve(cfg.base_dir, cfg.state_dir))
         super().__init__(node=cfg.fog.id, host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics,
-                         will=(topics.state(self.fleet, cfg.fog.id), encode(offline)))
+                         will=(topics.state(self.fleet, cfg.fog.id), encode(offline)), **security)
         self.expected = set(cfg.fog.devices)
         self.holdings: dict[str, set[ModuleKey]] = {}
         self.adverts: dict[str, NodeState] = {}

@@ -7,6 +7,7 @@ tasks) evaluates. Nothing trains on it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,10 @@ class DemoOptions:
     downlink: dict[str, dict[str, object]] = field(default_factory=dict)  # cloud -> fogs and fogs -> devices
     # Poisoning runs (hffm bench security): the last `attackers_per_fog` devices of each fog send `attack`-poisoned
     # deltas ([attack] table of the device config); each fog aggregates with `aggregator`.
+    # Secured fleet (hffm demo --secure): mutual TLS on every broker, generated access control, signed envelopes.
+    secure: bool = False
+    # Extra [model] keys for devices and cloud, e.g. {"adapter": "ffa_lora", "lora_r": 4} (hffm bench compression).
+    model: dict[str, object] = field(default_factory=dict)
     attackers_per_fog: int = 0
     attack: dict[str, object] = field(default_factory=dict)
     aggregator: str = "fedavg"
@@ -74,8 +79,11 @@ def attacker_ids(opts: DemoOptions) -> list[str]:
                   for d in range(n - opts.attackers_per_fog + 1, n + 1))
 
 
-def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports: dict[str, int]) -> FleetPlan:
+def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports: dict[str, int],
+                node_tables: Mapping[str, Mapping[str, object]] | None = None) -> FleetPlan:
     """Partition the benchmark over the fleet, write data files and configs, return where everything is.
+
+    ``node_tables`` adds tables to a node's config (node id -> {table: value}), e.g. ``[tls]`` and ``[signing]``.
 
     Raises:
         DataError: the benchmark cannot be loaded or partitioned for this many devices.
@@ -98,7 +106,7 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
         save_task_file(data_dir / "test" / f"{task}.npz", modality=td.modality, task=task, x=td.x_test, y=td.y_test)
     plan = FleetPlan(run_dir=run_dir, fog_of=fog_of, modalities=sorted({TASKS[t].modality for t in tasks}),
                      tasks=tasks, device_tasks={})
-    model = {"backbone": opts.backbone, "seed": opts.seed}
+    model = {"backbone": opts.backbone, "seed": opts.seed, **opts.model}
     attackers = set(attacker_ids(opts))
     for dev in devices:
         shard = shards[dev]
@@ -123,6 +131,7 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
         }
         if dev in attackers:
             cfg["attack"] = dict(opts.attack)
+        cfg.update((node_tables or {}).get(dev, {}))
         plan.device_configs[dev] = _write(run_dir / "configs" / f"{dev}.toml", cfg)
     for fog in sorted(set(fog_of.values())):
         cfg = {
@@ -135,6 +144,7 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
             "state_dir": str(run_dir / "state"),
             "metrics_file": str(plan.metrics_file(fog)),
         }
+        cfg.update((node_tables or {}).get(fog, {}))
         plan.fog_configs[fog] = _write(run_dir / "configs" / f"{fog}.toml", cfg)
     cloud = {
         "cloud": {"fleet": FLEET, "fogs": sorted(fog_ports), "modalities": plan.modalities, "tasks": tasks,
@@ -144,8 +154,10 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
         "model": model,
         "eval": {t: str(data_dir / "test" / f"{t}.npz") for t in tasks},
         "downlink": opts.downlink,
+        "state_dir": str(run_dir / "state"),
         "metrics_file": str(plan.metrics_file("cloud")),
     }
+    cloud.update((node_tables or {}).get("cloud", {}))
     object.__setattr__(plan, "cloud_config", _write(run_dir / "configs" / "cloud.toml", cloud))
     return plan
 

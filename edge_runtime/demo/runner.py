@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from edge_runtime.demo.plan import FLEET, DemoOptions, FleetPlan, write_fleet
 from edge_runtime.demo.processes import ProcessGroup, TierProcess
 from edge_runtime.demo.report import build_report, print_tables
+from edge_runtime.demo.secure import SecureFleet
 from edge_runtime.errors import HffmError, RoundTimeoutError
 from edge_runtime.protocol import RoundMetrics, decode, topics
 from edge_runtime.transport import MqttTransport
@@ -52,19 +53,25 @@ def run_demo(opts: DemoOptions, *, console: Console | None = None) -> dict[str, 
         cloud_port = free_port()
         fog_ids = [f"fog-{i}" for i in range(1, opts.fogs + 1)]
         fog_ports = {fog: free_port() for fog in fog_ids}
-        plan = write_fleet(opts, run_dir, cloud_port=cloud_port, fog_ports=fog_ports)
+        security = SecureFleet.provision(run_dir / "security", fog_ids, opts) if opts.secure else None
+        plan = write_fleet(opts, run_dir, cloud_port=cloud_port, fog_ports=fog_ports,
+                           node_tables=security.node_tables if security else None)
         progress.update(step, description=f"starting {1 + len(fog_ids)} mosquitto brokers", completed=1, total=1)
         cloud_broker = stack.enter_context(MosquittoProcess(
-            name="cloud-broker", role="cloud", port=cloud_port, data_dir=run_dir / "brokers" / "cloud", fleet=FLEET))
+            name="cloud-broker", role="cloud", port=cloud_port, data_dir=run_dir / "brokers" / "cloud", fleet=FLEET,
+            tls=security.pki.broker("cloud") if security else None))
         cloud_broker.start()
         for fog in fog_ids:
+            bridge = BridgeSpec(fleet=FLEET, fog=fog, cloud_host="127.0.0.1", cloud_port=cloud_port,
+                                tls=security.pki.bridge(fog) if security else None)
             broker = stack.enter_context(MosquittoProcess(
                 name=f"{fog}-broker", role="fog", port=fog_ports[fog], data_dir=run_dir / "brokers" / fog,
-                bridge=BridgeSpec(fleet=FLEET, fog=fog, cloud_host="127.0.0.1", cloud_port=cloud_port), fleet=FLEET))
+                bridge=bridge, fleet=FLEET, tls=security.pki.broker(fog) if security else None))
             broker.start()
             wait_for_bridge(broker)
         progress.remove_task(step)
-        history = _run_federation(opts, plan, cloud_port, progress, stack)
+        history = _run_federation(opts, plan, cloud_port, progress, stack,
+                                  tls=security.pki.identity("cloud") if security else None)
         baseline = _run_baseline(opts, plan, progress) if opts.baseline else {}
     report = build_report(opts, plan, history, baseline, wall_s=time.monotonic() - started)
     if opts.report:
@@ -77,17 +84,26 @@ def run_demo(opts: DemoOptions, *, console: Console | None = None) -> dict[str, 
     return report
 
 
+def _unwrapper() -> Any:
+    from edge_runtime.security.signing import unwrap_unverified
+
+    return unwrap_unverified
+
+
 def _progress(console: Console) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=False)
 
 
 def _run_federation(opts: DemoOptions, plan: FleetPlan, cloud_port: int, progress: Progress,
-                    stack: ExitStack) -> list[RoundMetrics]:
+                    stack: ExitStack, tls: Any = None) -> list[RoundMetrics]:
     """Start every tier, follow the rounds, wait for a clean exit of all processes."""
     inbox: queue.Queue[bytes] = queue.Queue()
+    # With --secure the metrics are signed by the cloud; the observer only displays them, so it unwraps the envelope
+    # without checking it (nothing it reads changes any state).
+    unwrap = _unwrapper() if opts.secure else (lambda data: data)
     observer = MqttTransport(client_id="hffm-demo-observer", host="127.0.0.1", port=cloud_port,
-                             on_message=lambda _t, payload, _r: inbox.put(payload))
+                             on_message=lambda _t, payload, _r: inbox.put(unwrap(payload)), tls=tls)
     observer.connect()
     stack.callback(observer.close)
     observer.subscribe([topics.metrics(FLEET)])

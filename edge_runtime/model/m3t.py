@@ -91,12 +91,18 @@ class M3TModel(nn.Module):
         lora_r: int = 8,
         lora_alpha: int = 16,
         seed: int = 0,
+        adapter: str = "lora",
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.seed = int(seed)
         self.lora_r = _positive_int(lora_r, "lora_r")
         self.lora_alpha = _positive_int(lora_alpha, "lora_alpha")
+        if adapter not in ("lora", "ffa_lora"):
+            raise ModelError(f"unknown adapter {adapter!r}; expected 'lora' or 'ffa_lora'")
+        # ffa_lora: every lora_A stays at its seeded initial value (the same on every node), so an adapter module is
+        # only its lora_B tensors: half of LoRA's parameters, trained and sent.
+        self.adapter = adapter
         self._modalities = self._check_modalities(backbone, modalities)
         self._tasks = self._check_tasks(tasks, self._modalities)
         self._keys = sorted(self._all_keys())
@@ -196,7 +202,7 @@ class M3TModel(nn.Module):
                 head = self.heads[key.task]
                 _linear_init(head.weight, head.bias, gen)
             else:
-                for name, param in self._module_tensors(key).items():
+                for name, param in self._lora_tensors(key).items():  # A and B, also when A is frozen (ffa_lora)
                     if name.endswith("lora_A.weight"):
                         _linear_init(param, None, gen)  # peft's default for A, from our generator
                     else:
@@ -230,11 +236,17 @@ class M3TModel(nn.Module):
         elif key.kind == "head":
             params = dict(self.heads[key.task].named_parameters())
         else:
-            name = adapter_name(key.modality, key.task)
-            params = {}
-            for layer_name, layer in self._lora_layers:
-                params[f"{layer_name}.lora_A.weight"] = layer.lora_A[name].weight
-                params[f"{layer_name}.lora_B.weight"] = layer.lora_B[name].weight
+            params = self._lora_tensors(key)
+            if self.adapter == "ffa_lora":
+                params = {n: p for n, p in params.items() if not n.endswith("lora_A.weight")}
+        return dict(sorted(params.items()))
+
+    def _lora_tensors(self, key: ModuleKey) -> dict[str, nn.Parameter]:
+        name = adapter_name(key.modality, key.task)
+        params = {}
+        for layer_name, layer in self._lora_layers:
+            params[f"{layer_name}.lora_A.weight"] = layer.lora_A[name].weight
+            params[f"{layer_name}.lora_B.weight"] = layer.lora_B[name].weight
         return dict(sorted(params.items()))
 
     def module_parameters(self, key: ModuleKey) -> list[nn.Parameter]:
@@ -304,7 +316,9 @@ class M3TModel(nn.Module):
         if self._active == name:
             return
         for _, layer in self._lora_layers:
-            layer.set_adapter(name)
+            layer.set_adapter(name)  # peft marks the active adapter's A and B trainable
+            if self.adapter == "ffa_lora":
+                layer.lora_A[name].weight.requires_grad_(False)
         self._active = name
 
     def forward(self, x: torch.Tensor, *, modality: str, task: str) -> torch.Tensor:
