@@ -14,7 +14,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class Setting:
     uplink: Mapping[str, Mapping[str, Any]]  # devices -> fogs
     fog_uplink: Mapping[str, Mapping[str, Any]]  # fogs -> cloud
     downlink: Mapping[str, Mapping[str, Any]]
+    # [model] keys that change what is trained and sent (e.g. FFA-LoRA adapters); {} = the demo's model.
+    model: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _all(codec: str, **params: Any) -> dict[str, dict[str, Any]]:
@@ -64,6 +66,11 @@ DEFAULT_SETTINGS: tuple[Setting, ...] = (
     Setting("sign+adapter10%", _sign(1.0, 0.1, 1.0), _all("int8"), _all("int8")),
     Setting("sign+adapter5%", _sign(1.0, 0.05, 1.0), _all("int8"), _all("int8")),
     Setting("sign-sparse", _sign(0.25, 0.1, 0.5), _all("int8"), _all("int8")),
+    Setting("sign+ffa", _sign(1.0, 1.0, 1.0), _all("int8"), _all("int8"), {"adapter": "ffa_lora"}),
+    Setting("sign+ffa-r2", _sign(1.0, 1.0, 1.0), _all("int8"), _all("int8"),
+            {"adapter": "ffa_lora", "lora_r": 2, "lora_alpha": 4}),
+    Setting("sign+lora-r1", _sign(1.0, 1.0, 1.0), _all("int8"), _all("int8"), {"lora_r": 1, "lora_alpha": 2}),
+    Setting("fp32+ffa-r2", {}, {}, {}, {"adapter": "ffa_lora", "lora_r": 2, "lora_alpha": 4}),
 )
 
 
@@ -98,14 +105,14 @@ def run_compression_bench(*, rounds: int, seed: int, report: Path | None, run_ro
     for i, setting in enumerate(settings, 1):
         console.print(f"[bold]run {i}/{len(settings)}: {setting.name}")
         opts = replace(base, run_dir=run_root / setting.name, uplink=dict(setting.uplink),
-                       fog_uplink=dict(setting.fog_uplink), downlink=dict(setting.downlink))
+                       fog_uplink=dict(setting.fog_uplink), downlink=dict(setting.downlink), model=dict(setting.model))
         result = run_demo(opts)
         if not deltas:
             deltas = real_deltas(run_root / setting.name / "cloud.sqlite")
         n = len(result["rounds"])
         enc_ms, dec_ms = codec_speed(setting.uplink, deltas)
         runs.append({"codec": setting.name, "uplink": setting.uplink, "fog_uplink": setting.fog_uplink,
-                     "downlink": setting.downlink,
+                     "downlink": setting.downlink, "model": dict(setting.model),
                      "uplink_bytes_per_round": int(sum(r["bytes"]["device_to_fog"] for r in result["rounds"]) / n),
                      "fog_to_cloud_bytes_per_round": int(sum(r["bytes"]["fog_to_cloud"] for r in result["rounds"]) / n),
                      "downlink_bytes_per_round": int(sum(r["bytes"]["fog_to_device"] + r["bytes"]["cloud_to_fog"]

@@ -1,0 +1,92 @@
+"""The decode fuzz of ``hffm bench security``: random bytes and random msgpack structures against every wire type.
+
+A crash is any exception other than :class:`~edge_runtime.errors.DecodeError` leaving ``codec.decode``. The
+structured inputs are maps carrying a wire type's ``type`` tag and field names with random values (of random msgpack
+types, nested), so they get past the outer checks and exercise the field validation; the byte inputs are random
+strings and random edits of the structured ones. (tests/unit/protocol/test_decode_fuzz.py runs a larger, shrinkable
+variant in the test suite, and tests/fuzz/ has a coverage-guided atheris target.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Any
+
+import msgpack
+
+from edge_runtime.errors import DecodeError
+from edge_runtime.protocol import codec
+
+
+def _value(rng: random.Random, depth: int = 0) -> Any:
+    pick = rng.randrange(9 if depth < 3 else 6)
+    if pick == 0:
+        return rng.choice([0, 1, -1, 2**31, -(2**63), 2**64 - 1, rng.randrange(-1000, 1000)])
+    if pick == 1:
+        return rng.choice([0.0, -0.0, 1.5, float("nan"), float("inf"), 1e308, rng.random()])
+    if pick == 2:
+        return rng.choice(["", "a", "fog-1", "adapter:inertial:activity", "x" * rng.randrange(300), "é\x00"])
+    if pick == 3:
+        return rng.randbytes(rng.randrange(0, 64))
+    if pick == 4:
+        return rng.choice([None, True, False])
+    if pick == 5:
+        return rng.choice(["fp32", "sign", "int8", "topk", "nope"])
+    if pick == 6:
+        return [_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    if pick == 7:
+        return {str(_value(rng, depth + 1))[:16]: _value(rng, depth + 1) for _ in range(rng.randrange(3))}
+    return [rng.choice(["w", "module"]), rng.choice(["<f4", "f4", 1]), [rng.randrange(-1, 9)], rng.randbytes(16)]
+
+
+def _structure(rng: random.Random, cls: type) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": cls.TYPE, "schema": rng.choice([1, 1, 1, 0, 2])}  # type: ignore[attr-defined]
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name != "schema" and rng.random() > 0.05:  # sometimes a field is missing
+            body[f.name] = _value(rng)
+    if rng.random() < 0.05:
+        body["extra"] = 1
+    return body
+
+
+def run_decode_fuzz(*, n_bytes: int = 20_000, n_structured: int = 20_000, seed: int = 0) -> dict[str, Any]:
+    """Decode every input as every wire type; returns ``{"inputs", "decodes", "crashes", "accepted", "examples"}``
+    where ``examples`` holds up to 5 crashing inputs (hex) with their exception."""
+    rng = random.Random(seed)
+    types = codec.WIRE_TYPES
+    decodes = crashes = accepted = 0
+    examples: list[str] = []
+
+    def attempt(payload: bytes, cls: type) -> None:
+        nonlocal decodes, crashes, accepted
+        decodes += 1
+        try:
+            codec.decode(payload, cls)
+            accepted += 1
+        except DecodeError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - counting crashes is the point
+            crashes += 1
+            if len(examples) < 5:
+                examples.append(f"{cls.__name__}: {type(exc).__name__}: {exc} <- {payload[:80].hex()}")
+
+    structured: list[bytes] = []
+    for _ in range(n_structured):
+        cls = rng.choice(types)
+        payload = msgpack.packb(_structure(rng, cls), use_bin_type=True)
+        structured.append(payload)
+        attempt(payload, cls)
+    for i in range(n_bytes):
+        if structured and i % 2:
+            data = bytearray(rng.choice(structured))
+            for _ in range(rng.randrange(1, 4)):
+                if data:
+                    data[rng.randrange(len(data))] = rng.randrange(256)
+            payload = bytes(data)
+        else:
+            payload = rng.randbytes(rng.randrange(0, 256))
+        for cls in types:
+            attempt(payload, cls)
+    return {"inputs": n_bytes + n_structured, "decodes": decodes, "crashes": crashes, "accepted": accepted,
+            "examples": examples}
