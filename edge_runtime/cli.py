@@ -231,6 +231,28 @@ def bench_compression(
                           settings=select_settings(only))
 
 
+@bench_app.command("security")
+@friendly_errors
+def bench_security(
+    rounds: Annotated[int, typer.Option(min=1, max=100, help="Global rounds per poisoning run (demo default).")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed (same for every run).")] = 0,
+    attack: Annotated[str, typer.Option(help="Attack of the poisoning runs: scale, sign_flip or noise.")] = "scale",
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    backbone: Annotated[str, typer.Option(help="Backbone (demo default: minilm).")] = "minilm",
+    run_root: Annotated[Path, typer.Option(help="Folder for each run's files.")] = Path("runs/bench-security"),
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Auth matrix on real TLS brokers, tamper cases, decode fuzz, signing cost, and M3T-Bench with 20% attackers
+    under each aggregation rule."""
+    setup_logging(log_level)
+    from edge_runtime.bench.security import run_security_bench
+    from edge_runtime.security.attacks import check_attack
+
+    check_attack(attack, None)
+    run_security_bench(rounds=rounds, seed=seed, attack=attack, report=report, run_root=run_root.resolve(),
+                       backbone=backbone)
+
+
 @bench_app.command("agent")
 @friendly_errors
 def bench_agent(
