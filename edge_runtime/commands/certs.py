@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from edge_runtime.errors import HffmError
+from edge_runtime.errors import ConfigError, HffmError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -90,6 +90,25 @@ def certs_revoke(
     record = revoke(pki, node_id, crl_days=crl_days)
     typer.echo(f"revoked {node_id!r} (serial {record.serial}); rewrote {Pki(pki).crl}: copy it to the brokers and "
                "restart them")
+
+
+@certs_app.command("signing-key")
+@_friendly
+def certs_signing_key(
+    node_id: Annotated[str, typer.Argument(metavar="ID", help="The node id the key signs for.")],
+    keys: Annotated[Path, typer.Option("--keys", help="Folder for ID.key (0600) and ID.pub.")] = Path("keys"),
+) -> None:
+    """Create ID's Ed25519 signing key for signed envelopes; enrol ID.pub on the nodes that read ID's messages."""
+    from edge_runtime.protocol.topics import check_segment
+    from edge_runtime.security.signing import generate_signing_key
+
+    try:
+        check_segment(node_id, "node id")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    pub = generate_signing_key(keys / f"{node_id}.key")
+    typer.echo(f"wrote {keys / (node_id + '.key')} (0600) and {pub}: copy {pub.name} into each reader's enrolled "
+               "folder")
 
 
 @certs_app.command("list")

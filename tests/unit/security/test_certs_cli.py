@@ -55,3 +55,19 @@ def test_errors_are_one_line_with_the_config_exit_code(tmp_path: Path) -> None:
         assert code == ConfigError.exit_code and len(err.strip().splitlines()) == 1 and message in err, err
     code, _, err = certs("list", "--pki", pki, "--format", "xml")
     assert code == 2 and "unknown format 'xml'" in err
+
+
+def test_signing_key_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edge_runtime.cli import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["certs", "signing-key", "dev-1", "--keys", str(tmp_path / "keys")])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "keys" / "dev-1.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "keys" / "dev-1.pub").read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
+    again = runner.invoke(app, ["certs", "signing-key", "dev-1", "--keys", str(tmp_path / "keys")])
+    assert again.exit_code == 2 and "already exists" in again.output
+    bad = runner.invoke(app, ["certs", "signing-key", "Bad Id", "--keys", str(tmp_path / "keys")])
+    assert bad.exit_code == 2 and "invalid node id 'Bad Id'" in bad.output
