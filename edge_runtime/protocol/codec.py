@@ -48,6 +48,12 @@ def encode(message: object) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
+def pack_raw(structure: Any) -> bytes:
+    """Any msgpack structure as bytes, bypassing the message types: only for building malformed inputs (fuzzing,
+    tamper tests). Raises ``TypeError`` for a value msgpack cannot encode."""
+    return msgpack.packb(structure, use_bin_type=True)
+
+
 def _to_wire(value: Any) -> Any:
     if isinstance(value, ModuleKey):
         return str(value)

@@ -13,8 +13,6 @@ import dataclasses
 import random
 from typing import Any
 
-import msgpack
-
 from edge_runtime.errors import DecodeError
 from edge_runtime.protocol import codec
 
@@ -74,7 +72,7 @@ def run_decode_fuzz(*, n_bytes: int = 20_000, n_structured: int = 20_000, seed: 
     structured: list[bytes] = []
     for _ in range(n_structured):
         cls = rng.choice(types)
-        payload = msgpack.packb(_structure(rng, cls), use_bin_type=True)
+        payload = codec.pack_raw(_structure(rng, cls))
         structured.append(payload)
         attempt(payload, cls)
     for i in range(n_bytes):

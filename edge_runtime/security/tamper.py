@@ -10,12 +10,14 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import msgpack
+import dataclasses
+
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_runtime.errors import DecodeError, SecurityError
-from edge_runtime.protocol import ModuleKey, ModuleUpdate, blobs_from_state, encode, tensors_sha256, topics
+from edge_runtime.protocol import ModuleKey, ModuleUpdate, blobs_from_state, codec, encode, tensors_sha256, topics
+from edge_runtime.protocol.envelope import SignedEnvelope
 from edge_runtime.security.signing import Signer, Verifier
 
 FLEET, FOG = "bench", "fog-a"
@@ -34,11 +36,11 @@ def _up(device: str, key: ModuleKey = KEY) -> str:
 
 
 def _flip(data: bytes, field: str, at: int) -> bytes:
-    raw = msgpack.unpackb(data, raw=False)
-    value = bytearray(raw[field])
+    """The envelope ``data`` with one bit of its bytes field ``field`` flipped (a well-formed, altered envelope)."""
+    envelope = codec.decode(data, SignedEnvelope)
+    value = bytearray(getattr(envelope, field))
     value[at % len(value)] ^= 0x01
-    raw[field] = bytes(value)
-    return msgpack.packb(raw, use_bin_type=True)
+    return codec.encode(dataclasses.replace(envelope, **{field: bytes(value)}))
 
 
 def _outcome(verifier: Verifier, topic: str, data: bytes) -> str:
