@@ -1,0 +1,31 @@
+"""The compression bench's settings: names are unique, every codec spec builds, fp32 always runs first."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_runtime.bench.compression import DEFAULT_SETTINGS, SETTINGS, select_settings
+from edge_runtime.config import ModelConfig, build, make_codecs
+from edge_runtime.errors import ConfigError
+
+
+def test_every_setting_is_valid() -> None:
+    assert len({s.name for s in SETTINGS}) == len(SETTINGS)
+    for s in SETTINGS:
+        for link in (s.uplink, s.fog_uplink, s.downlink):
+            make_codecs({k: _spec(v) for k, v in link.items()}, s.name)
+        build(ModelConfig, dict(s.model), s.name)  # adapter variants and ranks are valid [model] keys
+
+
+def _spec(table: dict) -> object:
+    from edge_runtime.config import CodecSpec
+
+    return build(CodecSpec, dict(table), "spec")
+
+
+def test_selection() -> None:
+    assert select_settings("") == DEFAULT_SETTINGS and DEFAULT_SETTINGS[0].name == "fp32"
+    assert [s.name for s in select_settings("sign, sign+ffa")] == ["fp32", "sign", "sign+ffa"]
+    assert [s.name for s in select_settings("sign+lora-r1")] == ["fp32", "sign+lora-r1"]  # not in the default run
+    with pytest.raises(ConfigError, match=r"unknown compression setting\(s\) \['nope'\]"):
+        select_settings("sign,nope")
