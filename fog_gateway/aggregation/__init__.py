@@ -1,6 +1,7 @@
 """Aggregation strategies, one per file behind :class:`Aggregator`, in a strict registry.
 
-``make_aggregator(name, params)`` builds one by name with keyword parameters over its constructor's defaults.
+``make_aggregator(name, params)`` builds one by name with keyword parameters over its constructor's defaults. Every
+rule also takes ``norm_bound`` (float, 0 = off): each delta is then clipped to that L2 norm first (norm_bound.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from fog_gateway.aggregation.base import Aggregator
 from fog_gateway.aggregation.fedavg import FedAvg
 from fog_gateway.aggregation.krum import Krum
 from fog_gateway.aggregation.median import CoordinateMedian
+from fog_gateway.aggregation.norm_bound import NormBounded
 from fog_gateway.aggregation.trimmed_mean import TrimmedMean
 
 AGGREGATORS: dict[str, type[Aggregator]] = {}
@@ -49,9 +51,14 @@ def make_aggregator(name: str, params: Mapping[str, Any] | None = None) -> Aggre
     if params is not None and not isinstance(params, Mapping):
         raise ConfigError(f"aggregator {name!r}: parameters must be a mapping, got {type(params).__name__}")
     kwargs = dict(params or {})
+    bound = kwargs.pop("norm_bound", 0.0)
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not (0 <= bound < float("inf")):
+        raise ConfigError(f"aggregator {name!r}: parameter 'norm_bound' must be a finite number >= 0 (0 = off), "
+                          f"got {bound!r}")
     unknown = sorted(set(kwargs) - set(defaults), key=str)
     if unknown:
-        raise ConfigError(f"aggregator {name!r}: unknown parameter(s) {unknown}; expected some of {sorted(defaults)}")
+        raise ConfigError(f"aggregator {name!r}: unknown parameter(s) {unknown}; expected some of "
+                          f"{sorted([*defaults, 'norm_bound'])}")
     for key, value in kwargs.items():
         default = defaults[key]
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
@@ -59,7 +66,8 @@ def make_aggregator(name: str, params: Mapping[str, Any] | None = None) -> Aggre
         if type(value) is not type(default):
             raise ConfigError(f"aggregator {name!r}: parameter {key!r} must be {type(default).__name__}, "
                               f"got {value!r}")
-    return AGGREGATORS[name](**kwargs)
+    rule = AGGREGATORS[name](**kwargs)
+    return NormBounded(rule, float(bound)) if bound > 0 else rule
 
 
 for _cls in (FedAvg, CoordinateMedian, TrimmedMean, Krum):
@@ -71,6 +79,7 @@ __all__ = [
     "CoordinateMedian",
     "FedAvg",
     "Krum",
+    "NormBounded",
     "TrimmedMean",
     "make_aggregator",
     "register",

@@ -321,7 +321,7 @@ def test_make_aggregator_passes_params() -> None:
 
 @pytest.mark.parametrize(("name", "params", "message"), [
     ("krum", {"f": 1}, r"aggregator 'krum': unknown parameter\(s\) \['f'\]; expected some of \['byzantine', "),
-    ("fedavg", {"trim_fraction": 0.1}, r"'fedavg': unknown parameter\(s\) \['trim_fraction'\]; expected some of \[\]"),
+    ("fedavg", {"trim_fraction": 0.1}, r"'fedavg': unknown parameter\(s\) \['trim_fraction'\]; expected some of \['norm_bound'\]"),
     ("krum", {"byzantine": 1.5}, "parameter 'byzantine' must be int, got 1.5"),
     ("krum", {"multi": True}, "parameter 'multi' must be int, got True"),
     ("krum", {"byzantine": "1"}, "parameter 'byzantine' must be int, got '1'"),
@@ -342,3 +342,28 @@ def test_duplicate_registration_is_rejected(cls: type[Aggregator]) -> None:
     with pytest.raises(ValueError, match=f"aggregator {cls.name!r} is already registered"):
         register(cls)
     assert AGGREGATORS[cls.name] is cls
+
+
+# -- update-norm bounding ----------------------------------------------------------------------------------------
+def test_norm_bound_clips_a_boosted_update_to_the_bound() -> None:
+    from fog_gateway.aggregation.norm_bound import NormBounded, module_norm
+
+    agg = make_aggregator("fedavg", {"norm_bound": 1.0})
+    assert isinstance(agg, NormBounded)
+    honest = {"w": np.full(4, 0.25, np.float32)}  # norm 0.5: untouched
+    boosted = {"w": np.full(4, 50.0, np.float32)}  # norm 100: scaled to 1
+    agg.add(honest, 1.0)
+    agg.add(boosted, 1.0)
+    assert agg.clipped == 1 and agg.count == 2
+    out = agg.result()["w"]
+    np.testing.assert_allclose(out, (0.25 + 0.5) / 2, rtol=1e-6)  # the boosted one contributes norm 1 = 0.5 each
+    assert module_norm({"w": out}) <= 1.0
+
+
+def test_norm_bound_wraps_robust_rules_and_rejects_bad_values() -> None:
+    agg = make_aggregator("median", {"norm_bound": 2})
+    assert agg.name == "median"
+    for bad in (-1.0, float("inf"), "x", True):
+        with pytest.raises(ConfigError, match="norm_bound"):
+            make_aggregator("median", {"norm_bound": bad})
+    assert not hasattr(make_aggregator("median", {"norm_bound": 0}), "clipped")  # 0 = off
