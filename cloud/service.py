@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from cloud.round_state import CloudRoundState
 from cloud.store import VersionStore
 from edge_runtime.compression.module_codec import layout_of, same_layout, unpack
 from edge_runtime.config import CloudConfig, load_config, make_codecs, resolve
@@ -25,17 +26,19 @@ from edge_runtime.protocol import (
     FogAggregate,
     FogRoundReport,
     ModuleKey,
+    ModuleVersion,
     ResyncRequest,
     RoundControl,
     RoundMetrics,
     encode,
     modules_for,
+    state_from_blobs,
     topics,
 )
 from edge_runtime.protocol.topics import Topic
+from edge_runtime.reliability import report_key
 from edge_runtime.security.wiring import service_security
 from edge_runtime.service import Service
-from fog_gateway.aggregation import Aggregator, make_aggregator
 
 log = logging.getLogger(__name__)
 State = dict[str, np.ndarray]
@@ -43,6 +46,7 @@ State = dict[str, np.ndarray]
 
 class CloudService(Service):
     role = "cloud"
+    watch_broker = True
 
     def __init__(self, cfg: CloudConfig) -> None:
         from edge_runtime.data import TASKS, load_task_file
@@ -70,23 +74,51 @@ class CloudService(Service):
         self.store = VersionStore(resolve(cfg.base_dir, c.db))
         self.expected_fogs = set(c.fogs)
         self.round_g = 0
-        self.aggs: dict[ModuleKey, Aggregator] = {}
-        self.seen: set[str] = set()
-        self.reported: set[str] = set()
+        # The open round on disk: partial sums, applied keys, reports (a killed cloud resumes it; cloud/round_state.py).
+        self.rs = CloudRoundState(resolve(cfg.base_dir, cfg.state_dir))
         self.deadline = 0.0
         self.history: list[dict[str, Any]] = []
 
     def subscriptions(self) -> list[str]:
         return [topics.fogup_filter(self.fleet), topics.fogdone_filter(self.fleet),
-                topics.resync_filter(self.fleet, "cloud")]
+                topics.resync_filter(self.fleet, "cloud"), topics.chunk_filter(self.fleet, "cloud")]
+
+    @property
+    def reported(self) -> set[str]:
+        return self.rs.reported
 
     def start(self) -> None:
+        saved, latest = self.rs.load(), self.store.latest_versions()
+        if saved and latest:
+            self._resume(saved, latest)
+            return
+        self.rs.reset()
         self.meter.round = 1
         for key in self.keys:
             self._publish_global(key, version=0)
         log.info("cloud: %d modules at version 0; %d fogs expected; %d rounds", len(self.keys),
                  len(self.expected_fogs), self.cfg.cloud.rounds)
         self._open_round(1)
+
+    def _resume(self, saved: int, latest: dict[ModuleKey, ModuleVersion]) -> None:
+        """Continue the job a previous run of this cloud left: the stored global versions, and round ``saved`` with
+        the aggregates it had applied (or the next round, if ``saved`` was merged before the restart)."""
+        for key, version in latest.items():
+            if key in self.pub.true:
+                state = state_from_blobs(version.tensors)  # stored as raw full state
+                self.pub.true[key] = state
+                self.pub.published[key] = {n: a.copy() for n, a in state.items()}
+                self.pub.stamps[key] = (version.global_round, GLOBAL_STAGE)
+        top = max(v.global_round for v in latest.values())
+        if top >= saved:
+            log.warning("cloud: round %d was merged before the restart; opening round %d", saved, top + 1)
+            self._open_round(top + 1)
+            return
+        log.warning("cloud: resuming round %d after a restart: %d aggregates already applied, fogs reported %s",
+                    saved, len(self.rs.sums.keys()), sorted(self.reported))
+        self._open_round(saved, resume=True)
+        if self.reported >= self.expected_fogs:
+            self._close_round()
 
     def handle(self, topic: Topic, message: Any) -> None:
         if topic.kind == "fogup":
@@ -106,6 +138,7 @@ class CloudService(Service):
 
     def finish(self) -> None:
         self.store.close()
+        self.rs.close_files()
 
     def extra_metrics(self) -> dict[str, Any]:
         return {"rounds": self.history}
@@ -116,19 +149,28 @@ class CloudService(Service):
             raise DecodeError(f"aggregate header ({msg.fog}, {msg.key}) does not match its topic")
         if msg.fog not in self.expected_fogs:
             raise DecodeError(f"fog {msg.fog!r} is not one of {sorted(self.expected_fogs)}")
+        if msg.global_round < self.round_g:
+            self.send_ack(msg.fog, msg.fog, [msg.idempotency_key], "expired")  # the fog drops it from its outbox
         if msg.global_round != self.round_g:
             raise DecodeError(f"stale aggregate for round {msg.global_round}; open round is {self.round_g}")
-        if msg.key not in self.pub.true:
-            raise DecodeError(f"unknown module {msg.key}")
-        if msg.idempotency_key in self.seen:
+        if self.rs.seen(msg.idempotency_key):
             self.rejected["duplicate"] += 1
             log.info("cloud: duplicate aggregate %s ignored", msg.idempotency_key)
+            self.send_ack(msg.fog, msg.fog, [msg.idempotency_key])  # its first ack was lost: say so again
             return
-        delta = unpack(msg, layout_of(self.pub.true[msg.key]))
-        if not same_layout(delta, self.pub.true[msg.key]):
-            raise AggregationError(f"aggregate of {msg.key} from {msg.fog} does not match the module's tensors")
-        self.aggs.setdefault(msg.key, make_aggregator("fedavg")).add(delta, msg.total_weight)
-        self.seen.add(msg.idempotency_key)
+        try:
+            if msg.key not in self.pub.true:
+                raise DecodeError(f"unknown module {msg.key}")
+            delta = unpack(msg, layout_of(self.pub.true[msg.key]))
+            if not same_layout(delta, self.pub.true[msg.key]):
+                raise AggregationError(f"aggregate of {msg.key} from {msg.fog} does not match the module's tensors")
+            self.rs.add(msg.key, msg.idempotency_key, delta, msg.total_weight)  # committed before the ack
+        except (DecodeError, AggregationError):
+            self.rs.refuse(msg.idempotency_key)  # a report naming it need not wait for it
+            self.send_ack(msg.fog, msg.fog, [msg.idempotency_key], "rejected")
+            raise
+        self.send_ack(msg.fog, msg.fog, [msg.idempotency_key])
+        self._check_reported(msg.fog)
 
     def _on_resync(self, topic: Topic, msg: ResyncRequest) -> None:
         if msg.sender not in self.expected_fogs or topic.node != msg.sender or msg.target != "cloud":
@@ -140,18 +182,28 @@ class CloudService(Service):
     def _on_report(self, topic: Topic, msg: FogRoundReport) -> None:
         if msg.fog not in self.expected_fogs or topic.fog != msg.fog:
             raise DecodeError(f"round report from unexpected fog {msg.fog!r}")
+        key = report_key(self.fleet, msg.fog, msg.global_round)
+        if msg.global_round < self.round_g:
+            self.send_ack(msg.fog, msg.fog, [key], "expired")
         if msg.global_round != self.round_g:
             raise DecodeError(f"stale round report for round {msg.global_round}; open round is {self.round_g}")
-        self.reported.add(msg.fog)
-        if self.reported >= self.expected_fogs:
+        # The report counts once every aggregate it names is here (or refused): with retransmissions, an
+        # aggregate may arrive after the report that names it.
+        self.rs.report(msg.fog, {f"{self.fleet}/{msg.fog}/{msg.global_round}/{k}" for k in msg.modules})
+        self.send_ack(msg.fog, msg.fog, [key])
+        self._check_reported(msg.fog)
+
+    def _check_reported(self, fog: str) -> None:
+        if self.rs.check_reported(fog) and self.reported >= self.expected_fogs:
             self._close_round()
 
     # -- the round schedule --------------------------------------------------------------------------------------
-    def _open_round(self, g: int) -> None:
+    def _open_round(self, g: int, *, resume: bool = False) -> None:
         c = self.cfg.cloud
         self.round_g = g
-        self.aggs, self.reported = {}, set()
-        self.seen = set()  # idempotency keys of this round; older rounds are refused as stale anyway
+        self.meter.round = min(g, c.rounds)
+        if not resume:  # keys of this round only; older rounds are refused as stale anyway
+            self.rs.open(g)
         # round_deadline_s bounds one cluster round at the fogs; a global round is agg_every of them plus the
         # fogs' own start-up wait for devices (round 1) and slack for the upward hop.
         allowance = c.round_deadline_s * (c.agg_every + 1) + (c.startup_timeout_s if g == 1 else 0.0)
@@ -166,8 +218,8 @@ class CloudService(Service):
     def _close_round(self) -> None:
         g = self.round_g
         merged = []
-        for key, agg in sorted(self.aggs.items()):
-            delta = agg.result()
+        deltas = self.rs.results(self.keys)
+        for key, delta in sorted(deltas.items()):
             new = {n: (a + delta[n]).astype(np.float32) for n, a in self.pub.true[key].items()}
             if not all(np.isfinite(a).all() for a in new.values()):
                 self.rejected["aggregation_refused"] += 1
@@ -180,13 +232,14 @@ class CloudService(Service):
         for key in merged:  # the last round goes out as full state: nobody will answer a resync after it
             self._publish_global(key, version=g, full=last)
         accuracy = self.evaluate()
-        self.store.put_round(g, accuracy, sorted(self.reported), len(self.aggs))
+        self.rs.close(self.keys)
+        self.store.put_round(g, accuracy, sorted(self.reported), len(deltas))
         metrics = RoundMetrics(fleet=self.fleet, global_round=g, total_rounds=self.cfg.cloud.rounds,
                                accuracy=accuracy, fogs_reported=tuple(sorted(self.reported)),
-                               modules_updated=len(self.aggs))
+                               modules_updated=len(deltas))
         self.transport.publish(topics.metrics(self.fleet), encode(metrics), category="cloud_to_fog", retain=True)
         self.history.append({"round": g, "accuracy": accuracy, "fogs": sorted(self.reported),
-                             "modules_updated": len(self.aggs)})
+                             "modules_updated": len(deltas)})
         mean = sum(accuracy.values()) / len(accuracy) if accuracy else float("nan")
         log.info("cloud: round %d merged %d modules from fogs %s; mean accuracy %.3f; %d B down so far", g,
                  len(merged), sorted(self.reported), mean, self.meter.total("cloud_to_fog"))

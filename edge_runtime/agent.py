@@ -39,11 +39,13 @@ from edge_runtime.protocol import (
     topics,
 )
 from edge_runtime.protocol.topics import Topic
+from edge_runtime.reliability import Outbox, ReliableSender, round_tag
 from edge_runtime.security.wiring import privacy_settings, service_security
 from edge_runtime.service import Service
 
 log = logging.getLogger(__name__)
 BASE_WAIT_S = 30.0
+STALE_SLACK_S = 60  # message expiry of an update: its round's deadline plus this
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,12 @@ class EdgeAgent(Service):
         self.decision: Decision | None = None
         self.state_text = "starting"
         self.residuals_path.parent.mkdir(parents=True, exist_ok=True)
+        rel = cfg.reliability
+        # Updates wait on disk until the fog acks them (docs/reliability.md); without the outbox, one publish each.
+        self.outbox = Outbox(state_dir / f"{dev.id}-outbox.sqlite", base_s=rel.backoff_base_s,
+                             max_s=rel.backoff_max_s) if rel.outbox else None
+        self.sender = ReliableSender(self.outbox, self.transport, fleet=self.fleet, node=dev.id, target=dev.fog,
+                                     category="device_to_fog") if self.outbox is not None else None
         self.feedback = ErrorFeedback.load(self.residuals_path) if self.residuals_path.exists() else ErrorFeedback()
         self.last_done = (0, 0)
         self.pending: RoundControl | None = None
@@ -130,7 +138,8 @@ class EdgeAgent(Service):
         self.rounds_log: list[dict[str, Any]] = []
 
     def subscriptions(self) -> list[str]:
-        return [topics.ctl(self.fleet, self.fog)] + [topics.cluster(self.fleet, self.fog, k) for k in self.keys]
+        acks = [topics.ack_filter(self.fleet, self.fog, self.node)] if self.sender is not None else []
+        return [topics.ctl(self.fleet, self.fog)] + [topics.cluster(self.fleet, self.fog, k) for k in self.keys] + acks
 
     def start(self) -> None:
         self.advertise("idle")
@@ -146,10 +155,16 @@ class EdgeAgent(Service):
         elif topic.kind == "ctl":
             if message.sender != self.fog:
                 raise DecodeError(f"round announcement from {message.sender!r}, not from fog {self.fog!r}")
+            if self.outbox is not None:  # the fog opened this round: every earlier one is closed
+                self.outbox.expire_rounds_before(round_tag(message.global_round, message.cluster_round))
             if message.final:
                 self.pending, self.pending_since = message, time.monotonic()
             elif (message.global_round, message.cluster_round) > self.last_done:
                 self.pending, self.pending_since = message, time.monotonic()
+        elif topic.kind == "ack" and self.sender is not None:
+            if message.sender != self.fog or message.to != self.node:
+                raise DecodeError(f"ack from {message.sender!r} to {message.to!r} is not from fog {self.fog!r}")
+            self.sender.on_ack(message)
         else:
             raise DecodeError(f"device {self.node} does not take {topic.kind!r} messages")
 
@@ -186,7 +201,8 @@ class EdgeAgent(Service):
             "last_round": list(self.last_done) if self.last_done != (0, 0) else None,
             "modules": {str(k): list(s) for k, s in sorted(self.rx.stamps.items())},
             "held_modules": [str(k) for k in self.keys],
-            "outbox": {"depth": None, "note": "no outbox yet: each publish waits for the broker's acknowledgement"},
+            "outbox": {"depth": None, "note": "outbox disabled: each publish waits only for the broker's PUBACK"}
+            if self.outbox is None else {"depth": self.outbox.pending(), "note": "updates not yet acked by the fog"},
             "decision": None if self.decision is None else
             {"action": self.decision.action, "fraction": self.decision.fraction,
              "reasons": list(self.decision.reasons)},
@@ -205,6 +221,8 @@ class EdgeAgent(Service):
             save_modules(self.modules_path, self.rx.states, self.rx.stamps)
 
     def tick(self) -> None:
+        if self.sender is not None:
+            self.sender.pump()
         if time.monotonic() > self.next_advert:
             self.advertise(self.state_text)
         ctl = self.pending
@@ -225,7 +243,8 @@ class EdgeAgent(Service):
             self._train_and_send(ctl)
 
     def extra_metrics(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"final_accuracy": self.final_accuracy, "rounds": self.rounds_log}
+        out: dict[str, Any] = {"final_accuracy": self.final_accuracy, "rounds": self.rounds_log,
+                               "outbox": self.sender.stats() if self.sender is not None else None}
         if self.privacy is not None:
             out["privacy"] = self.privacy.report()
         return out
@@ -276,6 +295,8 @@ class EdgeAgent(Service):
             self.advertise(f"skipped round ({g},{c}): {reasons}", skip=(g, c))
             return
         self.advertise(f"training round ({g},{c})", publish=False)  # local status only: spare the uplink
+        if self.sender is not None:  # the broker drops an update still queued after its round's deadline
+            self.sender.expiry_s = math.ceil(ctl.deadline_s) + STALE_SLACK_S
         started = time.monotonic()
         for key, state in self.rx.states.items():  # train from the published version, not last round's weights
             self.model.load_module_state(key, state)
@@ -304,11 +325,15 @@ class EdgeAgent(Service):
                 base=self.rx.stamps.get(key, (0, 0)), num_samples=self._samples(key, used),
                 train_loss=float(np.mean(related)) if related else 0.0,
                 idempotency_key=f"{self.fleet}/{self.node}/{g}.{c}/{key}", **packed.fields())
-            payload = encode(update)
-            self.transport.publish(topics.up(self.fleet, self.fog, key, self.node), payload,
-                                   category="device_to_fog")
+            payload, topic = encode(update), topics.up(self.fleet, self.fog, key, self.node)
+            if self.outbox is not None:
+                self.outbox.put(update.idempotency_key, topic, payload, round_=round_tag(g, c))
+            else:
+                self.transport.publish(topic, payload, category="device_to_fog")
             sent += len(payload)
         self.feedback.save(self.residuals_path)
+        if self.sender is not None:
+            self.sender.pump()
         self._save_modules()
         self.rounds_log.append({"global_round": g, "cluster_round": c, "train_s": round(train_s, 3),
                                 "bytes_sent": sent, "loss": {t: round(v, 4) for t, v in losses.items()},

@@ -44,6 +44,7 @@ from edge_runtime.security.tls import TlsSettings
 
 __all__ = [
     "BridgeSpec",
+    "BrokerLimits",
     "BrokerTls",
     "MosquittoProcess",
     "bridge_client_id",
@@ -157,6 +158,24 @@ class BridgeSpec:
         return bridge_state_topic(self.fleet, self.fog)
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerLimits:
+    """Queue and packet limits rendered into a broker config. The defaults are the production values; fault tests
+    lower them (a small queue to overflow, a small packet limit to force chunking)."""
+
+    max_queued_messages: int = 100_000
+    message_size_limit: int = 67_108_864  # the codec's DEFAULT_MAX_PAYLOAD (64 MiB)
+    max_packet_size: int = 67_174_400  # the payload limit + 64 KiB for topic and properties
+
+    def __post_init__(self) -> None:
+        for name in ("max_queued_messages", "message_size_limit", "max_packet_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 268_435_455:
+                raise BrokerError(f"broker limit {name} must be an integer in 1..268435455, got {value!r}")
+        if self.max_packet_size < 1024:
+            raise BrokerError(f"broker limit max_packet_size {self.max_packet_size} is below 1024 bytes")
+
+
 def render_config(
     role: Role,
     *,
@@ -167,6 +186,7 @@ def render_config(
     fleet: str = _DEFAULT_FLEET,
     run_as: str | None = None,
     tls: BrokerTls | None = None,
+    limits: BrokerLimits | None = None,
 ) -> str:
     """Render ``broker_config/<role>.conf.tmpl``, with ``listener_tls.conf.tmpl`` when ``tls`` is given (else
     ``listener_anonymous.conf.tmpl``) and, for a fog, ``bridge_tls.conf.tmpl`` when ``bridge.tls`` is given
@@ -203,6 +223,9 @@ def render_config(
         "fleet": bridge.fleet if bridge else fleet,
         "user_line": f"user {run_as}" if run_as else "# user: mosquitto's default (as root it drops to 'mosquitto')",
     }
+    lim = limits if limits is not None else BrokerLimits()
+    values |= {"max_queued_messages": str(lim.max_queued_messages),
+               "message_size_limit": str(lim.message_size_limit), "max_packet_size": str(lim.max_packet_size)}
     if bridge is not None:
         values |= {"fog": bridge.fog, "cloud_host": bridge.cloud_host, "cloud_port": str(bridge.cloud_port)}
         values["bridge_security"] = _render_template("bridge_tls" if bridge.tls else "bridge_plain", values)
@@ -243,6 +266,7 @@ class MosquittoProcess:
         bridge: BridgeSpec | None = None,
         fleet: str = _DEFAULT_FLEET,
         tls: BrokerTls | None = None,
+        limits: BrokerLimits | None = None,
     ) -> None:
         _check_host(host)
         self.name = name
@@ -253,13 +277,15 @@ class MosquittoProcess:
         self.bridge = bridge
         self.fleet = fleet
         self.tls = tls
+        self.limits = limits
         self.conf_path = self.data_dir / "mosquitto.conf"
         self.log_path = self.data_dir / "mosquitto.log"
         self.out_path = self.data_dir / "mosquitto.out"
         self.db_path = self.data_dir / "mosquitto.db"
         self._proc: subprocess.Popen[bytes] | None = None
         # Validate everything before anything is started.
-        render_config(role, host=host, port=self.port, data_dir=self.data_dir, bridge=bridge, fleet=fleet, tls=tls)
+        render_config(role, host=host, port=self.port, data_dir=self.data_dir, bridge=bridge, fleet=fleet, tls=tls,
+                      limits=limits)
         # The SSL context the harness's $SYS probe connects with (None for a plain listener).
         self.sys_context = probe_context(tls)
 
@@ -299,6 +325,7 @@ class MosquittoProcess:
             fleet=self.fleet,
             run_as=run_as,
             tls=self.tls,
+            limits=self.limits,
         )
         try:
             self.conf_path.write_text(conf, encoding="utf-8")

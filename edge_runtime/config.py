@@ -146,6 +146,22 @@ class AttackConfig:
 
 
 @_frozen
+class ReliabilityConfig:
+    """[reliability]: the on-disk outbox for device updates and fog aggregates (docs/reliability.md). With the
+    outbox, a message stays in ``state_dir`` until the receiver's ack and is resent with exponential backoff;
+    without it, each message is published once and only the broker's PUBACK is awaited."""
+
+    outbox: bool = True
+    backoff_base_s: float = 2.0  # first retransmission after this, then doubling
+    backoff_max_s: float = 30.0  # cap on the retransmission interval
+
+    def __post_init__(self) -> None:
+        _positive_seconds(self.backoff_base_s, "backoff_base_s")
+        if not self.backoff_base_s <= self.backoff_max_s <= 3600:
+            raise ValueError(f"backoff_max_s must be in [backoff_base_s, 3600], got {self.backoff_max_s!r}")
+
+
+@_frozen
 class DeviceConfig:
     device: DeviceSection
     broker: BrokerConfig = field(default_factory=BrokerConfig)
@@ -155,6 +171,7 @@ class DeviceConfig:
     uplink: dict[str, CodecSpec] = field(default_factory=dict)  # per module kind; error feedback on lossy codecs
     resources: ResourceThresholds = field(default_factory=ResourceThresholds)  # skip/shorten training when crossed
     attack: AttackConfig = field(default_factory=AttackConfig)  # red-team mode for testing defences; off by default
+    reliability: ReliabilityConfig = field(default_factory=ReliabilityConfig)  # outbox + retransmission
     telemetry_interval_s: float = 30.0  # how often the retained state advert is refreshed (> 0)
     tls: dict[str, Any] = field(default_factory=dict)  # [tls] ca/cert/key: mutual TLS to the broker (security/tls.py)
     signing: dict[str, Any] = field(default_factory=dict)  # [signing]: Ed25519 envelopes (security/signing_config.py)
@@ -198,6 +215,7 @@ class FogConfig:
     selection: ResourceThresholds = field(default_factory=ResourceThresholds)  # who may train, from adverts
     uplink: dict[str, CodecSpec] = field(default_factory=dict)  # fog -> cloud aggregates
     downlink: dict[str, CodecSpec] = field(default_factory=dict)  # fog -> devices cluster versions
+    reliability: ReliabilityConfig = field(default_factory=ReliabilityConfig)  # outbox for aggregates to the cloud
     tls: dict[str, Any] = field(default_factory=dict)  # [tls] ca/cert/key: mutual TLS to the broker (security/tls.py)
     signing: dict[str, Any] = field(default_factory=dict)  # [signing]: Ed25519 envelopes (security/signing_config.py)
     state_dir: str = "state"

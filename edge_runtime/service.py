@@ -18,8 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_runtime.atomic import write_json
-from edge_runtime.errors import HffmError, RoundTimeoutError, SecurityError, TransportError
+from edge_runtime.errors import DecodeError, HffmError, RoundTimeoutError, SecurityError, TransportError
+from edge_runtime.protocol.envelope import expected_signer
+from edge_runtime.protocol import encode, topics
+from edge_runtime.protocol.messages import Ack, Chunk
 from edge_runtime.protocol.routing import decode_message
+from edge_runtime.reliability.chunking import Reassembler
+from edge_runtime.reliability.watch import DROPPED_TOPIC, DroppedWatch
 from edge_runtime.protocol.topics import Topic
 from edge_runtime.transport import MqttTransport, TrafficMeter
 
@@ -41,6 +46,11 @@ class SealingTransport:
         """Seal ``payload`` for ``topic`` and publish it. Raises what ``MqttTransport.publish`` raises."""
         self.inner.publish(topic, self.signer.seal(topic, payload), **kwargs)
 
+    def try_publish(self, topic: str, payload: bytes, **kwargs: Any) -> bool:
+        """Seal ``payload`` (a fresh sequence number on every try, so a retransmission is never a replay) and hand
+        it to ``MqttTransport.try_publish``."""
+        return self.inner.try_publish(topic, self.signer.seal(topic, payload), **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
@@ -49,6 +59,7 @@ class Service:
     """Base of the edge agent, fog gateway and cloud service."""
 
     role = "service"
+    watch_broker = False  # subscribe to the broker's dropped-message count and alert on it (needs $SYS read access)
 
     def __init__(self, *, node: str, host: str, port: int, metrics_file: Path | None = None,
                  will: tuple[str, bytes] | None = None, signer: Signer | None = None,
@@ -67,8 +78,10 @@ class Service:
             will = (will[0], signer.seal(will[0], will[1]))
         transport = MqttTransport(
             client_id=f"hffm-{self.role}-{node}", host=host, port=port, on_message=self._enqueue,
-            meter=self.meter, will=will, tls=tls,
+            meter=self.meter, will=will, tls=tls, persistent=True,
         )
+        self.reassembler = Reassembler()  # payloads that arrive as chunks (above the broker's packet limit)
+        self.dropped_watch = DroppedWatch(node)
         self.transport: MqttTransport | SealingTransport = (
             transport if signer is None else SealingTransport(transport, signer))
 
@@ -91,6 +104,16 @@ class Service:
     def finish(self) -> None:
         """Called once when the loop ends."""
 
+    def send_ack(self, fog: str, to: str, keys: list[str], status: str = "applied") -> None:
+        """Acknowledge ``keys`` to node ``to`` on ``ack/{fog}/{to}/{self.node}`` (docs/reliability.md). Fire and
+        forget: a lost ack costs one retransmission, which is acknowledged again. Counted under ``other``."""
+        if not keys:
+            return
+        fleet = getattr(self, "fleet", "")
+        ack = Ack(fleet=fleet, sender=self.node, to=to, keys=tuple(keys), status=status)
+        if not self.transport.try_publish(topics.ack(fleet, fog, to, self.node), encode(ack), category="other"):
+            log.info("%s %s: ack of %d key(s) to %s not sent (not connected)", self.role, self.node, len(keys), to)
+
     # -- the loop ------------------------------------------------------------------------------------------------
     def reject(self, topic: str, reason: str, detail: str) -> None:
         self.rejected[reason] += 1
@@ -100,6 +123,10 @@ class Service:
         """Open (with a verifier), decode and handle one message. Bad input is logged and counted, never raised; a
         TransportError (the broker did not take a publish) is raised, since the round state could not be shared.
         ``retained``: the broker delivered a retained message (the verifier lets it repeat the topic's last one)."""
+        if topic.startswith("$SYS/"):  # only the broker publishes there: nothing to open or decode
+            if topic == DROPPED_TOPIC:
+                self.dropped_watch.update(payload)
+            return
         verifier, signer = self.verifier, ""
         if verifier is not None:
             try:
@@ -118,6 +145,13 @@ class Service:
             parsed, message = decode_message(topic, payload)
             if verifier is not None:
                 verifier.check_sender(signer, message)
+            if parsed.kind == "chunk":
+                whole = self._reassemble(parsed, message)
+                if whole is None:
+                    return
+                parsed, message = whole
+                if verifier is not None:  # every piece was signed by ``signer``; so must the whole be
+                    verifier.check_sender(signer, message)
         except SecurityError as exc:
             self.reject(topic, exc.reason, str(exc))
             return
@@ -135,6 +169,19 @@ class Service:
             self.rejected["internal"] += 1
             log.exception("%s %s: internal error handling %s", self.role, self.node, topic)
 
+    def _reassemble(self, parsed: Topic, chunk: Chunk) -> tuple[Topic, Any] | None:
+        """Add a chunk; decode the whole payload once complete. Raises DecodeError for a bad piece or a whole
+        payload that is not for this node (its topic must name the chunk's sender as its publisher)."""
+        if parsed.node != chunk.sender:
+            raise DecodeError(f"chunk from {chunk.sender!r} on the topic of {parsed.node!r}")
+        whole = self.reassembler.add(chunk)
+        if whole is None:
+            return None
+        inner, message = decode_message(*whole)
+        if inner.kind == "chunk" or expected_signer(inner) != chunk.sender:
+            raise DecodeError(f"chunked payload for {whole[0]!r} was not sent by its publisher {chunk.sender!r}")
+        return inner, message
+
     def run(self, *, time_limit_s: float = 24 * 3600.0, poll_s: float = 0.5) -> None:
         """Connect, subscribe, then handle messages until ``done`` or the time limit.
 
@@ -146,7 +193,7 @@ class Service:
             signal.signal(signal.SIGTERM, self._on_sigterm)  # stop between messages, then finish() runs
         self.transport.connect()
         try:
-            self.transport.subscribe(self.subscriptions())
+            self.transport.subscribe(self.subscriptions() + ([DROPPED_TOPIC] if self.watch_broker else []))
             self.start()
             end = time.monotonic() + time_limit_s
             while not self.done:
@@ -183,6 +230,8 @@ class Service:
         snap = self.meter.snapshot()
         snap["rejected"] = dict(self.rejected)
         snap["accepted"] = dict(self.accepted)
+        if self.watch_broker:
+            snap["broker_dropped"] = self.dropped_watch.stats()
         snap.update(self.extra_metrics())
         write_json(self.metrics_file, snap)
 

@@ -14,6 +14,7 @@ Round schedule (see docs/architecture.md):
 from __future__ import annotations
 
 import logging
+import math
 import time
 import zlib
 from pathlib import Path
@@ -39,6 +40,7 @@ from edge_runtime.protocol import (
     topics,
 )
 from edge_runtime.protocol.topics import Topic
+from edge_runtime.reliability import Outbox, ReliableSender, report_key
 from edge_runtime.security.wiring import service_security
 from edge_runtime.service import Service
 from fog_gateway.aggregation import Aggregator, make_aggregator
@@ -50,6 +52,7 @@ GLOBALS_GRACE_S = 60.0
 
 class FogGateway(Service):
     role = "fog"
+    watch_broker = True
 
     def __init__(self, cfg: FogConfig) -> None:
         self.cfg = cfg
@@ -70,6 +73,12 @@ class FogGateway(Service):
         self.residuals_path = resolve(cfg.base_dir, cfg.state_dir) / f"{cfg.fog.id}-residuals.npz"
         self.residuals_path.parent.mkdir(parents=True, exist_ok=True)
         self.feedback = ErrorFeedback.load(self.residuals_path) if self.residuals_path.exists() else ErrorFeedback()
+        rel = cfg.reliability
+        # Aggregates and round reports wait on disk until the cloud acks them (docs/reliability.md).
+        self.outbox = Outbox(self.residuals_path.parent / f"{cfg.fog.id}-outbox.sqlite", base_s=rel.backoff_base_s,
+                             max_s=rel.backoff_max_s) if rel.outbox else None
+        self.sender = ReliableSender(self.outbox, self.transport, fleet=self.fleet, node=cfg.fog.id, target="cloud",
+                                     category="fog_to_cloud") if self.outbox is not None else None
         self.plan: RoundControl | None = None
         self.plan_seen_at = 0.0
         self.round_g = 0
@@ -90,7 +99,10 @@ class FogGateway(Service):
     # -- service hooks -------------------------------------------------------------------------------------------
     def subscriptions(self) -> list[str]:
         subs = [topics.up_filter(self.fleet, self.node), topics.global_filter(self.fleet),
-                topics.ctl(self.fleet, "cloud"), topics.resync_filter(self.fleet, self.node)]
+                topics.ctl(self.fleet, "cloud"), topics.resync_filter(self.fleet, self.node),
+                topics.chunk_filter(self.fleet, self.node)]
+        if self.sender is not None:
+            subs.append(topics.ack_filter(self.fleet, self.node, self.node))
         return subs + [topics.state(self.fleet, d) for d in sorted(self.expected)]
 
     def start(self) -> None:
@@ -113,12 +125,20 @@ class FogGateway(Service):
                                   f"of {message.total_rounds} is not a valid cloud plan")
             if self.plan is None or message.global_round > self.plan.global_round:
                 self.plan, self.plan_seen_at = message, time.monotonic()
+                if self.outbox is not None:  # the cloud closed every earlier round
+                    self.outbox.expire_rounds_before(message.global_round)
         elif topic.kind == "up":
             self._on_update(topic, message)
+        elif topic.kind == "ack" and self.sender is not None:
+            if message.sender != "cloud" or message.to != self.node:
+                raise DecodeError(f"ack from {message.sender!r} to {message.to!r} is not the cloud's to {self.node}")
+            self.sender.on_ack(message)
         else:
             raise DecodeError(f"fog {self.node} does not take {topic.kind!r} messages")
 
     def tick(self) -> None:
+        if self.sender is not None:
+            self.sender.pump()
         if self.in_round:
             self._close_if_complete()  # e.g. nobody was eligible: no reason to wait for the deadline
         if self.in_round:
@@ -131,7 +151,7 @@ class FogGateway(Service):
             self._maybe_start_round()
 
     def extra_metrics(self) -> dict[str, Any]:
-        return {"rounds": self.rounds_log}
+        return {"rounds": self.rounds_log, "outbox": self.sender.stats() if self.sender is not None else None}
 
     def finish(self) -> None:
         """On a clean exit the retained advert goes offline (the broker's last will covers crashes)."""
@@ -188,6 +208,8 @@ class FogGateway(Service):
         if self.in_round and msg.sender not in self.participants.get(msg.key, set()):
             raise DecodeError(f"device {msg.sender!r} was not selected for {msg.key} this round")
         if not self.in_round or (msg.global_round, msg.cluster_round) != (self.round_g, self.cluster_c):
+            if (msg.global_round, msg.cluster_round) < (self.round_g, self.cluster_c + (not self.in_round)):
+                self.send_ack(self.node, msg.sender, [msg.idempotency_key], "expired")  # its round closed
             raise DecodeError(f"stale update for round ({msg.global_round},{msg.cluster_round}); "
                               f"open round is ({self.round_g},{self.cluster_c}) in_round={self.in_round}")
         if msg.key not in self.aggs:
@@ -195,6 +217,7 @@ class FogGateway(Service):
         if msg.sender in self.reported[msg.key]:
             self.rejected["duplicate"] += 1
             log.info("fog %s: duplicate update %s ignored", self.node, msg.idempotency_key)
+            self.send_ack(self.node, msg.sender, [msg.idempotency_key])  # its first ack was lost: say so again
             return
         delta = unpack(msg, layout_of(self.pub.true[msg.key]))
         if not same_layout(delta, self.pub.true[msg.key]):
@@ -202,6 +225,7 @@ class FogGateway(Service):
         self.aggs[msg.key].add(delta, msg.num_samples)
         self.reported[msg.key].add(msg.sender)
         self.round_weight[msg.key][msg.sender] = msg.num_samples
+        self.send_ack(self.node, msg.sender, [msg.idempotency_key])
         self._close_if_complete()
 
     def _close_if_complete(self) -> None:
@@ -331,16 +355,30 @@ class FogGateway(Service):
             agg = FogAggregate(fleet=self.fleet, fog=self.node, key=key, global_round=self.round_g,
                                total_weight=float(sum(weights.values())), num_devices=len(weights),
                                idempotency_key=f"{self.fleet}/{self.node}/{self.round_g}/{key}", **packed.fields())
-            self.transport.publish(topics.fogup(self.fleet, self.node, key), encode(agg), category="fog_to_cloud")
+            self._send_up(agg.idempotency_key, topics.fogup(self.fleet, self.node, key), encode(agg))
             sent.append(key)
             devices |= set(weights)
         self.sent_last = set(sent)
         self.feedback.save(self.residuals_path)
         report = FogRoundReport(fleet=self.fleet, fog=self.node, global_round=self.round_g, modules=tuple(sent),
                                 devices=tuple(sorted(devices)), cluster_rounds=self.cluster_c)
-        self.transport.publish(topics.fogdone(self.fleet, self.node), encode(report), category="fog_to_cloud")
+        self._send_up(report_key(self.fleet, self.node, self.round_g), topics.fogdone(self.fleet, self.node),
+                      encode(report))
+        if self.sender is not None:
+            self.sender.pump()
         log.info("fog %s: global round %d sent upward: %d modules from %d devices, %d B to cloud so far",
                  self.node, self.round_g, len(sent), len(devices), self.meter.total("fog_to_cloud"))
+
+    def _send_up(self, key: str, topic: str, payload: bytes) -> None:
+        """Through the outbox (kept until the cloud acks ``key``), or one acknowledged publish without it."""
+        if self.sender is not None and self.plan is not None:
+            # The cloud allows (agg_every + 1) cluster-round deadlines per global round, plus its start-up wait in
+            # round 1: a message still queued after (agg_every + 2) deadlines + 10 min belongs to a closed round.
+            self.sender.expiry_s = math.ceil(self.plan.deadline_s * (self.plan.agg_every + 2)) + 600
+        if self.outbox is not None:
+            self.outbox.put(key, topic, payload, round_=self.round_g)
+        else:
+            self.transport.publish(topic, payload, category="fog_to_cloud")
 
     def _publish_cluster(self, key: ModuleKey, *, stage: int, full: bool = False) -> None:
         version = self.pub.version(key, (self.round_g, stage), full=full)

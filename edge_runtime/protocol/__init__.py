@@ -7,6 +7,8 @@ from edge_runtime.protocol.keys import ModuleKey, modules_for
 from edge_runtime.protocol.messages import (
     GLOBAL_STAGE,
     RAW_CODEC,
+    Ack,
+    Chunk,
     SCHEMA_VERSION,
     EncodedTensor,
     FogAggregate,
@@ -24,6 +26,8 @@ from edge_runtime.protocol.messages import (
 )
 
 __all__ = [
+    "Ack",
+    "Chunk",
     "GLOBAL_STAGE",
     "RAW_CODEC",
     "EncodedTensor",

@@ -411,6 +411,79 @@ class ResyncRequest:
         _check(0 < len(self.modules) <= 1024, "a resync request names 1..1024 modules")
 
 
+ACK_STATUSES = ("applied", "expired", "rejected")
+MAX_ACK_KEYS = 1024
+MAX_CHUNKS = 65_535
+MAX_CHUNKED_PAYLOAD = 256 * 1024 * 1024
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+@_frozen
+class Ack:
+    """Application-level acknowledgement on ``ack/{fog}/{to}/{sender}``: ``sender`` durably handled ``keys``.
+
+    ``applied``: the updates (idempotency keys) are in the receiver's durable state, now or earlier (a retransmit
+    is acknowledged again). ``expired``: the round they belong to is closed; the sender drops them and logs it.
+    ``rejected``: the receiver will never take them (checked and refused); the sender drops them and logs it.
+    """
+
+    TYPE: ClassVar[str] = "ack"
+    schema: int = SCHEMA_VERSION
+    fleet: str
+    sender: str
+    to: str
+    keys: tuple[str, ...]
+    status: str = "applied"
+
+    def __post_init__(self) -> None:
+        check_segment(self.fleet, "fleet")
+        check_segment(self.sender, "sender")
+        check_segment(self.to, "to")
+        _check(isinstance(self.keys, tuple) and 0 < len(self.keys) <= MAX_ACK_KEYS,
+               f"an ack names 1..{MAX_ACK_KEYS} keys, got {len(self.keys) if isinstance(self.keys, tuple) else '?'}")
+        for key in self.keys:
+            _check(isinstance(key, str) and 0 < len(key) <= 512, f"bad idempotency key {key!r}")
+        _check(self.status in ACK_STATUSES, f"unknown ack status {self.status!r}; expected one of {ACK_STATUSES}")
+
+
+@_frozen
+class Chunk:
+    """One piece of a payload too large for the broker's packet limit, on ``chunk/{target}/{sender}``.
+
+    ``topic`` is where the whole payload would have gone; ``payload_sha256`` names and checks the whole payload,
+    ``sha256`` this piece. Pieces ``0..count-1`` concatenated in order are the payload (``total_size`` bytes).
+    """
+
+    TYPE: ClassVar[str] = "chunk"
+    schema: int = SCHEMA_VERSION
+    fleet: str
+    sender: str
+    topic: str
+    payload_sha256: str
+    index: int
+    count: int
+    total_size: int
+    data: bytes
+    sha256: str
+
+    def __post_init__(self) -> None:
+        check_segment(self.fleet, "fleet")
+        check_segment(self.sender, "sender")
+        _check(isinstance(self.topic, str) and 0 < len(self.topic) <= 1024, "chunk topic must be 1..1024 chars")
+        _check(f"/{self.fleet}/chunk/" not in self.topic, f"a chunk cannot carry a chunk topic {self.topic!r}")
+        _check(isinstance(self.payload_sha256, str) and _HEX64.fullmatch(self.payload_sha256) is not None,
+               f"bad payload_sha256 {self.payload_sha256!r}")
+        _nonneg_int(self.count, "count")
+        _check(0 < self.count <= MAX_CHUNKS, f"count must be in 1..{MAX_CHUNKS}, got {self.count}")
+        _nonneg_int(self.index, "index")
+        _check(self.index < self.count, f"index {self.index} is not below count {self.count}")
+        _nonneg_int(self.total_size, "total_size")
+        _check(self.total_size <= MAX_CHUNKED_PAYLOAD, f"total_size {self.total_size} exceeds {MAX_CHUNKED_PAYLOAD}")
+        _check(isinstance(self.data, bytes) and len(self.data) <= self.total_size,
+               f"chunk of {len(self.data)} bytes exceeds total_size {self.total_size}")
+        _check(hashlib.sha256(self.data).hexdigest() == self.sha256, "sha256 does not match the chunk's data")
+
+
 MESSAGE_TYPES: tuple[type, ...] = (
     ModuleUpdate,
     ModuleVersion,
@@ -420,4 +493,6 @@ MESSAGE_TYPES: tuple[type, ...] = (
     NodeState,
     RoundMetrics,
     ResyncRequest,
+    Ack,
+    Chunk,
 )

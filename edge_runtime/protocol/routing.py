@@ -7,6 +7,8 @@ from typing import Any
 from edge_runtime.errors import DecodeError
 from edge_runtime.protocol import codec, topics
 from edge_runtime.protocol.messages import (
+    Ack,
+    Chunk,
     FogAggregate,
     FogRoundReport,
     ModuleUpdate,
@@ -27,6 +29,8 @@ MESSAGE_FOR_KIND: dict[str, type] = {
     "state": NodeState,
     "metrics": RoundMetrics,
     "resync": ResyncRequest,
+    "ack": Ack,
+    "chunk": Chunk,
 }
 
 

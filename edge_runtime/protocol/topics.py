@@ -16,7 +16,8 @@ from edge_runtime.protocol.keys import ModuleKey
 ROOT = "hffm/v1"
 _SEGMENT = re.compile(r"^[a-z0-9_-]{1,64}$")
 
-TopicKind = Literal["up", "cluster", "fogup", "global", "ctl", "fogdone", "state", "metrics", "resync"]
+TopicKind = Literal["up", "cluster", "fogup", "global", "ctl", "fogdone", "state", "metrics", "resync", "ack",
+                    "chunk"]
 
 # Number of segments after ``hffm/v1/{fleet}/{kind}`` for each kind.
 _ARITY: dict[str, int] = {
@@ -29,6 +30,8 @@ _ARITY: dict[str, int] = {
     "state": 1,  # device or fog id
     "metrics": 1,  # "cloud"
     "resync": 2,  # target ("cloud" or a fog id), requesting node
+    "ack": 3,  # fog, to (the node acknowledged), sender (the node acknowledging)
+    "chunk": 2,  # target ("cloud" or a fog id), sending node
 }
 
 
@@ -45,13 +48,15 @@ def check_segment(value: str, what: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Topic:
-    """A parsed hffm topic. ``module`` is set for module topics, ``node`` for the per-node ones."""
+    """A parsed hffm topic. ``module`` is set for module topics, ``node`` for the per-node ones (for ``resync`` and
+    ``chunk``, ``fog`` holds the target: a fog id or ``cloud``)."""
 
     fleet: str
     kind: str
     fog: str | None = None
     module: ModuleKey | None = None
     node: str | None = None
+    to: str | None = None  # ``ack`` topics: the node acknowledged (``node`` is the one acknowledging)
 
     def __str__(self) -> str:
         return build(self)
@@ -134,10 +139,26 @@ def resync_filter(fleet: str, target: str) -> str:
     return f"{_base(fleet, 'resync')}/{check_segment(target, 'target')}/+"
 
 
-# --- Reserved for device-to-device (D2D) traffic ------------------------------------------------------------
-# ``peer/{fog}/{to}/{sender}`` (a device's message to another device of its fog) and ``ack/{fog}/{to}/{sender}``
-# (its end-to-end acknowledgement). No message type is carried on them yet, so parse() rejects them; the broker
-# ACLs (edge_runtime/security/acl.py) already grant them, so that brokers deployed today need no change later.
+def chunk(fleet: str, target: str, node: str) -> str:
+    """``chunk/{target}/{node}``: pieces of a payload above the broker's packet limit (target: a fog id, or
+    ``cloud``, bridged out)."""
+    return f"{_base(fleet, 'chunk')}/{check_segment(target, 'target')}/{check_segment(node, 'node')}"
+
+
+def chunk_filter(fleet: str, target: str) -> str:
+    return f"{_base(fleet, 'chunk')}/{check_segment(target, 'target')}/+"
+
+
+def ack_filter(fleet: str, fog: str, to: str) -> str:
+    """``ack/{fog}/{to}/+``: every application-level ack addressed to node ``to`` (a device, or the fog itself)."""
+    return d2d_inbox_filter(fleet, "ack", fog, to)
+
+
+# --- Device-to-device (D2D) and acknowledgement topics ------------------------------------------------------
+# ``peer/{fog}/{to}/{sender}`` (a device's message to another device of its fog, reserved: no message type yet,
+# so parse() rejects it) and ``ack/{fog}/{to}/{sender}`` (an application-level acknowledgement, carrying
+# ``Ack``: the fog acks its devices on ``ack/{fog}/{device}/{fog}``, the cloud acks a fog on
+# ``ack/{fog}/{fog}/cloud``). The broker ACLs (edge_runtime/security/acl.py) grant both to devices.
 RESERVED_KINDS: tuple[str, ...] = ("peer", "ack")
 
 
@@ -147,7 +168,7 @@ def peer(fleet: str, fog: str, to: str, sender: str) -> str:
 
 
 def ack(fleet: str, fog: str, to: str, sender: str) -> str:
-    """device -> device: end-to-end acknowledgement (reserved, see RESERVED_KINDS)."""
+    """``sender`` acknowledges to ``to`` (both under fog ``fog``; ``sender`` may be ``cloud``)."""
     return _d2d(fleet, "ack", fog, to, sender)
 
 
@@ -197,8 +218,10 @@ def build(topic: Topic) -> str:
         return (cluster if topic.kind == "cluster" else fogup)(topic.fleet, topic.fog, topic.module)
     if topic.kind == "global" and topic.module:
         return global_(topic.fleet, topic.module)
-    if topic.kind == "resync" and topic.fog and topic.node:
-        return resync(topic.fleet, topic.fog, topic.node)
+    if topic.kind in ("resync", "chunk") and topic.fog and topic.node:
+        return (resync if topic.kind == "resync" else chunk)(topic.fleet, topic.fog, topic.node)
+    if topic.kind == "ack" and topic.fog and topic.to and topic.node:
+        return ack(topic.fleet, topic.fog, topic.to, topic.node)
     if topic.kind == "fogdone" and topic.fog:
         return fogdone(topic.fleet, topic.fog)
     if topic.kind in ("ctl", "state", "metrics") and topic.node:
@@ -235,8 +258,10 @@ def parse(topic: str) -> Topic:
             return Topic(fleet=fleet, kind=kind, module=ModuleKey(kind=rest[2], modality=rest[0], task=rest[1]))
         if kind == "fogdone":
             return Topic(fleet=fleet, kind=kind, fog=rest[0])
-        if kind == "resync":
+        if kind in ("resync", "chunk"):
             return Topic(fleet=fleet, kind=kind, fog=rest[0], node=rest[1])
+        if kind == "ack":
+            return Topic(fleet=fleet, kind=kind, fog=rest[0], to=rest[1], node=rest[2])
         return Topic(fleet=fleet, kind=kind, node=rest[0])
     except ValueError as exc:
         raise DecodeError(f"topic {topic!r}: {exc}") from None

@@ -6,10 +6,10 @@ granted is denied: a refused PUBLISH gets PUBACK 0x87 and reaches no one; a refu
 
 | Identity | Connects to | May publish | May read |
 |---|---|---|---|
-| device ``d`` of fog ``f`` | fog ``f``'s broker | ``up/f/+/+/+/d``, ``state/d``, ``resync/f/d``, ``peer/f/+/d``, ``ack/f/+/d`` | ``cluster/f/#``, ``ctl/f``, ``global/#``, ``peer/f/d/+``, ``ack/f/d/+`` |
-| fog gateway ``f`` | fog ``f``'s broker | ``cluster/f/#``, ``ctl/f``, ``fogup/f/#``, ``fogdone/f``, ``state/f``, ``resync/cloud/f`` | ``up/f/#``, ``state/<its devices>``, ``resync/f/+``, ``global/#``, ``ctl/cloud``, ``$SYS/#`` |
-| bridge ``bridge-f`` | the cloud broker | ``fogup/f/#``, ``fogdone/f``, ``resync/cloud/f``, ``state/f``, ``state/<its devices>``, its ``$SYS`` connection state | ``global/#``, ``ctl/cloud``, ``metrics/#`` |
-| cloud | the cloud broker | ``global/#``, ``ctl/cloud``, ``metrics/cloud`` | ``fogup/+/#``, ``fogdone/+``, ``resync/cloud/+``, ``state/+``, ``metrics/#``, ``$SYS/#`` |
+| device ``d`` of fog ``f`` | fog ``f``'s broker | ``up/f/+/+/+/d``, ``state/d``, ``resync/f/d``, ``chunk/f/d``, ``peer/f/+/d``, ``ack/f/+/d`` | ``cluster/f/#``, ``ctl/f``, ``global/#``, ``peer/f/d/+``, ``ack/f/d/+`` |
+| fog gateway ``f`` | fog ``f``'s broker | ``cluster/f/#``, ``ctl/f``, ``fogup/f/#``, ``fogdone/f``, ``state/f``, ``resync/cloud/f``, ``chunk/cloud/f``, ``ack/f/+/f`` | ``up/f/#``, ``chunk/f/+``, ``ack/f/f/+``, ``state/<its devices>``, ``resync/f/+``, ``global/#``, ``ctl/cloud``, ``$SYS/#`` |
+| bridge ``bridge-f`` | the cloud broker | ``fogup/f/#``, ``fogdone/f``, ``resync/cloud/f``, ``chunk/cloud/f``, ``state/f``, ``state/<its devices>``, its ``$SYS`` connection state | ``global/#``, ``ctl/cloud``, ``metrics/#``, ``ack/f/f/cloud`` |
+| cloud | the cloud broker | ``global/#``, ``ctl/cloud``, ``metrics/cloud``, ``ack/f/f/cloud`` for each fog ``f`` | ``fogup/+/#``, ``fogdone/+``, ``resync/cloud/+``, ``chunk/cloud/+``, ``state/+``, ``metrics/#``, ``$SYS/#`` |
 
 The bridge's local side on a fog broker is mosquitto's own connection and is not subject to access control.
 
@@ -99,6 +99,7 @@ def device_rules(fleet: str, fog: str, device: str) -> list[AclRule]:
         ("write", topics.device_up_filter(fleet, fog, device)),
         ("write", topics.state(fleet, device)),
         ("write", topics.resync(fleet, fog, device)),
+        ("write", topics.chunk(fleet, fog, device)),  # updates above the packet limit (docs/reliability.md)
         ("read", topics.cluster_filter(fleet, fog)),
         ("read", topics.ctl(fleet, fog)),
         ("read", topics.global_filter(fleet)),
@@ -119,7 +120,11 @@ def fog_rules(spec: FleetSpec, fog: str) -> list[AclRule]:
         ("write", topics.fogdone(f, fog)),
         ("write", topics.state(f, fog)),
         ("write", topics.resync(f, CLOUD_BROKER, fog)),
+        ("write", topics.chunk(f, CLOUD_BROKER, fog)),
+        ("write", topics.d2d_sent_filter(f, "ack", fog, fog)),  # acks to its devices (docs/reliability.md)
         ("read", topics.up_filter(f, fog)),
+        ("read", topics.chunk_filter(f, fog)),
+        ("read", topics.ack_filter(f, fog, fog)),  # the cloud's acks, bridged in
         ("read", topics.resync_filter(f, fog)),
         ("read", topics.global_filter(f)),
         ("read", topics.ctl(f, CLOUD_BROKER)),
@@ -139,6 +144,8 @@ def bridge_rules(spec: FleetSpec, fog: str) -> list[AclRule]:
         ("write", topics.state(f, fog)),
         *(("write", topics.state(f, d)) for d in spec.devices(fog)),
         ("write", bridge_state_topic(f, fog)),
+        ("write", topics.chunk(f, CLOUD_BROKER, fog)),
+        ("read", topics.ack(f, fog, fog, CLOUD_BROKER)),
         ("read", topics.global_filter(f)),
         ("read", topics.ctl(f, CLOUD_BROKER)),
         ("read", topics.metrics_filter(f)),
@@ -156,6 +163,8 @@ def cloud_rules(spec: FleetSpec) -> list[AclRule]:
         ("read", topics.fogup_filter(f)),
         ("read", topics.fogdone_filter(f)),
         ("read", topics.resync_filter(f, CLOUD_BROKER)),
+        ("read", topics.chunk_filter(f, CLOUD_BROKER)),
+        *(("write", topics.ack(f, fog, fog, CLOUD_BROKER)) for fog in spec.fog_ids),  # acks to each fog
         ("read", topics.state_filter(f)),
         ("read", topics.metrics_filter(f)),
         ("read", SYS_FILTER),

@@ -68,8 +68,16 @@ class MqttTransport:
         keepalive: int = 15,
         timeout_s: float = 15.0,
         tls: TlsSettings | None = None,
+        persistent: bool = False,
+        max_packet_size: int = 0,
     ) -> None:
-        """Raises: ConfigError: ``tls`` names files that cannot be loaded as a CA, certificate and key."""
+        """``persistent``: connect with clean_start false every time, so a restarted process gets back its
+        subscriptions and the QoS 1 messages the broker queued for it (within ``SESSION_EXPIRY_S``); the default
+        starts clean on the first connect and resumes the session only on reconnects of the same process.
+        ``max_packet_size``: the broker's packet limit from config (0: unknown); the CONNACK's Maximum Packet Size,
+        when the broker sends one, takes precedence (see :attr:`max_packet_size`).
+
+        Raises: ConfigError: ``tls`` names files that cannot be loaded as a CA, certificate and key."""
         self.client_id = client_id
         self.host = host
         self.port = port
@@ -78,6 +86,9 @@ class MqttTransport:
         self.handler_errors = 0
         self._on_message = on_message
         self._keepalive = keepalive
+        self._persistent = persistent
+        self._configured_max_packet = max_packet_size
+        self._connack_max_packet = 0
         self._filters: list[str] = []
         self._connected = threading.Event()
         self._connect_error: str | None = None
@@ -87,6 +98,7 @@ class MqttTransport:
         self._lock = threading.Lock()
         self._acks = threading.Condition(self._lock)
         self._refused_pubs: dict[int, int] = {}  # mid -> failing PUBACK reason code
+        self._acked_pubs: dict[int, None] = {}  # mids of PUBACKs for publishes made while disconnected (ordered)
         self._subacks: dict[int, list[int] | None] = {}  # mid -> SUBACK reason codes (None until it arrives)
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, reconnect_on_failure=True
@@ -119,7 +131,8 @@ class MqttTransport:
         self._settled.clear()
         self._connect_error = self._last_error = None
         try:
-            self._client.connect(self.host, self.port, keepalive=self._keepalive, properties=props)
+            self._client.connect(self.host, self.port, keepalive=self._keepalive, properties=props,
+                                 clean_start=False if self._persistent else mqtt.MQTT_CLEAN_START_FIRST_ONLY)
         except ssl.SSLError as exc:  # before OSError: SSLError is one
             raise TransportError(f"TLS handshake with MQTT broker {self.host}:{self.port} failed for "
                                  f"{self.client_id!r}: {exc}") from None
@@ -141,6 +154,35 @@ class MqttTransport:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def max_packet_size(self) -> int:
+        """The largest MQTT packet the broker takes: the smaller of the CONNACK's Maximum Packet Size (MQTT 5;
+        Mosquitto sends it when ``max_packet_size`` is set) and the configured limit; 0 when neither is known."""
+        known = [v for v in (self._connack_max_packet, self._configured_max_packet) if v > 0]
+        return min(known) if known else 0
+
+    def try_publish(self, topic: str, payload: bytes, *, category: str, retain: bool = False,
+                    expiry_s: int = 0) -> bool:
+        """Hand a QoS 1 publish to paho without waiting for the PUBACK; False (nothing queued) when not
+        connected or paho refuses it. For senders with their own retransmission (the outbox): the app-level ack,
+        not the PUBACK, says the message arrived. ``expiry_s`` > 0 sets the MQTT 5 Message Expiry Interval, so a
+        broker drops a message still queued when it goes stale. Never raises for a broker problem."""
+        if not self._connected.is_set():
+            return False
+        props = None
+        if expiry_s > 0:
+            props = Properties(PacketTypes.PUBLISH)
+            props.MessageExpiryInterval = int(expiry_s)
+        try:
+            info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
+        except (ValueError, RuntimeError) as exc:  # e.g. a payload paho refuses outright
+            log.warning("%s: publish to %s refused by the client: %s", self.client_id, topic, exc)
+            return False
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        self.meter.add(category, len(payload))
+        return True
 
     # -- operations --------------------------------------------------------------------------------------------
     def subscribe(self, filters: list[str], qos: int = 1) -> None:
@@ -181,10 +223,19 @@ class MqttTransport:
                 denies the topic; the message reached no one).
             TransportError: paho refused the publish or the broker did not acknowledge it in time.
         """
+        # Never hold self._lock across a paho call: paho runs on_publish under its own message lock.
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise TransportError(f"publish to {topic!r} failed: {mqtt.error_string(info.rc)}")
-        if qos > 0:
+        if qos > 0 and info.rc == mqtt.MQTT_ERR_NO_CONN:
+            # paho keeps the message and sends it once the connection is back (the session survives): wait for
+            # that PUBACK within the same bound instead of failing at once on a broker restart. Its PUBACK cannot
+            # come before a reconnect (>= 1 s away), so an entry for this mid now is a stale one of a reused mid.
+            with self._acks:
+                self._acked_pubs.pop(info.mid, None)
+                self._refused_pubs.pop(info.mid, None)
+            self._wait_puback(topic, info.mid)
+        elif qos > 0:
             try:
                 info.wait_for_publish(timeout=self.timeout_s)
             except (RuntimeError, ValueError) as exc:
@@ -197,6 +248,20 @@ class MqttTransport:
                 raise MqttRefusedError(f"broker refused publish to {topic!r}: {_reason_text(code, PacketTypes.PUBACK)}",
                                        reason_code=code)
         self.meter.add(category, len(payload))
+
+    def _wait_puback(self, topic: str, mid: int) -> None:
+        end = time.monotonic() + self.timeout_s
+        with self._acks:
+            while mid not in self._acked_pubs and mid not in self._refused_pubs and (left := end - time.monotonic()) > 0:
+                self._acks.wait(left)
+            acked = self._acked_pubs.pop(mid, 0) is None
+            code = self._refused_pubs.pop(mid, 0)
+        if code >= 0x80:
+            raise MqttRefusedError(f"broker refused publish to {topic!r}: {_reason_text(code, PacketTypes.PUBACK)}",
+                                   reason_code=code)
+        if not acked:
+            raise TransportError(f"not connected, and no acknowledgement of the publish to {topic!r} within "
+                                 f"{self.timeout_s} s")
 
     def _wait_suback(self, mid: int) -> list[int] | None:
         end = time.monotonic() + self.timeout_s
@@ -214,11 +279,16 @@ class MqttTransport:
 
     def _handle_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: object, props: object) -> None:
         code = int(getattr(reason, "value", 0))
-        if code >= 0x80:  # only failures are kept: publish() pops them; a timed-out publish leaves one behind
-            with self._lock:
+        with self._acks:
+            if code >= 0x80:  # failures are kept: publish() pops them; a timed-out publish leaves one behind
                 self._refused_pubs[mid] = code
                 if len(self._refused_pubs) > _MAX_REFUSALS_KEPT:
                     del self._refused_pubs[next(iter(self._refused_pubs))]
+            else:  # successes too, bounded, for publishes waited for after a reconnect (_wait_puback)
+                self._acked_pubs[mid] = None
+                if len(self._acked_pubs) > _MAX_REFUSALS_KEPT:
+                    del self._acked_pubs[next(iter(self._acked_pubs))]
+            self._acks.notify_all()
 
     def _handle_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reasons: list[object],
                           props: object) -> None:
@@ -242,6 +312,8 @@ class MqttTransport:
             self._settled.set()
             log.warning("%s: broker %s:%d refused connection: %s", self.client_id, self.host, self.port, reason)
             return
+        size = getattr(props, "MaximumPacketSize", 0) if props is not None else 0
+        self._connack_max_packet = int(size) if isinstance(size, int) else 0
         with self._lock:
             filters = list(self._filters)
         if filters:

@@ -297,7 +297,9 @@ def test_rendered_fog_config_bridges_every_topic_at_qos1(tmp_path: Path) -> None
     conf = render_config("fog", host="127.0.0.3", port=1884, data_dir=tmp_path, bridge=bridge)
     lines = [line for line in conf.splitlines() if line and not line.startswith("#")]
     topic_lines = [line.split() for line in lines if line.startswith("topic ")]
-    assert len(topic_lines) == 7 and all(parts[-1] == "1" for parts in topic_lines)
+    assert len(topic_lines) == 9 and all(parts[-1] == "1" for parts in topic_lines)
+    assert ["topic", f"hffm/v1/{FLEET}/chunk/cloud/{FOG}", "out", "1"] in topic_lines
+    assert ["topic", f"hffm/v1/{FLEET}/ack/{FOG}/{FOG}/cloud", "in", "1"] in topic_lines
     assert ["topic", f"hffm/v1/{FLEET}/resync/cloud/{FOG}", "out", "1"] in topic_lines
     assert "listener 1884 127.0.0.3" in lines and "address 127.0.0.2:4242" in lines
     assert f"connection fog-{FOG}-to-cloud" in lines and "bridge_protocol_version mqttv311" in lines

@@ -16,6 +16,8 @@ import pytest
 from edge_runtime.protocol import codec
 from edge_runtime.protocol.keys import ModuleKey
 from edge_runtime.protocol.messages import (
+    Ack,
+    Chunk,
     FogAggregate,
     FogRoundReport,
     ModuleUpdate,
@@ -171,6 +173,24 @@ def resync_request(**overrides: Any) -> ResyncRequest:
     return ResyncRequest(**fields)
 
 
+def ack(**overrides: Any) -> Ack:
+    fields: dict[str, Any] = {"fleet": FLEET, "sender": FOG, "to": DEVICE,
+                              "keys": (f"{FLEET}/{DEVICE}/3.2/adapter:imu:activity",), "status": "applied"}
+    fields.update(overrides)
+    return Ack(**fields)
+
+
+def chunk(**overrides: Any) -> Chunk:
+    import hashlib
+
+    data = overrides.pop("data", b"\x00\x01chunk-bytes")
+    fields: dict[str, Any] = {"fleet": FLEET, "sender": DEVICE, "topic": f"hffm/v1/{FLEET}/up/{FOG}/imu/activity/adapter/{DEVICE}",
+                              "payload_sha256": "ab" * 32, "index": 1, "count": 3, "total_size": 40, "data": data,
+                              "sha256": hashlib.sha256(data).hexdigest()}
+    fields.update(overrides)
+    return Chunk(**fields)
+
+
 FACTORIES: dict[type, Callable[..., Any]] = {
     ModuleUpdate: module_update,
     ModuleVersion: module_version,
@@ -180,6 +200,8 @@ FACTORIES: dict[type, Callable[..., Any]] = {
     NodeState: node_state,
     RoundMetrics: round_metrics,
     ResyncRequest: resync_request,
+    Ack: ack,
+    Chunk: chunk,
 }
 
 

@@ -399,6 +399,8 @@ def _wrong_values(hint: Any) -> list[Any]:
         return ["1.0", True, None, math.nan, math.inf, -math.inf, [1.0], b"1"]
     if hint is bool:
         return [1, 0, "true", None, 1.0]
+    if hint is bytes:
+        return ["x", 3, None, [1], {"a": b"x"}]
     if hint is EncodedTensor:
         return [3, "t", None, ["t"], ["t", [1], "x"], ["t", [-1], b""], ["t", [1], b"x" * 100]]
     if origin in (typing.Union, types.UnionType):

@@ -327,9 +327,14 @@ def test_d2d_topics_and_their_acl_filters() -> None:
         topics.d2d_inbox_filter("f1", "up", "fog-a", "dev-1")
     with pytest.raises(ValueError, match="invalid device"):
         topics.peer("f1", "fog-a", "dev/2", "dev-1")
-    for kind in topics.RESERVED_KINDS:  # no message type yet: parse() keeps rejecting them
-        with pytest.raises(DecodeError, match="unknown kind"):
-            topics.parse(f"hffm/v1/f1/{kind}/fog-a/dev-2/dev-1")
+    with pytest.raises(DecodeError, match="unknown kind"):  # no message type yet: parse() keeps rejecting it
+        topics.parse("hffm/v1/f1/peer/fog-a/dev-2/dev-1")
+    parsed = topics.parse(topics.ack("f1", "fog-a", "dev-2", "dev-1"))  # acks carry ``Ack``
+    assert (parsed.kind, parsed.fog, parsed.to, parsed.node) == ("ack", "fog-a", "dev-2", "dev-1")
+    assert topics.build(parsed) == topics.ack("f1", "fog-a", "dev-2", "dev-1")
+    parsed = topics.parse(topics.chunk("f1", "cloud", "fog-a"))
+    assert (parsed.kind, parsed.fog, parsed.node) == ("chunk", "cloud", "fog-a")
+    assert topics.build(parsed) == topics.chunk("f1", "cloud", "fog-a")
 
 
 def test_acl_filter_builders_match_exactly_their_topics() -> None:

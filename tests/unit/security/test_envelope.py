@@ -140,6 +140,10 @@ KEY = ModuleKey.adapter("imu", "activity")
         (topics.metrics(FLEET), "cloud"),
         (topics.resync(FLEET, FOG, "dev-1"), "dev-1"),
         (topics.resync(FLEET, "cloud", FOG), FOG),
+        (topics.ack(FLEET, FOG, "dev-1", FOG), FOG),
+        (topics.ack(FLEET, FOG, FOG, "cloud"), "cloud"),
+        (topics.chunk(FLEET, FOG, "dev-1"), "dev-1"),
+        (topics.chunk(FLEET, "cloud", FOG), FOG),
     ],
 )
 def test_expected_signer_of_every_topic_kind(topic: str, signer: str) -> None:
@@ -147,7 +151,7 @@ def test_expected_signer_of_every_topic_kind(topic: str, signer: str) -> None:
 
 
 def test_every_topic_kind_has_an_expected_signer() -> None:
-    covered = {"up", "cluster", "fogup", "fogdone", "global", "ctl", "state", "metrics", "resync"}
+    covered = {"up", "cluster", "fogup", "fogdone", "global", "ctl", "state", "metrics", "resync", "ack", "chunk"}
     from edge_runtime.protocol.routing import MESSAGE_FOR_KIND
 
     assert set(MESSAGE_FOR_KIND) == covered

@@ -1,0 +1,118 @@
+"""The cloud's open global round, on disk, so that a cloud killed mid-round resumes it and applies each key once.
+
+Two files in the cloud's ``state_dir``:
+
+- ``cloud-round.sqlite`` (:class:`~edge_runtime.reliability.durable_sum.DurableSums`): per module of round g, the
+  weighted sum ``sum_f W_f * delta_f`` of the fogs' aggregates and the idempotency keys folded into it, committed in
+  one transaction per aggregate; the cloud acks an aggregate only after that commit.
+- ``cloud-round.json`` (written atomically): the round number, the fogs whose report counted, the reports still
+  waiting for aggregates they name, and the keys refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.atomic import write_json
+from edge_runtime.errors import ConfigError
+from edge_runtime.protocol import ModuleKey
+from edge_runtime.reliability.durable_sum import DurableSums
+
+log = logging.getLogger(__name__)
+State = dict[str, np.ndarray]
+
+
+class CloudRoundState:
+    """Durable state of the open global round (see the module docstring)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        """Raises: OutboxError: the SQLite file cannot be opened."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.sums = DurableSums(state_dir / "cloud-round.sqlite")
+        self.meta_path = state_dir / "cloud-round.json"
+        self.round = 0
+        self.reported: set[str] = set()
+        self.promised: dict[str, set[str]] = {}
+        self.refused: set[str] = set()
+
+    def load(self) -> int:
+        """The round saved by a previous run (0 if none), with its reports and refusals.
+
+        Raises:
+            ConfigError: the file is unreadable (refusing to start rather than merge a round twice).
+        """
+        if not self.meta_path.exists():
+            return 0
+        try:
+            raw = json.loads(self.meta_path.read_text())
+            self.round = int(raw["round"])
+            self.reported = {str(f) for f in raw["reported"]}
+            self.promised = {str(f): {str(k) for k in keys} for f, keys in raw["promised"].items()}
+            self.refused = {str(k) for k in raw["refused"]}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"cloud round state {str(self.meta_path)!r} is unreadable ({exc}); move it away to "
+                              "start the job from scratch") from None
+        return self.round
+
+    def reset(self) -> None:
+        """Start from scratch: no saved round, no sums, no keys."""
+        self.sums.clear()
+        self.open(0)
+
+    def open(self, g: int) -> None:
+        self.round, self.reported, self.promised, self.refused = g, set(), {}, set()
+        self.save()
+
+    def save(self) -> None:
+        write_json(self.meta_path, {"round": self.round, "reported": sorted(self.reported),
+                                    "promised": {f: sorted(k) for f, k in self.promised.items()},
+                                    "refused": sorted(self.refused)})
+
+    def bucket(self, key: ModuleKey) -> str:
+        return f"g{self.round}/{key}"
+
+    def add(self, key: ModuleKey, idem: str, delta: State, weight: float) -> str:
+        """Fold one aggregate into the round (``"added"``, ``"duplicate"`` or ``"closed"``).
+        Raises AggregationError for a bad weight or delta (nothing changed)."""
+        return self.sums.add(self.bucket(key), idem, delta, weight)
+
+    def seen(self, idem: str) -> bool:
+        return self.sums.has(idem)
+
+    def refuse(self, idem: str) -> None:
+        self.refused.add(idem)
+        self.save()
+
+    def report(self, fog: str, keys: set[str]) -> None:
+        self.promised[fog] = keys
+        self.save()
+
+    def check_reported(self, fog: str) -> bool:
+        """Count ``fog`` as reported once every aggregate its report names is applied or refused."""
+        keys = self.promised.get(fog)
+        if keys is None or not all(k in self.refused or self.sums.has(k) for k in keys):
+            return False
+        del self.promised[fog]
+        self.reported.add(fog)
+        self.save()
+        return True
+
+    def results(self, keys: list[ModuleKey]) -> dict[ModuleKey, State]:
+        """The FedAvg delta (sum / total weight) of every module of the round that got an aggregate."""
+        out = {}
+        for key in keys:
+            sums, weight, count = self.sums.result(self.bucket(key))
+            if count and weight > 0:
+                out[key] = {n: a / weight for n, a in sums.items()}
+        return out
+
+    def close(self, keys: list[ModuleKey]) -> None:
+        for key in keys:
+            self.sums.close_bucket(self.bucket(key))
+
+    def close_files(self) -> None:
+        self.sums.close()

@@ -1,0 +1,92 @@
+"""Drains an :class:`Outbox` into an MQTT connection: send what is due, chunk what is too large, never block.
+
+:meth:`ReliableSender.pump` is called from a service's loop between messages. It sends at most ``window`` due
+messages per call, only while the connection is up (a message handed to a disconnected paho client would sit in
+paho's memory, not on disk), and never a packet above the broker's limit: a larger payload goes out as
+:class:`~edge_runtime.protocol.messages.Chunk` pieces (see :mod:`edge_runtime.reliability.chunking`). A message
+stays in the outbox until :meth:`on_ack` sees the receiver's ``Ack``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Protocol
+
+from edge_runtime.protocol.messages import Ack
+from edge_runtime.reliability.chunking import fits, split
+from edge_runtime.reliability.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def max_packet_size(self) -> int: ...
+
+    def try_publish(self, topic: str, payload: bytes, *, category: str, retain: bool = False,
+                    expiry_s: int = 0) -> bool: ...
+
+
+class ReliableSender:
+    """Sends an outbox's due messages through a publisher; ``target`` names the receiver for chunk topics."""
+
+    def __init__(self, outbox: Outbox, publisher: Publisher, *, fleet: str, node: str, target: str, category: str,
+                 window: int = 200, expiry_s: int = 0) -> None:
+        self.outbox = outbox
+        self.publisher = publisher
+        self.fleet = fleet
+        self.node = node
+        self.target = target
+        self.category = category
+        self.window = window
+        self.expiry_s = expiry_s
+        self.sent = 0
+        self.retransmitted = 0
+        self.chunked = 0
+        self.acked = 0
+        self.dropped = 0
+
+    def pump(self, *, now: float | None = None) -> int:
+        """Send up to ``window`` due messages; returns how many went out. Never raises for a broker problem."""
+        now = time.time() if now is None else now
+        if not self.publisher.connected:
+            return 0
+        count = 0
+        for entry in self.outbox.due(now=now, limit=self.window):
+            if not self.send_now(entry.topic, entry.payload):
+                break  # the connection dropped: the rest stays due
+            self.outbox.mark_sent(entry.key, now=now)
+            self.sent += 1
+            self.retransmitted += entry.attempts > 0
+            count += 1
+        return count
+
+    def send_now(self, topic: str, payload: bytes) -> bool:
+        """One immediate try (chunked if needed), outside the outbox; False when it could not be handed over."""
+        limit = self.publisher.max_packet_size
+        if fits(topic, payload, limit):
+            return self.publisher.try_publish(topic, payload, category=self.category, expiry_s=self.expiry_s)
+        pieces = split(fleet=self.fleet, sender=self.node, target=self.target, topic=topic, payload=payload,
+                       max_packet=limit)
+        self.chunked += 1
+        return all(self.publisher.try_publish(t, p, category=self.category, expiry_s=self.expiry_s)
+                   for t, p in pieces)
+
+    def stats(self) -> dict[str, int]:
+        """Counters for a metrics file: sent (tries, with retransmissions), retransmitted, chunked, acked,
+        dropped (expired or rejected), pending (still on disk)."""
+        return {"sent": self.sent, "retransmitted": self.retransmitted, "chunked": self.chunked, "acked": self.acked,
+                "dropped": self.dropped, "pending": self.outbox.pending()}
+
+    def on_ack(self, ack: Ack) -> None:
+        """Apply the receiver's acknowledgement: ``applied`` removes the keys; ``expired``/``rejected`` drop them
+        with a logged reason."""
+        if ack.status == "applied":
+            self.acked += self.outbox.ack(ack.keys)
+            return
+        for key in ack.keys:
+            self.dropped += self.outbox.drop(key, f"{ack.sender} answered {ack.status}")
