@@ -7,6 +7,9 @@ Two files in the cloud's ``state_dir``:
   one transaction per aggregate; the cloud acks an aggregate only after that commit.
 - ``cloud-round.json`` (written atomically): the round number, the fogs whose report counted, the reports still
   waiting for aggregates they name, and the keys refused.
+
+With a robust merge rule (``[cloud] aggregator`` other than ``fedavg``, or a ``norm_bound``), each fog's aggregate
+gets a bucket of its own (``g{round}/{module}/{fog}``), so the rule sees every fog's delta when the round closes.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.atomic import write_json
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import AggregationError, ConfigError
 from edge_runtime.protocol import ModuleKey
 from edge_runtime.reliability.durable_sum import DurableSums
 
@@ -29,8 +32,15 @@ State = dict[str, np.ndarray]
 class CloudRoundState:
     """Durable state of the open global round (see the module docstring)."""
 
-    def __init__(self, state_dir: Path) -> None:
-        """Raises: OutboxError: the SQLite file cannot be opened."""
+    def __init__(self, state_dir: Path, *, aggregator: str = "fedavg",
+                 aggregator_params: dict[str, object] | None = None) -> None:
+        """Raises: OutboxError: the SQLite file cannot be opened. ConfigError: an unknown rule or parameter."""
+        from fog_gateway.aggregation import make_aggregator
+
+        self.rule = (aggregator, dict(aggregator_params or {}))
+        make_aggregator(*self.rule)  # a bad name or parameter fails at start, not at the first merge
+        self.per_fog = aggregator != "fedavg" or bool(self.rule[1].get("norm_bound"))
+        self.merge_refused: dict[ModuleKey, str] = {}  # set by results(): modules the rule refused this round
         state_dir.mkdir(parents=True, exist_ok=True)
         self.sums = DurableSums(state_dir / "cloud-round.sqlite")
         self.meta_path = state_dir / "cloud-round.json"
@@ -75,10 +85,11 @@ class CloudRoundState:
     def bucket(self, key: ModuleKey) -> str:
         return f"g{self.round}/{key}"
 
-    def add(self, key: ModuleKey, idem: str, delta: State, weight: float) -> str:
-        """Fold one aggregate into the round (``"added"``, ``"duplicate"`` or ``"closed"``).
-        Raises AggregationError for a bad weight or delta (nothing changed)."""
-        return self.sums.add(self.bucket(key), idem, delta, weight)
+    def add(self, key: ModuleKey, idem: str, delta: State, weight: float, fog: str = "") -> str:
+        """Fold one aggregate into the round (``"added"``, ``"duplicate"`` or ``"closed"``); with a robust rule it
+        is kept apart as ``fog``'s. Raises AggregationError for a bad weight or delta (nothing changed)."""
+        bucket = f"{self.bucket(key)}/{fog}" if self.per_fog else self.bucket(key)
+        return self.sums.add(bucket, idem, delta, weight)
 
     def seen(self, idem: str) -> bool:
         return self.sums.has(idem)
@@ -102,17 +113,48 @@ class CloudRoundState:
         return True
 
     def results(self, keys: list[ModuleKey]) -> dict[ModuleKey, State]:
-        """The FedAvg delta (sum / total weight) of every module of the round that got an aggregate."""
-        out = {}
+        """The merged delta of every module of the round that got an aggregate: FedAvg (sum / total weight), or
+        the robust rule over the fogs' deltas. A module the rule refuses (outside its tolerance) is left out and
+        named in ``merge_refused`` with the reason; it never falls back to a plain mean."""
+        out: dict[ModuleKey, State] = {}
+        self.merge_refused = {}
         for key in keys:
-            sums, weight, count = self.sums.result(self.bucket(key))
-            if count and weight > 0:
-                out[key] = {n: a / weight for n, a in sums.items()}
+            if not self.per_fog:
+                sums, weight, count = self.sums.result(self.bucket(key))
+                if count and weight > 0:
+                    out[key] = {n: a / weight for n, a in sums.items()}
+                continue
+            merged = self._robust(key)
+            if merged is not None:
+                out[key] = merged
         return out
+
+    def _fog_buckets(self, key: ModuleKey) -> list[str]:
+        prefix = f"{self.bucket(key)}/"
+        return [b for b in self.sums.buckets() if b.startswith(prefix)]
+
+    def _robust(self, key: ModuleKey) -> State | None:
+        from fog_gateway.aggregation import make_aggregator
+
+        rule = make_aggregator(*self.rule)
+        try:
+            for bucket in self._fog_buckets(key):
+                sums, weight, count = self.sums.result(bucket)
+                if count and weight > 0:
+                    rule.add({n: (a / weight).astype(np.float32) for n, a in sums.items()}, weight)
+            if rule.count == 0:
+                return None
+            return rule.result()
+        except AggregationError as exc:
+            self.merge_refused[key] = str(exc)
+            log.warning("cloud: %s refused to merge %s in round %d: %s", self.rule[0], key, self.round, exc)
+            return None
 
     def close(self, keys: list[ModuleKey]) -> None:
         for key in keys:
             self.sums.close_bucket(self.bucket(key))
+            for bucket in self._fog_buckets(key):
+                self.sums.close_bucket(bucket)
 
     def close_files(self) -> None:
         self.sums.close()

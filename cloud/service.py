@@ -75,7 +75,8 @@ class CloudService(Service):
         self.expected_fogs = set(c.fogs)
         self.round_g = 0
         # The open round on disk: partial sums, applied keys, reports (a killed cloud resumes it; cloud/round_state.py).
-        self.rs = CloudRoundState(resolve(cfg.base_dir, cfg.state_dir))
+        self.rs = CloudRoundState(resolve(cfg.base_dir, cfg.state_dir), aggregator=cfg.cloud.aggregator,
+                                  aggregator_params=cfg.cloud.aggregator_params)
         self.deadline = 0.0
         self.history: list[dict[str, Any]] = []
 
@@ -164,7 +165,7 @@ class CloudService(Service):
             delta = unpack(msg, layout_of(self.pub.true[msg.key]))
             if not same_layout(delta, self.pub.true[msg.key]):
                 raise AggregationError(f"aggregate of {msg.key} from {msg.fog} does not match the module's tensors")
-            self.rs.add(msg.key, msg.idempotency_key, delta, msg.total_weight)  # committed before the ack
+            self.rs.add(msg.key, msg.idempotency_key, delta, msg.total_weight, fog=msg.fog)  # committed before the ack
         except (DecodeError, AggregationError):
             self.rs.refuse(msg.idempotency_key)  # a report naming it need not wait for it
             self.send_ack(msg.fog, msg.fog, [msg.idempotency_key], "rejected")
@@ -219,6 +220,8 @@ class CloudService(Service):
         g = self.round_g
         merged = []
         deltas = self.rs.results(self.keys)
+        if self.rs.merge_refused:  # logged by the round state
+            self.rejected["aggregation_refused"] += len(self.rs.merge_refused)
         for key, delta in sorted(deltas.items()):
             new = {n: (a + delta[n]).astype(np.float32) for n, a in self.pub.true[key].items()}
             if not all(np.isfinite(a).all() for a in new.values()):

@@ -235,6 +235,10 @@ class CloudSection:
     round_deadline_s: float = 600.0  # per cluster round (sent to the fogs); see cloud/service.py
     startup_timeout_s: float = 300.0
     db: str = "cloud.sqlite"
+    # How the fogs' aggregates of a module are merged: fedavg (sample-weighted mean) or a robust rule of
+    # fog_gateway/aggregation (median, trimmed_mean, krum), with its parameters (norm_bound works with any rule).
+    aggregator: str = "fedavg"
+    aggregator_params: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_segment(self.fleet, "fleet")

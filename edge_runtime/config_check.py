@@ -68,6 +68,9 @@ def _semantic(kind: str, cfg: Any, where: str, problems: list[str], check_files:
         for task in sorted(set(cfg.eval) - set(c.tasks)):
             problems.append(f"{where}: [eval] names task {task!r}, which is not in cloud.tasks")
         _guard(problems, where, make_codecs, cfg.downlink, "downlink")
+        from fog_gateway.aggregation import make_aggregator
+
+        _guard(problems, where, make_aggregator, c.aggregator, c.aggregator_params)
         files = [(f"eval.{t}", p) for t, p in cfg.eval.items()]
     if check_files:
         for key, rel in files:
