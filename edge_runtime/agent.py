@@ -323,7 +323,8 @@ class EdgeAgent(Service):
             update = ModuleUpdate(
                 fleet=self.fleet, sender=self.node, fog=self.fog, key=key, global_round=g, cluster_round=c,
                 base=self.rx.stamps.get(key, (0, 0)), num_samples=self._samples(key, used),
-                train_loss=float(np.mean(related)) if related else 0.0,
+                # Under DP only the noised delta leaves the device: the loss, computed on private data, does not.
+                train_loss=float(np.mean(related)) if related and key.kind not in self.dp else 0.0,
                 idempotency_key=f"{self.fleet}/{self.node}/{g}.{c}/{key}", **packed.fields())
             payload, topic = encode(update), topics.up(self.fleet, self.fog, key, self.node)
             if self.outbox is not None:

@@ -35,6 +35,23 @@ if TYPE_CHECKING:  # cryptography is imported only by nodes that sign
 log = logging.getLogger(__name__)
 
 
+def check_sender(expected: str, message: object) -> None:
+    """Raises ``WrongSenderError`` when ``message`` names a sender other than ``expected``."""
+    from edge_runtime.security.signing import Verifier
+
+    Verifier.check_sender(expected, message)
+
+
+def _topic_publisher(topic: Topic) -> str:
+    """The node that publishes on ``topic``. Raises ``DecodeError`` for a topic that names none."""
+    from edge_runtime.protocol.envelope import expected_signer
+
+    try:
+        return expected_signer(topic)
+    except ValueError as exc:
+        raise DecodeError(str(exc)) from None
+
+
 class SealingTransport:
     """The service's transport with every publish sealed first; the inner transport counts the sealed bytes."""
 
@@ -143,15 +160,17 @@ class Service:
                 return
         try:
             parsed, message = decode_message(topic, payload)
-            if verifier is not None:
-                verifier.check_sender(signer, message)
+            # With signing, the signer must be the sender the message names (and the verifier has matched the
+            # signer to the topic). Without it, the message must at least name the publisher its topic names:
+            # the brokers' access rules confine each client to its own topics, so a device cannot pass off an
+            # ack or a state advert as another node's.
+            check_sender(signer if verifier is not None else _topic_publisher(parsed), message)
             if parsed.kind == "chunk":
                 whole = self._reassemble(parsed, message)
                 if whole is None:
                     return
                 parsed, message = whole
-                if verifier is not None:  # every piece was signed by ``signer``; so must the whole be
-                    verifier.check_sender(signer, message)
+                check_sender(signer if verifier is not None else _topic_publisher(parsed), message)
         except SecurityError as exc:
             self.reject(topic, exc.reason, str(exc))
             return

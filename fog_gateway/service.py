@@ -46,6 +46,7 @@ from edge_runtime.service import Service
 from fog_gateway.aggregation import Aggregator, make_aggregator
 
 log = logging.getLogger(__name__)
+APPLIED_KEYS_KEPT = 100_000  # ~ a few rounds of a large fog; older retransmissions hear "expired"
 State = dict[str, np.ndarray]
 GLOBALS_GRACE_S = 60.0
 
@@ -88,6 +89,9 @@ class FogGateway(Service):
         self.start_state: dict[ModuleKey, State] = {}
         self.aggs: dict[ModuleKey, Aggregator] = {}
         self.reported: dict[ModuleKey, set[str]] = {}
+        # Idempotency keys applied in recent rounds (insertion-ordered, bounded): a retransmission whose first ack
+        # was lost may arrive after its round closed, and must hear "applied", not "expired".
+        self.applied_keys: dict[str, None] = {}
         self.round_weight: dict[ModuleKey, dict[str, int]] = {}
         self.round_updated: set[ModuleKey] = set()
         self.deadline = 0.0
@@ -203,6 +207,11 @@ class FogGateway(Service):
     def _on_update(self, topic: Topic, msg: ModuleUpdate) -> None:
         if (topic.node, topic.module, topic.fog) != (msg.sender, msg.key, msg.fog) or msg.fog != self.node:
             raise DecodeError(f"update header ({msg.sender}, {msg.key}, {msg.fog}) does not match its topic")
+        if msg.idempotency_key in self.applied_keys:
+            self.rejected["duplicate"] += 1
+            log.info("fog %s: duplicate update %s ignored", self.node, msg.idempotency_key)
+            self.send_ack(self.node, msg.sender, [msg.idempotency_key])  # its first ack was lost: say so again
+            return
         if msg.sender not in self._holders(msg.key):
             raise DecodeError(f"device {msg.sender!r} is not an advertised holder of {msg.key}")
         if self.in_round and msg.sender not in self.participants.get(msg.key, set()):
@@ -223,6 +232,9 @@ class FogGateway(Service):
         if not same_layout(delta, self.pub.true[msg.key]):
             raise AggregationError(f"update of {msg.key} from {msg.sender} does not match the module's tensors")
         self.aggs[msg.key].add(delta, msg.num_samples)
+        self.applied_keys[msg.idempotency_key] = None
+        while len(self.applied_keys) > APPLIED_KEYS_KEPT:
+            del self.applied_keys[next(iter(self.applied_keys))]
         self.reported[msg.key].add(msg.sender)
         self.round_weight[msg.key][msg.sender] = msg.num_samples
         self.send_ack(self.node, msg.sender, [msg.idempotency_key])

@@ -28,11 +28,15 @@ log = logging.getLogger(__name__)
 # Room for the topic, the MQTT fixed/variable header, properties and the chunk's own msgpack fields.
 CHUNK_OVERHEAD = 2048
 MIN_PACKET = 4096
+# Room in a single PUBLISH beyond the payload and topic: the MQTT fixed and variable headers and properties (message
+# expiry), and the signed envelope a sealing transport wraps around the payload (~180 B), with a margin.
+PUBLISH_OVERHEAD = 512
 
 
 def fits(topic: str, payload: bytes, max_packet: int) -> bool:
-    """Whether one PUBLISH of ``payload`` on ``topic`` stays within ``max_packet`` (0: no known limit)."""
-    return max_packet <= 0 or len(payload) + len(topic.encode()) + 64 <= max_packet
+    """Whether one PUBLISH of ``payload`` on ``topic`` stays within ``max_packet`` (0: no known limit), also when a
+    sealing transport wraps it in a signed envelope."""
+    return max_packet <= 0 or len(payload) + len(topic.encode()) + PUBLISH_OVERHEAD <= max_packet
 
 
 def split(*, fleet: str, sender: str, target: str, topic: str, payload: bytes,

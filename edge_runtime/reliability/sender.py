@@ -70,8 +70,13 @@ class ReliableSender:
         limit = self.publisher.max_packet_size
         if fits(topic, payload, limit):
             return self.publisher.try_publish(topic, payload, category=self.category, expiry_s=self.expiry_s)
-        pieces = split(fleet=self.fleet, sender=self.node, target=self.target, topic=topic, payload=payload,
-                       max_packet=limit)
+        try:
+            pieces = split(fleet=self.fleet, sender=self.node, target=self.target, topic=topic, payload=payload,
+                           max_packet=limit)
+        except ValueError as exc:  # a broker limit too small to chunk into: keep it queued, say why, never crash
+            log.error("%s: cannot send %d B on %s: %s; raise the broker's max_packet_size", self.node, len(payload),
+                      topic, exc)
+            return False
         self.chunked += 1
         return all(self.publisher.try_publish(t, p, category=self.category, expiry_s=self.expiry_s)
                    for t, p in pieces)

@@ -69,6 +69,10 @@ class ReplayGuard:
                     f"(highest {w.high}, window {self.window})")
         if (w.mask >> (w.high - seq)) & 1:
             return f"sequence {seq} from {signer!r} was already accepted"
+        last = self._topics.get(topic)
+        if retained and last is not None and last[0] == signer and seq < last[1]:
+            # A retained message older than the topic's latest: accepting it would roll the topic back.
+            return f"sequence {seq} from {signer!r} is older than the last one accepted on this topic ({last[1]})"
         return None
 
     def commit(self, signer: str, seq: int, topic: str) -> None:

@@ -15,6 +15,7 @@ import pytest
 from edge_runtime.config import BrokerConfig, FogConfig, FogSection
 from edge_runtime.protocol import (
     GLOBAL_STAGE,
+    Ack,
     FogAggregate,
     FogRoundReport,
     ModuleKey,
@@ -104,6 +105,14 @@ def test_fog_gateway_aggregates_holders_and_survives_garbage(brokers: Brokers, t
         np.testing.assert_allclose(only_a, 1.0)  # aggregated among its single holder only
         assert aggregates[ONLY_A].num_devices == 1
         assert set(report.modules) == {HEAD, ENC, ONLY_A} and report.devices == ("dev-a", "dev-b")
+
+        # dev-a's first ack was lost, so it retransmits after the round closed: it must hear "applied" (not
+        # "expired", which would make it drop an update that counted), and the update must not count twice.
+        device.transport.subscribe([topics.ack_filter(FLEET, "fog-1", "dev-a")])
+        device.publish(topics.up(FLEET, "fog-1", HEAD, "dev-a"), _update("dev-a", HEAD, {"w": da}, 10))
+        _t, payload = device.expect(lambda t, p: t == topics.ack(FLEET, "fog-1", "dev-a", "fog-1"))
+        ack = decode(payload, Ack)
+        assert (ack.keys, ack.status) == ((f"dev-a/{HEAD}",), "applied")
     finally:
         final = RoundControl(fleet=FLEET, sender="cloud", global_round=2, cluster_round=0, total_rounds=1,
                              agg_every=1, local_epochs=1, deadline_s=60, final=True)
@@ -118,7 +127,8 @@ def test_fog_gateway_aggregates_holders_and_survives_garbage(brokers: Brokers, t
     # Read once the gateway thread has ended: its counters are updated after the handler that sent the report.
     assert gateway.rejected["decode"] == 1  # the garbage
     assert gateway.rejected["DecodeError"] == 1  # the update from a non-holder
-    assert gateway.accepted["up"] == 5
+    assert gateway.accepted["up"] == 6  # five updates and the retransmission, which was only re-acked
+    assert gateway.rejected["duplicate"] == 1
 
 
 def test_fog_selects_participants_from_adverts_and_closes_on_skip(brokers: Brokers, tmp_path: Path) -> None:

@@ -85,6 +85,7 @@ def test_send_ack_and_try_publish_are_sealed_fresh_each_time() -> None:
     fog.send_ack(FOG, "dev-1", ["k1"])
     fog.send_ack(FOG, "dev-1", ["k1"])
     receiver = Verifier(keys={FOG: key.public_key()})
+    assert len(fog.transport.inner.sent) == 2
     for topic, sealed in fog.transport.inner.sent:  # two tries, two sequence numbers: neither is a replay
         assert topic == topics.ack(FLEET, FOG, "dev-1", FOG)
         assert receiver.open(topic, sealed)[0] == FOG

@@ -345,3 +345,15 @@ def test_mutated_envelopes_are_never_accepted(signer: Callable[[str], Signer], v
         else:
             raise AssertionError(f"case {i}: a mutated envelope was accepted: {bytes(data).hex()}")
     assert sum(reasons.values()) > 4_900 and {"decode", "tampered"} <= set(reasons)
+
+
+def test_a_retained_delivery_cannot_roll_a_topic_back(signer: Callable[[str], Signer], verifier: Verifier) -> None:
+    """An older retained message of a topic, even one this receiver never saw, is refused once a newer one was
+    accepted there: nobody can roll a retained version back."""
+    dev1 = signer("dev-1")
+    old = dev1.seal(up(), update())  # seq 1, never delivered to this receiver
+    new = dev1.seal(up(), update())  # seq 2
+    assert verifier.open(up(), new)[0] == "dev-1"
+    assert verifier.open(up(), new, retained=True)[0] == "dev-1"  # the same latest retained one: fine
+    with pytest.raises(ReplayedError, match="older than the last one accepted on this topic"):
+        verifier.open(up(), old, retained=True)
