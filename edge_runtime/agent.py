@@ -23,9 +23,8 @@ from edge_runtime.atomic import write_json
 from edge_runtime.compression import ErrorFeedback
 from edge_runtime.compression.module_codec import layout_of, pack
 from edge_runtime.config import DeviceConfig, load_config, make_codecs, resolve
+from edge_runtime.d2d.device import D2dDevice
 from edge_runtime.downlink import ResyncNeeded, VersionReceiver
-from edge_runtime.resources import Decision, decide
-from edge_runtime.telemetry import sample
 from edge_runtime.errors import ConfigError, DecodeError
 from edge_runtime.protocol import (
     ModuleKey,
@@ -40,8 +39,10 @@ from edge_runtime.protocol import (
 )
 from edge_runtime.protocol.topics import Topic
 from edge_runtime.reliability import Outbox, ReliableSender, round_tag
+from edge_runtime.resources import Decision, decide
 from edge_runtime.security.wiring import privacy_settings, service_security
 from edge_runtime.service import Service
+from edge_runtime.telemetry import sample
 
 log = logging.getLogger(__name__)
 BASE_WAIT_S = 30.0
@@ -89,7 +90,7 @@ def round_seed(seed: int, device: str, g: int, c: int) -> int:
     return zlib.crc32(f"{seed}/{device}/{g}/{c}".encode()) & 0x7FFFFFFF
 
 
-class EdgeAgent(Service):
+class EdgeAgent(D2dDevice, Service):
     role = "device"
 
     def __init__(self, cfg: DeviceConfig) -> None:
@@ -136,12 +137,26 @@ class EdgeAgent(Service):
         self.pending_since = 0.0
         self.final_accuracy: dict[str, float] = {}
         self.rounds_log: list[dict[str, Any]] = []
+        self.ctl: RoundControl | None = None  # the latest round announcement (D2D: who relays for whom)
+        self.d2d = self._peer_link(state_dir) if cfg.d2d.port else None
+
+    def _peer_link(self, state_dir: Path) -> Any:
+        from edge_runtime.d2d.link import PeerLink
+        from edge_runtime.service import SealingTransport
+
+        rel = self.cfg.reliability
+        return PeerLink(self.cfg.d2d, fleet=self.fleet, fog=self.fog, node=self.node, state_dir=state_dir,
+                        meter=self.meter, on_message=self._enqueue, outbox=rel.outbox,
+                        backoff=(rel.backoff_base_s, rel.backoff_max_s),
+                        wrap=(lambda t: SealingTransport(t, self.signer)) if self.signer is not None else None)
 
     def subscriptions(self) -> list[str]:
         acks = [topics.ack_filter(self.fleet, self.fog, self.node)] if self.sender is not None else []
         return [topics.ctl(self.fleet, self.fog)] + [topics.cluster(self.fleet, self.fog, k) for k in self.keys] + acks
 
     def start(self) -> None:
+        if self.d2d is not None:
+            self.d2d.connect()
         self.advertise("idle")
         log.info("device %s: holds %d modules, %d training samples", self.node, len(self.keys),
                  sum(len(y) for _x, y in self.data.train.values()))
@@ -157,14 +172,21 @@ class EdgeAgent(Service):
                 raise DecodeError(f"round announcement from {message.sender!r}, not from fog {self.fog!r}")
             if self.outbox is not None:  # the fog opened this round: every earlier one is closed
                 self.outbox.expire_rounds_before(round_tag(message.global_round, message.cluster_round))
-            if message.final:
+            if self.d2d is not None:
+                self.d2d.expire_before(message.global_round, message.cluster_round)
+            self.ctl = message
+            if message.final or (message.global_round, message.cluster_round) > self.last_done:
                 self.pending, self.pending_since = message, time.monotonic()
-            elif (message.global_round, message.cluster_round) > self.last_done:
-                self.pending, self.pending_since = message, time.monotonic()
+        elif topic.kind == "ack" and self.d2d is not None and message.sender in self.d2d.peers:
+            if message.to != self.node:
+                raise DecodeError(f"ack from {message.sender!r} is for {message.to!r}, not {self.node!r}")
+            self.d2d.on_ack(message)
         elif topic.kind == "ack" and self.sender is not None:
             if message.sender != self.fog or message.to != self.node:
                 raise DecodeError(f"ack from {message.sender!r} to {message.to!r} is not from fog {self.fog!r}")
             self.sender.on_ack(message)
+        elif topic.kind == "peer" and self.d2d is not None:
+            self._on_peer(topic, message)
         else:
             raise DecodeError(f"device {self.node} does not take {topic.kind!r} messages")
 
@@ -192,6 +214,8 @@ class EdgeAgent(Service):
         """On a clean exit, say so: the retained advert goes offline (the broker's last will covers crashes)."""
         if self.transport.connected:
             self.advertise(f"stopped ({self.state_text})", online=False)
+        if self.d2d is not None:
+            self.d2d.close()
 
     def _write_status(self, telemetry: dict[str, float]) -> None:
         status = {
@@ -221,6 +245,8 @@ class EdgeAgent(Service):
             save_modules(self.modules_path, self.rx.states, self.rx.stamps)
 
     def tick(self) -> None:
+        if self.d2d is not None:
+            self._d2d_tick()
         if self.sender is not None:
             self.sender.pump()
         if time.monotonic() > self.next_advert:
@@ -245,6 +271,8 @@ class EdgeAgent(Service):
     def extra_metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {"final_accuracy": self.final_accuracy, "rounds": self.rounds_log,
                                "outbox": self.sender.stats() if self.sender is not None else None}
+        if self.d2d is not None:
+            out["d2d"] = self.d2d.stats()
         if self.privacy is not None:
             out["privacy"] = self.privacy.report()
         return out
@@ -316,22 +344,18 @@ class EdgeAgent(Service):
                 delta, _norm = privatize(delta, self.dp[key.kind], self.dp_rng)
                 self.privacy.record(key.kind)
                 write_json(self.privacy_path, {"counts": dict(self.privacy.counts)})
-            packed, _sent = pack(delta, self.codecs[key.kind], feedback=self.feedback, stream=str(key),
-                                 seed=zlib.crc32(f"{self.node}/{g}.{c}/{key}".encode()))
             related = [v for t, v in losses.items() if key.task in (t, "_") and
                        (key.modality in ("_", self.data.modality_of[t]))]
-            update = ModuleUpdate(
-                fleet=self.fleet, sender=self.node, fog=self.fog, key=key, global_round=g, cluster_round=c,
-                base=self.rx.stamps.get(key, (0, 0)), num_samples=self._samples(key, used),
-                # Under DP only the noised delta leaves the device: the loss, computed on private data, does not.
-                train_loss=float(np.mean(related)) if related and key.kind not in self.dp else 0.0,
-                idempotency_key=f"{self.fleet}/{self.node}/{g}.{c}/{key}", **packed.fields())
-            payload, topic = encode(update), topics.up(self.fleet, self.fog, key, self.node)
-            if self.outbox is not None:
-                self.outbox.put(update.idempotency_key, topic, payload, round_=round_tag(g, c))
-            else:
-                self.transport.publish(topic, payload, category="device_to_fog")
-            sent += len(payload)
+            # Under DP only the noised delta leaves the device: the loss, computed on private data, does not.
+            loss = float(np.mean(related)) if related and key.kind not in self.dp else 0.0
+            samples = self._samples(key, used)
+            members = self.d2d.members_for(ctl, key) if self.d2d is not None else set()
+            if members:  # this device relays for part of its group: send once their deltas are in (tick)
+                assert self.d2d is not None
+                self.d2d.desk.open_bucket((g, c, key), delta, samples, loss, members)
+                continue
+            update = self._build_update(key, delta, samples, loss, g, c)
+            sent += self._route(ctl, update)
         self.feedback.save(self.residuals_path)
         if self.sender is not None:
             self.sender.pump()
@@ -342,6 +366,27 @@ class EdgeAgent(Service):
         self.advertise(f"sent round ({g},{c})")
         log.info("device %s: round (%d,%d) trained %.1f s, loss %s, sent %d modules / %d B", self.node, g, c,
                  train_s, {t: round(v, 3) for t, v in losses.items()}, len(self.keys), sent)
+
+    def _build_update(self, key: ModuleKey, delta: dict[str, np.ndarray], samples: int, loss: float, g: int, c: int,
+                      *, covers: tuple[str, ...] = ()) -> ModuleUpdate:
+        """Code ``delta`` (through this device's error feedback) into the update of ``key`` for round (g, c)."""
+        packed, _sent = pack(delta, self.codecs[key.kind], feedback=self.feedback, stream=str(key),
+                             seed=zlib.crc32(f"{self.node}/{g}.{c}/{key}".encode()))
+        return ModuleUpdate(fleet=self.fleet, sender=self.node, fog=self.fog, key=key, global_round=g, cluster_round=c,
+                            base=self.rx.stamps.get(key, (0, 0)), num_samples=samples, train_loss=loss,
+                            idempotency_key=f"{self.fleet}/{self.node}/{g}.{c}/{key}", covers=covers,
+                            **packed.fields())
+
+    def _to_fog(self, update: ModuleUpdate, payload: bytes | None = None) -> int:
+        """Queue ``update`` for the fog (outbox) or publish it once; returns its size."""
+        payload = encode(update) if payload is None else payload
+        topic = topics.up(self.fleet, self.fog, update.key, self.node)
+        if self.outbox is not None:
+            self.outbox.put(update.idempotency_key, topic, payload,
+                            round_=round_tag(update.global_round, update.cluster_round))
+        else:
+            self.transport.publish(topic, payload, category="device_to_fog")
+        return len(payload)
 
     def _poison(self, delta: dict[str, np.ndarray], key: ModuleKey, g: int, c: int) -> dict[str, np.ndarray]:
         from edge_runtime.security.attacks import check_attack, poison

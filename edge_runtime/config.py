@@ -162,6 +162,48 @@ class ReliabilityConfig:
 
 
 @_frozen
+class D2dConfig:
+    """[d2d] of a device (docs/topology.md): its D2D group and the group's D2D broker (on the group's hub device).
+    Without a port the device has no D2D link and always sends to its fog."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    group: list[str] = field(default_factory=list)  # every device of the group, this one included
+    wait_s: float = 60.0  # a relay waits this long after its own training for its members' deltas
+    fallback_s: float = 120.0  # a member sends to its fog itself when its relay has not acked after this long
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"[d2d] port must be in 0..65535 (0 = no D2D link), got {self.port}")
+        _positive_seconds(self.wait_s, "[d2d] wait_s")
+        _positive_seconds(self.fallback_s, "[d2d] fallback_s")
+        if len(set(self.group)) != len(self.group):
+            raise ValueError(f"[d2d] group lists a device twice: {self.group}")
+
+
+@_frozen
+class FogD2dConfig:
+    """[d2d] of a fog (docs/topology.md): its devices' D2D groups, its fog neighbours, and the rates that rank
+    relays. Empty: no D2D relays and no fog-to-fog exchange."""
+
+    groups: list[list[str]] = field(default_factory=list)  # each a D2D group of this fog's devices
+    uplink_rate_bps: dict[str, float] = field(default_factory=dict)  # device -> its fog link's rate (link model)
+    neighbours: list[str] = field(default_factory=list)  # fogs whose cluster aggregates this fog mixes in
+    neighbour_wait_s: float = 60.0  # how long a cluster round's close waits for the neighbours' aggregates
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for group in self.groups:
+            if len(group) < 2 or seen & set(group) or len(set(group)) != len(group):
+                raise ValueError(f"[d2d] groups must be disjoint lists of >= 2 devices, got {self.groups}")
+            seen |= set(group)
+        for dev, rate in self.uplink_rate_bps.items():
+            if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
+                raise ValueError(f"[d2d] uplink_rate_bps of {dev!r} must be a finite number > 0, got {rate!r}")
+        _positive_seconds(self.neighbour_wait_s, "[d2d] neighbour_wait_s")
+
+
+@_frozen
 class DeviceConfig:
     device: DeviceSection
     broker: BrokerConfig = field(default_factory=BrokerConfig)
@@ -176,6 +218,7 @@ class DeviceConfig:
     tls: dict[str, Any] = field(default_factory=dict)  # [tls] ca/cert/key: mutual TLS to the broker (security/tls.py)
     signing: dict[str, Any] = field(default_factory=dict)  # [signing]: Ed25519 envelopes (security/signing_config.py)
     privacy: dict[str, Any] = field(default_factory=dict)  # [privacy.<kind>]: client-side DP (privacy/dp.py)
+    d2d: D2dConfig = field(default_factory=D2dConfig)  # [d2d]: the device's D2D group and its broker
     state_dir: str = "state"  # residuals, module snapshot and status file live here
     metrics_file: str = ""
     base_dir: str = "."
@@ -216,6 +259,7 @@ class FogConfig:
     uplink: dict[str, CodecSpec] = field(default_factory=dict)  # fog -> cloud aggregates
     downlink: dict[str, CodecSpec] = field(default_factory=dict)  # fog -> devices cluster versions
     reliability: ReliabilityConfig = field(default_factory=ReliabilityConfig)  # outbox for aggregates to the cloud
+    d2d: FogD2dConfig = field(default_factory=FogD2dConfig)  # [d2d]: device groups, relays, neighbour fogs
     tls: dict[str, Any] = field(default_factory=dict)  # [tls] ca/cert/key: mutual TLS to the broker (security/tls.py)
     signing: dict[str, Any] = field(default_factory=dict)  # [signing]: Ed25519 envelopes (security/signing_config.py)
     state_dir: str = "state"

@@ -83,9 +83,9 @@ def expected_signer(topic: Topic) -> str:
     """
     if topic.kind == "global":
         return "cloud"
-    if topic.kind in ("cluster", "fogup", "fogdone"):
+    if topic.kind in ("cluster", "fogup", "fogdone", "fogpeer"):
         owner = topic.fog
-    else:  # up, resync, ctl, state, metrics: the node segment names the publisher
+    else:  # up, resync, ctl, state, metrics, peer, ack: the node segment names the publisher
         owner = topic.node
     if owner is None:
         raise ValueError(f"topic {topic!r} names no publisher")

@@ -29,6 +29,7 @@ GLOBAL_STAGE = 1_000_000
 RAW_CODEC = "fp32"
 _CODEC_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
+MAX_COVERS = 1024  # devices one D2D relay update may stand for
 _frozen = dataclass(frozen=True, slots=True, kw_only=True)
 
 
@@ -182,11 +183,18 @@ class ModuleUpdate:
     codec_params: dict[str, int | float | str] = field(default_factory=dict)
     sha256: str
     idempotency_key: str
+    # D2D (docs/topology.md): the devices whose deltas this update averages (weighted by their samples), when a
+    # relay device sends it for its group; empty = the sender's own delta only.
+    covers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_segment(self.fleet, "fleet")
         check_segment(self.sender, "sender")
         check_segment(self.fog, "fog")
+        for dev in self.covers:
+            check_segment(dev, "covered device")
+        _check(len(set(self.covers)) == len(self.covers) <= MAX_COVERS,
+               f"covers must name at most {MAX_COVERS} distinct devices")
         _nonneg_int(self.global_round, "global_round")
         _nonneg_int(self.cluster_round, "cluster_round")
         _check(isinstance(self.base, tuple) and len(self.base) == 2, "base must be (global_round, stage)")
@@ -244,6 +252,9 @@ class FogAggregate:
     global_round: int
     total_weight: float
     num_devices: int
+    # 0: the fog's delta over the whole global round (fog -> cloud); c >= 1: its delta after cluster round c, shared
+    # with neighbour fogs on ``fogpeer`` (docs/topology.md).
+    cluster_round: int = 0
     tensors: tuple[TensorBlob, ...] = ()
     encoded: tuple[EncodedTensor, ...] = ()
     codec: str = RAW_CODEC
@@ -256,6 +267,7 @@ class FogAggregate:
         check_segment(self.fog, "fog")
         _nonneg_int(self.global_round, "global_round")
         _nonneg_int(self.num_devices, "num_devices")
+        _nonneg_int(self.cluster_round, "cluster_round")
         _check(self.num_devices > 0, "num_devices must be an int > 0")
         _finite_nonneg(self.total_weight, "total_weight")
         _check(self.total_weight > 0, "total_weight must be > 0")
@@ -304,6 +316,9 @@ class RoundControl:
     final: bool = False
     # module key -> the devices selected to train and send it this round; empty = every holder.
     participants: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # D2D: module key -> {device: the relay device of its group that sends the group's averaged delta}. A device
+    # not listed (or listed as its own relay) sends to the fog itself.
+    relays: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_segment(self.fleet, "fleet")
@@ -312,6 +327,11 @@ class RoundControl:
             ModuleKey.parse(key)
             for dev in devices:
                 check_segment(dev, "participant")
+        for key, routes in self.relays.items():
+            ModuleKey.parse(key)
+            for dev, relay in routes.items():
+                check_segment(dev, "relayed device")
+                check_segment(relay, "relay")
         for name in ("global_round", "cluster_round", "total_rounds", "agg_every", "local_epochs"):
             _nonneg_int(getattr(self, name), name)
         _check(self.agg_every >= 1, "agg_every must be >= 1")

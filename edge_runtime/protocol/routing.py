@@ -31,6 +31,8 @@ MESSAGE_FOR_KIND: dict[str, type] = {
     "resync": ResyncRequest,
     "ack": Ack,
     "chunk": Chunk,
+    "peer": ModuleUpdate,
+    "fogpeer": FogAggregate,
 }
 
 

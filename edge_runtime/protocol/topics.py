@@ -17,7 +17,7 @@ ROOT = "hffm/v1"
 _SEGMENT = re.compile(r"^[a-z0-9_-]{1,64}$")
 
 TopicKind = Literal["up", "cluster", "fogup", "global", "ctl", "fogdone", "state", "metrics", "resync", "ack",
-                    "chunk"]
+                    "chunk", "peer", "fogpeer"]
 
 # Number of segments after ``hffm/v1/{fleet}/{kind}`` for each kind.
 _ARITY: dict[str, int] = {
@@ -32,6 +32,8 @@ _ARITY: dict[str, int] = {
     "resync": 2,  # target ("cloud" or a fog id), requesting node
     "ack": 3,  # fog, to (the node acknowledged), sender (the node acknowledging)
     "chunk": 2,  # target ("cloud" or a fog id), sending node
+    "peer": 3,  # fog, to (the relay device), sender (a device of the same D2D group)
+    "fogpeer": 4,  # fog (the sender), modality, task, kind: a fog's cluster aggregate for its neighbour fogs
 }
 
 
@@ -91,6 +93,17 @@ def fogup(fleet: str, fog: str, key: ModuleKey) -> str:
 
 def fogup_filter(fleet: str, fog: str | None = None) -> str:
     return f"{_base(fleet, 'fogup')}/{check_segment(fog, 'fog') if fog is not None else '+'}/#"
+
+
+def fogpeer(fleet: str, fog: str, key: ModuleKey) -> str:
+    """``fogpeer/{fog}/{modality}/{task}/{kind}``: fog ``fog``'s cluster aggregate of a module for its neighbour fogs
+    (carried to them by the fog-to-fog bridges generated from the topology)."""
+    return f"{_base(fleet, 'fogpeer')}/{check_segment(fog, 'fog')}/{_module_path(key)}"
+
+
+def fogpeer_filter(fleet: str, fog: str) -> str:
+    """``fogpeer/{fog}/#``: every aggregate fog ``fog`` shares with its neighbours."""
+    return f"{_base(fleet, 'fogpeer')}/{check_segment(fog, 'fog')}/#"
 
 
 def fogdone(fleet: str, fog: str) -> str:
@@ -155,15 +168,15 @@ def ack_filter(fleet: str, fog: str, to: str) -> str:
 
 
 # --- Device-to-device (D2D) and acknowledgement topics ------------------------------------------------------
-# ``peer/{fog}/{to}/{sender}`` (a device's message to another device of its fog, reserved: no message type yet,
-# so parse() rejects it) and ``ack/{fog}/{to}/{sender}`` (an application-level acknowledgement, carrying
+# ``peer/{fog}/{to}/{sender}`` (a device's module delta for the relay device of its D2D group, carrying a
+# ``ModuleUpdate``, on the group's D2D broker: docs/topology.md) and ``ack/{fog}/{to}/{sender}`` (an application-level acknowledgement, carrying
 # ``Ack``: the fog acks its devices on ``ack/{fog}/{device}/{fog}``, the cloud acks a fog on
 # ``ack/{fog}/{fog}/cloud``). The broker ACLs (edge_runtime/security/acl.py) grant both to devices.
 RESERVED_KINDS: tuple[str, ...] = ("peer", "ack")
 
 
 def peer(fleet: str, fog: str, to: str, sender: str) -> str:
-    """device -> device of the same fog (reserved, see RESERVED_KINDS)."""
+    """device -> the relay device of its D2D group (same fog), on the group's D2D broker."""
     return _d2d(fleet, "peer", fog, to, sender)
 
 
@@ -214,14 +227,14 @@ def build(topic: Topic) -> str:
     """Build the string of a parsed :class:`Topic` (inverse of :func:`parse`)."""
     if topic.kind == "up" and topic.fog and topic.module and topic.node:
         return up(topic.fleet, topic.fog, topic.module, topic.node)
-    if topic.kind in ("cluster", "fogup") and topic.fog and topic.module:
-        return (cluster if topic.kind == "cluster" else fogup)(topic.fleet, topic.fog, topic.module)
+    if topic.kind in ("cluster", "fogup", "fogpeer") and topic.fog and topic.module:
+        return {"cluster": cluster, "fogup": fogup, "fogpeer": fogpeer}[topic.kind](topic.fleet, topic.fog, topic.module)
     if topic.kind == "global" and topic.module:
         return global_(topic.fleet, topic.module)
     if topic.kind in ("resync", "chunk") and topic.fog and topic.node:
         return (resync if topic.kind == "resync" else chunk)(topic.fleet, topic.fog, topic.node)
-    if topic.kind == "ack" and topic.fog and topic.to and topic.node:
-        return ack(topic.fleet, topic.fog, topic.to, topic.node)
+    if topic.kind in ("ack", "peer") and topic.fog and topic.to and topic.node:
+        return (ack if topic.kind == "ack" else peer)(topic.fleet, topic.fog, topic.to, topic.node)
     if topic.kind == "fogdone" and topic.fog:
         return fogdone(topic.fleet, topic.fog)
     if topic.kind in ("ctl", "state", "metrics") and topic.node:
@@ -251,7 +264,7 @@ def parse(topic: str) -> Topic:
         if kind == "up":
             key = ModuleKey(kind=rest[3], modality=rest[1], task=rest[2])
             return Topic(fleet=fleet, kind=kind, fog=rest[0], module=key, node=rest[4])
-        if kind in ("cluster", "fogup"):
+        if kind in ("cluster", "fogup", "fogpeer"):
             key = ModuleKey(kind=rest[3], modality=rest[1], task=rest[2])
             return Topic(fleet=fleet, kind=kind, fog=rest[0], module=key)
         if kind == "global":
@@ -260,7 +273,7 @@ def parse(topic: str) -> Topic:
             return Topic(fleet=fleet, kind=kind, fog=rest[0])
         if kind in ("resync", "chunk"):
             return Topic(fleet=fleet, kind=kind, fog=rest[0], node=rest[1])
-        if kind == "ack":
+        if kind in ("ack", "peer"):
             return Topic(fleet=fleet, kind=kind, fog=rest[0], to=rest[1], node=rest[2])
         return Topic(fleet=fleet, kind=kind, node=rest[0])
     except ValueError as exc:

@@ -327,8 +327,17 @@ def test_d2d_topics_and_their_acl_filters() -> None:
         topics.d2d_inbox_filter("f1", "up", "fog-a", "dev-1")
     with pytest.raises(ValueError, match="invalid device"):
         topics.peer("f1", "fog-a", "dev/2", "dev-1")
-    with pytest.raises(DecodeError, match="unknown kind"):  # no message type yet: parse() keeps rejecting it
-        topics.parse("hffm/v1/f1/peer/fog-a/dev-2/dev-1")
+    parsed = topics.parse("hffm/v1/f1/peer/fog-a/dev-2/dev-1")  # peer deltas carry ``ModuleUpdate``
+    assert (parsed.kind, parsed.fog, parsed.to, parsed.node) == ("peer", "fog-a", "dev-2", "dev-1")
+    assert topics.build(parsed) == topics.peer("f1", "fog-a", "dev-2", "dev-1")
+    with pytest.raises(DecodeError, match="takes 3 segments"):
+        topics.parse("hffm/v1/f1/peer/fog-a/dev-2")
+    key = ModuleKey(kind="adapter", modality="imu", task="activity")
+    parsed = topics.parse(topics.fogpeer("f1", "fog-a", key))
+    assert (parsed.kind, parsed.fog, parsed.module) == ("fogpeer", "fog-a", key)
+    assert topics.build(parsed) == topics.fogpeer("f1", "fog-a", key)
+    assert mqtt_matches(topics.fogpeer_filter("f1", "fog-a"), topics.fogpeer("f1", "fog-a", key))
+    assert not mqtt_matches(topics.fogpeer_filter("f1", "fog-b"), topics.fogpeer("f1", "fog-a", key))
     parsed = topics.parse(topics.ack("f1", "fog-a", "dev-2", "dev-1"))  # acks carry ``Ack``
     assert (parsed.kind, parsed.fog, parsed.to, parsed.node) == ("ack", "fog-a", "dev-2", "dev-1")
     assert topics.build(parsed) == topics.ack("f1", "fog-a", "dev-2", "dev-1")

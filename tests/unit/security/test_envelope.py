@@ -144,6 +144,8 @@ KEY = ModuleKey.adapter("imu", "activity")
         (topics.ack(FLEET, FOG, FOG, "cloud"), "cloud"),
         (topics.chunk(FLEET, FOG, "dev-1"), "dev-1"),
         (topics.chunk(FLEET, "cloud", FOG), FOG),
+        (topics.peer(FLEET, FOG, "dev-2", "dev-1"), "dev-1"),
+        (topics.fogpeer(FLEET, FOG, KEY), FOG),
     ],
 )
 def test_expected_signer_of_every_topic_kind(topic: str, signer: str) -> None:
@@ -151,7 +153,8 @@ def test_expected_signer_of_every_topic_kind(topic: str, signer: str) -> None:
 
 
 def test_every_topic_kind_has_an_expected_signer() -> None:
-    covered = {"up", "cluster", "fogup", "fogdone", "global", "ctl", "state", "metrics", "resync", "ack", "chunk"}
+    covered = {"up", "cluster", "fogup", "fogdone", "global", "ctl", "state", "metrics", "resync", "ack", "chunk",
+               "peer", "fogpeer"}
     from edge_runtime.protocol.routing import MESSAGE_FOR_KIND
 
     assert set(MESSAGE_FOR_KIND) == covered
