@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from edge_runtime.commands.certs import certs_app
-from edge_runtime.errors import ALL_ERRORS, HffmError
+from edge_runtime.errors import ALL_ERRORS, ConfigError, HffmError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -198,16 +198,23 @@ def demo(
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Folder for configs, data, logs (default runs/demo-<time>).")] = None,
     secure: Annotated[bool, typer.Option(help="Mutual TLS, generated access control and signed envelopes.")] = False,
+    layout: Annotated[str, typer.Option(help="star, hierarchical or hierarchical_d2d (docs/topology.md); other than "
+                                             "hierarchical, links run through counting proxies.")] = "hierarchical",
+    topology: Annotated[Path | None, typer.Option(help="Topology TOML (examples/topology.toml); default: generated "
+                                                       "from --fogs and --devices-per-fog.")] = None,
     time_limit: TimeLimitOpt = 1800.0,
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Run the main job: cloud, fogs and devices as real processes over real Mosquitto brokers on M3T-Bench."""
     setup_logging(log_level)
     from edge_runtime.demo import DemoOptions, run_demo
+    from edge_runtime.demo.layout import LAYOUTS
 
+    if layout not in LAYOUTS:
+        raise ConfigError(f"--layout must be one of {list(LAYOUTS)}, got {layout!r}")
     run_demo(DemoOptions(fogs=fogs, devices_per_fog=devices_per_fog, rounds=rounds, local_epochs=local_epochs,
                          agg_every=agg_every, backbone=backbone, seed=seed, alpha=alpha, report=report,
-                         run_dir=run_dir, time_limit_s=time_limit, secure=secure))
+                         run_dir=run_dir, time_limit_s=time_limit, secure=secure, layout=layout, topology=topology))
 
 
 @bench_app.command("compression")
@@ -267,6 +274,27 @@ def bench_agent(
     from edge_runtime.bench.agent import run_agent_bench
 
     run_agent_bench(backbone=backbone, report=report, work=work.resolve())
+
+
+@bench_app.command("topology")
+@friendly_errors
+def bench_topology(
+    rounds: Annotated[int, typer.Option(min=1, max=100, help="Global rounds of the hierarchical runs.")] = 2,
+    agg_every: Annotated[int, typer.Option(min=1, max=50, help="Cluster rounds per global round (E_agg); star runs "
+                                                               "rounds x agg_every global rounds.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed (same for every run).")] = 0,
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    backbone: Annotated[str, typer.Option(help="Backbone (demo default: minilm).")] = "minilm",
+    run_root: Annotated[Path, typer.Option(help="Folder for each run's files.")] = Path("runs/bench-topology"),
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Run M3T-Bench as star, hierarchical and hierarchical_d2d; compare accuracy, bytes per link kind (measured
+    by link proxies) and the link model's latency and energy."""
+    setup_logging(log_level)
+    from edge_runtime.bench.topology import run_topology_bench
+
+    run_topology_bench(rounds=rounds, agg_every=agg_every, seed=seed, report=report, run_root=run_root.resolve(),
+                       backbone=backbone)
 
 
 @bench_app.command("reliability")

@@ -50,6 +50,11 @@ class DemoOptions:
     attack: dict[str, object] = field(default_factory=dict)
     aggregator: str = "fedavg"
     aggregator_params: dict[str, object] = field(default_factory=dict)
+    # Topology (docs/topology.md): "star", "hierarchical" or "hierarchical_d2d". With a layout other than plain
+    # "hierarchical", or with a topology file, every link runs through a counting proxy (edge_runtime/demo/layout.py);
+    # without a file the topology is generated from fogs x devices_per_fog (one D2D group per fog, fogs in a ring).
+    layout: str = "hierarchical"
+    topology: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -80,17 +85,20 @@ def attacker_ids(opts: DemoOptions) -> list[str]:
 
 
 def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports: dict[str, int],
-                node_tables: Mapping[str, Mapping[str, object]] | None = None) -> FleetPlan:
+                node_tables: Mapping[str, Mapping[str, object]] | None = None,
+                fog_of: Mapping[str, str] | None = None, device_ports: Mapping[str, int] | None = None) -> FleetPlan:
     """Partition the benchmark over the fleet, write data files and configs, return where everything is.
 
     ``node_tables`` adds tables to a node's config (node id -> {table: value}), e.g. ``[tls]`` and ``[signing]``.
+    ``fog_of`` (device -> fog) replaces the demo's layout; ``device_ports`` is the port each device connects to
+    (its link's proxy) instead of its fog broker's.
 
     Raises:
         DataError: the benchmark cannot be loaded or partitioned for this many devices.
     """
     from edge_runtime.data import MODALITIES, TASKS, assign_modalities, load_m3t_bench, partition, save_task_file
 
-    fog_of = fleet_ids(opts)
+    fog_of = dict(fog_of) if fog_of is not None else fleet_ids(opts)
     devices = sorted(fog_of)
     bench = load_m3t_bench(seed=opts.seed)
     modalities = sorted(MODALITIES)
@@ -121,7 +129,7 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
         cfg = {
             "device": {"id": dev, "fleet": FLEET, "fog": fog_of[dev],
                        "modalities": sorted({TASKS[t].modality for t in dev_tasks}), "tasks": dev_tasks},
-            "broker": {"host": "127.0.0.1", "port": fog_ports[fog_of[dev]]},
+            "broker": {"host": "127.0.0.1", "port": (device_ports or {}).get(dev, fog_ports[fog_of[dev]])},
             "model": model,
             "training": {"batch_size": 32, "lr": 2e-3, "threads": 1, "seed": opts.seed},
             "data": entries,

@@ -48,6 +48,8 @@ def run_demo(opts: DemoOptions, *, console: Console | None = None) -> dict[str, 
         shutil.rmtree(run_dir / stale, ignore_errors=True)
     (run_dir / "cloud.sqlite").unlink(missing_ok=True)
     started = time.monotonic()
+    if opts.topology is not None or opts.layout != "hierarchical":
+        return _run_layout(opts, run_dir, console, started)
     with ExitStack() as stack, _progress(console) as progress:
         step = progress.add_task("preparing M3T-Bench partition and configs", total=None)
         cloud_port = free_port()
@@ -74,6 +76,10 @@ def run_demo(opts: DemoOptions, *, console: Console | None = None) -> dict[str, 
                                   tls=security.pki.identity("cloud") if security else None)
         baseline = _run_baseline(opts, plan, progress) if opts.baseline else {}
     report = build_report(opts, plan, history, baseline, wall_s=time.monotonic() - started)
+    return _finish(opts, run_dir, report, console)
+
+
+def _finish(opts: DemoOptions, run_dir: Path, report: dict[str, Any], console: Console) -> dict[str, Any]:
     if opts.report:
         opts.report.parent.mkdir(parents=True, exist_ok=True)
         opts.report.write_text(json.dumps(report, indent=2))
@@ -82,6 +88,38 @@ def run_demo(opts: DemoOptions, *, console: Console | None = None) -> dict[str, 
         print_tables(report, Console())
     console.print(f"run folder: {run_dir}" + (f"; report: {opts.report}" if opts.report else ""))
     return report
+
+
+def _run_layout(opts: DemoOptions, run_dir: Path, console: Console, started: float) -> dict[str, Any]:
+    """The demo on a topology: brokers, bridges and link proxies from edge_runtime/demo/layout.py."""
+    from edge_runtime.demo.layout import link_report, start_layout
+    from edge_runtime.topology import generate_topology, load_topology
+
+    if opts.secure:
+        raise HffmError("--secure with a topology layout is not supported yet (docs/topology.md); run one or the other")
+    topology = load_topology(opts.topology) if opts.topology is not None else generate_topology(
+        opts.fogs, opts.devices_per_fog, d2d_group_size=opts.devices_per_fog, fog_ring=True, fleet=FLEET)
+    if topology.fleet != FLEET:
+        raise HffmError(f"the demo runs fleet {FLEET!r}; the topology is for fleet {topology.fleet!r}")
+    per_round: list[dict[str, int]] = []
+    with ExitStack() as stack, _progress(console) as progress:
+        step = progress.add_task(f"starting the {opts.layout} layout: brokers, bridges, link proxies", total=None)
+        layout = start_layout(opts.layout, topology, run_dir, stack)
+        plan = write_fleet(opts, run_dir, cloud_port=layout.cloud_port, fog_ports=layout.fog_ports,
+                           node_tables=layout.node_tables, fog_of=layout.fog_of, device_ports=layout.device_ports)
+        progress.remove_task(step)
+
+        def on_round(_metrics: RoundMetrics) -> None:
+            now = layout.network.counts_by_kind()
+            before = {k: sum(r[k] for r in per_round) for k in now}
+            per_round.append({k: now[k] - before[k] for k in now})
+
+        history = _run_federation(opts, plan, layout.cloud_port, progress, stack, on_round=on_round)
+        links = link_report(layout, per_round)
+        baseline = _run_baseline(opts, plan, progress) if opts.baseline else {}
+    report = build_report(opts, plan, history, baseline, wall_s=time.monotonic() - started)
+    report["links"] = links
+    return _finish(opts, run_dir, report, console)
 
 
 def _unwrapper() -> Any:
@@ -96,7 +134,7 @@ def _progress(console: Console) -> Progress:
 
 
 def _run_federation(opts: DemoOptions, plan: FleetPlan, cloud_port: int, progress: Progress,
-                    stack: ExitStack, tls: Any = None) -> list[RoundMetrics]:
+                    stack: ExitStack, tls: Any = None, on_round: Any = None) -> list[RoundMetrics]:
     """Start every tier, follow the rounds, wait for a clean exit of all processes."""
     inbox: queue.Queue[bytes] = queue.Queue()
     # With --secure the metrics are signed by the cloud; the observer only displays them, so it unwraps the envelope
@@ -132,6 +170,8 @@ def _run_federation(opts: DemoOptions, plan: FleetPlan, cloud_port: int, progres
             continue
         if metrics.global_round > len(history):
             history.append(metrics)
+            if on_round is not None:
+                on_round(metrics)
             mean = sum(metrics.accuracy.values()) / max(1, len(metrics.accuracy))
             progress.update(task, completed=len(history),
                             description=f"federated rounds (round {metrics.global_round}: mean acc {mean:.3f})")

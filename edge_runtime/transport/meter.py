@@ -6,7 +6,8 @@ import threading
 from collections import defaultdict
 
 # The four links of the hierarchy; every publish is counted under one of them (or "other").
-CATEGORIES = ("device_to_fog", "fog_to_device", "fog_to_cloud", "cloud_to_fog", "other")
+CATEGORIES = ("device_to_fog", "fog_to_device", "fog_to_cloud", "cloud_to_fog", "device_to_device", "fog_to_fog",
+              "other")
 
 
 class TrafficMeter:
