@@ -4,6 +4,10 @@ This is the harness behind the integration tests and local runs: one broker per 
 fog broker bridged to the cloud. It only ever binds 127.0.0.0/8, only ever signals the PID it started, and
 every wait in it is bounded.
 
+From a topology (``edge_runtime.topology``): a fog broker can also bridge to its neighbour fogs
+(:class:`PeerBridgeSpec`, ``fog_peer_bridge.conf.tmpl``; only the lower fog id of each pair runs the bridge), and
+a ``d2d`` broker (``d2d.conf.tmpl``) carries one D2D group's peer traffic on the group's hub device.
+
 Bridge state is read from ``$SYS/broker/connection/<remote_clientid>/state`` with the tiny read-only MQTT
 client in :mod:`edge_runtime.broker_sys`.
 
@@ -27,9 +31,10 @@ import stat
 import string
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from edge_runtime.broker_sys import read_sys
 from edge_runtime.errors import BrokerError
@@ -42,24 +47,34 @@ from edge_runtime.security.broker_tls import (
 )
 from edge_runtime.security.tls import TlsSettings
 
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
+
+    from edge_runtime.topology import Topology
+
 __all__ = [
     "BridgeSpec",
     "BrokerLimits",
     "BrokerTls",
     "MosquittoProcess",
+    "PeerBridgeSpec",
     "bridge_client_id",
     "bridge_state_topic",
     "find_mosquitto",
     "free_port",
+    "peer_bridge_client_id",
+    "peer_bridge_state_topic",
+    "peer_bridges_for",
     "render_config",
     "templates_dir",
     "wait_for_bridge",
+    "wait_for_peer_bridge",
 ]
 
 log = logging.getLogger(__name__)
 
-Role = Literal["cloud", "fog"]
-_ROLES: tuple[str, ...] = ("cloud", "fog")
+Role = Literal["cloud", "fog", "d2d"]
+_ROLES: tuple[str, ...] = ("cloud", "fog", "d2d")
 _FALLBACK_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 _LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -158,6 +173,78 @@ class BridgeSpec:
         return bridge_state_topic(self.fleet, self.fog)
 
 
+def peer_bridge_client_id(fleet: str, fog: str, neighbour: str) -> str:
+    """The client id of the bridge from fog ``fog``'s broker on neighbour ``neighbour``'s broker; it also names
+    its ``$SYS`` state topic."""
+    return f"hffm-peer-{fleet}-{fog}-{neighbour}"
+
+
+def peer_bridge_state_topic(fleet: str, fog: str, neighbour: str) -> str:
+    """Where the bridge from ``fog`` to ``neighbour`` publishes its retained ``1``/``0`` state (on both brokers)."""
+    return f"$SYS/broker/connection/{peer_bridge_client_id(fleet, fog, neighbour)}/state"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerBridgeSpec:
+    """A bridge from fog ``fog``'s broker to its neighbour fog ``neighbour``'s broker at ``host:port``: this fog's
+    ``fogpeer/{fog}/#`` goes out, the neighbour's ``fogpeer/{neighbour}/#`` comes in (QoS 1).
+
+    One bridge serves a pair in both directions, so only the broker of the lower fog id runs it: ``fog`` must sort
+    before ``neighbour``. Validates itself: topic-safe ids, a loopback host, a real port. Plain MQTT only (a fog
+    broker with TLS refuses peer bridges; see broker_config/README.md)."""
+
+    fleet: str
+    fog: str
+    neighbour: str
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        _check_segment(self.fleet, "fleet")
+        _check_segment(self.fog, "fog")
+        _check_segment(self.neighbour, "neighbour fog")
+        _check_host(self.host)
+        _check_port(self.port)
+        if self.fog == self.neighbour:
+            raise BrokerError(f"fog {self.fog!r} cannot bridge to itself")
+        if not self.fog < self.neighbour:
+            raise BrokerError(f"the bridge between fogs {self.neighbour!r} and {self.fog!r} runs on the broker of the "
+                              f"lower id, {self.neighbour!r}, not on {self.fog!r}'s")
+
+    @property
+    def connection(self) -> str:
+        """The bridge's ``connection`` name in the fog config."""
+        return f"fog-{self.fog}-to-{self.neighbour}"
+
+    @property
+    def remote_clientid(self) -> str:
+        return peer_bridge_client_id(self.fleet, self.fog, self.neighbour)
+
+    @property
+    def state_topic(self) -> str:
+        return peer_bridge_state_topic(self.fleet, self.fog, self.neighbour)
+
+
+def peer_bridges_for(topology: Topology, fog: str, ports: Mapping[str, int],
+                     host: str = "127.0.0.1") -> list[PeerBridgeSpec]:
+    """The fog-to-fog bridges that fog ``fog``'s broker runs: one to each neighbour with a higher id (the other
+    neighbours run theirs to it). ``ports`` maps each fog id to its broker's port on ``host``.
+
+    Raises:
+        BrokerError: ``fog`` is not a fog of the topology, or a neighbour has no port in ``ports``.
+    """
+    if fog not in topology.fogs:
+        raise BrokerError(f"fog {fog!r} is not in the topology; its fogs are {sorted(topology.fogs)}")
+    specs = []
+    for low, high in topology.fog_links():
+        if low != fog:
+            continue
+        if high not in ports:
+            raise BrokerError(f"no broker port given for fog {high!r}, neighbour of {fog!r}")
+        specs.append(PeerBridgeSpec(fleet=topology.fleet, fog=fog, neighbour=high, host=host, port=ports[high]))
+    return specs
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerLimits:
     """Queue and packet limits rendered into a broker config. The defaults are the production values; fault tests
@@ -187,18 +274,22 @@ def render_config(
     run_as: str | None = None,
     tls: BrokerTls | None = None,
     limits: BrokerLimits | None = None,
+    peer_bridges: Sequence[PeerBridgeSpec] = (),
 ) -> str:
     """Render ``broker_config/<role>.conf.tmpl``, with ``listener_tls.conf.tmpl`` when ``tls`` is given (else
     ``listener_anonymous.conf.tmpl``) and, for a fog, ``bridge_tls.conf.tmpl`` when ``bridge.tls`` is given
     (else ``bridge_plain.conf.tmpl``). The TLS files are referenced under their installed names in ``data_dir``.
+    For a fog, each of ``peer_bridges`` appends one ``connection`` section from ``fog_peer_bridge.conf.tmpl``.
 
     ``run_as`` renders a ``user`` line (the harness passes ``"root"`` only when the data dir is unreachable for
     the user mosquitto would drop to); ``None`` keeps mosquitto's default. For a fog, ``bridge.fleet`` is the
     fleet; a ``fleet`` other than the default must match it.
 
     Raises:
-        BrokerError: unknown role, a fog without a bridge (or a cloud with one), a host outside 127.0.0.0/8, a
-            bad port, fleet, user or data dir (relative, or with whitespace), or a broken template.
+        BrokerError: unknown role, a fog without a bridge (or a cloud or d2d broker with one), a host outside
+            127.0.0.0/8, a bad port, fleet, user or data dir (relative, or with whitespace), a broken template;
+            peer bridges on a broker that is not a fog, with TLS, of another fog or fleet, or twice to one
+            neighbour; a d2d broker with TLS.
     """
     if role not in _ROLES:
         raise BrokerError(f"unknown broker role {role!r}; expected one of {list(_ROLES)}")
@@ -207,8 +298,12 @@ def render_config(
     _check_segment(fleet, "fleet")
     if role == "fog" and bridge is None:
         raise BrokerError("a fog broker needs a BridgeSpec to the cloud broker")
-    if role == "cloud" and bridge is not None:
-        raise BrokerError("a cloud broker takes no bridge")
+    if role != "fog" and bridge is not None:
+        raise BrokerError(f"a {role} broker takes no bridge")
+    if role == "d2d" and tls is not None:
+        raise BrokerError("a d2d broker has a plain loopback listener only: TLS is not supported for D2D brokers "
+                          "(their access control is not generated)")
+    _check_peer_bridges(role, bridge, tls, peer_bridges)
     if bridge is not None and fleet not in (_DEFAULT_FLEET, bridge.fleet):
         raise BrokerError(f"fleet {fleet!r} does not match the bridge's fleet {bridge.fleet!r}")
     if run_as is not None and not _USER.match(run_as):
@@ -232,7 +327,32 @@ def render_config(
     if tls is not None:
         values["dynsec_plugin"] = find_dynsec_plugin()
     values["listener_security"] = _render_template("listener_tls" if tls else "listener_anonymous", values)
-    return _render_template(role, values)
+    text = _render_template(role, values)
+    sections = [_render_template("fog_peer_bridge", values | {"neighbour": peer.neighbour, "peer_host": peer.host,
+                                                                "peer_port": str(peer.port)})
+                for peer in peer_bridges]
+    return text + "".join(f"\n{section}\n" for section in sections)
+
+
+def _check_peer_bridges(role: str, bridge: BridgeSpec | None, tls: BrokerTls | None,
+                        peer_bridges: Sequence[PeerBridgeSpec]) -> None:
+    if not peer_bridges:
+        return
+    if role != "fog" or bridge is None:
+        raise BrokerError(f"only a fog broker runs fog-to-fog bridges, not a {role} broker")
+    if tls is not None:
+        raise BrokerError("fog-to-fog bridges are plain MQTT only: a fog broker with TLS cannot run peer bridges "
+                          "(the access control has no peer-bridge identity); leave peer_bridges empty or drop TLS")
+    seen: set[str] = set()
+    for peer in peer_bridges:
+        if not isinstance(peer, PeerBridgeSpec):
+            raise BrokerError(f"peer bridges must be PeerBridgeSpec, got {type(peer).__name__}")
+        if (peer.fleet, peer.fog) != (bridge.fleet, bridge.fog):
+            raise BrokerError(f"peer bridge {peer.connection!r} (fleet {peer.fleet!r}) does not start at this broker's "
+                              f"fog {bridge.fog!r} (fleet {bridge.fleet!r})")
+        if peer.neighbour in seen:
+            raise BrokerError(f"two peer bridges from fog {peer.fog!r} to {peer.neighbour!r}")
+        seen.add(peer.neighbour)
 
 
 def _render_template(name: str, values: dict[str, str]) -> str:
@@ -267,6 +387,7 @@ class MosquittoProcess:
         fleet: str = _DEFAULT_FLEET,
         tls: BrokerTls | None = None,
         limits: BrokerLimits | None = None,
+        peer_bridges: Sequence[PeerBridgeSpec] = (),
     ) -> None:
         _check_host(host)
         self.name = name
@@ -278,6 +399,7 @@ class MosquittoProcess:
         self.fleet = fleet
         self.tls = tls
         self.limits = limits
+        self.peer_bridges: tuple[PeerBridgeSpec, ...] = tuple(peer_bridges)
         self.conf_path = self.data_dir / "mosquitto.conf"
         self.log_path = self.data_dir / "mosquitto.log"
         self.out_path = self.data_dir / "mosquitto.out"
@@ -285,7 +407,7 @@ class MosquittoProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         # Validate everything before anything is started.
         render_config(role, host=host, port=self.port, data_dir=self.data_dir, bridge=bridge, fleet=fleet, tls=tls,
-                      limits=limits)
+                      limits=limits, peer_bridges=self.peer_bridges)
         # The SSL context the harness's $SYS probe connects with (None for a plain listener).
         self.sys_context = probe_context(tls)
 
@@ -326,6 +448,7 @@ class MosquittoProcess:
             run_as=run_as,
             tls=self.tls,
             limits=self.limits,
+            peer_bridges=self.peer_bridges,
         )
         try:
             self.conf_path.write_text(conf, encoding="utf-8")
@@ -391,7 +514,7 @@ class MosquittoProcess:
         """The last ``lines`` lines of the broker log and of its stdout/stderr."""
         return self._tails(lines).strip()
 
-    def __enter__(self) -> MosquittoProcess:
+    def __enter__(self) -> Self:
         """Returns self without starting it (call :meth:`start`); the broker is stopped on exit."""
         return self
 
@@ -428,23 +551,49 @@ def wait_for_bridge(fog: MosquittoProcess, timeout: float = 10.0) -> None:
     """
     if fog.bridge is None:
         raise BrokerError(f"broker {fog.name!r} has no bridge")
-    deadline = time.monotonic() + timeout
-    last: bytes | None = None
-    while (left := deadline - time.monotonic()) > 0:
-        if not fog.running():
-            raise BrokerError(f"fog broker {fog.name!r} is not running{fog._tails()}")
-        try:
-            last = read_sys(fog.host, fog.port, fog.bridge.state_topic, timeout=min(left, 2.0), want=b"1",
-                            ssl_context=fog.sys_context)
-        except (OSError, BrokerError) as exc:
-            log.debug("bridge state probe on %r failed: %s", fog.name, exc)
-        if last == b"1":
-            return
-        time.sleep(min(_POLL_S * 2, max(deadline - time.monotonic(), 0)))
+    last = _wait_connected(fog, fog.bridge.state_topic, timeout)
+    if last == b"1":
+        return
     raise BrokerError(
         f"bridge {fog.bridge.connection!r} to {fog.bridge.cloud_host}:{fog.bridge.cloud_port} not connected "
         f"after {timeout} s (last state {last!r}){fog._tails()}"
     )
+
+
+def wait_for_peer_bridge(fog: MosquittoProcess, neighbour: str, timeout: float = 10.0) -> None:
+    """Wait until fog broker ``fog`` reports its bridge to fog ``neighbour`` connected (``$SYS`` state == 1).
+
+    Raises:
+        BrokerError: ``fog`` runs no bridge to ``neighbour`` (the lower id of a pair runs it) or is not running, or
+            the bridge did not connect within ``timeout`` s.
+    """
+    peer = next((p for p in fog.peer_bridges if p.neighbour == neighbour), None)
+    if peer is None:
+        raise BrokerError(f"broker {fog.name!r} runs no peer bridge to {neighbour!r}")
+    last = _wait_connected(fog, peer.state_topic, timeout)
+    if last == b"1":
+        return
+    raise BrokerError(f"peer bridge {peer.connection!r} to {peer.host}:{peer.port} not connected after {timeout} s "
+                      f"(last state {last!r}){fog._tails()}")
+
+
+def _wait_connected(broker: MosquittoProcess, state_topic: str, timeout: float) -> bytes | None:
+    """Poll a bridge's retained ``$SYS`` state on ``broker`` until it reads ``1`` or ``timeout`` s pass; the last
+    value read."""
+    deadline = time.monotonic() + timeout
+    last: bytes | None = None
+    while (left := deadline - time.monotonic()) > 0:
+        if not broker.running():
+            raise BrokerError(f"fog broker {broker.name!r} is not running{broker._tails()}")
+        try:
+            last = read_sys(broker.host, broker.port, state_topic, timeout=min(left, 2.0), want=b"1",
+                            ssl_context=broker.sys_context)
+        except (OSError, BrokerError) as exc:
+            log.debug("bridge state probe on %r failed: %s", broker.name, exc)
+        if last == b"1":
+            return last
+        time.sleep(min(_POLL_S * 2, max(deadline - time.monotonic(), 0)))
+    return last
 
 
 # --- helpers ------------------------------------------------------------------------------------------------

@@ -20,6 +20,13 @@ class ConfigError(HffmError):
     help = "a config file or a command-line option is invalid"
 
 
+class TopologyError(ConfigError):
+    """A topology file (or a topology built in code) is invalid. A ConfigError: it shares exit code 2, so it is not
+    listed in :data:`ALL_ERRORS`, which holds one class per exit code."""
+
+    help = "a topology file is invalid"
+
+
 class DecodeError(HffmError):
     exit_code = 3
     help = "a payload or file could not be decoded into the expected message type"

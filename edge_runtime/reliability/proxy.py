@@ -4,6 +4,9 @@
 ``127.0.0.1:target_port``. :meth:`LinkProxy.cut` closes every open connection and refuses new ones (accepted, then
 closed at once) until :meth:`LinkProxy.restore`: to both ends it looks like a link that went down. Threads only,
 bounded waits, loopback only.
+
+It also counts the bytes it forwards, in each direction (:attr:`LinkProxy.bytes_up`, :attr:`LinkProxy.bytes_down`):
+``edge_runtime.topology.network.LinkNetwork`` measures each link of a topology this way.
 """
 
 from __future__ import annotations
@@ -28,11 +31,26 @@ class LinkProxy:
         self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
+        self._count_lock = threading.Lock()
+        self._up = 0  # client -> upstream
+        self._down = 0  # upstream -> client
         self._thread = threading.Thread(target=self._accept_loop, name=f"proxy-{self.port}", daemon=True)
 
     def start(self) -> LinkProxy:
         self._thread.start()
         return self
+
+    @property
+    def bytes_up(self) -> int:
+        """Bytes forwarded from clients to the upstream so far (all connections, TCP payload only)."""
+        with self._count_lock:
+            return self._up
+
+    @property
+    def bytes_down(self) -> int:
+        """Bytes forwarded from the upstream to clients so far (all connections, TCP payload only)."""
+        with self._count_lock:
+            return self._down
 
     def cut(self) -> None:
         """Drop every connection and refuse new ones until :meth:`restore`."""
@@ -82,13 +100,18 @@ class LinkProxy:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._conns |= {client, upstream}
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+            for src, dst, up in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(src, dst, up), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
         try:
             while not self._cut.is_set() and (data := src.recv(65536)):
                 dst.sendall(data)
+                with self._count_lock:
+                    if up:
+                        self._up += len(data)
+                    else:
+                        self._down += len(data)
         except OSError:
             pass
         finally:
