@@ -46,6 +46,7 @@ from edge_runtime.telemetry import sample
 
 log = logging.getLogger(__name__)
 BASE_WAIT_S = 30.0
+ADVERT_RETRY_S = 3.0  # an advert that could not be handed to the broker (not connected) is retried this soon
 STALE_SLACK_S = 60  # message expiry of an update: its round's deadline plus this
 
 
@@ -191,7 +192,7 @@ class EdgeAgent(D2dDevice, Service):
             raise DecodeError(f"device {self.node} does not take {topic.kind!r} messages")
 
     def advertise(self, state: str, *, skip: tuple[int, int] | None = None, online: bool = True,
-                  publish: bool = True) -> None:
+                  publish: bool = True, wait: bool = False) -> None:
         """Write the local status file and (unless ``publish`` is false) publish the retained capability advert
         with fresh telemetry."""
         self.state_text = state
@@ -206,14 +207,20 @@ class EdgeAgent(D2dDevice, Service):
             modalities=tuple(dev.modalities), tasks=tuple(dev.tasks),
             versions={str(k): s for k, s in self.rx.stamps.items()}, telemetry=telemetry, last_seen=time.time(),
             status=state, skip=skip)
-        self.transport.publish(topics.state(self.fleet, self.node), encode(advert), category="device_to_fog",
-                               retain=True)
-        self.next_advert = time.monotonic() + self.cfg.telemetry_interval_s
+        # Does not block unless ``wait`` (the last advert before exit): with the fog link down (a D2D device keeps
+        # working through its group) it is retried in a few seconds; a newer advert replaces an older one (retained).
+        topic = topics.state(self.fleet, self.node)
+        if wait:
+            self.transport.publish(topic, encode(advert), category="device_to_fog", retain=True)
+            return
+        sent = self.transport.try_publish(topic, encode(advert), category="device_to_fog", retain=True)
+        self.next_advert = time.monotonic() + (self.cfg.telemetry_interval_s if sent else min(
+            ADVERT_RETRY_S, self.cfg.telemetry_interval_s))
 
     def finish(self) -> None:
         """On a clean exit, say so: the retained advert goes offline (the broker's last will covers crashes)."""
         if self.transport.connected:
-            self.advertise(f"stopped ({self.state_text})", online=False)
+            self.advertise(f"stopped ({self.state_text})", online=False, wait=True)
         if self.d2d is not None:
             self.d2d.close()
 

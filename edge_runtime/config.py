@@ -204,6 +204,21 @@ class FogD2dConfig:
 
 
 @_frozen
+class FogSchedule:
+    """[schedule] of a fog: E_agg, fixed or adaptive (fog_gateway/schedule.py states the rule)."""
+
+    agg_every: int = 0  # cluster rounds per global round; 0 = the cloud's agg_every (never more than it)
+    adaptive: bool = False  # pick E_agg each global round from the measured cluster-round and cloud-sync times
+    sync_share: float = 0.25  # adaptive: cloud syncs may take this share of the time spent in cluster rounds
+
+    def __post_init__(self) -> None:
+        if isinstance(self.agg_every, bool) or not isinstance(self.agg_every, int) or self.agg_every < 0:
+            raise ValueError(f"[schedule] agg_every must be an int >= 0 (0 = the cloud's), got {self.agg_every!r}")
+        if not (math.isfinite(self.sync_share) and 0 < self.sync_share <= 10):
+            raise ValueError(f"[schedule] sync_share must be in (0, 10], got {self.sync_share!r}")
+
+
+@_frozen
 class DeviceConfig:
     device: DeviceSection
     broker: BrokerConfig = field(default_factory=BrokerConfig)
@@ -227,6 +242,9 @@ class DeviceConfig:
         _positive_seconds(self.telemetry_interval_s, "telemetry_interval_s")
 
 
+LATE_UPDATES = ("reject", "next_round")
+
+
 @_frozen
 class FogSection:
     id: str
@@ -237,6 +255,12 @@ class FogSection:
     aggregator: str = "fedavg"  # fedavg, median, trimmed_mean, krum (fog_gateway/aggregation)
     aggregator_params: dict[str, object] = field(default_factory=dict)  # e.g. {trim_fraction = 0.2}
     max_participants_per_module: int = 0  # 0 = every eligible holder; else the N holders with the most samples
+    # A module updates in a cluster round only when at least this many devices reported it (docs/reliability.md).
+    min_participants: int = 1
+    # An update for the cluster round that just closed: "reject" (answered expired) or "next_round" (folded into
+    # the open round with weight num_samples * staleness_decay ** lag).
+    late_updates: str = "reject"
+    staleness_decay: float = 0.5
 
     def __post_init__(self) -> None:
         check_segment(self.id, "fog id")
@@ -249,6 +273,24 @@ class FogSection:
             raise ValueError("a fog needs at least one device")
         for d in self.devices:
             check_segment(d, "device id")
+        self._check_stragglers()
+
+    def _check_stragglers(self) -> None:
+        if isinstance(self.min_participants, bool) or not isinstance(self.min_participants, int) \
+                or self.min_participants < 1:
+            raise ValueError(f"min_participants must be an int >= 1, got {self.min_participants!r}")
+        if self.min_participants > len(self.devices):
+            raise ValueError(f"min_participants {self.min_participants} is above the fog's {len(self.devices)} "
+                             "device(s): no module could ever be updated")
+        cap = self.max_participants_per_module
+        if 0 < cap < self.min_participants:
+            raise ValueError(f"min_participants {self.min_participants} is above max_participants_per_module "
+                             f"{cap}: no module could ever be updated")
+        if self.late_updates not in LATE_UPDATES:
+            raise ValueError(f"unknown late_updates {self.late_updates!r}; expected one of {list(LATE_UPDATES)}")
+        decay = self.staleness_decay
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not (0 < decay <= 1):
+            raise ValueError(f"staleness_decay must be a number in (0, 1], got {decay!r}")
 
 
 @_frozen
@@ -260,6 +302,7 @@ class FogConfig:
     downlink: dict[str, CodecSpec] = field(default_factory=dict)  # fog -> devices cluster versions
     reliability: ReliabilityConfig = field(default_factory=ReliabilityConfig)  # outbox for aggregates to the cloud
     d2d: FogD2dConfig = field(default_factory=FogD2dConfig)  # [d2d]: device groups, relays, neighbour fogs
+    schedule: FogSchedule = field(default_factory=FogSchedule)  # [schedule]: E_agg fixed or adaptive
     tls: dict[str, Any] = field(default_factory=dict)  # [tls] ca/cert/key: mutual TLS to the broker (security/tls.py)
     signing: dict[str, Any] = field(default_factory=dict)  # [signing]: Ed25519 envelopes (security/signing_config.py)
     state_dir: str = "state"

@@ -9,6 +9,9 @@ Round schedule (see docs/architecture.md):
    modules are published as cluster stage c (retained) and round c+1 is announced.
 4. After E_agg cluster rounds the gateway sends, per module, its delta against the global version with the total
    sample weight behind it (``fogup``), then a round report (``fogdone``).
+
+The round state lives in a journal on disk (round_journal.py): an update is acked only once it is committed there,
+and a gateway restarted after a kill -9 resumes the open round from it (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -25,14 +28,14 @@ import numpy as np
 from edge_runtime.compression import ErrorFeedback
 from edge_runtime.compression.module_codec import layout_of, pack, same_layout, unpack
 from edge_runtime.config import FogConfig, make_codecs, resolve
-from edge_runtime.downlink import ResyncNeeded, VersionPublisher, VersionReceiver
-from edge_runtime.resources import eligible
+from edge_runtime.downlink import ResyncNeeded, VersionReceiver
 from edge_runtime.errors import AggregationError, DecodeError
 from edge_runtime.protocol import (
     FogAggregate,
     FogRoundReport,
     ModuleKey,
     ModuleUpdate,
+    ModuleVersion,
     NodeState,
     ResyncRequest,
     RoundControl,
@@ -41,21 +44,24 @@ from edge_runtime.protocol import (
 )
 from edge_runtime.protocol.topics import Topic
 from edge_runtime.reliability import Outbox, ReliableSender, report_key
+from edge_runtime.resources import eligible
 from edge_runtime.security.wiring import service_security
 from edge_runtime.service import Service
-from fog_gateway.aggregation import Aggregator, make_aggregator
+from fog_gateway.aggregation import make_aggregator
+from fog_gateway.round_book import JournaledRounds
+from fog_gateway.round_journal import RoundJournal, StoredDelta, staleness_weight
 
 log = logging.getLogger(__name__)
 APPLIED_KEYS_KEPT = 100_000  # ~ a few rounds of a large fog; older retransmissions hear "expired"
-State = dict[str, np.ndarray]
 GLOBALS_GRACE_S = 60.0
 
 
-class FogGateway(Service):
+class FogGateway(JournaledRounds, Service):
     role = "fog"
     watch_broker = True
 
     def __init__(self, cfg: FogConfig) -> None:
+        """Raises: RoundJournalError: the round journal in ``state_dir`` cannot be opened or read."""
         self.cfg = cfg
         self.fleet = cfg.fog.fleet
         offline = NodeState(fleet=self.fleet, node=cfg.fog.id, role="fog", fog=cfg.fog.id, online=False)
@@ -66,39 +72,25 @@ class FogGateway(Service):
         self.expected = set(cfg.fog.devices)
         self.holdings: dict[str, set[ModuleKey]] = {}
         self.adverts: dict[str, NodeState] = {}
-        self.participants: dict[ModuleKey, set[str]] = {}
-        self.skipped: set[str] = set()
         self.global_rx = VersionReceiver()  # the global versions, as the cloud published them
-        self.pub = VersionPublisher(fleet=self.fleet, sender=cfg.fog.id, codecs=make_codecs(cfg.downlink, "downlink"))
         self.up_codecs = make_codecs(cfg.uplink, "uplink")
-        self.residuals_path = resolve(cfg.base_dir, cfg.state_dir) / f"{cfg.fog.id}-residuals.npz"
+        state_dir = resolve(cfg.base_dir, cfg.state_dir)
+        self.residuals_path = state_dir / f"{cfg.fog.id}-residuals.npz"
         self.residuals_path.parent.mkdir(parents=True, exist_ok=True)
         self.feedback = ErrorFeedback.load(self.residuals_path) if self.residuals_path.exists() else ErrorFeedback()
         rel = cfg.reliability
         # Aggregates and round reports wait on disk until the cloud acks them (docs/reliability.md).
-        self.outbox = Outbox(self.residuals_path.parent / f"{cfg.fog.id}-outbox.sqlite", base_s=rel.backoff_base_s,
+        self.outbox = Outbox(state_dir / f"{cfg.fog.id}-outbox.sqlite", base_s=rel.backoff_base_s,
                              max_s=rel.backoff_max_s) if rel.outbox else None
         self.sender = ReliableSender(self.outbox, self.transport, fleet=self.fleet, node=cfg.fog.id, target="cloud",
                                      category="fog_to_cloud") if self.outbox is not None else None
-        self.plan: RoundControl | None = None
-        self.plan_seen_at = 0.0
-        self.round_g = 0
-        self.cluster_c = 0
-        self.in_round = False
-        self.modules: list[ModuleKey] = []
-        self.start_state: dict[ModuleKey, State] = {}
-        self.aggs: dict[ModuleKey, Aggregator] = {}
-        self.reported: dict[ModuleKey, set[str]] = {}
-        # Idempotency keys applied in recent rounds (insertion-ordered, bounded): a retransmission whose first ack
-        # was lost may arrive after its round closed, and must hear "applied", not "expired".
-        self.applied_keys: dict[str, None] = {}
-        self.round_weight: dict[ModuleKey, dict[str, int]] = {}
-        self.round_updated: set[ModuleKey] = set()
-        self.deadline = 0.0
         self.startup_deadline = time.monotonic() + cfg.fog.startup_timeout_s
         self.rounds_log: list[dict[str, Any]] = []
-        self.sent_last: set[ModuleKey] = set()  # modules whose new global version the next round must wait for
+        self.late_folded = 0
         make_aggregator(cfg.fog.aggregator, cfg.fog.aggregator_params)  # bad name/params: config error at start
+        self.journal = RoundJournal(state_dir / f"{cfg.fog.id}-round.sqlite", kept=APPLIED_KEYS_KEPT)
+        self._forget()
+        self._resume(self.journal.load())
 
     # -- service hooks -------------------------------------------------------------------------------------------
     def subscriptions(self) -> list[str]:
@@ -114,6 +106,8 @@ class FogGateway(Service):
                            status="running", last_seen=time.time())
         self.transport.publish(topics.state(self.fleet, self.node), encode(advert), category="fog_to_cloud",
                                retain=True)
+        if self.announce_pending:  # killed between the journal's commit and the publications: publish them again
+            self._announce([self.pub.resync(k) for k in self.modules if k in self.pub.stamps])
         log.info("fog %s: waiting for devices %s", self.node, sorted(self.expected))
 
     def handle(self, topic: Topic, message: Any) -> None:
@@ -127,6 +121,8 @@ class FogGateway(Service):
             if message.sender != "cloud" or message.global_round > message.total_rounds + 1:
                 raise DecodeError(f"round announcement from {message.sender!r} for round {message.global_round} "
                                   f"of {message.total_rounds} is not a valid cloud plan")
+            if self.job is not None:
+                self._check_job(message)
             if self.plan is None or message.global_round > self.plan.global_round:
                 self.plan, self.plan_seen_at = message, time.monotonic()
                 if self.outbox is not None:  # the cloud closed every earlier round
@@ -141,13 +137,15 @@ class FogGateway(Service):
             raise DecodeError(f"fog {self.node} does not take {topic.kind!r} messages")
 
     def tick(self) -> None:
+        if self.book.fatal is not None:  # memory is ahead of the journal: stop rather than ack what is not on disk
+            raise self.book.fatal
         if self.sender is not None:
             self.sender.pump()
         if self.in_round:
             self._close_if_complete()  # e.g. nobody was eligible: no reason to wait for the deadline
         if self.in_round:
             if time.monotonic() > self.deadline:
-                missing = {str(k): sorted(self._expected(k) - self.reported[k]) for k in self.modules}
+                missing = {str(k): sorted(self._expected(k) - self.book.reported[k]) for k in self.modules}
                 log.warning("fog %s: round (%d,%d) deadline passed; missing %s", self.node, self.round_g,
                             self.cluster_c, {k: v for k, v in missing.items() if v})
                 self._close_cluster_round()
@@ -155,7 +153,8 @@ class FogGateway(Service):
             self._maybe_start_round()
 
     def extra_metrics(self) -> dict[str, Any]:
-        return {"rounds": self.rounds_log, "outbox": self.sender.stats() if self.sender is not None else None}
+        return {"rounds": self.rounds_log, "late_updates_folded": self.late_folded,
+                "outbox": self.sender.stats() if self.sender is not None else None}
 
     def finish(self) -> None:
         """On a clean exit the retained advert goes offline (the broker's last will covers crashes)."""
@@ -164,6 +163,7 @@ class FogGateway(Service):
                                status="stopped", last_seen=time.time())
             self.transport.publish(topics.state(self.fleet, self.node), encode(advert), category="fog_to_cloud",
                                    retain=True)
+        self.journal.close()
 
     # -- handlers ------------------------------------------------------------------------------------------------
     def _on_state(self, msg: NodeState) -> None:
@@ -178,10 +178,9 @@ class FogGateway(Service):
                 log.warning("fog %s: device %s sits out round (%d,%d): %s", self.node, msg.node, self.round_g,
                             self.cluster_c, msg.status)
                 self.skipped.add(msg.node)
-                self._close_if_complete()
         elif self.holdings.pop(msg.node, None) is not None:
             log.warning("fog %s: device %s went offline", self.node, msg.node)
-            self._close_if_complete()
+        self._close_if_complete()  # a skip, an offline participant, or the last advert a resumed round awaited
 
     def _on_global(self, topic: Topic, msg: Any) -> None:
         if topic.module != msg.key or msg.sender != "cloud":
@@ -207,41 +206,56 @@ class FogGateway(Service):
     def _on_update(self, topic: Topic, msg: ModuleUpdate) -> None:
         if (topic.node, topic.module, topic.fog) != (msg.sender, msg.key, msg.fog) or msg.fog != self.node:
             raise DecodeError(f"update header ({msg.sender}, {msg.key}, {msg.fog}) does not match its topic")
-        if msg.idempotency_key in self.applied_keys:
+        idem = msg.idempotency_key
+        lag = self.cluster_c - msg.cluster_round if self.in_round and msg.global_round == self.round_g else -1
+        if idem not in self.book.applied:
+            if lag != 0 and not (lag == 1 and self.cfg.fog.late_updates == "next_round" and msg.key in self.book.aggs):
+                self._refuse_stale(msg, lag)
+            if msg.key not in self.book.aggs:
+                raise DecodeError(f"module {msg.key} is not aggregated in this round")
+            if msg.sender not in (self.participants if lag == 0 else self.previous).get(msg.key, set()):
+                if msg.sender not in self._holders(msg.key):
+                    raise DecodeError(f"device {msg.sender!r} is not an advertised holder of {msg.key}")
+                raise DecodeError(f"device {msg.sender!r} was not selected for {msg.key} in round "
+                                  f"({msg.global_round},{msg.cluster_round})")
+        if idem in self.book.applied or msg.sender in (self.book.late if lag else self.book.reported)[msg.key]:
             self.rejected["duplicate"] += 1
-            log.info("fog %s: duplicate update %s ignored", self.node, msg.idempotency_key)
-            self.send_ack(self.node, msg.sender, [msg.idempotency_key])  # its first ack was lost: say so again
-            return
-        if msg.sender not in self._holders(msg.key):
-            raise DecodeError(f"device {msg.sender!r} is not an advertised holder of {msg.key}")
-        if self.in_round and msg.sender not in self.participants.get(msg.key, set()):
-            raise DecodeError(f"device {msg.sender!r} was not selected for {msg.key} this round")
-        if not self.in_round or (msg.global_round, msg.cluster_round) != (self.round_g, self.cluster_c):
-            if (msg.global_round, msg.cluster_round) < (self.round_g, self.cluster_c + (not self.in_round)):
-                self.send_ack(self.node, msg.sender, [msg.idempotency_key], "expired")  # its round closed
-            raise DecodeError(f"stale update for round ({msg.global_round},{msg.cluster_round}); "
-                              f"open round is ({self.round_g},{self.cluster_c}) in_round={self.in_round}")
-        if msg.key not in self.aggs:
-            raise DecodeError(f"module {msg.key} is not aggregated in this round")
-        if msg.sender in self.reported[msg.key]:
-            self.rejected["duplicate"] += 1
-            log.info("fog %s: duplicate update %s ignored", self.node, msg.idempotency_key)
-            self.send_ack(self.node, msg.sender, [msg.idempotency_key])  # its first ack was lost: say so again
+            log.info("fog %s: duplicate update %s ignored", self.node, idem)
+            self.send_ack(self.node, msg.sender, [idem])  # its first ack was lost: say so again
             return
         delta = unpack(msg, layout_of(self.pub.true[msg.key]))
         if not same_layout(delta, self.pub.true[msg.key]):
             raise AggregationError(f"update of {msg.key} from {msg.sender} does not match the module's tensors")
-        self.aggs[msg.key].add(delta, msg.num_samples)
-        self.applied_keys[msg.idempotency_key] = None
-        while len(self.applied_keys) > APPLIED_KEYS_KEPT:
-            del self.applied_keys[next(iter(self.applied_keys))]
-        self.reported[msg.key].add(msg.sender)
-        self.round_weight[msg.key][msg.sender] = msg.num_samples
-        self.send_ack(self.node, msg.sender, [msg.idempotency_key])
+        stored = StoredDelta(key=idem, module=msg.key, sender=msg.sender, num_samples=msg.num_samples, lag=lag,
+                             weight=staleness_weight(msg.num_samples, self.cfg.fog.staleness_decay, lag), delta=delta)
+        self.book.accept(stored, global_round=self.round_g, cluster_round=self.cluster_c)
+        if lag:
+            self.late_folded += 1
+            log.info("fog %s: late update %s folded into round (%d,%d) with lag %d, weight %.4g", self.node, idem,
+                     self.round_g, self.cluster_c, lag, stored.weight)
+        self.send_ack(self.node, msg.sender, [idem])  # only now: the update is on disk
         self._close_if_complete()
 
+    def _refuse_stale(self, msg: ModuleUpdate, lag: int) -> None:
+        """Raises DecodeError for an update outside the open round; one for a closed round also hears expired."""
+        closed = (msg.global_round, msg.cluster_round) < (self.round_g, self.cluster_c + (not self.in_round))
+        why = ""
+        if closed:
+            self.send_ack(self.node, msg.sender, [msg.idempotency_key], "expired")  # its round closed
+            if self.cfg.fog.late_updates == "next_round":
+                why = (f"; {lag} cluster rounds late (at most 1 is folded in)" if lag > 1 else
+                       f"; {msg.key} is not in the open round" if lag == 1 else
+                       "; its global round's aggregate has already left for the cloud")
+        raise DecodeError(f"stale update {msg.idempotency_key} for round ({msg.global_round},{msg.cluster_round}); "
+                          f"open round is ({self.round_g},{self.cluster_c}) in_round={self.in_round}{why}")
+
     def _close_if_complete(self) -> None:
-        if self.in_round and all(self._expected(k) <= self.reported[k] for k in self.modules):
+        if not self.in_round:
+            return
+        if time.monotonic() < self.settle_until and not set().union(*self.participants.values()) <= set(self.adverts):
+            return
+        if all(self.book.done(k, expected=self._expected(k), selected=self.participants.get(k, set()) - self.skipped,
+                              minimum=self.cfg.fog.min_participants) for k in self.modules):
             self._close_cluster_round()
 
     def _expected(self, key: ModuleKey) -> set[str]:
@@ -250,7 +264,7 @@ class FogGateway(Service):
 
     def _select(self, key: ModuleKey) -> set[str]:
         """The holders of ``key`` whose advertised resources pass the fog's thresholds, at most N of them (those
-        with the most samples for the module)."""
+        with the most samples for the module); none when fewer than min_participants pass."""
         chosen = []
         for dev in sorted(self._holders(key)):
             advert = self.adverts.get(dev)
@@ -263,6 +277,10 @@ class FogGateway(Service):
         if cap > 0 and len(chosen) > cap:
             chosen.sort(key=lambda d: -self._samples_of(d, key))
             chosen = chosen[:cap]
+        if 0 < len(chosen) < self.cfg.fog.min_participants:
+            log.warning("fog %s: %s left out of round (%d,%d): %d eligible holder(s), min_participants is %d",
+                        self.node, key, self.round_g, self.cluster_c, len(chosen), self.cfg.fog.min_participants)
+            return set()
         return set(chosen)
 
     def _samples_of(self, dev: str, key: ModuleKey) -> int:
@@ -299,66 +317,66 @@ class FogGateway(Service):
         self.start_state = {k: self.global_rx.states[k] for k in self.modules}
         for key in self.modules:
             self.pub.true[key] = {n: a.copy() for n, a in self.start_state[key].items()}
-        self.round_weight = {k: {} for k in self.modules}
-        self.round_updated: set[ModuleKey] = set()
-        for key in self.modules:
-            self._publish_cluster(key, stage=0, full=plan.final)  # final: full state, no resync needed after exit
+        self.book.round_weight = {k: {} for k in self.modules}
+        self.round_updated = set()
+        # final: full state, so that nobody needs a resync after this gateway exits
+        versions = [self.pub.version(k, (self.round_g, 0), full=plan.final) for k in self.modules]
         if plan.final:
+            for version in versions:
+                self._publish(version)
             self._publish_ctl(0, final=True)
             log.info("fog %s: job finished after %d global rounds", self.node, plan.global_round - 1)
             self.done = True
             return
         self._open_cluster_round(1)
+        self._commit(self.modules, start=True)
+        self._announce(versions)
 
     def _open_cluster_round(self, c: int) -> None:
         assert self.plan is not None
         self.cluster_c = c
-        self.aggs = {k: make_aggregator(self.cfg.fog.aggregator, self.cfg.fog.aggregator_params) for k in self.modules}
-        self.reported = {k: set() for k in self.modules}
+        self.book.open(self.modules)
         self.skipped = set()
+        self.previous = self.participants if c > 1 else {}
         self.participants = {k: self._select(k) for k in self.modules}
         self.deadline = time.monotonic() + min(self.plan.deadline_s, self.cfg.fog.round_deadline_s)
         self.in_round = True
-        self._publish_ctl(c, final=False)
 
     def _close_cluster_round(self) -> None:
-        updated = []
-        for key in (k for k in self.modules if self.aggs[k].count > 0):
-            try:
-                delta = self.aggs[key].result()
-            except AggregationError as exc:  # a robust rule outside its tolerance refuses; it never averages
-                self.rejected["aggregation_refused"] += 1
-                log.warning("fog %s: %s not updated in round (%d,%d): %s", self.node, key, self.round_g,
-                            self.cluster_c, exc)
-                continue
-            new = {n: (a + delta[n]).astype(np.float32) for n, a in self.pub.true[key].items()}
-            if not all(np.isfinite(a).all() for a in new.values()):
-                self.rejected["aggregation_refused"] += 1
-                log.warning("fog %s: %s not updated in round (%d,%d): the aggregate overflows to NaN/Inf",
-                            self.node, key, self.round_g, self.cluster_c)
-                continue
-            updated.append(key)
+        new_states, refused = self.book.results(self.pub.true, self.cfg.fog.min_participants)
+        for key, counter, why in refused:
+            self.rejected[counter] += 1
+            log.warning("fog %s: %s not updated in round (%d,%d): %s", self.node, key, self.round_g, self.cluster_c,
+                        why)
+        versions = []
+        for key, new in new_states.items():
             self.round_updated.add(key)
             self.pub.true[key] = new
-            self._publish_cluster(key, stage=self.cluster_c)
+            versions.append(self.pub.version(key, (self.round_g, self.cluster_c)))
         self.rounds_log.append({"global_round": self.round_g, "cluster_round": self.cluster_c,
-                                "modules_updated": len(updated),
-                                "updates": sum(self.aggs[k].count for k in self.modules)})
+                                "modules_updated": len(new_states), "updates": self.book.updates(),
+                                "too_few_participants": [str(k) for k, c, _ in refused if c == "too_few_participants"]})
         log.info("fog %s: cluster round (%d,%d) closed: %d modules, %d updates, %d B to devices so far",
-                 self.node, self.round_g, self.cluster_c, len(updated), self.rounds_log[-1]["updates"],
+                 self.node, self.round_g, self.cluster_c, len(new_states), self.rounds_log[-1]["updates"],
                  self.meter.total("fog_to_device"))
         assert self.plan is not None
         if self.cluster_c < self.plan.agg_every:
             self._open_cluster_round(self.cluster_c + 1)
-            return
-        self.in_round = False
-        self._send_upward()
+        else:
+            self.in_round = False
+            self._send_upward()  # into the outbox first: a kill before the commit below sends the same keys again
+        self._commit(list(new_states))
+        if not self.in_round:
+            self.feedback.save(self.residuals_path)  # after the commit: a resent aggregate is packed the same way
+        self._announce(versions)
+        if self.sender is not None:
+            self.sender.pump()
 
     def _send_upward(self) -> None:
         sent: list[ModuleKey] = []
         devices: set[str] = set()
         for key in self.modules:
-            weights = self.round_weight[key]
+            weights = self.book.round_weight[key]
             if not weights or key not in self.round_updated:
                 continue
             delta = {n: (a - self.start_state[key][n]).astype(np.float32) for n, a in self.pub.true[key].items()}
@@ -371,13 +389,10 @@ class FogGateway(Service):
             sent.append(key)
             devices |= set(weights)
         self.sent_last = set(sent)
-        self.feedback.save(self.residuals_path)
         report = FogRoundReport(fleet=self.fleet, fog=self.node, global_round=self.round_g, modules=tuple(sent),
                                 devices=tuple(sorted(devices)), cluster_rounds=self.cluster_c)
         self._send_up(report_key(self.fleet, self.node, self.round_g), topics.fogdone(self.fleet, self.node),
                       encode(report))
-        if self.sender is not None:
-            self.sender.pump()
         log.info("fog %s: global round %d sent upward: %d modules from %d devices, %d B to cloud so far",
                  self.node, self.round_g, len(sent), len(devices), self.meter.total("fog_to_cloud"))
 
@@ -392,9 +407,8 @@ class FogGateway(Service):
         else:
             self.transport.publish(topic, payload, category="fog_to_cloud")
 
-    def _publish_cluster(self, key: ModuleKey, *, stage: int, full: bool = False) -> None:
-        version = self.pub.version(key, (self.round_g, stage), full=full)
-        self.transport.publish(topics.cluster(self.fleet, self.node, key), encode(version),
+    def _publish(self, version: ModuleVersion) -> None:
+        self.transport.publish(topics.cluster(self.fleet, self.node, version.key), encode(version),
                                category="fog_to_device", retain=True)
 
     def _publish_ctl(self, c: int, *, final: bool) -> None:
