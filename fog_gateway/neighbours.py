@@ -53,6 +53,7 @@ class FogTopology:
         self.relays: dict[str, dict[str, str]] = {}
         self.mixing: tuple[float, dict[ModuleKey, State]] | None = None
         self.mixed_log: list[str] = []
+        self.refused_at_close: list[tuple[ModuleKey, str, str]] = []
         sched = self.cfg.schedule
         self.schedule = Schedule(agg_every=sched.agg_every, adaptive=sched.adaptive, sync_share=sched.sync_share)
         self.e_agg = 0
@@ -66,6 +67,12 @@ class FogTopology:
     def _choose_relays(self) -> None:
         self.relays = choose_relays(self.groups, self.participants, self.adverts,
                                     self.cfg.d2d.uplink_rate_bps) if self.groups else {}
+
+    def _d2d_reachable(self, device: str) -> bool:
+        """Whether another member of ``device``'s D2D group is online (an offline device may still reach this fog
+        through it, so the open round keeps waiting for it until its deadline)."""
+        online = self.holdings  # type: ignore[attr-defined]
+        return any(device in g and any(m != device and m in online for m in g) for g in self.groups)
 
     def _reporters(self, msg: ModuleUpdate) -> tuple[str, ...]:
         """The devices ``msg`` stands for. Raises DecodeError for covers outside the sender's D2D group."""
@@ -88,7 +95,7 @@ class FogTopology:
             self.rejected["duplicate"] += 1
 
     def _wants_mix(self) -> bool:
-        return self.mix is not None and self.cluster_c < self.e_agg
+        return self.mix is not None and self.cluster_c < self._agg_every_now()
 
     def _own_weight(self, key: ModuleKey) -> float:
         got = self.book.contributors(key)
@@ -141,6 +148,11 @@ class FogTopology:
         return out
 
     # -- schedule ----------------------------------------------------------------------------------------------
+    def _agg_every_now(self) -> int:
+        """This global round's E_agg (the cloud's after a restart, which does not journal the choice)."""
+        plan = getattr(self, "plan", None)
+        return self.e_agg or (plan.agg_every if plan is not None else 1)
+
     def _pick_agg_every(self, cap: int) -> None:
         now = time.monotonic()
         if self.sync_started is not None:

@@ -87,12 +87,15 @@ class RoundBook:
         self._count(stored)
 
     def _count(self, stored: StoredDelta) -> None:
-        (self.late if stored.lag else self.reported)[stored.module].add(stored.sender)
+        reporters = stored.reporters  # a D2D relay's update counts for each device it covers
+        (self.late if stored.lag else self.reported)[stored.module].update(reporters)
         weights = self.round_weight.setdefault(stored.module, {})
-        if stored.lag:
-            weights.setdefault(stored.sender, stored.num_samples)
-        else:
-            weights[stored.sender] = stored.num_samples
+        share = stored.num_samples / len(reporters) if stored.covers else stored.num_samples
+        for dev in reporters:
+            if stored.lag:
+                weights.setdefault(dev, share)
+            else:
+                weights[dev] = share
         self.applied[stored.key] = None
         while len(self.applied) > self.journal.kept:
             del self.applied[next(iter(self.applied))]

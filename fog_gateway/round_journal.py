@@ -43,7 +43,7 @@ import numpy as np
 from edge_runtime.errors import HffmError
 from edge_runtime.protocol import ModuleKey, RoundControl
 
-FORMAT = "hffm-fog-round/1"
+FORMAT = "hffm-fog-round/2"
 State = dict[str, np.ndarray]
 Stamp = tuple[int, int]
 ROLES = ("start", "true", "published")
@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS deltas (
     cluster_round INTEGER NOT NULL,
     module      TEXT NOT NULL,
     sender      TEXT NOT NULL,
+    covers      TEXT NOT NULL DEFAULT '',
     num_samples INTEGER NOT NULL,
     weight      REAL NOT NULL,
     lag         INTEGER NOT NULL,
@@ -188,7 +189,7 @@ class Position:
                    in_round=bool(raw["in_round"]), modules=[ModuleKey.parse(k) for k in raw["modules"]],
                    participants={k: set(v) for k, v in _keys(raw["participants"]).items()},
                    previous={k: set(v) for k, v in _keys(raw["previous"]).items()},
-                   round_weight={k: {str(d): int(n) for d, n in v.items()} for k, v in
+                   round_weight={k: {str(d): float(n) for d, n in v.items()} for k, v in
                                  _keys(raw["round_weight"]).items()},
                    round_updated={ModuleKey.parse(k) for k in raw["round_updated"]},
                    sent_last={ModuleKey.parse(k) for k in raw["sent_last"]}, plan=RoundControl(**raw["plan"]))
@@ -205,6 +206,12 @@ class StoredDelta:
     weight: float  # num_samples, or its staleness weight for a late update
     lag: int  # 0, or how many cluster rounds late it was folded in
     delta: State
+    covers: tuple[str, ...] = ()  # a D2D relay's update: the devices it averages (ModuleUpdate.covers)
+
+    @property
+    def reporters(self) -> tuple[str, ...]:
+        """The devices this update counts for: those it covers, or its sender."""
+        return self.covers or (self.sender,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,10 +289,10 @@ class RoundJournal:
         layout, blob = pack_state(delta.delta)
 
         def steps(db: sqlite3.Connection) -> None:
-            db.execute("INSERT INTO deltas (key, global_round, cluster_round, module, sender, num_samples, weight, "
-                       "lag, layout, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (delta.key, global_round, cluster_round, str(delta.module), delta.sender, delta.num_samples,
-                        delta.weight, delta.lag, layout, blob))
+            db.execute("INSERT INTO deltas (key, global_round, cluster_round, module, sender, covers, num_samples, "
+                       "weight, lag, layout, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (delta.key, global_round, cluster_round, str(delta.module), delta.sender, ",".join(delta.covers),
+                        delta.num_samples, delta.weight, delta.lag, layout, blob))
             db.execute("INSERT OR REPLACE INTO applied (key) VALUES (?)", (delta.key,))
 
         self._write(steps)
@@ -359,14 +366,15 @@ class RoundJournal:
                     g, s = json.loads(stamp)
                     stamps[key] = (int(g), int(s))
             deltas = []
-            for key, g, c, module, sender, n, weight, lag, layout, data in self._db.execute(
-                    "SELECT key, global_round, cluster_round, module, sender, num_samples, weight, lag, layout, data "
-                    "FROM deltas ORDER BY seq"):
+            for key, g, c, module, sender, covers, n, weight, lag, layout, data in self._db.execute(
+                    "SELECT key, global_round, cluster_round, module, sender, covers, num_samples, weight, lag, layout, "
+                    "data FROM deltas ORDER BY seq"):
                 if not position.in_round or (g, c) != (position.round_g, position.cluster_c) \
                         or ModuleKey.parse(module) not in position.modules:
                     raise ValueError(f"delta {key!r} of {module} in round ({g},{c}) is outside the open round")
                 deltas.append(StoredDelta(key=key, module=ModuleKey.parse(module), sender=sender, num_samples=n,
-                                          weight=weight, lag=lag, delta=unpack_state(layout, bytes(data))))
+                                          weight=weight, lag=lag, delta=unpack_state(layout, bytes(data)),
+                                          covers=tuple(covers.split(",")) if covers else ()))
             missing = [k for k in position.modules if k not in states["start"] or k not in states["true"]
                        or k not in states["published"]]
             if missing:

@@ -48,6 +48,7 @@ from edge_runtime.resources import eligible
 from edge_runtime.security.wiring import service_security
 from edge_runtime.service import Service
 from fog_gateway.aggregation import make_aggregator
+from fog_gateway.neighbours import FogTopology
 from fog_gateway.round_book import JournaledRounds
 from fog_gateway.round_journal import RoundJournal, StoredDelta, staleness_weight
 
@@ -56,7 +57,7 @@ APPLIED_KEYS_KEPT = 100_000  # ~ a few rounds of a large fog; older retransmissi
 GLOBALS_GRACE_S = 60.0
 
 
-class FogGateway(JournaledRounds, Service):
+class FogGateway(FogTopology, JournaledRounds, Service):
     role = "fog"
     watch_broker = True
 
@@ -89,6 +90,8 @@ class FogGateway(JournaledRounds, Service):
         self.late_folded = 0
         make_aggregator(cfg.fog.aggregator, cfg.fog.aggregator_params)  # bad name/params: config error at start
         self.journal = RoundJournal(state_dir / f"{cfg.fog.id}-round.sqlite", kept=APPLIED_KEYS_KEPT)
+        self._topology_init()
+        self.round_via: set[str] = set()  # devices whose update reached this round through a D2D relay
         self._forget()
         self._resume(self.journal.load())
 
@@ -99,7 +102,7 @@ class FogGateway(JournaledRounds, Service):
                 topics.chunk_filter(self.fleet, self.node)]
         if self.sender is not None:
             subs.append(topics.ack_filter(self.fleet, self.node, self.node))
-        return subs + [topics.state(self.fleet, d) for d in sorted(self.expected)]
+        return subs + [topics.state(self.fleet, d) for d in sorted(self.expected)] + self._topology_subscriptions()
 
     def start(self) -> None:
         advert = NodeState(fleet=self.fleet, node=self.node, role="fog", fog=self.node, online=True,
@@ -129,6 +132,8 @@ class FogGateway(JournaledRounds, Service):
                     self.outbox.expire_rounds_before(message.global_round)
         elif topic.kind == "up":
             self._on_update(topic, message)
+        elif topic.kind == "fogpeer":
+            self._on_fogpeer(topic, message)
         elif topic.kind == "ack" and self.sender is not None:
             if message.sender != "cloud" or message.to != self.node:
                 raise DecodeError(f"ack from {message.sender!r} to {message.to!r} is not the cloud's to {self.node}")
@@ -149,11 +154,15 @@ class FogGateway(JournaledRounds, Service):
                 log.warning("fog %s: round (%d,%d) deadline passed; missing %s", self.node, self.round_g,
                             self.cluster_c, {k: v for k, v in missing.items() if v})
                 self._close_cluster_round()
+        elif self.mixing is not None:
+            if self._mix_ready():  # the neighbours' aggregates are in (or their wait is over): finish the close
+                self._close_cluster_round()
         else:
             self._maybe_start_round()
 
     def extra_metrics(self) -> dict[str, Any]:
         return {"rounds": self.rounds_log, "late_updates_folded": self.late_folded,
+                "schedule": self.schedule.report(),
                 "outbox": self.sender.stats() if self.sender is not None else None}
 
     def finish(self) -> None:
@@ -207,18 +216,25 @@ class FogGateway(JournaledRounds, Service):
         if (topic.node, topic.module, topic.fog) != (msg.sender, msg.key, msg.fog) or msg.fog != self.node:
             raise DecodeError(f"update header ({msg.sender}, {msg.key}, {msg.fog}) does not match its topic")
         idem = msg.idempotency_key
+        reporters = self._reporters(msg)  # the sender, or the devices a D2D relay's update covers
         lag = self.cluster_c - msg.cluster_round if self.in_round and msg.global_round == self.round_g else -1
         if idem not in self.book.applied:
             if lag != 0 and not (lag == 1 and self.cfg.fog.late_updates == "next_round" and msg.key in self.book.aggs):
                 self._refuse_stale(msg, lag)
             if msg.key not in self.book.aggs:
                 raise DecodeError(f"module {msg.key} is not aggregated in this round")
-            if msg.sender not in (self.participants if lag == 0 else self.previous).get(msg.key, set()):
-                if msg.sender not in self._holders(msg.key):
-                    raise DecodeError(f"device {msg.sender!r} is not an advertised holder of {msg.key}")
-                raise DecodeError(f"device {msg.sender!r} was not selected for {msg.key} in round "
+            chosen = (self.participants if lag == 0 else self.previous).get(msg.key, set())
+            for dev in (d for d in reporters if d not in chosen):
+                if dev not in self._holders(msg.key):
+                    raise DecodeError(f"device {dev!r} is not an advertised holder of {msg.key}")
+                raise DecodeError(f"device {dev!r} was not selected for {msg.key} in round "
                                   f"({msg.global_round},{msg.cluster_round})")
-        if idem in self.book.applied or msg.sender in (self.book.late if lag else self.book.reported)[msg.key]:
+        seen = (self.book.late if lag else self.book.reported).get(msg.key, set()) & set(reporters)
+        if seen and idem not in self.book.applied and seen != set(reporters):
+            self.send_ack(self.node, msg.sender, [idem], "rejected")
+            raise DecodeError(f"update {idem} covers {sorted(reporters)}, of which {sorted(seen)} already reported "
+                              "on their own: it cannot be applied in part")
+        if idem in self.book.applied or seen:
             self.rejected["duplicate"] += 1
             log.info("fog %s: duplicate update %s ignored", self.node, idem)
             self.send_ack(self.node, msg.sender, [idem])  # its first ack was lost: say so again
@@ -227,8 +243,10 @@ class FogGateway(JournaledRounds, Service):
         if not same_layout(delta, self.pub.true[msg.key]):
             raise AggregationError(f"update of {msg.key} from {msg.sender} does not match the module's tensors")
         stored = StoredDelta(key=idem, module=msg.key, sender=msg.sender, num_samples=msg.num_samples, lag=lag,
-                             weight=staleness_weight(msg.num_samples, self.cfg.fog.staleness_decay, lag), delta=delta)
+                             weight=staleness_weight(msg.num_samples, self.cfg.fog.staleness_decay, lag), delta=delta,
+                             covers=msg.covers)
         self.book.accept(stored, global_round=self.round_g, cluster_round=self.cluster_c)
+        self.round_via.update(d for d in reporters if d != msg.sender)
         if lag:
             self.late_folded += 1
             log.info("fog %s: late update %s folded into round (%d,%d) with lag %d, weight %.4g", self.node, idem,
@@ -259,8 +277,11 @@ class FogGateway(JournaledRounds, Service):
             self._close_cluster_round()
 
     def _expected(self, key: ModuleKey) -> set[str]:
-        """Who must still report ``key`` this round: selected, still online, not sitting it out."""
-        return (self.participants.get(key, set()) & self._holders(key)) - self.skipped
+        """Who must still report ``key`` this round: selected, not sitting it out, and still online or in a D2D
+        group with a member online (its update may come through that neighbour: docs/topology.md)."""
+        holders = self._holders(key)
+        return {d for d in self.participants.get(key, set()) - self.skipped
+                if d in holders or self._d2d_reachable(d)}
 
     def _select(self, key: ModuleKey) -> set[str]:
         """The holders of ``key`` whose advertised resources pass the fog's thresholds, at most N of them (those
@@ -313,6 +334,7 @@ class FogGateway(JournaledRounds, Service):
             log.warning("fog %s: no global version for %s; leaving them out", self.node, sorted(map(str, held - ready)))
         self.round_g = plan.global_round
         self.meter.round = plan.global_round
+        self._pick_agg_every(plan.agg_every)
         self.modules = sorted(ready)
         self.start_state = {k: self.global_rx.states[k] for k in self.modules}
         for key in self.modules:
@@ -339,15 +361,28 @@ class FogGateway(JournaledRounds, Service):
         self.skipped = set()
         self.previous = self.participants if c > 1 else {}
         self.participants = {k: self._select(k) for k in self.modules}
+        self._choose_relays()
+        self.round_via = set()
+        self.cluster_started = time.monotonic()
         self.deadline = time.monotonic() + min(self.plan.deadline_s, self.cfg.fog.round_deadline_s)
         self.in_round = True
 
     def _close_cluster_round(self) -> None:
-        new_states, refused = self.book.results(self.pub.true, self.cfg.fog.min_participants)
-        for key, counter, why in refused:
-            self.rejected[counter] += 1
-            log.warning("fog %s: %s not updated in round (%d,%d): %s", self.node, key, self.round_g, self.cluster_c,
-                        why)
+        if self.mixing is None:
+            new_states, refused = self.book.results(self.pub.true, self.cfg.fog.min_participants)
+            for key, counter, why in refused:
+                self.rejected[counter] += 1
+                log.warning("fog %s: %s not updated in round (%d,%d): %s", self.node, key, self.round_g,
+                            self.cluster_c, why)
+            self.schedule.observe_cluster(time.monotonic() - self.cluster_started)
+            self.mixed_log = []
+            if self._wants_mix():  # share with the neighbour fogs first; tick() comes back here once theirs are in
+                self.refused_at_close = refused
+                self._share(new_states)
+                return
+        else:
+            new_states, refused = self._mixed(self.mixing[1]), self.refused_at_close
+            self.mixing = None
         versions = []
         for key, new in new_states.items():
             self.round_updated.add(key)
@@ -355,12 +390,14 @@ class FogGateway(JournaledRounds, Service):
             versions.append(self.pub.version(key, (self.round_g, self.cluster_c)))
         self.rounds_log.append({"global_round": self.round_g, "cluster_round": self.cluster_c,
                                 "modules_updated": len(new_states), "updates": self.book.updates(),
-                                "too_few_participants": [str(k) for k, c, _ in refused if c == "too_few_participants"]})
+                                "too_few_participants": [str(k) for k, c, _ in refused if c == "too_few_participants"],
+                                "reporters": sorted(set().union(*self.book.reported.values())),
+                                "via_relay": sorted(self.round_via), "mixed": len(self.mixed_log)})
         log.info("fog %s: cluster round (%d,%d) closed: %d modules, %d updates, %d B to devices so far",
                  self.node, self.round_g, self.cluster_c, len(new_states), self.rounds_log[-1]["updates"],
                  self.meter.total("fog_to_device"))
         assert self.plan is not None
-        if self.cluster_c < self.plan.agg_every:
+        if self.cluster_c < self._agg_every_now():
             self._open_cluster_round(self.cluster_c + 1)
         else:
             self.in_round = False
@@ -389,6 +426,7 @@ class FogGateway(JournaledRounds, Service):
             sent.append(key)
             devices |= set(weights)
         self.sent_last = set(sent)
+        self.sync_started = time.monotonic()
         report = FogRoundReport(fleet=self.fleet, fog=self.node, global_round=self.round_g, modules=tuple(sent),
                                 devices=tuple(sorted(devices)), cluster_rounds=self.cluster_c)
         self._send_up(report_key(self.fleet, self.node, self.round_g), topics.fogdone(self.fleet, self.node),
@@ -416,9 +454,9 @@ class FogGateway(JournaledRounds, Service):
         # Always name the participants: a device trains and sends only the modules it is listed for this round.
         participants = {str(k): tuple(sorted(v)) for k, v in self.participants.items()}
         ctl = RoundControl(fleet=self.fleet, sender=self.node, global_round=self.round_g, cluster_round=c,
-                           total_rounds=self.plan.total_rounds, agg_every=self.plan.agg_every,
+                           total_rounds=self.plan.total_rounds, agg_every=self._agg_every_now(),
                            local_epochs=self.plan.local_epochs, deadline_s=self.plan.deadline_s, final=final,
-                           participants=participants if not final else {})
+                           participants=participants if not final else {}, relays=self.relays if not final else {})
         self.transport.publish(topics.ctl(self.fleet, self.node), encode(ctl), category="fog_to_device", retain=True)
 
 
