@@ -46,6 +46,7 @@ from edge_runtime.telemetry import sample
 
 log = logging.getLogger(__name__)
 BASE_WAIT_S = 30.0
+D2D_RESEND_S = 10.0  # first resend of a member's delta to its relay (docs/topology.md)
 ADVERT_RETRY_S = 3.0  # an advert that could not be handed to the broker (not connected) is retried this soon
 STALE_SLACK_S = 60  # message expiry of an update: its round's deadline plus this
 
@@ -148,7 +149,9 @@ class EdgeAgent(D2dDevice, Service):
         rel = self.cfg.reliability
         return PeerLink(self.cfg.d2d, fleet=self.fleet, fog=self.fog, node=self.node, state_dir=state_dir,
                         meter=self.meter, on_message=self._enqueue, outbox=rel.outbox,
-                        backoff=(rel.backoff_base_s, rel.backoff_max_s),
+                        # A relay acks once it has sent the group's average (after its own training and its
+                        # members'): resending sooner than ~10 s would only repeat the same bytes on the D2D link.
+                        backoff=(max(rel.backoff_base_s, D2D_RESEND_S), max(rel.backoff_max_s, D2D_RESEND_S)),
                         wrap=(lambda t: SealingTransport(t, self.signer)) if self.signer is not None else None)
 
     def subscriptions(self) -> list[str]:

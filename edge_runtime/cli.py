@@ -281,7 +281,8 @@ def bench_agent(
 def bench_topology(
     rounds: Annotated[int, typer.Option(min=1, max=100, help="Global rounds of the hierarchical runs.")] = 2,
     agg_every: Annotated[int, typer.Option(min=1, max=50, help="Cluster rounds per global round (E_agg); star runs "
-                                                               "rounds x agg_every global rounds.")] = 4,
+                                                               "rounds x agg_every global rounds; 8 as in the "
+                                                               "paper.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed (same for every run).")] = 0,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
     backbone: Annotated[str, typer.Option(help="Backbone (demo default: minilm).")] = "minilm",

@@ -31,7 +31,7 @@ PAPER = {"star": {"accuracy_pct": 37.89, "latency_s": 12.10, "energy_j": 387_000
 GOAL_POINTS, GOAL_RATIO = 0.5, 8.0
 
 
-def run_topology_bench(*, rounds: int, seed: int, report: Path | None, run_root: Path, agg_every: int = 4,
+def run_topology_bench(*, rounds: int, seed: int, report: Path | None, run_root: Path, agg_every: int = 8,
                        fogs: int = 2, devices_per_fog: int = 3, backbone: str = "minilm",
                        layouts: tuple[str, ...] = LAYOUT_ORDER, console: Console | None = None) -> dict[str, Any]:
     """Run each layout, print the table, write the JSON report; return it.

@@ -73,7 +73,9 @@ class D2dDevice:
         if msg.key in self.keys:
             delta = unpack(msg, layout_of(self.model.get_module_state(msg.key)))
         outcome = self.d2d.desk.offer(msg, delta, routed_here=routed)
-        if outcome == "duplicate":
+        if outcome == "included":  # a retransmission: its first ack was lost or late
+            self.d2d.ack_members([msg], count=False)
+        elif outcome == "duplicate":
             self.rejected["duplicate"] += 1
         elif outcome == "forward":
             self._forward_alone(msg)
@@ -84,6 +86,7 @@ class D2dDevice:
         log.info("device %s: forwarding %s of %s to the fog", self.node, msg.key, msg.sender)
         self._to_fog(dataclasses.replace(msg, sender=self.node, covers=(msg.sender,),
                                          idempotency_key=f"{msg.idempotency_key}@{self.node}"))
+        self.d2d.desk.mark_included([msg.idempotency_key])
         self.d2d.ack_members([msg])
 
     def _d2d_tick(self) -> None:

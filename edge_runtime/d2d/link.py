@@ -129,7 +129,7 @@ class PeerLink:
             self.sender.pump()
 
     # -- relay side ------------------------------------------------------------------------------------------
-    def ack_members(self, updates: list[ModuleUpdate] | tuple[ModuleUpdate, ...]) -> None:
+    def ack_members(self, updates: list[ModuleUpdate] | tuple[ModuleUpdate, ...], *, count: bool = True) -> None:
         """Tell each member its delta is on its way to the fog (in this device's outbox)."""
         from edge_runtime.protocol.messages import Ack
 
@@ -138,7 +138,8 @@ class PeerLink:
                       status="applied")
             self.transport.try_publish(topics.ack(self.fleet, self.fog, msg.sender, self.node), encode(ack),
                                        category=CATEGORY)
-        self.relayed += len(updates)
+        if count:
+            self.relayed += len(updates)
 
     def stats(self) -> dict[str, Any]:
         return {"relayed": self.relayed, "fell_back": self.fell_back,

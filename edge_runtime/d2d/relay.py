@@ -20,6 +20,7 @@ import numpy as np
 from edge_runtime.protocol import ModuleKey, ModuleUpdate
 
 Bucket = tuple[int, int, ModuleKey]
+INCLUDED_KEPT = 10_000
 State = dict[str, np.ndarray]
 
 
@@ -53,6 +54,13 @@ class RelayDesk:
         self.open: dict[Bucket, OpenBucket] = {}
         self.early: dict[Bucket, list[tuple[float, State | None, ModuleUpdate]]] = {}
         self.closed: set[Bucket] = set()
+        # Member keys already sent on (averaged or forwarded): a retransmission of one is acked again, never resent.
+        self.included: dict[str, None] = {}
+
+    def mark_included(self, keys: list[str]) -> None:
+        self.included.update(dict.fromkeys(keys))
+        while len(self.included) > INCLUDED_KEPT:
+            del self.included[next(iter(self.included))]
 
     def open_bucket(self, bucket: Bucket, own: State, own_samples: int, own_loss: float, members: set[str],
                     *, now: float | None = None) -> None:
@@ -66,10 +74,13 @@ class RelayDesk:
 
     def offer(self, msg: ModuleUpdate, delta: State | None, *, routed_here: bool,
               now: float | None = None) -> str:
-        """Take a member's delta. Returns ``"added"`` (in an open bucket), ``"duplicate"`` (already in it),
+        """Take a member's delta. Returns ``"included"`` (sent on already: ack it again), ``"added"`` (in an open
+        bucket), ``"duplicate"`` (already in it),
         ``"early"`` (the bucket is expected but not open yet) or ``"forward"`` (send it alone now).
         ``delta``: the decoded delta, or None when this device cannot decode it (it does not hold the module)."""
         now = time.monotonic() if now is None else now
+        if msg.idempotency_key in self.included:
+            return "included"
         bucket = (msg.global_round, msg.cluster_round, msg.key)
         ob = self.open.get(bucket)
         if ob is not None and msg.sender in ob.expected and delta is not None:
@@ -97,6 +108,7 @@ class RelayDesk:
                                                        (ob.members[s] for s in sorted(ob.members))]
                 out.append(Flush(bucket=bucket, parts=parts, covers=(self.node, *sorted(ob.members)),
                                  loss=ob.own_loss, acked=tuple(ob.members[s][1] for s in sorted(ob.members))))
+                self.mark_included([m.idempotency_key for _d, m in ob.members.values()])
         return out
 
     def stale_early(self, *, now: float | None = None) -> list[ModuleUpdate]:

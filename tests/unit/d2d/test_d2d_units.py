@@ -138,3 +138,15 @@ def test_neighbour_mix_is_the_weighted_mean_and_waits_for_neighbours() -> None:
     mixed, used = mix.mix(1, 1, KEY, start, {"w": np.full(2, 1.0, np.float32)}, 1.0)
     assert used == ["fog-2"]
     np.testing.assert_allclose(mixed["w"], 10.0 + (1.0 * 1 + 2.0 * 3) / 4)
+
+
+def test_relay_desk_never_sends_a_member_delta_twice() -> None:
+    desk = RelayDesk("d1", wait_s=10.0)
+    desk.open_bucket((1, 1, KEY), {"w": np.zeros(2, np.float32)}, 1, 0.0, {"d2"}, now=0.0)
+    msg = _update("d2", 2)
+    assert desk.offer(msg, {"w": np.ones(2, np.float32)}, routed_here=True, now=1.0) == "added"
+    assert len(desk.due(now=1.0)) == 1
+    # the member's outbox resends it (the ack was late): acked again, not forwarded alone
+    assert desk.offer(msg, {"w": np.ones(2, np.float32)}, routed_here=True, now=2.0) == "included"
+    desk.mark_included(["f/d3/1.1/x"])
+    assert desk.offer(_update("d3", 1), None, routed_here=False, now=2.0) == "forward"  # another key
