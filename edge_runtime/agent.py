@@ -420,7 +420,10 @@ class EdgeAgent(D2dDevice, Service):
             modality = self.data.modality_of[task]
             if not any(k.task in (task, "_") and k.modality in (modality, "_") for k in selected):
                 continue
-            seed = round_seed(t.seed, self.node, g, c)
+            # Seeded by the training session's index, as the local-only baseline is: every schedule (star,
+            # hierarchical, any E_agg) shuffles the same way in its n-th session, so comparing schedules compares
+            # the schedules, not the shuffles.
+            seed = round_seed(t.seed, self.node, 0, (g - 1) * ctl.agg_every + (c - 1))
             if fraction < 1.0:
                 keep = np.random.default_rng(seed).permutation(len(y))[: max(1, math.ceil(fraction * len(y)))]
                 x, y = x[np.sort(keep)], y[np.sort(keep)]
