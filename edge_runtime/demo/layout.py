@@ -81,6 +81,9 @@ def start_layout(layout: str, topology: Topology, run_dir: Path, stack: ExitStac
         wait_for_bridge(broker)
     device_ports = {d: network.add("device_fog", d, topology.devices[d].fog, fog_ports[topology.devices[d].fog])
                     for d in devices}
+    for fog in fogs:  # a fog's own E_agg from the topology (else the cloud's)
+        if topology.fogs[fog].agg_every is not None:
+            tables.setdefault(fog, {})["schedule"] = {"agg_every": topology.fogs[fog].agg_every}
     if d2d:
         for fog in fogs:
             groups = topology.d2d_groups(fog)
@@ -95,8 +98,8 @@ def start_layout(layout: str, topology: Topology, run_dir: Path, stack: ExitStac
             neighbours = sorted({b if a == fog else a for a, b in topology.fog_links() if fog in (a, b)})
             rates = {d: shannon_rate_bps(topology.link("device_fog", d, fog), topology.channel)
                      for d in topology.devices_of(fog)}
-            tables[fog] = {"d2d": {"groups": [list(g) for g in groups], "uplink_rate_bps": rates,
-                                   "neighbours": neighbours}}
+            tables.setdefault(fog, {})["d2d"] = {"groups": [list(g) for g in groups], "uplink_rate_bps": rates,
+                                                 "neighbours": neighbours}
     return Layout(cloud_port=cloud_port, fog_ports=fog_ports, fog_of={d: topology.devices[d].fog for d in devices},
                   device_ports=device_ports, network=network, topology=topology, node_tables=tables)
 
