@@ -51,6 +51,11 @@ def _topk(fraction: float, head_fraction: float) -> dict[str, dict[str, Any]]:
             "head": {"codec": "topk", "params": {"fraction": head_fraction, "values": "int8"}}}
 
 
+def _lowrank(encoder: int, adapter: int, head: int) -> dict[str, dict[str, Any]]:
+    return {kind: {"codec": "lowrank", "params": {"rank": r}}
+            for kind, r in (("encoder", encoder), ("adapter", adapter), ("head", head))}
+
+
 def _sign(encoder: float, adapter: float, head: float) -> dict[str, dict[str, Any]]:
     return {kind: {"codec": "sign", "params": {"fraction": f}}
             for kind, f in (("encoder", encoder), ("adapter", adapter), ("head", head))}
@@ -73,6 +78,9 @@ SETTINGS: tuple[Setting, ...] = (
             {"adapter": "ffa_lora", "lora_r": 2, "lora_alpha": 4}),
     Setting("sign+lora-r1", _sign(1.0, 1.0, 1.0), _all("int8"), _all("int8"), {"lora_r": 1, "lora_alpha": 2}),
     Setting("fp32+ffa-r2", {}, {}, {}, {"adapter": "ffa_lora", "lora_r": 2, "lora_alpha": 4}),
+    Setting("lowrank1", _lowrank(1, 1, 1), _all("int8"), _all("int8")),
+    Setting("lowrank2", _lowrank(2, 2, 2), _all("int8"), _all("int8")),
+    Setting("lowrank2+adapter1", _lowrank(2, 1, 2), _all("int8"), _all("int8")),
 )
 # The default run (about 40 min on 2 CPU cores); --only picks any of SETTINGS.
 DEFAULT_SETTINGS: tuple[Setting, ...] = tuple(

@@ -15,6 +15,7 @@ from edge_runtime.compression.error_feedback import ErrorFeedback
 from edge_runtime.compression.fp16 import Fp16Codec
 from edge_runtime.compression.fp32 import Fp32Codec
 from edge_runtime.compression.int8 import Int8Codec
+from edge_runtime.compression.lowrank import LowRankCodec
 from edge_runtime.compression.sign import SignCodec
 from edge_runtime.compression.state import decode_state, encode_state
 from edge_runtime.compression.topk import TopKCodec
@@ -51,7 +52,7 @@ def make_codec(name: str, params: Mapping[str, Any] | None = None) -> Codec:
     return CODECS[name](params)
 
 
-for _cls in (Fp32Codec, Fp16Codec, Int8Codec, TopKCodec, SignCodec):
+for _cls in (Fp32Codec, Fp16Codec, Int8Codec, TopKCodec, SignCodec, LowRankCodec):
     register(_cls)
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "SignCodec",
     "Fp32Codec",
     "Int8Codec",
+    "LowRankCodec",
     "TopKCodec",
     "decode_state",
     "encode_state",

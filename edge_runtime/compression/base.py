@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import operator
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -71,6 +71,15 @@ class Codec(ABC):
         """The largest absolute per-element error ``decode(encode(x))`` may have for this ``x`` (the codec's
         stated error; 0.0 for lossless codecs). For sparsifying codecs this bounds the error on the elements that
         are sent; the elements that are not sent are exactly the residual that error feedback keeps."""
+
+    def with_layout(self, shapes: Sequence[tuple[int, ...]]) -> Codec:
+        """This codec for a flat vector that concatenates tensors of ``shapes`` (a module, see ``module_codec``).
+
+        Codecs that code element by element ignore the layout and return themselves; a structured codec
+        (``lowrank``) returns a copy that codes each tensor by its shape. Sender and receiver pass the same
+        layout: the module's tensor shapes in name order.
+        """
+        return self
 
     @property
     def wire_params(self) -> dict[str, ParamValue]:

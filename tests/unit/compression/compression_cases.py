@@ -25,6 +25,9 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("sign", {}),
     ("sign", {"block": 3}),
     ("sign", {"fraction": 0.3, "seed": 11}),
+    ("lowrank", {}),
+    ("lowrank", {"rank": 2}),
+    ("lowrank", {"rank": 5}),
 ]
 IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in params.items()) or 'default'}" for name, params in CONFIGS]
 

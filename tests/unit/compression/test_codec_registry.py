@@ -12,18 +12,19 @@ from edge_runtime.compression import CODECS, Codec, Fp16Codec, Fp32Codec, Int8Co
 from edge_runtime.errors import ConfigError
 
 
-def test_the_five_codecs_are_registered() -> None:
-    from edge_runtime.compression import SignCodec
+def test_the_six_codecs_are_registered() -> None:
+    from edge_runtime.compression import LowRankCodec, SignCodec
 
     assert CODECS == {"fp32": Fp32Codec, "fp16": Fp16Codec, "int8": Int8Codec, "topk": TopKCodec,
-                      "sign": SignCodec}
-    assert make_codec("fp32").lossless and not any(CODECS[n].lossless for n in ("fp16", "int8", "topk"))
+                      "sign": SignCodec, "lowrank": LowRankCodec}
+    assert make_codec("fp32").lossless and not any(CODECS[n].lossless for n in ("fp16", "int8", "topk", "sign",
+                                                                                "lowrank"))
     assert set(compression.__all__) >= {"Codec", "CODECS", "make_codec", "register", "ErrorFeedback",
                                         "encode_state", "decode_state"}
 
 
 def test_unknown_codec_names_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"unknown codec 'zstd'; expected one of \['fp16', 'fp32', 'int8', 'sign', 'topk'\]"):
+    with pytest.raises(ConfigError, match=r"unknown codec 'zstd'; expected one of \['fp16', 'fp32', 'int8', 'lowrank', 'sign', 'topk'\]"):
         make_codec("zstd")
     with pytest.raises(ConfigError, match="unknown codec"):
         make_codec(None)  # type: ignore[arg-type]
@@ -47,6 +48,9 @@ def test_unknown_codec_names_the_known_ones() -> None:
     ("topk", {"fraction": float("nan")}, r"'fraction' must be in \(0, 1\]"),
     ("topk", {"values": "bf16"}, "unknown value codec 'bf16'"),
     ("topk", ["fraction"], "must be a mapping"),
+    ("lowrank", {"rank": 0}, r"rank must be in \[1, 64\]"),
+    ("lowrank", {"rank": 65}, r"rank must be in \[1, 64\]"),
+    ("lowrank", {"rank": 1.0}, "must be int"),
 ])
 def test_bad_parameters_are_config_errors(name: str, params: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
