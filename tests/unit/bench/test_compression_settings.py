@@ -29,3 +29,21 @@ def test_selection() -> None:
     assert [s.name for s in select_settings("sign+lora-r1")] == ["fp32", "sign+lora-r1"]  # not in the default run
     with pytest.raises(ConfigError, match=r"unknown compression setting\(s\) \['nope'\]"):
         select_settings("sign,nope")
+
+
+def test_codec_speed_codes_modules_as_the_runtime_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from edge_runtime.bench import compression as bench
+    from edge_runtime.compression.lowrank import LowRankCodec
+    from edge_runtime.protocol import ModuleKey
+
+    rng = np.random.default_rng(0)
+    deltas = {ModuleKey.parse("adapter:power:demand"): {"a": rng.normal(size=(8, 32)).astype(np.float32),
+                                                        "b": rng.normal(size=(32, 8)).astype(np.float32)}}
+    seen: list[tuple[tuple[int, ...], object]] = []
+    encode = LowRankCodec.encode
+    monkeypatch.setattr(LowRankCodec, "encode", lambda self, x: seen.append((x.shape, self.shapes)) or encode(self, x))
+    enc_ms, dec_ms = bench.codec_speed({"adapter": {"codec": "lowrank", "params": {}}}, deltas, repeats=2)
+    assert enc_ms > 0 and dec_ms > 0
+    assert seen == [((512,), [(8, 32), (32, 8)])] * 2  # one flat vector per module, with its layout
