@@ -39,6 +39,8 @@ class Setting:
     downlink: Mapping[str, Mapping[str, Any]]
     # [model] keys that change what is trained and sent (e.g. FFA-LoRA adapters); {} = the demo's model.
     model: Mapping[str, Any] = field(default_factory=dict)
+    # [training] keys of the devices (e.g. carry_residual); {} = the demo's.
+    training: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _all(codec: str, **params: Any) -> dict[str, dict[str, Any]]:
@@ -81,6 +83,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lowrank1", _lowrank(1, 1, 1), _all("int8"), _all("int8")),
     Setting("lowrank2", _lowrank(2, 2, 2), _all("int8"), _all("int8")),
     Setting("lowrank2+adapter1", _lowrank(2, 1, 2), _all("int8"), _all("int8")),
+    Setting("lowrank1+carry", _lowrank(1, 1, 1), _all("int8"), _all("int8"), training={"carry_residual": True}),
+    Setting("lowrank2+carry", _lowrank(2, 2, 2), _all("int8"), _all("int8"), training={"carry_residual": True}),
+    Setting("sign+carry", _sign(1.0, 1.0, 1.0), _all("int8"), _all("int8"), training={"carry_residual": True}),
 )
 # The default run (about 40 min on 2 CPU cores); --only picks any of SETTINGS.
 DEFAULT_SETTINGS: tuple[Setting, ...] = tuple(
@@ -119,14 +124,15 @@ def run_compression_bench(*, rounds: int, seed: int, report: Path | None, run_ro
     for i, setting in enumerate(settings, 1):
         console.print(f"[bold]run {i}/{len(settings)}: {setting.name}")
         opts = replace(base, run_dir=run_root / setting.name, uplink=dict(setting.uplink),
-                       fog_uplink=dict(setting.fog_uplink), downlink=dict(setting.downlink), model=dict(setting.model))
+                       fog_uplink=dict(setting.fog_uplink), downlink=dict(setting.downlink), model=dict(setting.model),
+                       training=dict(setting.training))
         result = run_demo(opts)
         if not deltas:
             deltas = real_deltas(run_root / setting.name / "cloud.sqlite")
         n = len(result["rounds"])
         enc_ms, dec_ms = codec_speed(setting.uplink, deltas)
         runs.append({"codec": setting.name, "uplink": setting.uplink, "fog_uplink": setting.fog_uplink,
-                     "downlink": setting.downlink, "model": dict(setting.model),
+                     "downlink": setting.downlink, "model": dict(setting.model), "training": dict(setting.training),
                      "uplink_bytes_per_round": int(sum(r["bytes"]["device_to_fog"] for r in result["rounds"]) / n),
                      "fog_to_cloud_bytes_per_round": int(sum(r["bytes"]["fog_to_cloud"] for r in result["rounds"]) / n),
                      "downlink_bytes_per_round": int(sum(r["bytes"]["fog_to_device"] + r["bytes"]["cloud_to_fog"]
