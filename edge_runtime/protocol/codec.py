@@ -1,9 +1,17 @@
 """The codec: message dataclass <-> msgpack bytes. The only module that calls msgpack.
 
-A payload is a msgpack map ``{"type": ..., "schema": ..., <fields>}``. Decoding is strict: size limits on every
-msgpack container, no extension types, the exact field set of the expected type, each value checked against the
-field's annotation, then the type's own ``__post_init__`` invariants (tensor sizes, SHA-256, ranges). Anything wrong
-raises :class:`DecodeError` naming the field and the problem. Payloads are never unpickled.
+On the wire a message is a positional msgpack array: ``[TYPE, schema, <value of each further field>]``, the wire
+name followed by the value of every dataclass field in ``dataclasses.fields()`` order (``schema`` is the first field
+of every wire type, so it is item 1 and is written once). Field names are not sent: the field order of a wire type
+is part of schema version 1, and changing it, or adding or removing a field, needs a new schema version.
+
+Decoding also accepts the older map form ``{"type": ..., "schema": ..., <field name>: <value>, ...}`` (in which
+fields with defaults may be left out). An array is first turned into that map, strictly (item 0 must be the expected
+wire name, item 1 the supported schema, and the item count exactly 1 + the number of fields), and then both forms
+go through the same checks: size limits on every msgpack container, no extension types, the exact field set of the
+expected type, each value checked against the field's annotation, then the type's own ``__post_init__`` invariants
+(tensor sizes, SHA-256, ranges). Anything wrong raises :class:`DecodeError` naming the field and the problem.
+Payloads are never unpickled.
 """
 
 from __future__ import annotations
@@ -31,10 +39,15 @@ _MAX_MAP = 10_000
 # Every type the codec encodes and decodes: the messages, and the envelope that may carry one of them signed.
 WIRE_TYPES: tuple[type, ...] = (*MESSAGE_TYPES, SignedEnvelope)
 _TYPES_BY_NAME = {cls.TYPE: cls for cls in WIRE_TYPES}  # type: ignore[attr-defined]
+# Every wire type declares ``schema`` first: the positional form relies on it (item 1 is the schema, so a payload of
+# another schema version is told apart before its item count is judged).
+for _cls in WIRE_TYPES:
+    if dataclasses.fields(_cls)[0].name != "schema":  # type: ignore[arg-type]
+        raise RuntimeError(f"{_cls.__name__}: a wire type must declare 'schema' as its first field")
 
 
 def encode(message: object) -> bytes:
-    """Encode a message dataclass to msgpack bytes.
+    """Encode a message dataclass to msgpack bytes: the positional array ``[TYPE, schema, <further fields>]``.
 
     Raises:
         TypeError: ``message`` is not one of the registered message types.
@@ -42,10 +55,66 @@ def encode(message: object) -> bytes:
     cls = type(message)
     if cls not in WIRE_TYPES:
         raise TypeError(f"not an hffm message type: {cls.__name__}")
-    body: dict[str, Any] = {"type": cls.TYPE}  # type: ignore[attr-defined]
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        body[f.name] = _to_wire(getattr(message, f.name))
+    body: list[Any] = [cls.TYPE]  # type: ignore[attr-defined]
+    body.extend(_to_wire(getattr(message, name)) for name in _field_names(cls))
     return msgpack.packb(body, use_bin_type=True)
+
+
+def wire_map(payload: Any, expected: type, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> dict[Any, Any]:
+    """The map form ``{"type": ..., "schema": ..., <field name>: <wire value>, ...}`` of an encoded message.
+
+    ``payload`` is the encoded bytes, or an already unpacked array or map. For tests and tools that inspect or
+    tamper with a payload by field name; values stay in their wire forms (a tensor is an array, a key a string).
+    The map packed again with :func:`pack_raw` decodes to the same message. Only the framing is checked here.
+
+    Raises:
+        DecodeError: not msgpack, not an array or map, or an array that is not ``[TYPE, schema, ...]`` of
+            ``expected`` with exactly one item per field.
+    """
+    name = getattr(expected, "TYPE", expected.__name__)
+    raw = _unpack(payload, name, max_payload) if isinstance(payload, (bytes, bytearray, memoryview)) else payload
+    if isinstance(raw, list):
+        return _array_to_map(raw, expected, name)
+    if isinstance(raw, dict):
+        return dict(raw)
+    raise DecodeError(f"{name}: payload must be a msgpack array or map, got {type(raw).__name__}")
+
+
+def wire_array(raw_map: dict[Any, Any], expected: type) -> list[Any]:
+    """The positional form of a map form (the inverse of :func:`wire_map`): ``[raw_map["type"], <each field of
+    expected in order>]``. For tests and tools that tamper with a payload by field name and send it positionally.
+
+    Raises:
+        KeyError: ``raw_map`` lacks ``type`` or a field (the positional form has no way to leave one out).
+    """
+    return [raw_map["type"], *(raw_map[n] for n in _field_names(expected))]
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+
+def _array_to_map(items: list[Any], expected: type, name: str) -> dict[Any, Any]:
+    """The map form of a positional payload, or DecodeError: the type, then the schema, then the item count."""
+    if not items:
+        raise DecodeError(f"expected a {name!r} message, got an empty array")
+    if items[0] != name:
+        raise DecodeError(f"expected a {name!r} message, got type {items[0]!r}")
+    names = _field_names(expected)
+    if len(items) > 1:
+        _check_schema(name, items[1])
+    if len(items) != len(names) + 1:
+        raise DecodeError(f"{name}: a positional payload has {len(names) + 1} items (the type and {len(names)} "
+                          f"fields), got {len(items)}")
+    out: dict[Any, Any] = {"type": items[0]}
+    out.update(zip(names, items[1:]))
+    return out
+
+
+def _check_schema(name: str, schema: Any) -> None:
+    if type(schema) is not int or schema != SCHEMA_VERSION:
+        raise DecodeError(f"{name}: unsupported schema {schema!r}; this build reads schema {SCHEMA_VERSION}")
 
 
 def pack_raw(structure: Any) -> bytes:
@@ -76,10 +145,15 @@ def decode(payload: bytes, expected: type[T], *, max_payload: int = DEFAULT_MAX_
     """Decode ``payload`` into an instance of ``expected``.
 
     Raises:
-        DecodeError: oversized, not msgpack, truncated, trailing bytes, not a map, wrong ``type`` or ``schema``,
-            missing or unknown fields, a value of the wrong type, or a violated invariant (e.g. SHA-256 mismatch).
+        DecodeError: oversized, not msgpack, truncated, trailing bytes, neither an array nor a map, wrong
+            ``type`` or ``schema``, an array of the wrong length, missing or unknown fields, a value of the wrong
+            type, or a violated invariant (e.g. SHA-256 mismatch).
     """
     name = getattr(expected, "TYPE", expected.__name__)
+    return from_wire(_unpack(payload, name, max_payload), expected)
+
+
+def _unpack(payload: Any, name: str, max_payload: int) -> Any:
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise DecodeError(f"{name}: payload must be bytes, got {type(payload).__name__}")
     if len(payload) > max_payload:
@@ -103,20 +177,21 @@ def decode(payload: bytes, expected: type[T], *, max_payload: int = DEFAULT_MAX_
         raise DecodeError(f"{name}: trailing bytes after the msgpack object") from None
     except (ValueError, msgpack.UnpackException, TypeError) as exc:
         raise DecodeError(f"{name}: not a valid msgpack payload ({type(exc).__name__}: {exc})") from None
-    return from_wire(raw, expected)
+    return raw
 
 
 def from_wire(raw: Any, expected: type[T]) -> T:
-    """Build ``expected`` from an already unpacked msgpack object, with every check of :func:`decode`."""
+    """Build ``expected`` from an already unpacked msgpack object (a positional array or a map), with every check
+    of :func:`decode`."""
     name = getattr(expected, "TYPE", expected.__name__)
+    if isinstance(raw, list):
+        raw = _array_to_map(raw, expected, name)
     if not isinstance(raw, dict):
-        raise DecodeError(f"{name}: payload must be a msgpack map, got {type(raw).__name__}")
+        raise DecodeError(f"{name}: payload must be a msgpack array or map, got {type(raw).__name__}")
     got_type = raw.get("type")
     if got_type != name:
         raise DecodeError(f"expected a {name!r} message, got type {got_type!r}")
-    schema = raw.get("schema")
-    if schema != SCHEMA_VERSION:
-        raise DecodeError(f"{name}: unsupported schema {schema!r}; this build reads schema {SCHEMA_VERSION}")
+    _check_schema(name, raw.get("schema"))
     hints = _hints(expected)
     fields = {f.name: f for f in dataclasses.fields(expected)}  # type: ignore[arg-type]
     unknown = sorted(set(raw) - set(fields) - {"type"}, key=repr)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 CHUNK_OVERHEAD = 2048
 MIN_PACKET = 4096
 # Room in a single PUBLISH beyond the payload and topic: the MQTT fixed and variable headers and properties (message
-# expiry), and the signed envelope a sealing transport wraps around the payload (~180 B), with a margin.
+# expiry), and the signed envelope a sealing transport wraps around the payload (~130 B), with a margin.
 PUBLISH_OVERHEAD = 512
 
 

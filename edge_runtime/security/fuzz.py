@@ -1,8 +1,10 @@
 """The decode fuzz of ``hffm bench security``: random bytes and random msgpack structures against every wire type.
 
 A crash is any exception other than :class:`~edge_runtime.errors.DecodeError` leaving ``codec.decode``. The
-structured inputs are maps carrying a wire type's ``type`` tag and field names with random values (of random msgpack
-types, nested), so they get past the outer checks and exercise the field validation; the byte inputs are random
+structured inputs carry a wire type's ``type`` tag and random values (of random msgpack types, nested) for its fields,
+so they get past the outer checks and exercise the field validation, in both wire forms the codec reads: half are
+positional arrays ``[type, schema, <one value per further field>]`` (the form ``encode`` emits; sometimes an item
+short or long), half are maps of field names (sometimes a field missing or an extra one). The byte inputs are random
 strings and random edits of the structured ones. (tests/unit/protocol/test_decode_fuzz.py runs a larger, shrinkable
 variant in the test suite, and tests/fuzz/ has a coverage-guided atheris target.)
 """
@@ -38,11 +40,21 @@ def _value(rng: random.Random, depth: int = 0) -> Any:
     return [rng.choice(["w", "module"]), rng.choice(["<f4", "f4", 1]), [rng.randrange(-1, 9)], rng.randbytes(16)]
 
 
-def _structure(rng: random.Random, cls: type) -> dict[str, Any]:
-    body: dict[str, Any] = {"type": cls.TYPE, "schema": rng.choice([1, 1, 1, 0, 2])}  # type: ignore[attr-defined]
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.name != "schema" and rng.random() > 0.05:  # sometimes a field is missing
-            body[f.name] = _value(rng)
+def _structure(rng: random.Random, cls: type) -> dict[str, Any] | list[Any]:
+    schema = rng.choice([1, 1, 1, 0, 2])
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "schema"]  # type: ignore[arg-type]
+    if rng.random() < 0.5:  # the positional form: [type, schema, <further fields in order>]
+        items: list[Any] = [cls.TYPE, schema, *(_value(rng) for _ in names)]  # type: ignore[attr-defined]
+        roll = rng.random()
+        if roll < 0.05:  # sometimes an item is missing
+            del items[rng.randrange(1, len(items))]
+        elif roll < 0.1:  # or there is one too many
+            items.insert(rng.randrange(1, len(items) + 1), _value(rng))
+        return items
+    body: dict[str, Any] = {"type": cls.TYPE, "schema": schema}  # type: ignore[attr-defined]
+    for name in names:
+        if rng.random() > 0.05:  # sometimes a field is missing
+            body[name] = _value(rng)
     if rng.random() < 0.05:
         body["extra"] = 1
     return body

@@ -211,9 +211,17 @@ def make_message(cls: type, **overrides: Any) -> Any:
 
 
 def wire_dict(message: object) -> dict[str, Any]:
-    """The unpacked wire map of ``message``, ready to be tampered with and packed again."""
-    raw = msgpack.unpackb(codec.encode(message), raw=False)
+    """The wire map of ``message`` (the map form of its positional encoding), ready to be tampered with and packed
+    again: the codec decodes the map form with the same checks as the positional one."""
+    raw = codec.wire_map(codec.encode(message), type(message))
     assert isinstance(raw, dict)
+    return raw
+
+
+def wire_list(message: object) -> list[Any]:
+    """The unpacked positional wire form of ``message``: ``[TYPE, schema, <further fields>]``."""
+    raw = msgpack.unpackb(codec.encode(message), raw=False)
+    assert isinstance(raw, list)
     return raw
 
 

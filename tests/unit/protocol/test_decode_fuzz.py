@@ -1,6 +1,7 @@
 """Seeded, large decode fuzzing: 20,000 random byte strings and 20,000 structured msgpack objects against every wire
-type (the messages and the signed envelope). Nothing but DecodeError may leave ``decode``, and whatever decodes must
-re-encode to an equal value. The Hypothesis tests in test_codec.py shrink failures; these cover more ground, fast.
+type (the messages and the signed envelope), in both wire forms (the positional array ``encode`` emits and the map
+form). Nothing but DecodeError may leave ``decode``, and whatever decodes must re-encode to an equal value. The
+Hypothesis tests in test_codec.py and test_positional_wire.py shrink failures; these cover more ground, fast.
 A failure names the seed and case index, and shows the payload, so it can be replayed by hand.
 """
 
@@ -64,18 +65,19 @@ def test_positive_control_every_wire_type_round_trips(valid: dict[type, Any]) ->
 
 
 # -- random bytes -------------------------------------------------------------------------------------------------
-_MAP_HEADS = bytes([0x80 + n for n in range(16)]) + b"\xde\xdf"
+# msgpack fixmap, map16, map32, fixarray, array16 and array32 headers: the two top-level forms decode accepts.
+_HEADS = bytes([0x80 + n for n in range(32)]) + b"\xde\xdf\xdc\xdd"
 
 
 def _random_bytes(rng: random.Random, valid_payloads: list[bytes]) -> bytes:
-    """Uniform bytes, bytes behind a msgpack map header, a valid payload's prefix followed by noise, or a valid
-    payload with a few bytes flipped, set, inserted or deleted."""
+    """Uniform bytes, bytes behind a msgpack map or array header, a valid payload's prefix followed by noise, or a
+    valid payload (positional or map form) with a few bytes flipped, set, inserted or deleted."""
     size = rng.choice((rng.randrange(0, 16), rng.randrange(0, 300)))
     style = rng.randrange(4)
     if style == 0:
         return rng.randbytes(size)
     if style == 1:
-        return bytes([rng.choice(_MAP_HEADS)]) + rng.randbytes(size)
+        return bytes([rng.choice(_HEADS)]) + rng.randbytes(size)
     base = rng.choice(valid_payloads)
     if style == 2:
         return base[: rng.randrange(len(base))] + rng.randbytes(size)
@@ -97,6 +99,7 @@ def _random_bytes(rng: random.Random, valid_payloads: list[bytes]) -> bytes:
 def _random_bytes_loop(valid: dict[type, Any]) -> int:
     rng = random.Random(SEED)
     payloads = [encode(m) for m in valid.values()]
+    payloads += [msgpack.packb(codec.wire_map(encode(m), type(m)), use_bin_type=True) for m in valid.values()]
     decoded = 0
     for i in range(N_BYTES):
         payload = _random_bytes(rng, payloads)
@@ -131,18 +134,40 @@ def _structure(rng: random.Random, depth: int = 0) -> Any:
     return {k: _structure(rng, depth + 1) for k in keys[: rng.randrange(6)]}
 
 
+def _positional_case(rng: random.Random, cls: type, wire: dict[str, Any]) -> list[Any]:
+    """The valid positional form of one type with 1-3 items replaced (mostly fields, sometimes the type or the
+    schema), dropped or inserted."""
+    items = copy.deepcopy(codec.wire_array(wire, cls))
+    for _ in range(rng.randrange(1, 4)):
+        at = rng.randrange(2, len(items)) if rng.random() < 0.95 and len(items) > 2 else rng.randrange(len(items) + 1)
+        action = rng.random()
+        if action < 0.75 and at < len(items):
+            items[at] = _structure(rng, depth=1)
+        elif action < 0.9 and at < len(items):
+            del items[at]
+        else:
+            items.insert(at, _structure(rng, depth=1))
+    return items
+
+
 def _structured_case(rng: random.Random, wires: dict[type, dict[str, Any]]) -> tuple[Any, list[type]]:
-    """Random structures (10%), a map of one type's field names with random values (20%), or a valid wire map of
-    one type with 1-3 of its fields replaced, dropped or added (70%)."""
+    """Random structures (10%), a map of one type's field names with random values (10%), the positional form
+    of one type with random values (10%), a valid positional form with 1-3 items replaced, dropped or inserted
+    (35%), or a valid wire map of one type with 1-3 of its fields replaced, dropped or added (35%)."""
     roll = rng.random()
     if roll < 0.1:
         return _structure(rng), list(WIRE_TYPES)
     cls = rng.choice(WIRE_TYPES)
-    if roll < 0.3:
+    if roll < 0.2:
         names = [n for n in wires[cls] if n not in ("type", "schema")]
         value = {n: _structure(rng, depth=1) for n in names if rng.random() < 0.9}
         value.update({"type": cls.TYPE, "schema": 1})  # type: ignore[attr-defined]
         return value, [cls]
+    if roll < 0.3:
+        n_values = len(cls.__dataclass_fields__) - 1  # every field but the schema
+        return [cls.TYPE, 1, *(_structure(rng, depth=1) for _ in range(n_values))], [cls]  # type: ignore[attr-defined]
+    if roll < 0.65:
+        return _positional_case(rng, cls, wires[cls]), [cls]
     raw = copy.deepcopy(wires[cls])
     for _ in range(rng.randrange(1, 4)):
         names = sorted(raw, key=str)
@@ -161,7 +186,7 @@ def _structured_case(rng: random.Random, wires: dict[type, dict[str, Any]]) -> t
 
 def _structures_loop(valid: dict[type, Any]) -> tuple[int, int]:
     rng = random.Random(SEED + 1)
-    wires = {cls: msgpack.unpackb(encode(m), raw=False) for cls, m in valid.items()}
+    wires = {cls: codec.wire_map(encode(m), cls) for cls, m in valid.items()}
     decoded = tried = 0
     for i in range(N_STRUCTURES):
         value, classes = _structured_case(rng, wires)

@@ -10,6 +10,7 @@ from edge_runtime.protocol import (
     ModuleKey,
     NodeState,
     RoundMetrics,
+    codec,
     decode,
     encode,
     topics,
@@ -37,9 +38,13 @@ def test_round_trip() -> None:
     env = envelope(seq=2**63 - 1)
     data = encode(env)
     assert decode(data, SignedEnvelope) == env
-    raw = msgpack.unpackb(data, raw=False)
+    # On the wire: the positional array [type, schema, signer, key_id, seq, payload, signature].
+    assert msgpack.unpackb(data, raw=False) == ["signed_envelope", 1, "dev-1", KEY_ID, 2**63 - 1, b"\x81\xa1a\x01",
+                                                bytes(range(64))]
+    raw = codec.wire_map(data, SignedEnvelope)
     assert raw["type"] == "signed_envelope" and raw["schema"] == 1
     assert set(raw) == {"type", "schema", "signer", "key_id", "seq", "payload", "signature"}
+    assert decode(msgpack.packb(raw, use_bin_type=True), SignedEnvelope) == env  # the map form decodes too
 
 
 @pytest.mark.parametrize(
@@ -65,14 +70,19 @@ def test_invariants(overrides: dict[str, object], match: str) -> None:
         envelope(**overrides)
 
 
-def _wire(**changes: object) -> bytes:
-    raw = msgpack.unpackb(encode(envelope()), raw=False)
+def _wires(**changes: object) -> list[bytes]:
+    """The envelope with ``changes`` in the map form, and in the positional form too where the changed map has
+    exactly the envelope's fields (a dropped or an extra field has no positional form)."""
+    raw = codec.wire_map(encode(envelope()), SignedEnvelope)
     for name, value in changes.items():
         if value is _DROP:
             del raw[name]
         else:
             raw[name] = value
-    return msgpack.packb(raw, use_bin_type=True)
+    out = [msgpack.packb(raw, use_bin_type=True)]
+    if set(raw) == set(codec.wire_map(encode(envelope()), SignedEnvelope)):
+        out.append(msgpack.packb(codec.wire_array(raw, SignedEnvelope), use_bin_type=True))
+    return out
 
 
 _DROP = object()
@@ -92,8 +102,9 @@ _DROP = object()
     ],
 )
 def test_strict_decoding(changes: dict[str, object], match: str) -> None:
-    with pytest.raises(DecodeError, match=match):
-        decode(_wire(**changes), SignedEnvelope)
+    for data in _wires(**changes):
+        with pytest.raises(DecodeError, match=match):
+            decode(data, SignedEnvelope)
 
 
 def test_an_envelope_is_not_a_message_and_a_message_is_not_an_envelope() -> None:

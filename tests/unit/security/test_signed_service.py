@@ -18,6 +18,7 @@ from edge_runtime.protocol import (
     ModuleUpdate,
     NodeState,
     blobs_from_state,
+    codec,
     decode,
     encode,
     tensors_sha256,
@@ -87,11 +88,12 @@ def test_dispatch_refuses_and_counts_forgeries_without_touching_state(keys: dict
     fog.dispatch(up1, good)
     assert fog.updates == [("dev-1", 1)] and fog.accepted["up"] == 1
 
-    raw = msgpack.unpackb(dev1.seal(up1, update("dev-1", 2)), raw=False)
+    raw = codec.wire_map(dev1.seal(up1, update("dev-1", 2)), SignedEnvelope)
     raw["signature"] = bytes([raw["signature"][0] ^ 1]) + raw["signature"][1:]
+    tampered = msgpack.packb(codec.wire_array(raw, SignedEnvelope), use_bin_type=True)
     # dev-2 signs a message that claims to come from dev-1, on its own topic: the topic check passes, the header not.
     impostor = dev2.seal(up2, update("dev-1", 5))
-    for topic, data in [(up1, update("dev-1", 3)), (up1, msgpack.packb(raw, use_bin_type=True)), (up1, good),
+    for topic, data in [(up1, update("dev-1", 3)), (up1, tampered), (up1, good),
                         (up2, dev1.seal(up2, update("dev-2", 4))), (up2, impostor), (up1, b"\xc1junk")]:
         fog.dispatch(topic, data)
     assert fog.updates == [("dev-1", 1)] and fog.accepted["up"] == 1

@@ -18,10 +18,12 @@ from edge_runtime.protocol import (
     ModuleUpdate,
     NodeState,
     blobs_from_state,
+    codec,
     encode,
     tensors_sha256,
     topics,
 )
+from edge_runtime.protocol.envelope import SignedEnvelope
 from edge_runtime.security.signing import (
     REJECTION_REASONS,
     ReplayedError,
@@ -73,11 +75,11 @@ def up(device: str = "dev-1", key: ModuleKey = KEY) -> str:
 
 
 def _flip(data: bytes, field: str, at: int = 0) -> bytes:
-    raw = msgpack.unpackb(data, raw=False)
+    raw = codec.wire_map(data, SignedEnvelope)
     value = bytearray(raw[field])
     value[at] ^= 0x01
     raw[field] = bytes(value)
-    return msgpack.packb(raw, use_bin_type=True)
+    return msgpack.packb(codec.wire_array(raw, SignedEnvelope), use_bin_type=True)  # positional, as sent
 
 
 # -- the positive control and every rejection ---------------------------------------------------------------------
