@@ -83,6 +83,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lowrank1", _lowrank(1, 1, 1), _all("int8"), _all("int8")),
     Setting("lowrank2", _lowrank(2, 2, 2), _all("int8"), _all("int8")),
     Setting("lowrank2+adapter1", _lowrank(2, 1, 2), _all("int8"), _all("int8")),
+    Setting("lowrank1+adapter2", _lowrank(1, 2, 1), _all("int8"), _all("int8")),
     Setting("lowrank1+carry", _lowrank(1, 1, 1), _all("int8"), _all("int8"), training={"carry_residual": True}),
     Setting("lowrank2+carry", _lowrank(2, 2, 2), _all("int8"), _all("int8"), training={"carry_residual": True}),
     Setting("sign+carry", _sign(1.0, 1.0, 1.0), _all("int8"), _all("int8"), training={"carry_residual": True}),
@@ -193,7 +194,7 @@ def codec_speed(uplink: Mapping[str, Mapping[str, Any]], deltas: Mapping[ModuleK
                 parts = [(codec, state[n]) for n in names]
             else:
                 flat = np.concatenate([state[n].ravel() for n in names])
-                parts = [(codec.with_layout([state[n].shape for n in names]), flat)]
+                parts = [(codec.with_layout([(n, state[n].shape) for n in names]), flat)]
             for part_codec, arr in parts:
                 t0 = time.perf_counter()
                 data = part_codec.encode(arr)

@@ -72,12 +72,13 @@ class Codec(ABC):
         stated error; 0.0 for lossless codecs). For sparsifying codecs this bounds the error on the elements that
         are sent; the elements that are not sent are exactly the residual that error feedback keeps."""
 
-    def with_layout(self, shapes: Sequence[tuple[int, ...]]) -> Codec:
-        """This codec for a flat vector that concatenates tensors of ``shapes`` (a module, see ``module_codec``).
+    def with_layout(self, layout: Sequence[tuple[str, tuple[int, ...]]]) -> Codec:
+        """This codec for a flat vector that concatenates the tensors of ``layout`` (``(name, shape)`` pairs of a
+        module, in name order; see ``module_codec``).
 
         Codecs that code element by element ignore the layout and return themselves; a structured codec
-        (``lowrank``) returns a copy that codes each tensor by its shape. Sender and receiver pass the same
-        layout: the module's tensor shapes in name order.
+        (``lowrank``) returns a copy that codes each tensor by its shape (and name). Sender and receiver pass the
+        same layout: the module's tensors in name order.
         """
         return self
 

@@ -16,8 +16,14 @@ How a matrix ``M`` (a tensor of 2 or more dimensions, seen as ``shape[0] x rest`
 3. ``R -= q v'^T`` with the quantised ``v'``, so the next component also corrects this one's rounding.
 
 A tensor that is not such a matrix (0-d, 1-d, or with a side of 1) is sent as signs times its mean magnitude. A
-module travels as one flat vector (``module_codec``); :meth:`LowRankCodec.with_layout` gives the codec the shapes
-of the module's tensors (in name order), and the receiver uses the layout of the module it holds.
+module travels as one flat vector (``module_codec``); :meth:`LowRankCodec.with_layout` gives the codec the names
+and shapes of the module's tensors (in name order), and the receiver uses the layout of the module it holds.
+
+``rank_of`` spends components where they matter. In a LoRA layer ``W + B A`` the function moves by
+``dB A + B dA``: an error in ``dB`` is amplified by ``A`` (random, of norm ~1 from the start) and an error in ``dA``
+only by ``B`` (zero at the start, small later). Measured on the same deltas, the share of ``d(BA)`` that the coded
+deltas keep is 0.41-0.72 with one component on both, 0.57-0.83 with two on both, and 0.57-0.82 with one on ``A``
+and two on ``B`` (``rank_of = "lora_B:2"``), at 3/4 of the bytes.
 
 Layout: ``[float32 scales][int8 codes][sign bits]``. Scales: one per component of each matrix, one per non-empty
 other tensor, in tensor order. Codes: each component's ``v`` (``n`` codes), in the same order. Bits: each
@@ -28,7 +34,8 @@ and packed most significant bit first; the padding bits are zero.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -36,6 +43,8 @@ from edge_runtime.compression.base import Codec, as_buffer, check_input, decode_
 from edge_runtime.errors import ConfigError, DecodeError
 
 _F32_MAX = float(np.finfo(np.float32).max)
+MAX_RANK = 64
+_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _POWER_ITERATIONS = 12  # for matrices whose short side exceeds _EXACT_SIDE
 _EXACT_SIDE = 256
 
@@ -76,32 +85,50 @@ def _quantise(v: np.ndarray) -> tuple[np.float32, np.ndarray, np.ndarray]:
     return scale, codes, codes.astype(np.float64) * float(scale)
 
 
-class LowRankCodec(Codec):
-    name = "lowrank"
-    defaults = {"rank": 1}
+def parse_rank_of(text: str) -> list[tuple[str, int]]:
+    """``"lora_B:2,proj:3"`` -> ``[("lora_B", 2), ("proj", 3)]``. Raises ``ConfigError`` for a malformed item."""
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        pattern, _, rank = item.rpartition(":")
+        if not _PATTERN.fullmatch(pattern) or not rank.isdigit() or not 1 <= int(rank) <= MAX_RANK:
+            raise ConfigError(f"codec 'lowrank': rank_of item {item!r} must be '<name part>:<rank in 1..{MAX_RANK}>' "
+                              "(name part: letters, digits, '_', '.', '-')")
+        out.append((pattern, int(rank)))
+    return out
 
-    def __init__(self, params: dict[str, object] | None = None,
-                 shapes: Sequence[tuple[int, ...]] | None = None) -> None:
+
+class LowRankCodec(Codec):
+    """``rank`` components per matrix; ``rank_of`` (``"part:rank,..."``) gives the matrices whose tensor name
+    contains ``part`` another rank (the first matching item wins). Names come from the layout; without one, a
+    tensor has no name and ``rank`` applies."""
+
+    name = "lowrank"
+    defaults = {"rank": 1, "rank_of": ""}
+
+    def __init__(self, params: Mapping[str, object] | None = None,
+                 layout: Sequence[tuple[str, tuple[int, ...]]] | None = None) -> None:
         super().__init__(params)
-        self.shapes = None if shapes is None else [tuple(int(d) for d in s) for s in shapes]
+        self.layout = None if layout is None else [(str(n), tuple(int(d) for d in s)) for n, s in layout]
 
     def validate(self) -> None:
         rank = self.params["rank"]
-        if not (isinstance(rank, int) and 1 <= rank <= 64):
-            raise ConfigError(f"codec 'lowrank': rank must be in [1, 64], got {rank!r}")
+        if not (isinstance(rank, int) and 1 <= rank <= MAX_RANK):
+            raise ConfigError(f"codec 'lowrank': rank must be in [1, {MAX_RANK}], got {rank!r}")
+        self.rank_of = parse_rank_of(str(self.params["rank_of"]))
 
-    def with_layout(self, shapes: Sequence[tuple[int, ...]]) -> LowRankCodec:
-        return LowRankCodec(self.params, shapes)
+    def with_layout(self, layout: Sequence[tuple[str, tuple[int, ...]]]) -> LowRankCodec:
+        return LowRankCodec(self.params, layout)
 
-    def _layout(self, shape: tuple[int, ...], n: int, error: type[Exception]) -> list[tuple[int, ...]]:
-        shapes = self.shapes if self.shapes is not None else [shape]
-        total = sum(math.prod(s) for s in shapes)
+    def _tensors(self, shape: tuple[int, ...], n: int, error: type[Exception]) -> list[tuple[tuple[int, ...], int]]:
+        """``(shape, rank)`` of each tensor of the flat vector."""
+        layout = self.layout if self.layout is not None else [("", shape)]
+        total = sum(math.prod(s) for _, s in layout)
         if total != n:
             raise error(f"codec 'lowrank': {n} values for a layout of {total}")
-        return shapes
+        return [(s, self._rank(name)) for name, s in layout]
 
-    def _components(self, view: tuple[int, int, bool]) -> int:
-        return min(int(self.params["rank"]), view[1])
+    def _rank(self, name: str) -> int:
+        return next((rank for part, rank in self.rank_of if part in name), int(self.params["rank"]))
 
     def encode(self, x: np.ndarray) -> bytes:
         flat = check_input(x, self.name).ravel()
@@ -109,7 +136,7 @@ class LowRankCodec(Codec):
         codes: list[np.ndarray] = []
         bits: list[np.ndarray] = []
         start = 0
-        for shape in self._layout(x.shape, flat.size, ValueError):
+        for shape, rank in self._tensors(x.shape, flat.size, ValueError):
             size = math.prod(shape)
             part = flat[start:start + size].astype(np.float64)
             start += size
@@ -121,7 +148,7 @@ class LowRankCodec(Codec):
                 continue
             m, n, transposed = view
             r = part.reshape(n, m).T.copy() if transposed else part.reshape(m, n)
-            for _ in range(self._components(view)):
+            for _ in range(min(rank, n)):
                 q = np.where(_top_left_vector(r) >= 0, 1.0, -1.0)
                 scale, c, v = _quantise(q @ r / m)
                 r -= np.outer(q, v)
@@ -135,21 +162,22 @@ class LowRankCodec(Codec):
     def decode(self, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
         dims, n = decode_shape(shape, self.name)
         buf = as_buffer(data, self.name)
-        shapes = self._layout(dims, n, DecodeError)
+        tensors = self._tensors(dims, n, DecodeError)
         n_scales = n_codes = n_bits = 0
-        for s in shapes:
+        for s, rank in tensors:
             view = _matrix_view(s)
             if view is None:
                 n_scales, n_bits = n_scales + (1 if math.prod(s) else 0), n_bits + math.prod(s)
             else:
-                k = self._components(view)
+                k = min(rank, view[1])
                 n_scales, n_codes, n_bits = n_scales + k, n_codes + k * view[1], n_bits + k * view[0]
         need = 4 * n_scales + n_codes + -(-n_bits // 8)
         if len(buf) != need:
             raise DecodeError(f"codec 'lowrank': {len(buf)} bytes for a layout that needs {need}")
-        scales = np.frombuffer(buf, dtype="<f4", count=n_scales).astype(np.float64)
-        if not np.isfinite(scales).all() or (scales < 0).any():
+        scales32 = np.frombuffer(buf, dtype="<f4", count=n_scales)
+        if not np.isfinite(scales32).all() or (scales32 < 0).any():
             raise DecodeError("codec 'lowrank': a scale is negative, NaN or Inf")
+        scales = scales32.astype(np.float64)
         codes = np.frombuffer(buf, dtype=np.int8, count=n_codes, offset=4 * n_scales)
         if (codes == -128).any():
             raise DecodeError("codec 'lowrank': code -128 is reserved")
@@ -159,7 +187,7 @@ class LowRankCodec(Codec):
         signs = np.where(bits[:n_bits] == 1, 1.0, -1.0)
         out = np.empty(n, dtype=np.float64)
         si = ci = bi = start = 0
-        for s in shapes:
+        for s, rank in tensors:
             size = math.prod(s)
             view = _matrix_view(s)
             if view is None:
@@ -169,7 +197,7 @@ class LowRankCodec(Codec):
             else:
                 m, cols, transposed = view
                 r = np.zeros((m, cols))
-                for _ in range(self._components(view)):
+                for _ in range(min(rank, cols)):
                     r += np.outer(signs[bi:bi + m], codes[ci:ci + cols] * scales[si])
                     si, ci, bi = si + 1, ci + cols, bi + m
                 out[start:start + size] = (r.T if transposed else r).ravel()
@@ -184,7 +212,7 @@ class LowRankCodec(Codec):
         most ``max |x|``."""
         flat = np.asarray(x, dtype=np.float64).ravel()
         bound, start = 0.0, 0
-        for shape in self._layout(tuple(x.shape), flat.size, ValueError):
+        for shape, rank in self._tensors(tuple(x.shape), flat.size, ValueError):
             size = math.prod(shape)
             part = flat[start:start + size]
             start += size
@@ -194,6 +222,6 @@ class LowRankCodec(Codec):
             if view is None:
                 bound = max(bound, float(np.abs(part).max()))
             else:
-                grow = (1 + math.sqrt(view[1]) / 254) ** self._components(view)
+                grow = (1 + math.sqrt(view[1]) / 254) ** min(rank, view[1])
                 bound = max(bound, float(np.linalg.norm(part)) * grow)
         return bound * (1 + 2 ** -12) + 1e-30

@@ -72,7 +72,7 @@ def pack(state: Mapping[str, np.ndarray], codec: Codec, *, feedback: ErrorFeedba
         blobs = blobs_from_state(arrays)
         return Packed(RAW_CODEC, {}, blobs, (), tensors_sha256(blobs)), {n: a.copy() for n, a in arrays.items()}
     names = sorted(arrays)
-    codec = codec.with_layout([arrays[n].shape for n in names])
+    codec = codec.with_layout([(n, arrays[n].shape) for n in names])
     flat = {FLAT: np.concatenate([arrays[n].ravel() for n in names]) if names else np.zeros(0, np.float32)}
     if feedback is not None:
         try:
@@ -126,7 +126,7 @@ def unpack(message: ModuleTensors, layout: Mapping[str, tuple[int, ...]] | None)
     if layout is None:
         raise DecodeError("an encoded module arrived for a module whose layout is not known here")
     enc = message.encoded[0]
-    codec = codec.with_layout([tuple(layout[n]) for n in sorted(layout)])
+    codec = codec.with_layout([(n, tuple(layout[n])) for n in sorted(layout)])
     return split(codec.decode(enc.data, enc.shape), layout)
 
 

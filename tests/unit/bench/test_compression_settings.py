@@ -44,7 +44,7 @@ def test_codec_speed_codes_modules_as_the_runtime_does(monkeypatch: pytest.Monke
                                                         "b": rng.normal(size=(32, 8)).astype(np.float32)}}
     seen: list[tuple[tuple[int, ...], object]] = []
     encode = LowRankCodec.encode
-    monkeypatch.setattr(LowRankCodec, "encode", lambda self, x: seen.append((x.shape, self.shapes)) or encode(self, x))
+    monkeypatch.setattr(LowRankCodec, "encode", lambda self, x: seen.append((x.shape, self.layout)) or encode(self, x))
     enc_ms, dec_ms = bench.codec_speed({"adapter": {"codec": "lowrank", "params": {}}}, deltas, repeats=2)
     assert enc_ms > 0 and dec_ms > 0
-    assert seen == [((512,), [(8, 32), (32, 8)])] * 2  # one flat vector per module, with its layout
+    assert seen == [((512,), [("a", (8, 32)), ("b", (32, 8))])] * 2  # one flat vector per module, with its layout

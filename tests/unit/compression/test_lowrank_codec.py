@@ -133,3 +133,24 @@ def test_huge_scales_are_clipped_into_float32_range() -> None:
     payload = big + big + bytes([127, 127, 127, 127, 0xFF])  # 2 components of a 4 x 2 matrix: 8 sign bits
     out = codec.decode(payload, (4, 2))
     assert np.isfinite(out).all() and out.max() == np.finfo(np.float32).max
+
+
+def test_rank_of_gives_matching_tensors_their_own_rank() -> None:
+    state = lora_like(6)
+    packed, sent = pack(state, make_codec("lowrank", {"rank_of": "b:3"}))
+    assert packed.nbytes == 60 + 3 * 60 + 52  # a: 1 component, b: 3, bias: signs
+    assert packed.codec_params == {"rank_of": "b:3"}
+    back = unpack(packed, layout_of(state))
+    for name in state:
+        np.testing.assert_array_equal(back[name], sent[name])
+    first_wins = make_codec("lowrank", {"rank": 2, "rank_of": "a:1, b:4,a:3"})
+    packed, _ = pack(state, first_wins)
+    assert packed.nbytes == 60 + 4 * 60 + 52
+
+
+@pytest.mark.parametrize("rank_of", ["b", "b:0", "b:65", ":2", "b:two", "b c:2", "b:2;a:1"])
+def test_rank_of_must_be_name_parts_and_ranks(rank_of: str) -> None:
+    from edge_runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rank_of item"):
+        make_codec("lowrank", {"rank_of": rank_of})
