@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import types
 import typing
 from typing import Any, TypeVar
@@ -56,8 +57,28 @@ def encode(message: object) -> bytes:
     if cls not in WIRE_TYPES:
         raise TypeError(f"not an hffm message type: {cls.__name__}")
     body: list[Any] = [cls.TYPE]  # type: ignore[attr-defined]
-    body.extend(_to_wire(getattr(message, name)) for name in _field_names(cls))
+    body.extend(_digest_to_wire(name, _to_wire(getattr(message, name))) for name in _field_names(cls))
     return msgpack.packb(body, use_bin_type=True)
+
+
+# SHA-256 fields travel as 32 raw bytes instead of 64 hex characters (32 B less per module message); the message
+# types keep them as hex strings, and decoding also reads the hex form.
+DIGEST_FIELDS = frozenset({"sha256", "payload_sha256"})
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _digest_to_wire(name: str, value: Any) -> Any:
+    if name in DIGEST_FIELDS and isinstance(value, str) and _HEX64.fullmatch(value):
+        return bytes.fromhex(value)
+    return value
+
+
+def _digest_from_wire(name: str, value: Any, path: str) -> Any:
+    if name not in DIGEST_FIELDS or not isinstance(value, bytes):
+        return value
+    if len(value) != 32:
+        raise DecodeError(f"{path}: a binary SHA-256 has 32 bytes, got {len(value)}")
+    return value.hex()
 
 
 def wire_map(payload: Any, expected: type, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> dict[Any, Any]:
@@ -200,7 +221,8 @@ def from_wire(raw: Any, expected: type[T]) -> T:
     missing = sorted(n for n, f in fields.items() if n not in raw and _required(f))
     if missing:
         raise DecodeError(f"{name}: missing field(s) {missing}")
-    kwargs = {n: _convert(raw[n], hints[n], f"{name}.{n}") for n in fields if n in raw}
+    kwargs = {n: _convert(_digest_from_wire(n, raw[n], f"{name}.{n}"), hints[n], f"{name}.{n}")
+              for n in fields if n in raw}
     try:
         return expected(**kwargs)
     except (ValueError, TypeError) as exc:

@@ -111,6 +111,26 @@ def test_a_sign_coded_module_update_loses_most_of_its_header() -> None:
     assert header_positional < 0.6 * header_map
 
 
+def test_sha256_travels_as_32_bytes_and_the_hex_form_still_decodes() -> None:
+    state = {"w": np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)}
+    packed, _ = pack_module(state, make_codec("lowrank"))
+    message = ModuleUpdate(fleet="demo", sender="dev-1", fog="fog-1", key=ModuleKey.parse("head:_:digit"),
+                           global_round=1, cluster_round=1, base=(1, 0), num_samples=3, train_loss=0.5,
+                           idempotency_key="k", **packed.fields())
+    payload = encode(message)
+    items = msgpack.unpackb(payload, raw=False)
+    at = 1 + [f.name for f in dataclasses.fields(ModuleUpdate)].index("sha256")
+    assert items[at] == bytes.fromhex(message.sha256) and len(items[at]) == 32
+    hex_form = msgpack.packb([*items[:at], message.sha256, *items[at + 1:]], use_bin_type=True)
+    assert len(hex_form) - len(payload) == 32
+    assert decode(hex_form, ModuleUpdate) == message == decode(payload, ModuleUpdate)
+    for bad, match in ((items[at][:31], "binary SHA-256 has 32 bytes, got 31"),
+                       (bytes(32), "sha256 does not match the tensors")):
+        tampered = msgpack.packb([*items[:at], bad, *items[at + 1:]], use_bin_type=True)
+        with pytest.raises(DecodeError, match=match):
+            decode(tampered, ModuleUpdate)
+
+
 # --- malformed arrays --------------------------------------------------------------------------------------------
 
 
