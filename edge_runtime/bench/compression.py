@@ -58,11 +58,11 @@ def _lowrank(encoder: int, adapter: int, head: int) -> dict[str, dict[str, Any]]
             for kind, r in (("encoder", encoder), ("adapter", adapter), ("head", head))}
 
 
-def _lowrank_lora(other: int) -> dict[str, dict[str, Any]]:
+def _lowrank_lora(other: int, **extra: Any) -> dict[str, dict[str, Any]]:
     """Adapters: one component per LoRA A matrix, two per B matrix; encoders and heads: ``other`` components."""
-    return {"encoder": {"codec": "lowrank", "params": {"rank": other}},
-            "adapter": {"codec": "lowrank", "params": {"rank": 1, "rank_of": "lora_B:2"}},
-            "head": {"codec": "lowrank", "params": {"rank": other}}}
+    return {"encoder": {"codec": "lowrank", "params": {"rank": other, **extra}},
+            "adapter": {"codec": "lowrank", "params": {"rank": 1, "rank_of": "lora_B:2", **extra}},
+            "head": {"codec": "lowrank", "params": {"rank": other, **extra}}}
 
 
 def _sign(encoder: float, adapter: float, head: float) -> dict[str, dict[str, Any]]:
@@ -93,6 +93,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lowrank1+adapter2", _lowrank(1, 2, 1), _all("int8"), _all("int8")),
     Setting("lowrank-lora", _lowrank_lora(2), _all("int8"), _all("int8")),
     Setting("lowrank-lora-lite", _lowrank_lora(1), _all("int8"), _all("int8")),
+    Setting("lowrank-lora+norm", _lowrank_lora(2, scale="norm"), _all("int8"), _all("int8")),
+    Setting("lowrank1+norm", _lowrank_lora(1, scale="norm") | {"adapter": {"codec": "lowrank", "params": {
+        "scale": "norm"}}}, _all("int8"), _all("int8")),
     Setting("lowrank1+carry", _lowrank(1, 1, 1), _all("int8"), _all("int8"), training={"carry_residual": True}),
     Setting("lowrank2+carry", _lowrank(2, 2, 2), _all("int8"), _all("int8"), training={"carry_residual": True}),
     Setting("sign+carry", _sign(1.0, 1.0, 1.0), _all("int8"), _all("int8"), training={"carry_residual": True}),
