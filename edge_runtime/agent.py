@@ -21,7 +21,7 @@ import numpy as np
 
 from edge_runtime.atomic import write_json
 from edge_runtime.compression import ErrorFeedback
-from edge_runtime.compression.module_codec import FLAT, layout_of, pack, split
+from edge_runtime.compression.module_codec import layout_of, pack
 from edge_runtime.config import DeviceConfig, load_config, make_codecs, resolve
 from edge_runtime.d2d.device import D2dDevice
 from edge_runtime.downlink import ResyncNeeded, VersionReceiver
@@ -337,7 +337,7 @@ class EdgeAgent(D2dDevice, Service):
             self.sender.expiry_s = math.ceil(ctl.deadline_s) + STALE_SLACK_S
         started = time.monotonic()
         for key, state in self.rx.states.items():  # train from the published version, not last round's weights
-            self.model.load_module_state(key, self._training_start(key, state))
+            self.model.load_module_state(key, state)
         base = {k: self.model.get_module_state(k) for k in self.keys}
         losses, used = self._train(ctl, selected, self.decision.fraction)
         train_s = time.monotonic() - started
@@ -376,18 +376,6 @@ class EdgeAgent(D2dDevice, Service):
         self.advertise(f"sent round ({g},{c})")
         log.info("device %s: round (%d,%d) trained %.1f s, loss %s, sent %d modules / %d B", self.node, g, c,
                  train_s, {t: round(v, 3) for t, v in losses.items()}, len(self.keys), sent)
-
-    def _training_start(self, key: ModuleKey, published: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The published state, plus the unsent residual of ``key`` under ``[training] carry_residual``: the
-        update then codes ``trained - published``, exactly what error feedback would have added anyway."""
-        residual = self.feedback.residual(str(key)).get(FLAT) if self.cfg.training.carry_residual else None
-        if residual is None:
-            return published
-        try:
-            parts = split(residual, layout_of(published))
-        except DecodeError:  # a residual of another layout: error feedback resets it when it next codes
-            return published
-        return {n: (published[n] + parts[n]).astype(np.float32) for n in published}
 
     def _build_update(self, key: ModuleKey, delta: dict[str, np.ndarray], samples: int, loss: float, g: int, c: int,
                       *, covers: tuple[str, ...] = ()) -> ModuleUpdate:

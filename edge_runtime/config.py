@@ -67,9 +67,6 @@ class TrainingConfig:
     lr: float = 1e-3
     threads: int = 1
     seed: int = 0
-    # Start each local training session from the published version plus this device's unsent error-feedback
-    # residual, so that a lossy uplink does not make the device learn again what it has not sent yet.
-    carry_residual: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.threads < 1 or not self.lr > 0:

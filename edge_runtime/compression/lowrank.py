@@ -44,7 +44,6 @@ from edge_runtime.errors import ConfigError, DecodeError
 
 _F32_MAX = float(np.finfo(np.float32).max)
 MAX_RANK = 64
-MAX_GAIN = 2.0  # scale "norm": a tensor's decoded norm is stretched towards its true norm by at most this factor
 _PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _POWER_ITERATIONS = 12  # for matrices whose short side exceeds _EXACT_SIDE
 _EXACT_SIDE = 256
@@ -104,7 +103,7 @@ class LowRankCodec(Codec):
     tensor has no name and ``rank`` applies."""
 
     name = "lowrank"
-    defaults = {"rank": 1, "rank_of": "", "scale": "fit"}
+    defaults = {"rank": 1, "rank_of": ""}
 
     def __init__(self, params: Mapping[str, object] | None = None,
                  layout: Sequence[tuple[str, tuple[int, ...]]] | None = None) -> None:
@@ -116,9 +115,6 @@ class LowRankCodec(Codec):
         if not (isinstance(rank, int) and 1 <= rank <= MAX_RANK):
             raise ConfigError(f"codec 'lowrank': rank must be in [1, {MAX_RANK}], got {rank!r}")
         self.rank_of = parse_rank_of(str(self.params["rank_of"]))
-        if self.params["scale"] not in ("fit", "norm"):
-            raise ConfigError(f"codec 'lowrank': scale must be 'fit' or 'norm', got {self.params['scale']!r}")
-        self.norm = self.params["scale"] == "norm"
 
     def with_layout(self, layout: Sequence[tuple[str, tuple[int, ...]]]) -> LowRankCodec:
         return LowRankCodec(self.params, layout)
@@ -147,15 +143,11 @@ class LowRankCodec(Codec):
             view = _matrix_view(shape)
             if view is None:
                 if size:
-                    mean = float(np.abs(part).mean())
-                    rms = float(np.sqrt(np.mean(part * part)))
-                    scales.append(np.float32(min(rms, MAX_GAIN * mean) if self.norm else mean))
+                    scales.append(np.float32(np.abs(part).mean()))
                     bits.append(part >= 0)
                 continue
             m, n, transposed = view
-            mat = part.reshape(n, m).T if transposed else part.reshape(m, n)
-            r = mat.copy()
-            first = len(scales)
+            r = part.reshape(n, m).T.copy() if transposed else part.reshape(m, n)
             for _ in range(min(rank, n)):
                 q = np.where(_top_left_vector(r) >= 0, 1.0, -1.0)
                 scale, c, v = _quantise(q @ r / m)
@@ -163,10 +155,6 @@ class LowRankCodec(Codec):
                 scales.append(scale)
                 codes.append(c)
                 bits.append(q > 0)
-            if self.norm:  # r is now M - D: stretch D (every component's scale) to M's norm, at most MAX_GAIN times
-                kept = float(np.linalg.norm(mat - r))
-                gain = min(MAX_GAIN, float(np.linalg.norm(part)) / kept) if kept > 0 else 1.0
-                scales[first:] = [np.float32(float(sc) * gain) for sc in scales[first:]]
         sign_bits = np.concatenate(bits) if bits else np.zeros(0, bool)
         return (np.asarray(scales, dtype="<f4").tobytes() + b"".join(c.tobytes() for c in codes)
                 + np.packbits(sign_bits).tobytes())
@@ -235,6 +223,5 @@ class LowRankCodec(Codec):
                 bound = max(bound, float(np.abs(part).max()))
             else:
                 grow = (1 + math.sqrt(view[1]) / 254) ** min(rank, view[1])
-                # "norm" stretches D = M - R by gain g <= ||M|| / ||D||: (g - 1) ||D|| <= ||M|| - ||D|| <= ||M||.
-                bound = max(bound, float(np.linalg.norm(part)) * (grow + (1 if self.norm else 0)))
+                bound = max(bound, float(np.linalg.norm(part)) * grow)
         return bound * (1 + 2 ** -12) + 1e-30

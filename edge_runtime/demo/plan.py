@@ -46,8 +46,6 @@ class DemoOptions:
     secure: bool = False
     # Extra [model] keys for devices and cloud, e.g. {"adapter": "ffa_lora", "lora_r": 4} (hffm bench compression).
     model: dict[str, object] = field(default_factory=dict)
-    # Extra [training] keys for devices, e.g. {"carry_residual": True} (hffm bench compression).
-    training: dict[str, object] = field(default_factory=dict)
     attackers_per_fog: int = 0
     attack: dict[str, object] = field(default_factory=dict)
     aggregator: str = "fedavg"
@@ -133,7 +131,7 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
                        "modalities": sorted({TASKS[t].modality for t in dev_tasks}), "tasks": dev_tasks},
             "broker": {"host": "127.0.0.1", "port": (device_ports or {}).get(dev, fog_ports[fog_of[dev]])},
             "model": model,
-            "training": {"batch_size": 32, "lr": 2e-3, "threads": 1, "seed": opts.seed, **opts.training},
+            "training": {"batch_size": 32, "lr": 2e-3, "threads": 1, "seed": opts.seed},
             "data": entries,
             "uplink": opts.uplink,
             "state_dir": str(run_dir / "state"),

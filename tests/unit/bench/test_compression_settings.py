@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edge_runtime.bench.compression import DEFAULT_SETTINGS, SETTINGS, select_settings
-from edge_runtime.config import ModelConfig, TrainingConfig, build, make_codecs
+from edge_runtime.config import ModelConfig, build, make_codecs
 from edge_runtime.errors import ConfigError
 
 
@@ -15,7 +15,6 @@ def test_every_setting_is_valid() -> None:
         for link in (s.uplink, s.fog_uplink, s.downlink):
             make_codecs({k: _spec(v) for k, v in link.items()}, s.name)
         build(ModelConfig, dict(s.model), s.name)  # adapter variants and ranks are valid [model] keys
-        build(TrainingConfig, dict(s.training), s.name)
 
 
 def _spec(table: dict) -> object:
