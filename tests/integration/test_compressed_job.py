@@ -46,3 +46,18 @@ def test_compressed_job_saves_uplink_bytes_and_keeps_devices_exact(tmp_path: Pat
     assert len(residuals) == 2 + 4  # every fog and every device persisted its error-feedback memory
     fb = ErrorFeedback.load(residuals[-1])
     assert fb.streams() and any(abs(a).sum() > 0 for s in fb.streams() for a in fb.residual(s).values())
+
+
+def test_lowrank_on_every_link_keeps_devices_exact(tmp_path: Path) -> None:
+    """The structured codec end to end: every receiver decodes with its own module layout (names and shapes)."""
+    lowrank = {"encoder": {"codec": "lowrank", "params": {"rank": 2}},
+               "adapter": {"codec": "lowrank", "params": {"rank": 1, "rank_of": "lora_B:2"}},
+               "head": {"codec": "lowrank", "params": {"rank": 2}}}
+    comp = _run(tmp_path / "lowrank", lowrank, lowrank)
+    assert comp["rejected_messages"] == {}
+    assert all(r["bytes"]["device_to_fog"] > 0 for r in comp["rounds"])
+    for dev, info in comp["devices"].items():
+        for task, acc in info["final_accuracy"].items():
+            assert acc == pytest.approx(comp["final"]["accuracy"][task]), (dev, task)
+    fb = ErrorFeedback.load(sorted((tmp_path / "lowrank" / "state").glob("*-residuals.npz"))[-1])
+    assert fb.streams() and any(abs(a).sum() > 0 for s in fb.streams() for a in fb.residual(s).values())
