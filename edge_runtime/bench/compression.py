@@ -91,6 +91,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lowrank1+adapter2", _lowrank(1, 2, 1), _all("int8"), _all("int8")),
     Setting("lowrank-lora", _lowrank_lora(2), _all("int8"), _all("int8")),
     Setting("lowrank-lora-lite", _lowrank_lora(1), _all("int8"), _all("int8")),
+    Setting("lowrank2-pairA-int4", {
+        "encoder": {"codec": "lowrank", "params": {"rank": 2, "loadings": "int4"}},
+        "adapter": {"codec": "lowrank", "params": {"rank": 2, "loadings": "int4", "pair": "query.lora_A|value.lora_A"}},
+        "head": {"codec": "lowrank", "params": {"rank": 2, "loadings": "int4"}}}, _all("int8"), _all("int8")),
 )
 # The default run (nine jobs, about 30 min on 2 idle CPU cores); --only picks any of SETTINGS.
 DEFAULT_SETTINGS: tuple[Setting, ...] = tuple(

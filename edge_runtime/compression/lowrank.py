@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -75,14 +76,62 @@ def _top_left_vector(r: np.ndarray) -> np.ndarray:
     return u
 
 
-def _quantise(v: np.ndarray) -> tuple[np.float32, np.ndarray, np.ndarray]:
-    """int8 codes of ``v`` with one float32 scale; returns ``(scale, codes, decoded v)``."""
+def _quantise(v: np.ndarray, levels: int) -> tuple[np.float32, np.ndarray, np.ndarray]:
+    """Codes of ``v`` in ``[-levels, levels]`` with one float32 scale; returns ``(scale, codes, decoded v)``."""
     peak = float(np.abs(v).max()) if v.size else 0.0
-    scale = np.float32(peak / 127.0)
+    scale = np.float32(peak / levels)
     if not scale > 0:
         return np.float32(0.0), np.zeros(v.size, np.int8), np.zeros(v.size)
-    codes = np.clip(np.rint(v / float(scale)), -127, 127).astype(np.int8)
+    codes = np.clip(np.rint(v / float(scale)), -levels, levels).astype(np.int8)
     return scale, codes, codes.astype(np.float64) * float(scale)
+
+
+def _pack_codes(codes: np.ndarray, int4: bool) -> bytes:
+    if not int4:
+        return codes.tobytes()
+    nibbles = (codes.astype(np.int16) & 0xF).astype(np.uint8)
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    return (nibbles[0::2] | (nibbles[1::2] << 4)).tobytes()
+
+
+def _unpack_codes(data: np.ndarray, n: int, int4: bool) -> np.ndarray:
+    """Codes of one component as float64; raises DecodeError for a reserved code or set padding."""
+    if not int4:
+        if (data == -128).any():
+            raise DecodeError("codec 'lowrank': code -128 is reserved")
+        return data.astype(np.float64)
+    raw = data.view(np.uint8)
+    nibbles = np.empty(2 * raw.size, np.int16)
+    nibbles[0::2], nibbles[1::2] = raw & 0xF, raw >> 4
+    if (nibbles[:n] == 8).any():
+        raise DecodeError("codec 'lowrank': int4 code -8 is reserved")
+    if nibbles[n:].any():
+        raise DecodeError("codec 'lowrank': the padding nibble of an odd int4 component is set")
+    return np.where(nibbles[:n] >= 8, nibbles[:n] - 16, nibbles[:n]).astype(np.float64)
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    """``"query.lora_A|value.lora_A"`` -> ``[("query.lora_A", "value.lora_A")]``. Raises ``ConfigError``."""
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        first, sep, second = item.partition("|")
+        if not sep or not _PATTERN.fullmatch(first) or not _PATTERN.fullmatch(second) or first == second:
+            raise ConfigError(f"codec 'lowrank': pair item {item!r} must be '<name part>|<other name part>' "
+                              "(name parts: letters, digits, '_', '.', '-'; different)")
+        out.append((first, second))
+    return out
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """What is coded as one: a sign-coded tensor (``cols == 0``), or a tall matrix ``rows x cols`` made of the
+    tall views of one tensor or of a pair side by side. ``members``: ``(flat start, shape, transposed)``."""
+
+    members: tuple[tuple[int, tuple[int, ...], bool], ...]
+    rows: int
+    cols: int
+    rank: int
 
 
 def parse_rank_of(text: str) -> list[tuple[str, int]]:
@@ -99,11 +148,13 @@ def parse_rank_of(text: str) -> list[tuple[str, int]]:
 
 class LowRankCodec(Codec):
     """``rank`` components per matrix; ``rank_of`` (``"part:rank,..."``) gives the matrices whose tensor name
-    contains ``part`` another rank (the first matching item wins). Names come from the layout; without one, a
-    tensor has no name and ``rank`` applies."""
+    contains ``part`` another rank (the first matching item wins). ``pair`` (``"a|b,..."``) codes a matrix whose
+    name contains ``a`` together with the one named with ``b`` in its place, if that one has the same shape: their
+    tall views side by side, as one matrix with the first one's rank. ``loadings``: ``int8`` or ``int4`` codes. Names
+    come from the layout; without one, a tensor has no name and ``rank`` applies."""
 
     name = "lowrank"
-    defaults = {"rank": 1, "rank_of": ""}
+    defaults = {"rank": 1, "rank_of": "", "pair": "", "loadings": "int8"}
 
     def __init__(self, params: Mapping[str, object] | None = None,
                  layout: Sequence[tuple[str, tuple[int, ...]]] | None = None) -> None:
@@ -115,62 +166,96 @@ class LowRankCodec(Codec):
         if not (isinstance(rank, int) and 1 <= rank <= MAX_RANK):
             raise ConfigError(f"codec 'lowrank': rank must be in [1, {MAX_RANK}], got {rank!r}")
         self.rank_of = parse_rank_of(str(self.params["rank_of"]))
+        self.pairs = parse_pairs(str(self.params["pair"]))
+        if self.params["loadings"] not in ("int8", "int4"):
+            raise ConfigError(f"codec 'lowrank': loadings must be 'int8' or 'int4', got {self.params['loadings']!r}")
+        self.int4 = self.params["loadings"] == "int4"
+        self.levels = 7 if self.int4 else 127
 
     def with_layout(self, layout: Sequence[tuple[str, tuple[int, ...]]]) -> LowRankCodec:
         return LowRankCodec(self.params, layout)
 
-    def _tensors(self, shape: tuple[int, ...], n: int, error: type[Exception]) -> list[tuple[tuple[int, ...], int]]:
-        """``(shape, rank)`` of each tensor of the flat vector."""
-        layout = self.layout if self.layout is not None else [("", shape)]
-        total = sum(math.prod(s) for _, s in layout)
-        if total != n:
-            raise error(f"codec 'lowrank': {n} values for a layout of {total}")
-        return [(s, self._rank(name)) for name, s in layout]
-
     def _rank(self, name: str) -> int:
         return next((rank for part, rank in self.rank_of if part in name), int(self.params["rank"]))
 
-    def encode(self, x: np.ndarray) -> bytes:
-        flat = check_input(x, self.name).ravel()
-        scales: list[np.float32] = []
-        codes: list[np.ndarray] = []
-        bits: list[np.ndarray] = []
-        start = 0
-        for shape, rank in self._tensors(x.shape, flat.size, ValueError):
-            size = math.prod(shape)
-            part = flat[start:start + size].astype(np.float64)
-            start += size
-            view = _matrix_view(shape)
+    def _units(self, shape: tuple[int, ...], n: int, error: type[Exception]) -> list[_Unit]:
+        """The coding units of the flat vector, in the order of their first tensor."""
+        layout = self.layout if self.layout is not None else [("", shape)]
+        starts, total = [], 0
+        for _, s in layout:
+            starts.append(total)
+            total += math.prod(s)
+        if total != n:
+            raise error(f"codec 'lowrank': {n} values for a layout of {total}")
+        index = {name: i for i, (name, _) in enumerate(layout)}
+        used: set[int] = set()
+        units = []
+        for i, (name, s) in enumerate(layout):
+            if i in used:
+                continue
+            used.add(i)
+            view = _matrix_view(s)
             if view is None:
-                if size:
+                units.append(_Unit(((starts[i], s, False),), math.prod(s), 0, 0))
+                continue
+            members = [(starts[i], s, view[2])]
+            for first, second in self.pairs:  # either way round: the tensor that comes first leads the pair
+                partner = (name.replace(first, second, 1) if first in name
+                           else name.replace(second, first, 1) if second in name else None)
+                j = index.get(partner) if partner is not None else None
+                if j is not None and j not in used and layout[j][1] == s:
+                    members.append((starts[j], s, view[2]))
+                    used.add(j)
+                    break
+            cols = view[1] * len(members)
+            units.append(_Unit(tuple(members), view[0], cols, min(self._rank(name), cols)))
+        return units
+
+    @staticmethod
+    def _tall(flat: np.ndarray, start: int, shape: tuple[int, ...], transposed: bool) -> np.ndarray:
+        part = flat[start:start + math.prod(shape)]
+        rows, cols = shape[0], math.prod(shape[1:])
+        return part.reshape(rows, cols).T if transposed else part.reshape(rows, cols)
+
+    def _code_bytes(self, cols: int) -> int:
+        return -(-cols // 2) if self.int4 else cols
+
+    def encode(self, x: np.ndarray) -> bytes:
+        flat = check_input(x, self.name).ravel().astype(np.float64)
+        scales: list[np.float32] = []
+        codes: list[bytes] = []
+        bits: list[np.ndarray] = []
+        for unit in self._units(x.shape, flat.size, ValueError):
+            if not unit.cols:
+                (start, _, _), = unit.members
+                part = flat[start:start + unit.rows]
+                if part.size:
                     scales.append(np.float32(np.abs(part).mean()))
                     bits.append(part >= 0)
                 continue
-            m, n, transposed = view
-            r = part.reshape(n, m).T.copy() if transposed else part.reshape(m, n)
-            for _ in range(min(rank, n)):
+            r = np.hstack([self._tall(flat, *member) for member in unit.members])
+            for _ in range(unit.rank):
                 q = np.where(_top_left_vector(r) >= 0, 1.0, -1.0)
-                scale, c, v = _quantise(q @ r / m)
+                scale, c, v = _quantise(q @ r / unit.rows, self.levels)
                 r -= np.outer(q, v)
                 scales.append(scale)
-                codes.append(c)
+                codes.append(_pack_codes(c, self.int4))
                 bits.append(q > 0)
         sign_bits = np.concatenate(bits) if bits else np.zeros(0, bool)
-        return (np.asarray(scales, dtype="<f4").tobytes() + b"".join(c.tobytes() for c in codes)
-                + np.packbits(sign_bits).tobytes())
+        return np.asarray(scales, dtype="<f4").tobytes() + b"".join(codes) + np.packbits(sign_bits).tobytes()
 
     def decode(self, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
         dims, n = decode_shape(shape, self.name)
         buf = as_buffer(data, self.name)
-        tensors = self._tensors(dims, n, DecodeError)
+        units = self._units(dims, n, DecodeError)
         n_scales = n_codes = n_bits = 0
-        for s, rank in tensors:
-            view = _matrix_view(s)
-            if view is None:
-                n_scales, n_bits = n_scales + (1 if math.prod(s) else 0), n_bits + math.prod(s)
+        for u in units:
+            if not u.cols:
+                n_scales, n_bits = n_scales + (1 if u.rows else 0), n_bits + u.rows
             else:
-                k = min(rank, view[1])
-                n_scales, n_codes, n_bits = n_scales + k, n_codes + k * view[1], n_bits + k * view[0]
+                n_scales += u.rank
+                n_codes += u.rank * self._code_bytes(u.cols)
+                n_bits += u.rank * u.rows
         need = 4 * n_scales + n_codes + -(-n_bits // 8)
         if len(buf) != need:
             raise DecodeError(f"codec 'lowrank': {len(buf)} bytes for a layout that needs {need}")
@@ -178,50 +263,49 @@ class LowRankCodec(Codec):
         if not np.isfinite(scales32).all() or (scales32 < 0).any():
             raise DecodeError("codec 'lowrank': a scale is negative, NaN or Inf")
         scales = scales32.astype(np.float64)
-        codes = np.frombuffer(buf, dtype=np.int8, count=n_codes, offset=4 * n_scales)
-        if (codes == -128).any():
-            raise DecodeError("codec 'lowrank': code -128 is reserved")
+        code_bytes = np.frombuffer(buf, dtype=np.int8, count=n_codes, offset=4 * n_scales)
         bits = np.unpackbits(np.frombuffer(buf, dtype=np.uint8, offset=4 * n_scales + n_codes))
         if bits[n_bits:].any():
             raise DecodeError("codec 'lowrank': padding bits after the last sign are set")
         signs = np.where(bits[:n_bits] == 1, 1.0, -1.0)
         out = np.empty(n, dtype=np.float64)
-        si = ci = bi = start = 0
-        for s, rank in tensors:
-            size = math.prod(s)
-            view = _matrix_view(s)
-            if view is None:
-                if size:
-                    out[start:start + size] = signs[bi:bi + size] * scales[si]
-                    si, bi = si + 1, bi + size
-            else:
-                m, cols, transposed = view
-                r = np.zeros((m, cols))
-                for _ in range(min(rank, cols)):
-                    r += np.outer(signs[bi:bi + m], codes[ci:ci + cols] * scales[si])
-                    si, ci, bi = si + 1, ci + cols, bi + m
-                out[start:start + size] = (r.T if transposed else r).ravel()
-            start += size
+        si = ci = bi = 0
+        for u in units:
+            if not u.cols:
+                (start, _, _), = u.members
+                if u.rows:
+                    out[start:start + u.rows] = signs[bi:bi + u.rows] * scales[si]
+                    si, bi = si + 1, bi + u.rows
+                continue
+            r = np.zeros((u.rows, u.cols))
+            width = self._code_bytes(u.cols)
+            for _ in range(u.rank):
+                v = _unpack_codes(code_bytes[ci:ci + width], u.cols, self.int4)
+                r += np.outer(signs[bi:bi + u.rows], v * scales[si])
+                si, ci, bi = si + 1, ci + width, bi + u.rows
+            col = 0
+            for start, s, transposed in u.members:
+                cols = u.cols // len(u.members)
+                block = r[:, col:col + cols]
+                col += cols
+                out[start:start + math.prod(s)] = (block.T if transposed else block).ravel()
         # A valid payload decodes within float32 range; a crafted one is clipped into it, never to Inf.
         return np.clip(out, -_F32_MAX, _F32_MAX).astype(np.float32).reshape(dims)
 
     def error_bound(self, x: np.ndarray) -> float:
-        """Per matrix, each component removes its least-squares part of the remainder (the Frobenius norm never
-        grows) and adds back at most its int8 rounding, ``sqrt(n) / 254`` of the remainder's norm; so every element
-        errs by at most ``||M||_F (1 + sqrt(n) / 254) ** rank``. Other tensors: signs x mean magnitude err by at
-        most ``max |x|``."""
+        """Per matrix (or pair), each component removes its least-squares part of the remainder (the Frobenius norm
+        never grows) and adds back at most its rounding, ``sqrt(n) / (2 levels)`` of the remainder's norm (levels
+        127 for int8, 7 for int4); so every element errs by at most ``||M||_F (1 + sqrt(n) / (2 levels)) ** rank``.
+        Other tensors: signs x mean magnitude err by at most ``max |x|``."""
         flat = np.asarray(x, dtype=np.float64).ravel()
-        bound, start = 0.0, 0
-        for shape, rank in self._tensors(tuple(x.shape), flat.size, ValueError):
-            size = math.prod(shape)
-            part = flat[start:start + size]
-            start += size
-            if not size:
+        bound = 0.0
+        for u in self._units(tuple(x.shape), flat.size, ValueError):
+            parts = [flat[start:start + math.prod(s)] for start, s, _ in u.members]
+            if not sum(p.size for p in parts):
                 continue
-            view = _matrix_view(shape)
-            if view is None:
-                bound = max(bound, float(np.abs(part).max()))
+            if not u.cols:
+                bound = max(bound, float(np.abs(parts[0]).max()))
             else:
-                grow = (1 + math.sqrt(view[1]) / 254) ** min(rank, view[1])
-                bound = max(bound, float(np.linalg.norm(part)) * grow)
+                grow = (1 + math.sqrt(u.cols) / (2 * self.levels)) ** u.rank
+                bound = max(bound, float(np.sqrt(sum(float(p @ p) for p in parts))) * grow)
         return bound * (1 + 2 ** -12) + 1e-30

@@ -28,6 +28,7 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("lowrank", {}),
     ("lowrank", {"rank": 2}),
     ("lowrank", {"rank": 5}),
+    ("lowrank", {"rank": 2, "loadings": "int4"}),
 ]
 IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in params.items()) or 'default'}" for name, params in CONFIGS]
 

@@ -154,3 +154,58 @@ def test_rank_of_must_be_name_parts_and_ranks(rank_of: str) -> None:
 
     with pytest.raises(ConfigError, match="rank_of item"):
         make_codec("lowrank", {"rank_of": rank_of})
+
+
+def attention_like(seed: int) -> dict[str, np.ndarray]:
+    """Two LoRA A matrices of one layer (query and value read the same input) and a B matrix."""
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(size=384)
+    return {"q.lora_A": np.outer(rng.normal(size=8), shared + 0.3 * rng.normal(size=384)).astype(np.float32),
+            "q.lora_B": rng.normal(size=(384, 8)).astype(np.float32),
+            "v.lora_A": np.outer(rng.normal(size=8), shared + 0.3 * rng.normal(size=384)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("pair", ["q.lora_A|v.lora_A", "v.lora_A|q.lora_A"])
+def test_pair_codes_two_matrices_as_one(pair: str) -> None:
+    state = attention_like(7)
+    packed, sent = pack(state, make_codec("lowrank", {"pair": pair}))
+    # the A pair: one component of a 384 x 16 matrix (4 + 16 + 48 bytes); q.lora_B alone: 4 + 8 + 48
+    assert packed.nbytes == 68 + 60
+    back = unpack(packed, layout_of(state))
+    for name in state:
+        np.testing.assert_array_equal(back[name], sent[name])
+    for name in ("q.lora_A", "v.lora_A"):  # their shared input direction survives the one shared component
+        assert cosine(state[name], sent[name]) > 0.7
+    unpaired, _ = pack({"q.lora_A": state["q.lora_A"]}, make_codec("lowrank", {"pair": pair}))
+    assert unpaired.nbytes == 60  # no partner in the layout: coded alone
+
+
+def test_int4_loadings_halve_the_codes_and_keep_the_fit() -> None:
+    state = lora_like(8)
+    p8, s8 = pack(state, make_codec("lowrank", {"rank": 2}))
+    p4, s4 = pack(state, make_codec("lowrank", {"rank": 2, "loadings": "int4"}))
+    assert p8.nbytes - p4.nbytes == 2 * 2 * 4  # two matrices, two components, 8 codes in 4 bytes instead of 8
+    for name in ("a", "b"):
+        assert cosine(state[name], s4[name]) > cosine(state[name], s8[name]) - 0.01
+
+
+@pytest.mark.parametrize("mutate", ["reserved", "padding"])
+def test_int4_rejects_the_reserved_code_and_a_set_padding_nibble(mutate: str) -> None:
+    codec = make_codec("lowrank", {"loadings": "int4"})
+    x = np.random.default_rng(9).normal(size=(16, 5)).astype(np.float32)  # 5 codes: 3 bytes, one padding nibble
+    data = bytearray(codec.encode(x))
+    if mutate == "reserved":
+        data[4] = (data[4] & 0xF0) | 0x8
+    else:
+        data[6] |= 0xF0
+    with pytest.raises(DecodeError, match="int4"):
+        codec.decode(bytes(data), x.shape)
+
+
+@pytest.mark.parametrize(("params", "message"), [({"pair": "q"}, "pair item"), ({"pair": "a|a"}, "pair item"),
+                                                 ({"pair": "a|b c"}, "pair item"), ({"loadings": "int2"}, "loadings")])
+def test_bad_pair_and_loadings_are_config_errors(params: dict, message: str) -> None:
+    from edge_runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        make_codec("lowrank", params)
