@@ -324,7 +324,7 @@ class EdgeAgent(D2dDevice, Service):
         self.last_done = (g, c)
         selected = [k for k in self.keys if not ctl.participants or self.node in ctl.participants.get(str(k), ())]
         if not selected:
-            self.advertise(f"not selected for round ({g},{c})")
+            self.advertise(f"not selected for round ({g},{c})", publish=False)  # rides on the next refresh
             return
         self.decision = decide(sample(resolve(self.cfg.base_dir, self.cfg.state_dir)), self.cfg.resources)
         if self.decision.action == "skip":
@@ -373,7 +373,10 @@ class EdgeAgent(D2dDevice, Service):
         self.rounds_log.append({"global_round": g, "cluster_round": c, "train_s": round(train_s, 3),
                                 "bytes_sent": sent, "loss": {t: round(v, 4) for t, v in losses.items()},
                                 "fraction": self.decision.fraction})
-        self.advertise(f"sent round ({g},{c})")
+        # Round progress is not news to the fog (the updates themselves are): the status file has it now, and the
+        # advert carries it at its next refresh, within telemetry_interval_s; this spares the metered uplink one
+        # advert per round (~700 B, as much as a few compressed module deltas).
+        self.advertise(f"sent round ({g},{c})", publish=False)
         log.info("device %s: round (%d,%d) trained %.1f s, loss %s, sent %d modules / %d B", self.node, g, c,
                  train_s, {t: round(v, 3) for t, v in losses.items()}, len(self.keys), sent)
 
@@ -384,7 +387,7 @@ class EdgeAgent(D2dDevice, Service):
                              seed=zlib.crc32(f"{self.node}/{g}.{c}/{key}".encode()))
         return ModuleUpdate(fleet=self.fleet, sender=self.node, fog=self.fog, key=key, global_round=g, cluster_round=c,
                             base=self.rx.stamps.get(key, (0, 0)), num_samples=samples, train_loss=loss,
-                            idempotency_key=f"{self.fleet}/{self.node}/{g}.{c}/{key}", covers=covers,
+                            idempotency_key=ModuleUpdate.default_key(self.fleet, self.node, g, c, key), covers=covers,
                             **packed.fields())
 
     def _to_fog(self, update: ModuleUpdate, payload: bytes | None = None) -> int:

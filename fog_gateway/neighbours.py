@@ -113,7 +113,8 @@ class FogTopology:
             agg = FogAggregate(fleet=self.fleet, fog=self.node, key=key, global_round=self.round_g,
                                cluster_round=self.cluster_c, total_weight=weight,
                                num_devices=max(1, len(self.book.contributors(key))),
-                               idempotency_key=f"{self.fleet}/{self.node}/{self.round_g}.{self.cluster_c}/{key}",
+                               idempotency_key=FogAggregate.default_key(self.fleet, self.node, self.round_g,
+                                                                        self.cluster_c, key),
                                **packed.fields())
             if not self.transport.try_publish(topics.fogpeer(self.fleet, self.node, key), encode(agg),
                                               category="fog_to_fog"):

@@ -421,7 +421,8 @@ class FogGateway(FogTopology, JournaledRounds, Service):
                                  seed=zlib.crc32(f"{self.node}/{self.round_g}/{key}".encode()))
             agg = FogAggregate(fleet=self.fleet, fog=self.node, key=key, global_round=self.round_g,
                                total_weight=float(sum(weights.values())), num_devices=len(weights),
-                               idempotency_key=f"{self.fleet}/{self.node}/{self.round_g}/{key}", **packed.fields())
+                               idempotency_key=FogAggregate.default_key(self.fleet, self.node, self.round_g, 0, key),
+                               **packed.fields())
             self._send_up(agg.idempotency_key, topics.fogup(self.fleet, self.node, key), encode(agg))
             sent.append(key)
             devices |= set(weights)

@@ -63,6 +63,14 @@ def _lowrank_lora(other: int) -> dict[str, dict[str, Any]]:
             "head": {"codec": "lowrank", "params": {"rank": other}}}
 
 
+def _lowrank_int4(**adapter: str) -> dict[str, dict[str, Any]]:
+    """Two components per matrix with int4 loadings; ``adapter``: further lowrank params for the adapters."""
+    base = {"rank": 2, "loadings": "int4"}
+    return {"encoder": {"codec": "lowrank", "params": dict(base)},
+            "adapter": {"codec": "lowrank", "params": {**base, **adapter}},
+            "head": {"codec": "lowrank", "params": dict(base)}}
+
+
 def _sign(encoder: float, adapter: float, head: float) -> dict[str, dict[str, Any]]:
     return {kind: {"codec": "sign", "params": {"fraction": f}}
             for kind, f in (("encoder", encoder), ("adapter", adapter), ("head", head))}
@@ -91,10 +99,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lowrank1+adapter2", _lowrank(1, 2, 1), _all("int8"), _all("int8")),
     Setting("lowrank-lora", _lowrank_lora(2), _all("int8"), _all("int8")),
     Setting("lowrank-lora-lite", _lowrank_lora(1), _all("int8"), _all("int8")),
-    Setting("lowrank2-pairA-int4", {
-        "encoder": {"codec": "lowrank", "params": {"rank": 2, "loadings": "int4"}},
-        "adapter": {"codec": "lowrank", "params": {"rank": 2, "loadings": "int4", "pair": "query.lora_A|value.lora_A"}},
-        "head": {"codec": "lowrank", "params": {"rank": 2, "loadings": "int4"}}}, _all("int8"), _all("int8")),
+    Setting("lowrank2-pairA-int4", _lowrank_int4(pair="query.lora_A|value.lora_A"), _all("int8"), _all("int8")),
+    Setting("lowrank2-int4", _lowrank_int4(), _all("int8"), _all("int8")),
+    Setting("lowrank2-pairA3-int4", _lowrank_int4(pair="query.lora_A|value.lora_A", rank_of="lora_A:3"),
+            _all("int8"), _all("int8")),
 )
 # The default run (nine jobs, about 30 min on 2 idle CPU cores); --only picks any of SETTINGS.
 DEFAULT_SETTINGS: tuple[Setting, ...] = tuple(

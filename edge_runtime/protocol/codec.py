@@ -12,6 +12,11 @@ go through the same checks: size limits on every msgpack container, no extension
 expected type, each value checked against the field's annotation, then the type's own ``__post_init__`` invariants
 (tensor sizes, SHA-256, ranges). Anything wrong raises :class:`DecodeError` naming the field and the problem.
 Payloads are never unpickled.
+
+Two values travel in a shorter form than the dataclass holds: SHA-256 digests as 32 raw bytes, and the idempotency
+key of a ``ModuleUpdate`` or ``FogAggregate`` as an empty string when it is the key that the message's own fields
+determine (``default_key``); decoding derives it again. A key that is not the derived one (a D2D relay's) travels
+as it is.
 """
 
 from __future__ import annotations
@@ -29,7 +34,14 @@ import msgpack
 from edge_runtime.errors import DecodeError
 from edge_runtime.protocol.envelope import SignedEnvelope
 from edge_runtime.protocol.keys import ModuleKey
-from edge_runtime.protocol.messages import MESSAGE_TYPES, SCHEMA_VERSION, EncodedTensor, TensorBlob
+from edge_runtime.protocol.messages import (
+    MESSAGE_TYPES,
+    SCHEMA_VERSION,
+    EncodedTensor,
+    FogAggregate,
+    ModuleUpdate,
+    TensorBlob,
+)
 
 T = TypeVar("T")
 
@@ -58,8 +70,30 @@ def encode(message: object) -> bytes:
         raise TypeError(f"not an hffm message type: {cls.__name__}")
     body: list[Any] = [cls.TYPE]  # type: ignore[attr-defined]
     body.extend(_digest_to_wire(name, _to_wire(getattr(message, name))) for name in _field_names(cls))
+    derive = _DERIVED_KEY.get(cls)
+    if derive is not None and message.idempotency_key == derive(functools.partial(getattr, message)):  # type: ignore[attr-defined]
+        body[_field_names(cls).index("idempotency_key") + 1] = ""
     return msgpack.packb(body, use_bin_type=True)
 
+
+# An idempotency key that the message's own fields determine travels empty (about 40 B less per module message)
+# and is derived again on decode; any other key travels as it is. A sent key is never empty (the types check it).
+_DERIVED_KEY: dict[type, Any] = {
+    ModuleUpdate: lambda get: ModuleUpdate.default_key(get("fleet"), get("sender"), get("global_round"),
+                                                       get("cluster_round"), get("key")),
+    FogAggregate: lambda get: FogAggregate.default_key(get("fleet"), get("fog"), get("global_round"),
+                                                       get("cluster_round"), get("key")),
+}
+
+
+def _derive_key(expected: type, kwargs: dict[str, Any]) -> None:
+    """Fill in an empty idempotency key from the other fields of a type that derives it."""
+    derive = _DERIVED_KEY.get(expected)
+    if derive is not None and kwargs.get("idempotency_key") == "":
+        try:
+            kwargs["idempotency_key"] = derive(kwargs.__getitem__)
+        except KeyError:
+            pass  # a field is missing: reported as such by the caller
 
 # SHA-256 fields travel as 32 raw bytes instead of 64 hex characters (32 B less per module message); the message
 # types keep them as hex strings, and decoding also reads the hex form.
@@ -223,6 +257,7 @@ def from_wire(raw: Any, expected: type[T]) -> T:
         raise DecodeError(f"{name}: missing field(s) {missing}")
     kwargs = {n: _convert(_digest_from_wire(n, raw[n], f"{name}.{n}"), hints[n], f"{name}.{n}")
               for n in fields if n in raw}
+    _derive_key(expected, kwargs)
     try:
         return expected(**kwargs)
     except (ValueError, TypeError) as exc:

@@ -29,6 +29,7 @@ GLOBAL_STAGE = 1_000_000
 RAW_CODEC = "fp32"
 _CODEC_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
+MAX_KEY_LEN = 512  # characters of an idempotency key
 MAX_COVERS = 1024  # devices one D2D relay update may stand for
 _frozen = dataclass(frozen=True, slots=True, kw_only=True)
 
@@ -44,6 +45,11 @@ def _nonneg_int(value: object, what: str) -> None:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_key(value: object) -> None:
+    _check(isinstance(value, str) and 0 < len(value) <= MAX_KEY_LEN,
+           f"idempotency_key must be a non-empty string of at most {MAX_KEY_LEN} characters")
 
 
 def _finite_nonneg(value: object, what: str) -> None:
@@ -203,7 +209,14 @@ class ModuleUpdate:
         _nonneg_int(self.num_samples, "num_samples")
         _check(self.num_samples > 0, "num_samples must be an int > 0")
         _check(_is_number(self.train_loss) and math.isfinite(self.train_loss), "train_loss must be finite")
+        _check_key(self.idempotency_key)
         _check_tensors(self.tensors, self.encoded, self.codec, self.codec_params, self.sha256)
+
+    @staticmethod
+    def default_key(fleet: str, sender: str, global_round: int, cluster_round: int, key: ModuleKey | str) -> str:
+        """The idempotency key of a sender's own update of ``key`` in round (g, c). The codec sends an update that
+        carries exactly this key with an empty one, and the receiver derives it again from the signed fields."""
+        return f"{fleet}/{sender}/{global_round}.{cluster_round}/{key}"
 
 
 @_frozen
@@ -271,7 +284,15 @@ class FogAggregate:
         _check(self.num_devices > 0, "num_devices must be an int > 0")
         _finite_nonneg(self.total_weight, "total_weight")
         _check(self.total_weight > 0, "total_weight must be > 0")
+        _check_key(self.idempotency_key)
         _check_tensors(self.tensors, self.encoded, self.codec, self.codec_params, self.sha256)
+
+    @staticmethod
+    def default_key(fleet: str, fog: str, global_round: int, cluster_round: int, key: ModuleKey | str) -> str:
+        """The idempotency key of a fog's aggregate of ``key``: over global round g (``cluster_round`` 0, to the
+        cloud) or after cluster round c (to neighbour fogs). Sent empty when the aggregate carries exactly this."""
+        stamp = f"{global_round}" if cluster_round == 0 else f"{global_round}.{cluster_round}"
+        return f"{fleet}/{fog}/{stamp}/{key}"
 
 
 @_frozen

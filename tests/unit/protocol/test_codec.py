@@ -193,20 +193,56 @@ def _assert_state_equal(got: dict[str, np.ndarray], want: dict[str, np.ndarray])
 
 @settings(max_examples=150, deadline=None)
 @given(state=STATES, fleet=SEGMENTS, sender=SEGMENTS, fog=SEGMENTS, key=KEYS, rounds=st.tuples(U64, U64, U64, U64),
-       num_samples=st.integers(1, 2**64 - 1), loss=FINITE, idem=st.text(max_size=40))
+       num_samples=st.integers(1, 2**64 - 1), loss=FINITE,
+       idem=st.one_of(st.none(), st.text(min_size=1, max_size=40)))
 def test_module_update_round_trip_property(
     state: dict[str, np.ndarray], fleet: str, sender: str, fog: str, key: ModuleKey,
-    rounds: tuple[int, int, int, int], num_samples: int, loss: float, idem: str,
+    rounds: tuple[int, int, int, int], num_samples: int, loss: float, idem: str | None,
 ) -> None:
+    """Round trip with any key; the derived key (``idem`` None) travels empty and comes back whole."""
     tensors = blobs_from_state(state)
+    derived = ModuleUpdate.default_key(fleet, sender, rounds[0], rounds[1], key)
     message = ModuleUpdate(
         fleet=fleet, sender=sender, fog=fog, key=key, global_round=rounds[0], cluster_round=rounds[1],
         base=(rounds[2], rounds[3]), num_samples=num_samples, train_loss=loss, tensors=tensors,
-        sha256=tensors_sha256(tensors), idempotency_key=idem,
+        sha256=tensors_sha256(tensors), idempotency_key=derived if idem is None else idem,
     )
-    back = decode(encode(message), ModuleUpdate)
+    payload = encode(message)
+    assert codec.wire_map(payload, ModuleUpdate)["idempotency_key"] == ("" if message.idempotency_key == derived else idem)
+    back = decode(payload, ModuleUpdate)
     assert back == message
     _assert_state_equal(state_from_blobs(back.tensors), state)
+
+
+@pytest.mark.parametrize("cluster_round", [0, 3])
+def test_fog_aggregate_derived_key_travels_empty(make: Make, cluster_round: int) -> None:
+    agg = dataclasses.replace(make(FogAggregate), cluster_round=cluster_round)
+    derived = FogAggregate.default_key(agg.fleet, agg.fog, agg.global_round, cluster_round, agg.key)
+    assert derived.endswith((f"/{agg.global_round}/{agg.key}" if cluster_round == 0
+                             else f"/{agg.global_round}.{cluster_round}/{agg.key}"))
+    agg = dataclasses.replace(agg, idempotency_key=derived)
+    plain = dataclasses.replace(agg, idempotency_key="some/other/key")
+    assert codec.wire_map(encode(agg), FogAggregate)["idempotency_key"] == ""
+    assert codec.wire_map(encode(plain), FogAggregate)["idempotency_key"] == "some/other/key"
+    assert len(encode(plain)) - len(encode(agg)) == len(msgpack.packb("some/other/key")) - 1
+    assert decode(encode(agg), FogAggregate) == agg
+    assert decode(encode(plain), FogAggregate) == plain
+
+
+@pytest.mark.parametrize("cls", [ModuleUpdate, FogAggregate])
+def test_an_empty_idempotency_key_is_refused(make: Make, cls: type) -> None:
+    with pytest.raises(ValueError, match="idempotency_key must be a non-empty string"):
+        dataclasses.replace(make(cls), idempotency_key="")
+    with pytest.raises(ValueError, match="idempotency_key must be a non-empty string"):
+        dataclasses.replace(make(cls), idempotency_key="k" * 513)
+
+
+def test_a_relayed_update_keeps_its_own_key(make: Make) -> None:
+    """A D2D relay's key (``<member key>@<relay>``) is not the derived one: it travels whole."""
+    update = make(ModuleUpdate)
+    relayed = dataclasses.replace(update, idempotency_key=f"{update.idempotency_key}@relay-1")
+    assert codec.wire_map(encode(relayed), ModuleUpdate)["idempotency_key"] == relayed.idempotency_key
+    assert decode(encode(relayed), ModuleUpdate) == relayed
 
 
 @settings(max_examples=150, deadline=None)
