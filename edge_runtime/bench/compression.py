@@ -63,12 +63,12 @@ def _lowrank_lora(other: int) -> dict[str, dict[str, Any]]:
             "head": {"codec": "lowrank", "params": {"rank": other}}}
 
 
-def _lowrank_int4(**adapter: str) -> dict[str, dict[str, Any]]:
-    """Two components per matrix with int4 loadings; ``adapter``: further lowrank params for the adapters."""
-    base = {"rank": 2, "loadings": "int4"}
-    return {"encoder": {"codec": "lowrank", "params": dict(base)},
-            "adapter": {"codec": "lowrank", "params": {**base, **adapter}},
-            "head": {"codec": "lowrank", "params": dict(base)}}
+def _lowrank_int4(encoder: int = 2, head: int = 2, **adapter: str) -> dict[str, dict[str, Any]]:
+    """int4 loadings; two components per adapter matrix, ``encoder`` and ``head`` per encoder and head matrix;
+    ``adapter``: further lowrank params for the adapters."""
+    return {"encoder": {"codec": "lowrank", "params": {"rank": encoder, "loadings": "int4"}},
+            "adapter": {"codec": "lowrank", "params": {"rank": 2, "loadings": "int4", **adapter}},
+            "head": {"codec": "lowrank", "params": {"rank": head, "loadings": "int4"}}}
 
 
 def _sign(encoder: float, adapter: float, head: float) -> dict[str, dict[str, Any]]:
@@ -103,6 +103,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lowrank2-int4", _lowrank_int4(), _all("int8"), _all("int8")),
     Setting("lowrank2-pairA3-int4", _lowrank_int4(pair="query.lora_A|value.lora_A", rank_of="lora_A:3"),
             _all("int8"), _all("int8")),
+    Setting("lowrank-pairA-eh4", _lowrank_int4(4, 4, pair="query.lora_A|value.lora_A"), _all("int8"), _all("int8")),
 )
 # The default run (nine jobs, about 30 min on 2 idle CPU cores); --only picks any of SETTINGS.
 DEFAULT_SETTINGS: tuple[Setting, ...] = tuple(
