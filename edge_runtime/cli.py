@@ -226,16 +226,16 @@ def bench_compression(
     backbone: Annotated[str, typer.Option(help="Backbone (demo default: minilm).")] = "minilm",
     run_root: Annotated[Path, typer.Option(help="Folder for each run's files.")] = Path("runs/bench-compression"),
     only: Annotated[str, typer.Option(help="Comma-separated subset of settings (fp32 is always run first).")] = "",
+    seeds: Annotated[int, typer.Option(min=1, max=20, help="Run everything at this many seeds (--seed, --seed + 1, "
+                                                           "...) and report means and spread.")] = 1,
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Run the demo's federated job once per codec setting; compare uplink bytes, accuracy and codec speed."""
     setup_logging(log_level)
-    from edge_runtime.bench.compression import run_compression_bench
-
-    from edge_runtime.bench.compression import select_settings
+    from edge_runtime.bench.compression import run_compression_bench, select_settings
 
     run_compression_bench(rounds=rounds, seed=seed, report=report, run_root=run_root.resolve(), backbone=backbone,
-                          settings=select_settings(only))
+                          settings=select_settings(only), seeds=seeds)
 
 
 @bench_app.command("security")

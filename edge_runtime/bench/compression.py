@@ -129,18 +129,41 @@ def select_settings(only: str) -> tuple[Setting, ...]:
 
 def run_compression_bench(*, rounds: int, seed: int, report: Path | None, run_root: Path,
                           settings: tuple[Setting, ...] = DEFAULT_SETTINGS, backbone: str = "minilm",
-                          console: Console | None = None) -> dict[str, Any]:
-    """Run every setting, print the table, write the JSON report; return it.
+                          seeds: int = 1, console: Console | None = None) -> dict[str, Any]:
+    """Run every setting (with ``seeds`` > 1: once per seed ``seed, seed + 1, ...``, each against that seed's fp32
+    run), print the table, write the JSON report; return it.
+
+    With several seeds, each run's figures are the means over the seeds, and ``per_seed`` lists each seed's own;
+    ``accuracy_delta_sd`` is the sample standard deviation of the accuracy change. A single run of this job moves
+    by about a point for reasons unrelated to the codec, so a goal within a point needs several seeds to judge.
 
     Raises:
         HffmError: a run failed (its logs are under ``run_root``).
     """
     console = console or Console()
+    seed_list = list(range(seed, seed + seeds))
+    per_seed = [_run_seed(settings, rounds=rounds, seed=s, backbone=backbone, console=console,
+                          run_root=run_root if seeds == 1 else run_root / f"seed-{s}") for s in seed_list]
+    runs = per_seed[0] if seeds == 1 else [combine_seeds([runs[i] for runs in per_seed], seed_list)
+                                           for i in range(len(settings))]
+    out = {"benchmark": "compression", "rounds": rounds, "seed": seed, "seeds": seed_list, "backbone": backbone,
+           "runs": runs}
+    print_table(out, console)
+    if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(out, indent=2))
+        console.print(f"report: {report}")
+    return out
+
+
+def _run_seed(settings: tuple[Setting, ...], *, rounds: int, seed: int, backbone: str, run_root: Path,
+              console: Console) -> list[dict[str, Any]]:
+    """Every setting's run at one seed, with its ratio and accuracy change against the first (fp32) run."""
     base = DemoOptions(rounds=rounds, seed=seed, backbone=backbone, baseline=False, show_tables=False)
     runs: list[dict[str, Any]] = []
     deltas: dict[ModuleKey, dict[str, np.ndarray]] = {}
     for i, setting in enumerate(settings, 1):
-        console.print(f"[bold]run {i}/{len(settings)}: {setting.name}")
+        console.print(f"[bold]run {i}/{len(settings)}: {setting.name} (seed {seed})")
         opts = replace(base, run_dir=run_root / setting.name, uplink=dict(setting.uplink),
                        fog_uplink=dict(setting.fog_uplink), downlink=dict(setting.downlink), model=dict(setting.model))
         result = run_demo(opts)
@@ -161,16 +184,37 @@ def run_compression_bench(*, rounds: int, seed: int, report: Path | None, run_ro
         run["ratio_vs_fp32"] = ref["uplink_bytes_per_round"] / run["uplink_bytes_per_round"]
         run["fog_to_cloud_ratio_vs_fp32"] = ref["fog_to_cloud_bytes_per_round"] / run["fog_to_cloud_bytes_per_round"]
         run["accuracy_delta_vs_fp32"] = (run["mean_accuracy"] - ref["mean_accuracy"]) * 100
-        saved_ms = (1 - 1 / run["ratio_vs_fp32"]) * 1000 * 1_000_000 / LINK_BYTES_PER_S  # per MB of fp32 at 1 MB/s
-        run["transfer_ms_saved_per_mb_at_1mbps"] = saved_ms
-        run["codec_time_below_saved_transfer"] = run["encode_ms_per_mb"] + run["decode_ms_per_mb"] < saved_ms \
-            or run["ratio_vs_fp32"] <= 1.0
-    out = {"benchmark": "compression", "rounds": rounds, "seed": seed, "backbone": backbone, "runs": runs}
-    print_table(out, console)
-    if report:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(out, indent=2))
-        console.print(f"report: {report}")
+        _judge_codec_time(run)
+    return runs
+
+
+def _judge_codec_time(run: dict[str, Any]) -> None:
+    saved_ms = (1 - 1 / run["ratio_vs_fp32"]) * 1000 * 1_000_000 / LINK_BYTES_PER_S  # per MB of fp32 at 1 MB/s
+    run["transfer_ms_saved_per_mb_at_1mbps"] = saved_ms
+    run["codec_time_below_saved_transfer"] = run["encode_ms_per_mb"] + run["decode_ms_per_mb"] < saved_ms \
+        or run["ratio_vs_fp32"] <= 1.0
+
+
+_MEANS = ("uplink_bytes_per_round", "fog_to_cloud_bytes_per_round", "downlink_bytes_per_round", "mean_accuracy",
+          "encode_ms_per_mb", "decode_ms_per_mb", "ratio_vs_fp32", "fog_to_cloud_ratio_vs_fp32",
+          "accuracy_delta_vs_fp32")
+_PER_SEED = ("uplink_bytes_per_round", "ratio_vs_fp32", "mean_accuracy", "accuracy_delta_vs_fp32", "accuracy")
+
+
+def combine_seeds(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """One setting's runs at several seeds as one entry: the means (byte counts rounded down to whole bytes), the
+    per-task accuracies' means, each seed's own figures under ``per_seed``, and the accuracy change's sample
+    standard deviation."""
+    out = {k: v for k, v in runs[0].items() if k not in _MEANS}
+    for key in _MEANS:
+        out[key] = float(np.mean([r[key] for r in runs]))
+    for key in ("uplink_bytes_per_round", "fog_to_cloud_bytes_per_round", "downlink_bytes_per_round"):
+        out[key] = int(out[key])
+    out["accuracy"] = {t: float(np.mean([r["accuracy"][t] for r in runs])) for t in runs[0]["accuracy"]}
+    out["wall_s"] = float(sum(r["wall_s"] for r in runs))
+    out["per_seed"] = [{"seed": s, **{k: r[k] for k in _PER_SEED}} for s, r in zip(seeds, runs)]
+    out["accuracy_delta_sd"] = float(np.std([r["accuracy_delta_vs_fp32"] for r in runs], ddof=1))
+    _judge_codec_time(out)
     return out
 
 
@@ -222,14 +266,20 @@ def codec_speed(uplink: Mapping[str, Mapping[str, Any]], deltas: Mapping[ModuleK
 
 
 def print_table(out: dict[str, Any], console: Console) -> None:
-    table = Table(title=f"Compression benchmark: M3T-Bench, {out['backbone']}, {out['rounds']} rounds, seed "
-                        f"{out['seed']} (uplink = device->fog payload bytes per global round)")
-    for col in ("codec", "uplink B/round", "ratio", "mean acc", "delta (pt)", "enc ms/MB", "dec ms/MB",
-                "fog->cloud ratio", "downlink B/round"):
+    seeds = out.get("seeds", [out["seed"]])
+    several = len(seeds) > 1
+    which = f"seeds {seeds[0]}-{seeds[-1]} (means)" if several else f"seed {out['seed']}"
+    table = Table(title=f"Compression benchmark: M3T-Bench, {out['backbone']}, {out['rounds']} rounds, {which} "
+                        "(uplink = device->fog payload bytes per global round)")
+    for col in ("codec", "uplink B/round", "ratio", "mean acc", "delta (pt)", *(("delta sd", "per seed") if several
+                                                                              else ()),
+                "enc ms/MB", "dec ms/MB", "fog->cloud ratio", "downlink B/round"):
         table.add_column(col, justify="right")
     for r in out["runs"]:
+        spread = (f"{r['accuracy_delta_sd']:.2f}",
+                  " ".join(f"{p['accuracy_delta_vs_fp32']:+.2f}" for p in r["per_seed"])) if several else ()
         table.add_row(r["codec"], f"{r['uplink_bytes_per_round']:,}", f"{r['ratio_vs_fp32']:.1f}x",
-                      f"{r['mean_accuracy']:.4f}", f"{r['accuracy_delta_vs_fp32']:+.2f}",
+                      f"{r['mean_accuracy']:.4f}", f"{r['accuracy_delta_vs_fp32']:+.2f}", *spread,
                       f"{r['encode_ms_per_mb']:.2f}", f"{r['decode_ms_per_mb']:.2f}",
                       f"{r['fog_to_cloud_ratio_vs_fp32']:.1f}x", f"{r['downlink_bytes_per_round']:,}")
     console.print(table)
