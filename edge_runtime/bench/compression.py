@@ -105,10 +105,10 @@ SETTINGS: tuple[Setting, ...] = (
             _all("int8"), _all("int8")),
     Setting("lowrank-pairA-eh4", _lowrank_int4(4, 4, pair="query.lora_A|value.lora_A"), _all("int8"), _all("int8")),
 )
-# The default run (nine jobs, about 30 min on 2 idle CPU cores); --only picks any of SETTINGS.
+# The default run (nine jobs, about 25 min on 2 idle CPU cores); --only picks any of SETTINGS.
 DEFAULT_SETTINGS: tuple[Setting, ...] = tuple(
     s for s in SETTINGS if s.name in ("fp32", "fp16", "int8", "topk1%+int8", "sign", "lowrank1", "lowrank2",
-                                      "lowrank-lora", "lowrank-lora-lite"))
+                                      "lowrank2-pairA-int4", "lowrank-pairA-eh4"))
 
 
 def select_settings(only: str) -> tuple[Setting, ...]:
