@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from pathlib import Path
 
@@ -50,3 +51,17 @@ def test_report_has_the_contract_fields(job: tuple[dict, Path]) -> None:
     assert len(report["tasks"]) >= 4 and len(report["modalities"]) >= 3
     for acc in (*report["final"]["accuracy"].values(), *report["baselines"]["local_only"]["accuracy"].values()):
         assert 0.0 <= acc <= 1.0
+
+
+def test_round_progress_rides_on_the_advert_refresh(job: tuple[dict, Path]) -> None:
+    """A device's uplink is its module updates plus its state adverts: one at start, two at the end ("job finished",
+    then "stopped") and the refreshes every telemetry_interval_s (30 s). Round progress adds none of its own: with
+    an advert per sent cluster round this job would add four per device."""
+    report, run_dir = job
+    refreshes = math.ceil(report["wall_s"] / 30) + 1
+    for path in sorted((run_dir / "metrics").glob("fog-*-dev-*.json")):
+        metrics = json.loads(path.read_text())
+        messages = sum(t["messages"] for t in metrics["traffic"] if t["category"] == "device_to_fog")
+        updates = metrics["outbox"]["sent"] + metrics["outbox"]["retransmitted"]
+        assert updates >= 2 * 2, path.name  # two global rounds of two cluster rounds, at least one module each
+        assert 3 <= messages - updates <= 3 + refreshes, (path.name, messages, updates, report["wall_s"])
