@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from edge_runtime.bench import save_report
 from edge_runtime.config import ModelConfig
 from edge_runtime.errors import HffmError
 
@@ -67,10 +67,7 @@ def run_agent_bench(*, backbone: str, report: Path | None, work: Path, steps: in
     table.add_row("ONNX max abs diff", f"{onnx['max_abs_diff']:.2e}", "")
     table.add_row("ONNX argmax agreement", f"{onnx['argmax_agreement']:.4f}", "")
     console.print(table)
-    if report:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(out, indent=2))
-        console.print(f"report: {report}")
+    save_report(out, report, console)
     return out
 
 

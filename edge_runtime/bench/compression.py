@@ -10,7 +10,6 @@ module deltas of the fp32 run (final global modules minus their initial version)
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from edge_runtime.bench import save_report
 from edge_runtime.compression import make_codec
 from edge_runtime.demo import DemoOptions, run_demo
 from edge_runtime.errors import ConfigError
@@ -149,10 +149,7 @@ def run_compression_bench(*, rounds: int, seed: int, report: Path | None, run_ro
     out = {"benchmark": "compression", "rounds": rounds, "seed": seed, "seeds": seed_list, "backbone": backbone,
            "runs": runs}
     print_table(out, console)
-    if report:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(out, indent=2))
-        console.print(f"report: {report}")
+    save_report(out, report, console)
     return out
 
 

@@ -15,7 +15,6 @@ devices' ledgers. The report (a contract a checker reads)::
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from edge_runtime.bench import save_report
 from edge_runtime.errors import HffmError
 from edge_runtime.reliability.faults import FAULTS, LONG_FAULTS, run_all
 
@@ -55,10 +55,7 @@ def run_reliability_bench(*, rounds: int = 50, report: Path | None = None, work:
     console.print(table)
     total = sum(r["produced"] for r in out["faults"]) + neg["produced"]
     out["total_deltas"] = total
-    if report:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(out, indent=2))
-        console.print(f"report: {report}")
+    save_report(out, report, console)
     if total < MIN_DELTAS:
         raise HffmError(f"only {total} deltas were produced; the benchmark needs at least {MIN_DELTAS} "
                         f"(raise --rounds)")

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from edge_runtime.bench import save_report
 from edge_runtime.demo import DemoOptions, run_demo
 
 RULES: dict[str, dict[str, Any]] = {
@@ -64,10 +64,7 @@ def run_security_bench(*, rounds: int, seed: int, report: Path | None, run_root:
            "seal_ms_per_mb": cost["seal_ms_per_mb"], "open_ms_per_mb": cost["open_ms_per_mb"],
            "envelope_overhead_bytes": cost["overhead_bytes"]}
     print_tables(out, console)
-    if report:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(out, indent=2))
-        console.print(f"report: {report}")
+    save_report(out, report, console)
     return out
 
 

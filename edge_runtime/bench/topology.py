@@ -11,7 +11,6 @@ otherwise. Accuracy is the final global model's mean over tasks on the held-out 
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from edge_runtime.bench import save_report
 from edge_runtime.demo import DemoOptions, run_demo
 from edge_runtime.topology import dump_topology, generate_topology
 
@@ -77,10 +77,7 @@ def run_topology_bench(*, rounds: int, seed: int, report: Path | None, run_root:
            "fogs": fogs, "devices_per_fog": devices_per_fog, "topology_file": str(topo_file), "runs": runs,
            "goal": goal, "paper": PAPER}
     print_table(out, console)
-    if report:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(out, indent=2))
-        console.print(f"report: {report}")
+    save_report(out, report, console)
     return out
 
 
