@@ -112,6 +112,13 @@ class CloudRoundState:
         self.save()
         return True
 
+    def settle_promised(self) -> set[str]:
+        """Count every fog whose saved report names only aggregates already applied or refused; returns them.
+
+        A restarted cloud calls this: a kill between a report's save (and ack) and its count would otherwise leave
+        that fog uncounted until it sends again, which it never does once its report is acked."""
+        return {fog for fog in sorted(self.promised) if self.check_reported(fog)}
+
     def results(self, keys: list[ModuleKey]) -> dict[ModuleKey, State]:
         """The merged delta of every module of the round that got an aggregate: FedAvg (sum / total weight), or
         the robust rule over the fogs' deltas. A module the rule refuses (outside its tolerance) is left out and

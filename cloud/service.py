@@ -115,8 +115,10 @@ class CloudService(Service):
             log.warning("cloud: round %d was merged before the restart; opening round %d", saved, top + 1)
             self._open_round(top + 1)
             return
-        log.warning("cloud: resuming round %d after a restart: %d aggregates already applied, fogs reported %s",
-                    saved, len(self.rs.sums.keys()), sorted(self.reported))
+        settled = self.rs.settle_promised()
+        log.warning("cloud: resuming round %d after a restart: %d aggregates already applied, fogs reported %s "
+                    "(%s counted now: their reports were saved and all their aggregates applied before the restart)",
+                    saved, len(self.rs.sums.keys()), sorted(self.reported), sorted(settled) or "none")
         self._open_round(saved, resume=True)
         if self.reported >= self.expected_fogs:
             self._close_round()

@@ -53,3 +53,20 @@ def test_a_rule_outside_its_tolerance_refuses_and_never_averages(tmp_path: Path)
 def test_bad_rule_fails_at_start(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown aggregator 'mean'"):
         CloudRoundState(tmp_path, aggregator="mean")
+
+
+def test_a_report_saved_but_not_counted_before_a_kill_counts_after_the_restart(tmp_path: Path) -> None:
+    """The cloud saves a fog's report (and acks it) before it counts it; a kill in between left the fog uncounted
+    for ever, since an acked fog sends nothing more. The restarted cloud settles every saved report."""
+    rs = CloudRoundState(tmp_path)
+    rs.open(1)
+    assert rs.add(KEY, "demo/fog-2/1/head:_:digit", {"w": HONEST[0]}, 10.0) == "added"
+    rs.report("fog-2", {"demo/fog-2/1/head:_:digit"})  # saved and acked; the kill comes before check_reported
+    rs.report("fog-1", {"demo/fog-1/1/head:_:digit"})  # its aggregate has not arrived
+    rs.close_files()
+    again = CloudRoundState(tmp_path)
+    assert again.load() == 1 and again.reported == set()
+    assert again.settle_promised() == {"fog-2"}
+    assert again.reported == {"fog-2"} and set(again.promised) == {"fog-1"}
+    third = CloudRoundState(tmp_path)  # and the count itself is saved
+    assert third.load() == 1 and third.reported == {"fog-2"}
