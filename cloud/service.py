@@ -57,7 +57,8 @@ class CloudService(Service):
         self.fleet = c.fleet
         metrics = resolve(cfg.base_dir, cfg.metrics_file) if cfg.metrics_file else None
         security = service_security(cfg, "cloud", resolve(cfg.base_dir, cfg.state_dir))
-        super().__init__(node="cloud", host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics, **security)
+        super().__init__(node="cloud", host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics,
+                         connect_timeout_s=cfg.broker.connect_timeout_s, **security)
         self.model = build_m3t(cfg.model, c.modalities, c.tasks)
         self.keys: list[ModuleKey] = modules_for({m: [t for t in c.tasks if TASKS[t].modality == m]
                                                   for m in c.modalities})

@@ -107,6 +107,7 @@ class EdgeAgent(D2dDevice, Service):
         metrics = resolve(cfg.base_dir, cfg.metrics_file) if cfg.metrics_file else None
         security = service_security(cfg, dev.id, resolve(cfg.base_dir, cfg.state_dir))
         super().__init__(node=dev.id, host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics,
+                         connect_timeout_s=cfg.broker.connect_timeout_s,
                          will=(topics.state(self.fleet, dev.id), encode(offline)), **security)
         self.dp = privacy_settings(cfg)  # module kind -> DpSettings; noise is drawn from OS entropy, never a seed
         self.dp_rng = np.random.default_rng()

@@ -1,7 +1,8 @@
 """The ``hffm`` command line. The app only wires commands; each command's work lives in its own module.
 
 Every :class:`HffmError` ends the command with one line on stderr and the error's exit code (see
-``hffm --help`` and docs/architecture.md for the table); anything else is a bug and keeps its traceback.
+``hffm --help`` and docs/architecture.md for the table). An ``OSError`` becomes a :class:`StorageError` line (disk
+full, read-only); anything else is a bug: its traceback is logged, then one ``internal error`` line, exit 12.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from edge_runtime.commands.certs import certs_app
-from edge_runtime.errors import ALL_ERRORS, ConfigError, HffmError
+from edge_runtime.errors import ALL_ERRORS, ConfigError, HffmError, InternalError, storage_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,6 +74,17 @@ def friendly_errors(func: F) -> F:
         except KeyboardInterrupt:
             typer.echo("hffm: interrupted", err=True)
             raise typer.Exit(130) from None
+        except OSError as exc:  # a full or read-only disk, a missing folder: name the cause, no traceback
+            err = storage_error(exc)
+            typer.echo(f"hffm: error: {err}", err=True)
+            raise typer.Exit(err.exit_code) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug: the traceback goes to the log, the operator gets one line and a code
+            logging.getLogger("hffm").error("internal error", exc_info=exc)
+            typer.echo(f"hffm: error: internal error: {type(exc).__name__}: {exc} (a bug; the traceback is "
+                       f"above)", err=True)
+            raise typer.Exit(InternalError.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
 

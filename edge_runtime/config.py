@@ -35,12 +35,17 @@ def _positive_seconds(value: float, what: str) -> None:
 
 @_frozen
 class BrokerConfig:
+    """[broker]: where the node's MQTT broker listens. A refused or failed first connect is retried with backoff
+    until ``connect_timeout_s`` after the process started; then the service exits with code 4."""
+
     host: str = "127.0.0.1"
     port: int = 1883
+    connect_timeout_s: float = 15.0
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
+        _positive_seconds(self.connect_timeout_s, "connect_timeout_s")
 
 
 ADAPTER_VARIANTS = ("lora", "ffa_lora")

@@ -70,6 +70,28 @@ class SecurityError(HffmError):
     reason: ClassVar[str] = "security"
 
 
+class StorageError(HffmError):
+    exit_code = 11
+    help = "a state folder or file could not be written or read (disk full, read-only, permissions)"
+
+
+class InternalError(HffmError):
+    exit_code = 12
+    help = "an unexpected internal error (a bug: the log has the traceback)"
+
+
+def storage_error(exc: OSError, what: str = "") -> StorageError:
+    """A :class:`StorageError` that names the cause of ``exc`` in words (disk full, read-only file system, ...)."""
+    import errno
+
+    causes = {errno.ENOSPC: "no space left on the device (disk full)", errno.EROFS: "the file system is read-only",
+              errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+              errno.EDQUOT: "disk quota exceeded"}
+    cause = causes.get(exc.errno or 0, exc.strerror or str(exc))
+    where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
+    return StorageError(f"{what + ': ' if what else ''}cannot write{where}: {cause}")
+
+
 ALL_ERRORS: tuple[type[HffmError], ...] = (
     HffmError,
     ConfigError,
@@ -81,4 +103,6 @@ ALL_ERRORS: tuple[type[HffmError], ...] = (
     BrokerError,
     RoundTimeoutError,
     SecurityError,
+    StorageError,
+    InternalError,
 )

@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_runtime.atomic import write_json
-from edge_runtime.errors import DecodeError, HffmError, RoundTimeoutError, SecurityError, TransportError
+from edge_runtime.errors import (
+    DecodeError,
+    HffmError,
+    InternalError,
+    RoundTimeoutError,
+    SecurityError,
+    TransportError,
+    storage_error,
+)
 from edge_runtime.protocol.envelope import expected_signer
 from edge_runtime.protocol import encode, topics
 from edge_runtime.protocol.messages import Ack, Chunk
@@ -52,6 +60,14 @@ def _topic_publisher(topic: Topic) -> str:
         raise DecodeError(str(exc)) from None
 
 
+def process_started() -> float:
+    """When this process started, on the ``time.monotonic()`` clock (the connect deadline counts from here)."""
+    import psutil
+
+    age = max(0.0, time.time() - psutil.Process().create_time())
+    return time.monotonic() - age
+
+
 class SealingTransport:
     """The service's transport with every publish sealed first; the inner transport counts the sealed bytes."""
 
@@ -80,7 +96,8 @@ class Service:
 
     def __init__(self, *, node: str, host: str, port: int, metrics_file: Path | None = None,
                  will: tuple[str, bytes] | None = None, signer: Signer | None = None,
-                 verifier: Verifier | None = None, tls: TlsSettings | None = None) -> None:
+                 verifier: Verifier | None = None, tls: TlsSettings | None = None,
+                 connect_timeout_s: float = 15.0) -> None:
         self.node = node
         self.signer = signer
         self.verifier = verifier
@@ -88,6 +105,8 @@ class Service:
         self.rejected: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()
         self.metrics_file = metrics_file
+        self.connect_timeout_s = connect_timeout_s
+        self.crash: str | None = None  # why the loop ended with an error, once it has
         self.done = False
         self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         if signer is not None and will is not None:
@@ -95,7 +114,7 @@ class Service:
             will = (will[0], signer.seal(will[0], will[1]))
         transport = MqttTransport(
             client_id=f"hffm-{self.role}-{node}", host=host, port=port, on_message=self._enqueue,
-            meter=self.meter, will=will, tls=tls, persistent=True,
+            meter=self.meter, will=will, tls=tls, persistent=True, connect_timeout_s=connect_timeout_s,
         )
         self.reassembler = Reassembler()  # payloads that arrive as chunks (above the broker's packet limit)
         self.dropped_watch = DroppedWatch(node)
@@ -202,42 +221,86 @@ class Service:
         return inner, message
 
     def run(self, *, time_limit_s: float = 24 * 3600.0, poll_s: float = 0.5) -> None:
-        """Connect, subscribe, then handle messages until ``done`` or the time limit.
+        """Connect (retrying until ``connect_timeout_s`` after the process started), subscribe, then handle
+        messages until ``done`` or the time limit.
+
+        A crash is never silent: whatever ends the loop with an error is logged with its cause, :meth:`on_crash`
+        records it (the device writes ``crashed`` into its status file), and the connection is dropped with MQTT 5
+        reason 0x04 (Disconnect with Will Message), so the broker publishes this node's last will (its offline
+        advert) exactly as it would after a kill. An ``OSError`` (a full or read-only state folder) becomes a
+        :class:`StorageError` that names the cause.
 
         Raises:
             TransportError: the broker cannot be reached.
             RoundTimeoutError: the time limit passed before the job finished.
+            StorageError: a state file could not be written.
+            InternalError: anything else (a bug; the traceback is logged).
         """
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_sigterm)  # stop between messages, then finish() runs
-        self.transport.connect()
+        log.info("%s %s: connecting to %s:%d (retrying for up to %.0f s after start)", self.role, self.node,
+                 self.transport.host, self.transport.port, self.connect_timeout_s)
+        self.transport.connect(deadline=process_started() + self.connect_timeout_s)
         try:
-            self.transport.subscribe(self.subscriptions() + ([DROPPED_TOPIC] if self.watch_broker else []))
-            self.start()
-            end = time.monotonic() + time_limit_s
-            while not self.done:
-                if time.monotonic() > end:
-                    raise RoundTimeoutError(f"{self.role} {self.node}: job not finished after {time_limit_s:.0f} s")
-                try:
-                    topic, payload, retain = self._inbox.get(timeout=poll_s)
-                except queue.Empty:
-                    pass
-                else:
-                    self.dispatch(topic, payload, retained=retain)
-                if self.verifier is not None:
-                    self.verifier.maybe_flush()
-                if not self.done:
-                    self.tick()
+            self._loop(time_limit_s, poll_s)
+        except BaseException as exc:
+            self._crashed(exc)
+        else:
+            self._stop_cleanly()
+
+    def _loop(self, time_limit_s: float, poll_s: float) -> None:
+        self.transport.subscribe(self.subscriptions() + ([DROPPED_TOPIC] if self.watch_broker else []))
+        self.start()
+        end = time.monotonic() + time_limit_s
+        while not self.done:
+            if time.monotonic() > end:
+                raise RoundTimeoutError(f"{self.role} {self.node}: job not finished after {time_limit_s:.0f} s")
+            try:
+                topic, payload, retain = self._inbox.get(timeout=poll_s)
+            except queue.Empty:
+                pass
+            else:
+                self.dispatch(topic, payload, retained=retain)
+            if self.verifier is not None:
+                self.verifier.maybe_flush()
+            if not self.done:
+                self.tick()
+
+    def _stop_cleanly(self) -> None:
+        try:
+            self.finish()
         finally:
             try:
-                self.finish()
+                if self.verifier is not None:
+                    self.verifier.flush()
             finally:
-                try:
-                    if self.verifier is not None:
-                        self.verifier.flush()
-                finally:
-                    self.write_metrics()
-                    self.transport.close()
+                self.write_metrics()
+                self.transport.close()
+
+    def _crashed(self, exc: BaseException) -> None:
+        """Record why the loop ended, let the will fire, and raise the error as an :class:`HffmError`."""
+        if isinstance(exc, KeyboardInterrupt):
+            self.crash = "interrupted"
+        elif isinstance(exc, OSError):
+            exc = storage_error(exc, f"{self.role} {self.node}")
+        elif not isinstance(exc, HffmError):
+            log.error("%s %s: internal error", self.role, self.node, exc_info=exc)
+            exc = InternalError(f"{self.role} {self.node}: internal error: {type(exc).__name__}: {exc}")
+        self.crash = self.crash or str(exc)
+        log.error("%s %s: stopping on an error: %s", self.role, self.node, self.crash)
+        for step in (lambda: self.on_crash(self.crash or ""), self.write_metrics):
+            try:
+                step()
+            except Exception as inner:  # noqa: BLE001 - a full disk may fail these too; the will still fires
+                log.warning("%s %s: while stopping on an error: %s", self.role, self.node, inner)
+        self.transport.close(with_will=True)
+        if isinstance(exc, KeyboardInterrupt):
+            raise exc
+        raise exc
+
+    def on_crash(self, reason: str) -> None:
+        """Called once when the loop ends with an error, before the will-firing disconnect: record ``reason``
+        where an operator looks (the device writes it into its status file). Must not assume the disk works."""
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         log.warning("%s %s: SIGTERM received; stopping after the current message", self.role, self.node)

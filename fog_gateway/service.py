@@ -69,6 +69,7 @@ class FogGateway(FogTopology, JournaledRounds, Service):
         metrics = resolve(cfg.base_dir, cfg.metrics_file) if cfg.metrics_file else None
         security = service_security(cfg, cfg.fog.id, resolve(cfg.base_dir, cfg.state_dir))
         super().__init__(node=cfg.fog.id, host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics,
+                         connect_timeout_s=cfg.broker.connect_timeout_s,
                          will=(topics.state(self.fleet, cfg.fog.id), encode(offline)), **security)
         self.expected = set(cfg.fog.devices)
         self.holdings: dict[str, set[ModuleKey]] = {}

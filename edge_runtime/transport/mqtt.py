@@ -35,6 +35,12 @@ MessageHandler = Callable[[str, bytes, bool], None]
 SESSION_EXPIRY_S = 600
 NOT_AUTHORIZED = 0x87
 _MAX_REFUSALS_KEPT = 4096
+_RETRY_FIRST_S = 0.25
+_RETRY_MAX_S = 2.0
+
+
+class _Unreachable(Exception):
+    """A connect attempt that got no answer (refused TCP connect, no CONNACK): worth another try."""
 
 
 class MqttRefusedError(TransportError):
@@ -70,12 +76,15 @@ class MqttTransport:
         tls: TlsSettings | None = None,
         persistent: bool = False,
         max_packet_size: int = 0,
+        connect_timeout_s: float | None = None,
     ) -> None:
         """``persistent``: connect with clean_start false every time, so a restarted process gets back its
         subscriptions and the QoS 1 messages the broker queued for it (within ``SESSION_EXPIRY_S``); the default
         starts clean on the first connect and resumes the session only on reconnects of the same process.
         ``max_packet_size``: the broker's packet limit from config (0: unknown); the CONNACK's Maximum Packet Size,
         when the broker sends one, takes precedence (see :attr:`max_packet_size`).
+        ``connect_timeout_s``: how long :meth:`connect` keeps retrying a refused or unanswered first connect
+        (default ``timeout_s``).
 
         Raises: ConfigError: ``tls`` names files that cannot be loaded as a CA, certificate and key."""
         self.client_id = client_id
@@ -83,6 +92,8 @@ class MqttTransport:
         self.port = port
         self.meter = meter if meter is not None else TrafficMeter()
         self.timeout_s = timeout_s
+        self.connect_timeout_s = timeout_s if connect_timeout_s is None else connect_timeout_s
+        self.connect_attempts = 0
         self.handler_errors = 0
         self._on_message = on_message
         self._keepalive = keepalive
@@ -118,14 +129,39 @@ class MqttTransport:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
-    def connect(self) -> None:
-        """Connect and start the network thread.
+    def connect(self, *, deadline: float | None = None) -> None:
+        """Connect and start the network thread, retrying like a field device: a refused TCP connect or a broker
+        that does not answer is retried with backoff (0.25 s doubling to 2 s, one log line per attempt) until
+        ``deadline`` (a ``time.monotonic()`` value; default ``connect_timeout_s`` from now). At least one attempt
+        is made. A TLS handshake failure or a CONNACK refusal is an answer, not an outage: it fails at once.
 
         Raises:
-            TransportError: the broker could not be reached, the TLS handshake failed (the broker's certificate is
-                not trusted, or the broker refused ours), or the broker refused or did not answer within
-                ``timeout_s``.
+            TransportError: the broker could not be reached by the deadline, the TLS handshake failed (the broker's
+                certificate is not trusted, or the broker refused ours), or the broker refused the connection.
         """
+        end = deadline if deadline is not None else time.monotonic() + self.connect_timeout_s
+        delay = _RETRY_FIRST_S
+        while True:
+            self.connect_attempts += 1
+            try:
+                self._connect_once(wait_s=min(self.timeout_s, max(end - time.monotonic(), 1.0)))
+            except _Unreachable as exc:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise TransportError(f"{exc} (gave up after {self.connect_attempts} attempt(s))") from None
+                pause = min(delay, left)
+                log.warning("%s: %s; attempt %d, retrying in %.2f s (%.1f s left)", self.client_id, exc,
+                            self.connect_attempts, pause, left)
+                time.sleep(pause)
+                delay = min(delay * 2, _RETRY_MAX_S)
+                continue
+            if self.connect_attempts > 1:
+                log.info("%s: connected to %s:%d at attempt %d", self.client_id, self.host, self.port,
+                         self.connect_attempts)
+            return
+
+    def _connect_once(self, *, wait_s: float) -> None:
+        """One connect attempt. Raises _Unreachable (worth retrying) or TransportError (an answer: fail)."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         self._settled.clear()
@@ -137,17 +173,24 @@ class MqttTransport:
             raise TransportError(f"TLS handshake with MQTT broker {self.host}:{self.port} failed for "
                                  f"{self.client_id!r}: {exc}") from None
         except OSError as exc:
-            raise TransportError(f"cannot reach MQTT broker {self.host}:{self.port}: {exc}") from None
+            raise _Unreachable(f"cannot reach MQTT broker {self.host}:{self.port}: {exc}") from None
         self._client.loop_start()
-        settled = self._settled.wait(self.timeout_s)
+        settled = self._settled.wait(wait_s)
         if not self._connected.is_set():
-            reason = self._connect_error if settled else f"no CONNACK within {self.timeout_s} s"
+            reason = self._connect_error if settled else f"no CONNACK within {wait_s:.1f} s"
             self.close()
+            if not settled:
+                raise _Unreachable(f"MQTT broker {self.host}:{self.port} did not answer {self.client_id!r}: {reason}")
             raise TransportError(f"MQTT broker {self.host}:{self.port} did not accept {self.client_id!r}: {reason}")
 
-    def close(self) -> None:
+    def close(self, *, with_will: bool = False) -> None:
+        """Disconnect and stop the network thread. ``with_will``: disconnect with MQTT 5 reason 0x04 (Disconnect
+        with Will Message), so the broker publishes this client's last will as after a crash."""
         try:
-            self._client.disconnect()
+            if with_will and self._connected.is_set():
+                self._client.disconnect(reasoncode=mqtt.ReasonCode(PacketTypes.DISCONNECT, identifier=0x04))
+            else:
+                self._client.disconnect()
         finally:
             self._client.loop_stop()
 

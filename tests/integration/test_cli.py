@@ -30,7 +30,7 @@ def test_every_error_has_a_distinct_exit_code_and_help() -> None:
         ("cloud", "not toml [", ConfigError.exit_code, "invalid TOML"),
         ("edge", "[device]\nid='d'\nfleet='a'\nfog='f'\nmodalities=['image']\ntasks=['digit']\n"
                  "[data.digit]\ntrain='missing.npz'\n", DataError.exit_code, "missing.npz"),
-        ("fog", "[fog]\nid = 'f'\nfleet = 'a'\ndevices = ['d']\n[broker]\nport = 1\n", TransportError.exit_code,
+        ("fog", "[fog]\nid = 'f'\nfleet = 'a'\ndevices = ['d']\n[broker]\nport = 1\nconnect_timeout_s = 2\n", TransportError.exit_code,
          "cannot reach MQTT broker"),
     ],
 )
