@@ -199,8 +199,8 @@ class Service:
         try:
             self.handle(parsed, message)
             self.accepted[parsed.kind] += 1
-        except TransportError:
-            raise  # the broker failed us mid-handling: stop loudly rather than leave a round half-published
+        except (TransportError, OSError):
+            raise  # the broker or the disk failed us mid-handling: stop loudly rather than half-apply a message
         except HffmError as exc:
             self.reject(topic, type(exc).__name__, str(exc))
         except Exception:

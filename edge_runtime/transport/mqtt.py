@@ -140,7 +140,7 @@ class MqttTransport:
                 certificate is not trusted, or the broker refused ours), or the broker refused the connection.
         """
         end = deadline if deadline is not None else time.monotonic() + self.connect_timeout_s
-        delay = _RETRY_FIRST_S
+        delay, started = _RETRY_FIRST_S, time.monotonic()
         while True:
             self.connect_attempts += 1
             try:
@@ -148,7 +148,8 @@ class MqttTransport:
             except _Unreachable as exc:
                 left = end - time.monotonic()
                 if left <= 0:
-                    raise TransportError(f"{exc} (gave up after {self.connect_attempts} attempt(s))") from None
+                    raise TransportError(f"{exc}; gave up after {self.connect_attempts} attempt(s) in "
+                                         f"{time.monotonic() - started:.1f} s") from None
                 pause = min(delay, left)
                 log.warning("%s: %s; attempt %d, retrying in %.2f s (%.1f s left)", self.client_id, exc,
                             self.connect_attempts, pause, left)
