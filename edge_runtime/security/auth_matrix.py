@@ -7,6 +7,11 @@ every case in :data:`CASES`. Every wait is bounded; only the brokers started her
 "Not delivered" is checked without sleeping: after a denied publish, the same kind of message is published on an
 allowed topic, and once it arrives the denied one cannot arrive any more (the broker decided before it sent the
 PUBACK that denied it).
+
+A refusal counts only when it is the broker's own answer: a CONNACK, SUBACK or PUBACK failure code, a TLS alert,
+or the connection closed by the broker during the handshake. A broker that cannot be reached or does not answer
+(connection refused, timeout) is an error, never a pass. The first case is the control: a valid device connects to
+the same broker. If it fails, the broker is broken, not secure, and every other case is reported failed unrun.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import queue
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +44,10 @@ FLEET = "authm"
 FOGS = {"fog-a": ["dev-1", "dev-2", "dev-old", "dev-gone"], "fog-b": ["dev-3"]}
 KEY = ModuleKey(kind="head", modality="_", task="demand")
 WAIT_S = 5.0
+CONNECT_S = 3.0  # retrying an unreachable broker for longer only delays the verdict: the brokers are on loopback
+# How MqttTransport.connect words a broker's answer (CONNACK refusal, a close before the CONNACK, a TLS alert),
+# as opposed to "cannot reach MQTT broker" / "did not answer" (nobody answered).
+_ANSWERED = ("did not accept", "TLS handshake")
 CASES: tuple[str, ...] = (
     "valid device certificate connects",
     "same CN from another CA is refused",
@@ -87,16 +97,19 @@ class _Matrix:
     def connect(self, name: str, broker: MosquittoProcess, tls: TlsSettings) -> _Client:
         inbox: queue.Queue[str] = queue.Queue()
         transport = MqttTransport(client_id=f"authm-{name}-{len(self.clients)}", host=broker.host, port=broker.port,
-                                  on_message=lambda t, _p, _r: inbox.put(t), tls=tls, timeout_s=WAIT_S)
+                                  on_message=lambda t, _p, _r: inbox.put(t), tls=tls, timeout_s=WAIT_S,
+                                  connect_timeout_s=CONNECT_S)
         transport.connect()
         self.clients.append(transport)
         return _Client(transport, inbox)
 
     def refused(self, name: str, tls: TlsSettings) -> str:
+        """"refused: ..." when the fog broker answered the connect with a refusal; "error: ..." when it could not
+        be reached or did not answer; "connected" when it let the client in."""
         try:
             client = self.connect(name, self.fog, tls)
         except TransportError as exc:
-            return f"refused: {exc}"
+            return connect_verdict(exc)
         client.transport.close()
         return "connected"
 
@@ -127,7 +140,7 @@ class _Matrix:
         try:
             read_sys(self.fog.host, self.fog.port, "$SYS/broker/uptime", timeout=WAIT_S, ssl_context=context)
         except (OSError, BrokerError) as exc:
-            return f"refused: {type(exc).__name__}: {exc}"
+            return probe_verdict(exc)
         return "connected"
 
     def expired(self) -> tuple[str, str]:
@@ -209,6 +222,28 @@ class _Matrix:
         return "own delivered, fog-b 0x87", f"own delivered, fog-b {other}"
 
 
+def connect_verdict(exc: TransportError) -> str:
+    """"refused: ..." for a connect the broker answered with a refusal (a CONNACK failure code, a close before the
+    CONNACK, a TLS alert); "error: ..." for one that reached no broker or got no answer, and for a TLS handshake
+    that failed because the client did not trust the broker (the broker refused nothing then)."""
+    text = str(exc)
+    if any(mark in text for mark in _ANSWERED) and "CERTIFICATE_VERIFY_FAILED" not in text:
+        return f"refused: {text}"
+    return f"error: {text}"
+
+
+def probe_verdict(exc: OSError | BrokerError) -> str:
+    """The same verdict for the raw ``$SYS`` probe: the broker's answer is a TLS alert, a refusing CONNACK or the
+    connection closed (or reset) by the broker once it was open; a refused TCP connect, a timeout or an unreachable
+    host is no answer, and a failed verification of the broker's certificate is the client's refusal."""
+    name = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"error: {name}"
+    if isinstance(exc, (ssl.SSLError, BrokerError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+        return f"refused: {name}"
+    return f"error: {name}"
+
+
 def _publish_code(client: _Client, topic: str) -> str:
     try:
         client.transport.publish(topic, b"denied?", category="other")
@@ -232,8 +267,9 @@ def run_auth_matrix(workdir: Path) -> dict[str, Any]:
     """Run every case of :data:`CASES` against real TLS brokers in ``workdir`` (a new or empty folder).
 
     Returns:
-        ``{"passed": n, "total": n, "cases": [{"name", "expected", "observed", "passed"}]}``; a case that raised
-        an hffm error is reported as failed with the error as its observation.
+        ``{"passed": n, "total": n, "control_passed": bool, "cases": [{"name", "expected", "observed", "passed"}]}``;
+        a case that raised an hffm error is reported as failed with the error as its observation; when the control
+        (the first case) fails, every other case is reported failed without running.
 
     Raises:
         BrokerError: mosquitto (or its dynamic-security plugin) is missing or a broker did not start.
@@ -247,22 +283,34 @@ def run_auth_matrix(workdir: Path) -> dict[str, Any]:
                         tls=fleet.bridge("fog-a"))
     fog = MosquittoProcess(name="authm-fog-a", role="fog", data_dir=workdir / "fog-a", bridge=bridge,
                            tls=fleet.broker("fog-a"))
-    results = []
     with cloud, fog:
         cloud.start()
         fog.start()
         wait_for_bridge(fog)
-        for name, run in zip(CASES, _case_methods(), strict=True):
-            matrix = _Matrix(fleet, other_ca, cloud, fog)
-            try:
-                expected, observed = run(matrix)
-            except TransportError as exc:
-                expected, observed = "(see case name)", f"error: {exc}"
-            finally:
-                matrix.close()
-            passed = observed == expected or (expected == "refused" and observed.startswith("refused"))
-            results.append({"name": name, "expected": expected, "observed": observed, "passed": passed})
-    return {"passed": sum(r["passed"] for r in results), "total": len(results), "cases": results}
+        results = run_cases(lambda: _Matrix(fleet, other_ca, cloud, fog))
+    return {"passed": sum(r["passed"] for r in results), "total": len(results), "control_passed": results[0]["passed"],
+            "cases": results}
+
+
+def run_cases(make: Callable[[], _Matrix]) -> list[dict[str, Any]]:
+    """Run every case, each on a fresh :class:`_Matrix` from ``make``; the first is the control. When it fails,
+    the others are not run and are reported failed: a refusal by a broken broker proves nothing."""
+    results: list[dict[str, Any]] = []
+    for name, run in zip(CASES, _case_methods(), strict=True):
+        if results and not results[0]["passed"]:
+            results.append({"name": name, "expected": "(see case name)", "passed": False,
+                            "observed": f"not run: the control case failed ({results[0]['observed']})"})
+            continue
+        matrix = make()
+        try:
+            expected, observed = run(matrix)
+        except TransportError as exc:
+            expected, observed = "(see case name)", f"error: {exc}"
+        finally:
+            matrix.close()
+        passed = observed == expected or (expected == "refused" and observed.startswith("refused: "))
+        results.append({"name": name, "expected": expected, "observed": observed, "passed": passed})
+    return results
 
 
 def _case_methods() -> list[Callable[[_Matrix], tuple[str, str]]]:
