@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from edge_runtime.bench import save_report
+from edge_runtime.bench import fail_if, save_report
 from edge_runtime.config import ModelConfig
 from edge_runtime.errors import HffmError
 
@@ -41,10 +42,16 @@ print(psutil.Process().memory_info().rss / 2**20)
 
 def run_agent_bench(*, backbone: str, report: Path | None, work: Path, steps: int = 24,
                     console: Console | None = None) -> dict[str, Any]:
+    """Run the four parts, print the table, write the JSON report; return it.
+
+    Raises:
+        HffmError: a part could not run, or a figure was not measured (:func:`agent_problems`); the report is
+            written first, with the problems under ``failures``.
+    """
     console = console or Console()
     work.mkdir(parents=True, exist_ok=True)
     console.print("[bold]1/4 training step time, bare vs with the runtime publishing")
-    bare_ms, with_ms = step_overhead(backbone, steps=steps, work=work)
+    bare_ms, with_ms, traffic = step_overhead(backbone, steps=steps, work=work)
     console.print("[bold]2/4 RSS of torch + transformers + peft + the model alone")
     baseline = baseline_rss(backbone)
     console.print("[bold]3/4 idle and peak RSS of a real agent")
@@ -53,7 +60,9 @@ def run_agent_bench(*, backbone: str, report: Path | None, work: Path, steps: in
     onnx = onnx_parity(backbone, work)
     out = {"benchmark": "agent", "backbone": backbone, "step_ms_bare": bare_ms, "step_ms_with_runtime": with_ms,
            "step_overhead_ratio": with_ms / bare_ms, "idle_rss_mb": idle, "baseline_rss_mb": baseline,
-           "peak_rss_mb": peak, "idle_over_baseline_mb": idle - baseline, "onnx": onnx}
+           "peak_rss_mb": peak, "idle_over_baseline_mb": idle - baseline, "onnx": onnx,
+           "busy_publishes": traffic["publishes"], "publisher_error": traffic["error"]}
+    out["failures"] = agent_problems(out)
     table = Table(title=f"Agent benchmark ({backbone})")
     table.add_column("figure")
     table.add_column("value", justify="right")
@@ -61,6 +70,7 @@ def run_agent_bench(*, backbone: str, report: Path | None, work: Path, steps: in
     table.add_row("train step, bare", f"{bare_ms:.1f} ms", "")
     table.add_row("train step, runtime publishing", f"{with_ms:.1f} ms", "")
     table.add_row("step overhead ratio", f"{out['step_overhead_ratio']:.3f}", "<= 1.02")
+    table.add_row("updates published during those steps", f"{traffic['publishes']:,}", "> 0")
     table.add_row("baseline RSS (torch+peft+model)", f"{baseline:.0f} MB", "")
     table.add_row("agent idle RSS", f"{idle:.0f} MB", f"<= {baseline + 50:.0f} MB")
     table.add_row("agent peak RSS (training round)", f"{peak:.0f} MB", "")
@@ -68,7 +78,49 @@ def run_agent_bench(*, backbone: str, report: Path | None, work: Path, steps: in
     table.add_row("ONNX argmax agreement", f"{onnx['argmax_agreement']:.4f}", "")
     console.print(table)
     save_report(out, report, console)
+    fail_if(out["failures"], "agent benchmark", console)
     return out
+
+
+def agent_problems(out: dict[str, Any]) -> list[str]:
+    """What was not measured: busy steps without a publish (or whose publisher died part-way) time a bare step, so
+    their ratio reads ~1.0; a peak RSS of 0 means the sampler never found the job's agent process."""
+    problems = []
+    if out.get("publisher_error"):
+        problems.append(f"the publishing thread died after {out.get('busy_publishes', 0)} publish(es): "
+                        f"{out['publisher_error']}; the 'with runtime' steps ran (partly) bare")
+    elif not out.get("busy_publishes"):
+        problems.append("nothing was published during the 'with runtime' steps: they timed bare steps")
+    if not out.get("peak_rss_mb", 0.0) > 0.0:
+        problems.append("the peak-RSS sampler never found the job's agent process (peak RSS 0)")
+    return problems
+
+
+class _Publisher:
+    """The runtime's traffic during the busy steps: ``send`` (one unit of it) every ~50 ms while ``busy`` is set.
+    Counts the sends; an exception ends the thread and is kept in ``error`` (reported by :func:`agent_problems`)."""
+
+    def __init__(self, send: Callable[[], None]) -> None:
+        self.send = send
+        self.busy = threading.Event()
+        self.stop = threading.Event()
+        self.sent = 0
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                if not self.busy.wait(0.05):
+                    continue
+                self.send()
+                self.sent += 1
+                time.sleep(0.05)
+        except Exception as exc:  # noqa: BLE001 - any failure voids the figure; agent_problems names it
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def report(self) -> dict[str, Any]:
+        return {"publishes": self.sent, "error": self.error}
 
 
 def _model_and_data(backbone: str) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -80,8 +132,9 @@ def _model_and_data(backbone: str) -> tuple[Any, np.ndarray, np.ndarray, np.ndar
     return model, td.x_train, td.y_train, td.x_test, td.y_test
 
 
-def step_overhead(backbone: str, *, steps: int, work: Path) -> tuple[float, float]:
-    """Median ms per training step (one batch of 32), bare and with the runtime publishing."""
+def step_overhead(backbone: str, *, steps: int, work: Path) -> tuple[float, float, dict[str, Any]]:
+    """Median ms per training step (one batch of 32), bare and with the runtime publishing; and what the publisher
+    did (``{"publishes": n, "error": str | None}``)."""
     import torch
 
     from edge_runtime.broker_process import MosquittoProcess
@@ -112,36 +165,30 @@ def step_overhead(backbone: str, *, steps: int, work: Path) -> tuple[float, floa
         client = MqttTransport(client_id="bench-agent", host="127.0.0.1", port=broker.port,
                                on_message=lambda *_: None)
         client.connect()
-        stop = threading.Event()
-        publishing = threading.Event()
+        last_advert = [0.0]
 
-        def publisher() -> None:  # the runtime's traffic: module updates and telemetry adverts
-            last_advert = 0.0
-            while not stop.is_set():
-                if not publishing.wait(0.05):
-                    continue
-                client.publish(topics.up("bench", "fog", key, "dev"), update, category="device_to_fog")
-                if time.monotonic() - last_advert > 1.0:
-                    sample()
-                    last_advert = time.monotonic()
-                time.sleep(0.05)
+        def traffic() -> None:  # the runtime's traffic: module updates and telemetry adverts
+            client.publish(topics.up("bench", "fog", key, "dev"), update, category="device_to_fog")
+            if time.monotonic() - last_advert[0] > 1.0:
+                sample()
+                last_advert[0] = time.monotonic()
 
-        thread = threading.Thread(target=publisher, daemon=True)
-        thread.start()
+        publisher = _Publisher(traffic)
+        publisher.thread.start()
         one_step(0)  # warm-up
         bare, busy = [], []
         for block in range(4):  # alternate so that load drift on a shared machine hits both alike
             for mode in (("bare", "busy") if block % 2 == 0 else ("busy", "bare")):
                 if mode == "busy":
-                    publishing.set()
+                    publisher.busy.set()
                 else:
-                    publishing.clear()
+                    publisher.busy.clear()
                 times = [one_step(block * steps + i) for i in range(steps // 4)]
                 (busy if mode == "busy" else bare).extend(times)
-        stop.set()
-        thread.join(5)
+        publisher.stop.set()
+        publisher.thread.join(5)
         client.close()
-    return statistics.median(bare), statistics.median(busy)
+    return statistics.median(bare), statistics.median(busy), publisher.report()
 
 
 def baseline_rss(backbone: str) -> float:
