@@ -11,11 +11,17 @@
   must cover f/n) are inside their tolerance with f = 1. (Two fogs of five would leave the smallest task,
   BasicMotions with 56 training samples, fewer than the partition's 8 per holder.);
 - ``sign_verify_ms_per_mb``: Ed25519 seal + open time per MB of payload (1 MiB messages).
+
+Each poisoning run's ``devices``, ``attackers`` and ``poisoned_updates`` come from the run itself (its device
+configs and the agents' logs: :func:`poisoning_census`). The benchmark fails, after writing its report, when an
+attacked run sent no poisoned update (or an attacker sent none), the clean run sent any, or the auth matrix had a
+case not as expected (its control included).
 """
 
 from __future__ import annotations
 
 import shutil
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +29,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edge_runtime.bench import save_report
+from edge_runtime.bench import fail_if, save_report
 from edge_runtime.demo import DemoOptions, run_demo
 
 RULES: dict[str, dict[str, Any]] = {
@@ -32,6 +38,7 @@ RULES: dict[str, dict[str, Any]] = {
     "trimmed_mean": {"trim_fraction": 0.2},
     "krum": {"byzantine": 1, "multi": 3},
 }
+RED_TEAM = "RED-TEAM MODE"  # the agent logs it (at warning) once per poisoned delta it sends
 
 
 def run_security_bench(*, rounds: int, seed: int, report: Path | None, run_root: Path, attack: str = "scale",
@@ -40,7 +47,8 @@ def run_security_bench(*, rounds: int, seed: int, report: Path | None, run_root:
     """Run every part, print the tables, write the JSON report; return it.
 
     Raises:
-        HffmError: a broker or a poisoning run failed (logs under ``run_root``).
+        HffmError: a broker or a poisoning run failed (logs under ``run_root``), or a figure was not measured
+            (:func:`security_problems`; the report is written first, with them under ``failures``).
     """
     from edge_runtime.security.auth_matrix import run_auth_matrix
     from edge_runtime.security.fuzz import run_decode_fuzz
@@ -63,9 +71,53 @@ def run_security_bench(*, rounds: int, seed: int, report: Path | None, run_root:
            "sign_verify_ms_per_mb": cost["seal_ms_per_mb"] + cost["open_ms_per_mb"],
            "seal_ms_per_mb": cost["seal_ms_per_mb"], "open_ms_per_mb": cost["open_ms_per_mb"],
            "envelope_overhead_bytes": cost["overhead_bytes"]}
+    out["failures"] = security_problems(out)
     print_tables(out, console)
     save_report(out, report, console)
+    fail_if(out["failures"], "security benchmark", console)
     return out
+
+
+def security_problems(out: dict[str, Any]) -> list[str]:
+    """Why the report does not show what it claims: auth-matrix cases not as expected; an attacked run without
+    attackers, without poisoned updates or with an attacker that sent none; a clean run with poisoned updates."""
+    problems = []
+    auth = out["auth_matrix"]
+    if auth["passed"] < auth["total"] or not auth.get("control_passed", True):
+        failed = [c["name"] for c in auth["cases"] if not c["passed"]]
+        problems.append(f"auth matrix: {len(failed)} of {auth['total']} cases not as expected: {failed}")
+    for run in out["poisoning"]:
+        name = f"poisoning run {run['aggregator']}/{run['attack']}"
+        silent = sorted(set(run["attacker_ids"]) - set(run["poisoned_by"]))
+        strays = sorted(set(run["poisoned_by"]) - set(run["attacker_ids"]))
+        if not run["devices"]:
+            problems.append(f"{name}: no device took part")
+        if run["attack"] == "none" and (run["poisoned_updates"] or run["attackers"]):
+            problems.append(f"{name}: the run without attackers sent {run['poisoned_updates']} poisoned update(s)")
+        elif run["attack"] != "none" and not run["poisoned_updates"]:
+            problems.append(f"{name}: no poisoned update was sent ({run['attackers']} attacker(s) configured)")
+        elif run["attack"] != "none" and (silent or strays):
+            problems.append(f"{name}: attackers that sent no poisoned update {silent}, poisoned updates from "
+                            f"devices not configured to attack {strays}")
+    return problems
+
+
+def poisoning_census(run_dir: Path, devices: list[str]) -> dict[str, Any]:
+    """Who attacked in a finished run and what they sent, from the run itself: ``attacker_ids``, the devices whose
+    config has an ``[attack]`` table of a kind other than none; ``poisoned_by``, the number of poisoned deltas
+    each device sent (its agent logs :data:`RED_TEAM` once per delta). A missing config or log counts as none."""
+    attackers, poisoned = [], {}
+    for dev in devices:
+        config = run_dir / "configs" / f"{dev}.toml"
+        table = tomllib.loads(config.read_text()) if config.exists() else {}
+        if table.get("attack", {}).get("kind", "none") != "none":
+            attackers.append(dev)
+        log = run_dir / "logs" / f"{dev}.log"
+        sent = log.read_text(errors="replace").count(RED_TEAM) if log.exists() else 0
+        if sent:
+            poisoned[dev] = sent
+    return {"devices": len(devices), "attackers": len(attackers), "attacker_ids": attackers,
+            "poisoned_updates": sum(poisoned.values()), "poisoned_by": poisoned}
 
 
 def _poisoning(*, rounds: int, seed: int, run_root: Path, attack: str, rules: tuple[str, ...], backbone: str,
@@ -79,8 +131,9 @@ def _poisoning(*, rounds: int, seed: int, run_root: Path, attack: str, rules: tu
     out = []
     for i, (rule, kind, opts) in enumerate(runs, 1):
         console.print(f"[bold]poisoning run {i}/{len(runs)}: {rule}, attack {kind}")
-        result = run_demo(replace(opts, run_dir=run_root / f"poisoning-{rule}-{kind}"))
-        out.append({"aggregator": rule, "attack": kind, "attackers": 1 if kind != "none" else 0, "devices": 5,
+        run_dir = run_root / f"poisoning-{rule}-{kind}"
+        result = run_demo(replace(opts, run_dir=run_dir))
+        out.append({"aggregator": rule, "attack": kind, **poisoning_census(run_dir, sorted(result["devices"])),
                     "mean_accuracy": result["final"]["mean_accuracy"], "accuracy": result["final"]["accuracy"],
                     "rejected": result.get("rejected_messages", {}), "wall_s": result["wall_s"]})
     return out
@@ -96,8 +149,9 @@ def print_tables(out: dict[str, Any], console: Console) -> None:
     table.add_row("Ed25519 seal + open", f"{out['sign_verify_ms_per_mb']:.2f} ms/MB")
     console.print(table)
     poison = Table(title=f"M3T-Bench with 20% attackers ({out['attack']}), {out['rounds']} rounds")
-    for col in ("aggregator", "attack", "mean accuracy"):
+    for col in ("aggregator", "attack", "attackers / devices", "poisoned updates", "mean accuracy"):
         poison.add_column(col, justify="right")
     for run in out["poisoning"]:
-        poison.add_row(run["aggregator"], run["attack"], f"{run['mean_accuracy']:.4f}")
+        poison.add_row(run["aggregator"], run["attack"], f"{run['attackers']} / {run['devices']}",
+                       f"{run['poisoned_updates']:,}", f"{run['mean_accuracy']:.4f}")
     console.print(poison)
