@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import signal
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -24,6 +25,7 @@ from edge_runtime.errors import (
     InternalError,
     RoundTimeoutError,
     SecurityError,
+    StorageError,
     TransportError,
     storage_error,
 )
@@ -199,7 +201,7 @@ class Service:
         try:
             self.handle(parsed, message)
             self.accepted[parsed.kind] += 1
-        except (TransportError, OSError):
+        except (TransportError, StorageError, OSError, sqlite3.Error):
             raise  # the broker or the disk failed us mid-handling: stop loudly rather than half-apply a message
         except HffmError as exc:
             self.reject(topic, type(exc).__name__, str(exc))
@@ -283,6 +285,8 @@ class Service:
             self.crash = "interrupted"
         elif isinstance(exc, OSError):
             exc = storage_error(exc, f"{self.role} {self.node}")
+        elif isinstance(exc, sqlite3.Error):  # "database or disk is full", "attempt to write a readonly database"
+            exc = StorageError(f"{self.role} {self.node}: a state database failed: {exc}")
         elif not isinstance(exc, HffmError):
             log.error("%s %s: internal error", self.role, self.node, exc_info=exc)
             exc = InternalError(f"{self.role} {self.node}: internal error: {type(exc).__name__}: {exc}")
