@@ -29,6 +29,7 @@ from edge_runtime.errors import (
     TransportError,
     storage_error,
 )
+from edge_runtime.observability import Gauge, MetricsServer, Observation
 from edge_runtime.protocol.envelope import expected_signer
 from edge_runtime.protocol import encode, topics
 from edge_runtime.protocol.messages import Ack, Chunk
@@ -99,7 +100,9 @@ class Service:
     def __init__(self, *, node: str, host: str, port: int, metrics_file: Path | None = None,
                  will: tuple[str, bytes] | None = None, signer: Signer | None = None,
                  verifier: Verifier | None = None, tls: TlsSettings | None = None,
-                 connect_timeout_s: float = 15.0) -> None:
+                 connect_timeout_s: float = 15.0, metrics_listen: str = "", metrics_insecure: bool = False) -> None:
+        """``metrics_listen``: serve Prometheus ``/metrics`` there while running (``[metrics] listen``; off when
+        empty); off loopback over mutual TLS with ``tls`` unless ``metrics_insecure`` (edge_runtime/observability.py)."""
         self.node = node
         self.signer = signer
         self.verifier = verifier
@@ -108,6 +111,9 @@ class Service:
         self.accepted: Counter[str] = Counter()
         self.metrics_file = metrics_file
         self.connect_timeout_s = connect_timeout_s
+        self.received: dict[str, list[int]] = {}  # topic kind -> [bytes, messages] delivered (for /metrics)
+        self._metrics_args = (metrics_listen, tls, metrics_insecure)
+        self.metrics_server: MetricsServer | None = None
         self.crash: str | None = None  # why the loop ended with an error, once it has
         self.done = False
         self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
@@ -125,6 +131,31 @@ class Service:
 
     def _enqueue(self, topic: str, payload: bytes, retain: bool) -> None:
         self._inbox.put((topic, payload, retain))
+        parts = topic.split("/", 4)  # hffm/v1/{fleet}/{kind}/...; $SYS/... counts under "$SYS"
+        counts = self.received.setdefault(parts[3] if len(parts) > 3 and parts[0] == "hffm" else parts[0], [0, 0])
+        counts[0] += len(payload)  # only paho's network thread writes; a scrape reads a moment's figure
+        counts[1] += 1
+
+    # -- observability -------------------------------------------------------------------------------------------
+    def observe(self) -> Observation:
+        """What ``/metrics`` shows at a scrape: the counters every tier keeps, plus :meth:`observe_extra`."""
+        sent: dict[str, tuple[int, int]] = {}
+        for row in self.meter.snapshot()["traffic"]:  # type: ignore[union-attr]
+            b, m = sent.get(row["category"], (0, 0))
+            sent[row["category"]] = (b + row["bytes"], m + row["messages"])
+        outbox = getattr(self, "outbox", None)
+        return Observation(role=self.role, node=self.node, fleet=getattr(self, "fleet", ""),
+                           connected=self.transport.connected, accepted=dict(self.accepted),
+                           rejected=dict(self.rejected), sent=sent,
+                           received={k: (v[0], v[1]) for k, v in list(self.received.items())},
+                           inbox_depth=self._inbox.qsize(),
+                           outbox_depth=outbox.pending() if outbox is not None else None,
+                           extra=tuple(self.observe_extra()))
+
+    def observe_extra(self) -> list[Gauge]:
+        """Tier-specific figures for ``/metrics`` (rounds, participants, accuracy). Called from the scrape thread:
+        read plain attributes only, never block."""
+        return []
 
     # -- hooks for subclasses ------------------------------------------------------------------------------------
     def subscriptions(self) -> list[str]:
@@ -243,7 +274,10 @@ class Service:
         log.info("%s %s: connecting to %s:%d (retrying for up to %.0f s after start)", self.role, self.node,
                  self.transport.host, self.transport.port, self.connect_timeout_s)
         self.transport.connect(deadline=process_started() + self.connect_timeout_s)
+        listen, tls, insecure = self._metrics_args
         try:
+            if listen:
+                self.metrics_server = MetricsServer(listen, self.observe, tls=tls, insecure=insecure)
             self._loop(time_limit_s, poll_s)
         except BaseException as exc:
             self._crashed(exc)
@@ -277,7 +311,13 @@ class Service:
                     self.verifier.flush()
             finally:
                 self.write_metrics()
+                self._close_metrics()
                 self.transport.close()
+
+    def _close_metrics(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
 
     def _crashed(self, exc: BaseException) -> None:
         """Record why the loop ended, let the will fire, and raise the error as an :class:`HffmError`."""
@@ -292,7 +332,7 @@ class Service:
             exc = InternalError(f"{self.role} {self.node}: internal error: {type(exc).__name__}: {exc}")
         self.crash = self.crash or str(exc)
         log.error("%s %s: stopping on an error: %s", self.role, self.node, self.crash)
-        for step in (lambda: self.on_crash(self.crash or ""), self.write_metrics):
+        for step in (lambda: self.on_crash(self.crash or ""), self.write_metrics, self._close_metrics):
             try:
                 step()
             except Exception as inner:  # noqa: BLE001 - a full disk may fail these too; the will still fires
