@@ -129,6 +129,11 @@ def ctl(fleet: str, node: str) -> str:
     return f"{_base(fleet, 'ctl')}/{check_segment(node, 'node')}"
 
 
+def ctl_filter(fleet: str) -> str:
+    """``ctl/+``: every round announcement of the fleet (the cloud's and each fog's); for observers."""
+    return f"{_base(fleet, 'ctl')}/+"
+
+
 def state(fleet: str, node: str) -> str:
     """A node's capability advert / status; retained, with a last-will 'offline'."""
     return f"{_base(fleet, 'state')}/{check_segment(node, 'node')}"
