@@ -1,4 +1,9 @@
-"""The demo's report (the JSON contract in docs/architecture.md) and its tables."""
+"""The demo's report (the JSON contract in docs/architecture.md) and its tables.
+
+A run whose figures are incomplete fails instead of under-counting: every process (cloud, fogs, devices) must have
+left a readable metrics file, and every device must have reported in every cluster round of its fog, in every
+global round (the fogs' ``rounds`` log with its ``reporters``, and each device's own ``rounds`` log).
+"""
 
 from __future__ import annotations
 
@@ -10,21 +15,68 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_runtime.demo.plan import DemoOptions, FleetPlan
+from edge_runtime.errors import HffmError
 from edge_runtime.protocol import RoundMetrics
 
 LINKS = ("device_to_fog", "fog_to_device", "fog_to_cloud", "cloud_to_fog")
+_LISTED = 12  # problems named in the error message (the report holds them all)
 
 
 def _mean(values: dict[str, float]) -> float:
     return sum(values.values()) / len(values) if values else 0.0
 
 
-def read_node_metrics(plan: FleetPlan) -> dict[str, dict[str, Any]]:
-    """Every node's metrics file (written when its process ends). Missing files are skipped."""
-    out = {}
-    for path in sorted((plan.run_dir / "metrics").glob("*.json")):
-        out[path.stem] = json.loads(path.read_text())
-    return out
+def expected_nodes(plan: FleetPlan) -> list[str]:
+    """Every process of the run that writes a metrics file when it ends: the cloud, each fog, each device."""
+    fogs = set(plan.fog_of.values()) | set(plan.fog_configs)
+    return ["cloud", *sorted(fogs), *sorted(plan.fog_of)]
+
+
+def read_node_metrics(plan: FleetPlan) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Every node's metrics file (written when its process ends), and why each expected node
+    (:func:`expected_nodes`) has none that can be read: ``({node: metrics}, {node: reason})``."""
+    out: dict[str, dict[str, Any]] = {}
+    missing: dict[str, str] = {}
+    paths = {node: plan.metrics_file(node) for node in expected_nodes(plan)}
+    paths.update({p.stem: p for p in sorted((plan.run_dir / "metrics").glob("*.json")) if p.stem not in paths})
+    for node, path in paths.items():
+        try:
+            metrics = json.loads(path.read_text())
+        except FileNotFoundError:
+            missing[node] = f"no metrics file {path}"
+            continue
+        except (OSError, ValueError) as exc:
+            missing[node] = f"unreadable metrics file {path}: {exc}"
+            continue
+        if not isinstance(metrics, dict):
+            missing[node] = f"metrics file {path} holds a {type(metrics).__name__}, not an object"
+            continue
+        out[node] = metrics
+    return out, missing
+
+
+def participation(plan: FleetPlan, nodes: dict[str, dict[str, Any]], rounds: int) -> list[str]:
+    """Where a device did not take part: a global round in which its fog closed no cluster round, a cluster round
+    its fog closed without the device's update (``reporters``), a fog round missing from the device's own log.
+    Nodes without metrics are skipped here (:func:`read_node_metrics` reports them)."""
+    problems = []
+    for fog in sorted(set(plan.fog_of.values())):
+        if fog not in nodes:
+            continue
+        log = nodes[fog].get("rounds") or []
+        members = sorted(d for d, f in plan.fog_of.items() if f == fog)
+        held = {int(r["global_round"]) for r in log}
+        if lacking := [g for g in range(1, rounds + 1) if g not in held]:
+            problems.append(f"{fog} closed no cluster round in global round(s) {lacking}")
+        for r in log:
+            if absent := [d for d in members if d not in r.get("reporters", [])]:
+                problems.append(f"{fog} closed round ({r['global_round']},{r['cluster_round']}) without {absent}")
+        closed = {(int(r["global_round"]), int(r["cluster_round"])) for r in log}
+        for dev in (d for d in members if d in nodes):
+            done = {(int(r["global_round"]), int(r["cluster_round"])) for r in nodes[dev].get("rounds") or []}
+            if gap := sorted(closed - done):
+                problems.append(f"{dev} sent no update in round(s) {gap} of {fog}")
+    return problems
 
 
 def bytes_per_round(nodes: dict[str, dict[str, Any]], rounds: int) -> list[dict[str, int]]:
@@ -44,7 +96,15 @@ def bytes_per_round(nodes: dict[str, dict[str, Any]], rounds: int) -> list[dict[
 
 def build_report(opts: DemoOptions, plan: FleetPlan, history: list[RoundMetrics],
                  baseline: dict[str, dict[str, float]], *, wall_s: float) -> dict[str, Any]:
-    nodes = read_node_metrics(plan)
+    """The report of a finished run.
+
+    Raises:
+        HffmError: a process left no readable metrics file, or a device did not take part in every round
+            (:func:`participation`); the report, with ``metrics_missing`` and ``participation``, is written to
+            ``run_dir/report.json`` first.
+    """
+    nodes, missing = read_node_metrics(plan)
+    absent = participation(plan, nodes, opts.rounds)
     traffic = bytes_per_round(nodes, opts.rounds)
     rounds = [{"round": m.global_round, "accuracy": dict(m.accuracy), "mean_accuracy": _mean(m.accuracy),
                "bytes": traffic[m.global_round - 1]} for m in history]
@@ -63,7 +123,7 @@ def build_report(opts: DemoOptions, plan: FleetPlan, history: list[RoundMetrics]
         for dev in sorted(plan.fog_of)
     }
     rejected = {node: m.get("rejected", {}) for node, m in nodes.items() if m.get("rejected")}
-    return {
+    report = {
         "config": config,
         "rounds": rounds,
         "final": {"accuracy": final, "mean_accuracy": _mean(final)},
@@ -72,8 +132,24 @@ def build_report(opts: DemoOptions, plan: FleetPlan, history: list[RoundMetrics]
         "tasks": plan.tasks,
         "devices": devices,
         "rejected_messages": rejected,
+        "metrics_missing": missing,
+        "participation": {"complete": not absent, "problems": absent},
         "wall_s": round(wall_s, 1),
     }
+    _fail_if_incomplete(report, plan)
+    return report
+
+
+def _fail_if_incomplete(report: dict[str, Any], plan: FleetPlan) -> None:
+    problems = [f"{node}: {why}" for node, why in report["metrics_missing"].items()]
+    problems += report["participation"]["problems"]
+    if not problems:
+        return
+    path = plan.run_dir / "report.json"
+    path.write_text(json.dumps(report, indent=2))
+    more = f"; and {len(problems) - _LISTED} more" if len(problems) > _LISTED else ""
+    raise HffmError(f"the run's figures are incomplete: {'; '.join(problems[:_LISTED])}{more} (report: {path}; "
+                    f"logs: {plan.run_dir / 'logs'})")
 
 
 def print_tables(report: dict[str, Any], console: Console) -> None:

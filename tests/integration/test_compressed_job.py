@@ -39,6 +39,8 @@ def test_compressed_job_saves_uplink_bytes_and_keeps_devices_exact(tmp_path: Pat
     assert link(comp, "fog_to_cloud") * 2 < link(plain, "fog_to_cloud")
     assert link(comp, "fog_to_device") < link(plain, "fog_to_device")
     assert comp["rejected_messages"] == {}
+    assert len(comp["devices"]) == 2 * 2 and all(info["final_accuracy"] for info in comp["devices"].values()), \
+        comp["devices"]
     for dev, info in comp["devices"].items():
         for task, acc in info["final_accuracy"].items():
             assert acc == pytest.approx(comp["final"]["accuracy"][task]), (dev, task)
@@ -56,6 +58,8 @@ def test_lowrank_on_every_link_keeps_devices_exact(tmp_path: Path) -> None:
     comp = _run(tmp_path / "lowrank", lowrank, lowrank)
     assert comp["rejected_messages"] == {}
     assert all(r["bytes"]["device_to_fog"] > 0 for r in comp["rounds"])
+    assert len(comp["devices"]) == 2 * 2 and all(info["final_accuracy"] for info in comp["devices"].values()), \
+        comp["devices"]
     for dev, info in comp["devices"].items():
         for task, acc in info["final_accuracy"].items():
             assert acc == pytest.approx(comp["final"]["accuracy"][task]), (dev, task)

@@ -37,6 +37,7 @@ def test_devices_end_with_the_global_model(job: tuple[dict, Path]) -> None:
     """Each device evaluates what it holds after the final downlink: it must score exactly as the cloud's
     global model on the same held-out split, which only happens if the global modules reached it."""
     report, _ = job
+    assert len(report["devices"]) == 2 * 2, report["devices"]
     for dev, info in report["devices"].items():
         assert info["final_accuracy"], dev
         for task, acc in info["final_accuracy"].items():
@@ -47,6 +48,7 @@ def test_report_has_the_contract_fields(job: tuple[dict, Path]) -> None:
     report, run_dir = job
     assert json.loads((run_dir / "out" / "report.json").read_text()) == report
     assert set(report) >= {"config", "rounds", "final", "baselines", "modalities", "tasks"}
+    assert report["metrics_missing"] == {} and report["participation"] == {"complete": True, "problems": []}
     assert set(report["baselines"]["local_only"]["accuracy"]) == set(report["tasks"])
     assert len(report["tasks"]) >= 4 and len(report["modalities"]) >= 3
     for acc in (*report["final"]["accuracy"].values(), *report["baselines"]["local_only"]["accuracy"].values()):
@@ -59,7 +61,9 @@ def test_round_progress_rides_on_the_advert_refresh(job: tuple[dict, Path]) -> N
     an advert per sent cluster round this job would add four per device."""
     report, run_dir = job
     refreshes = math.ceil(report["wall_s"] / 30) + 1
-    for path in sorted((run_dir / "metrics").glob("fog-*-dev-*.json")):
+    paths = sorted((run_dir / "metrics").glob("fog-*-dev-*.json"))
+    assert len(paths) == 2 * 2, paths
+    for path in paths:
         metrics = json.loads(path.read_text())
         messages = sum(t["messages"] for t in metrics["traffic"] if t["category"] == "device_to_fog")
         updates = metrics["outbox"]["sent"] + metrics["outbox"]["retransmitted"]

@@ -24,7 +24,9 @@ def _device_config(run_dir: Path) -> Path:
 
 def test_config_check_accepts_every_generated_config(job: tuple[dict, Path]) -> None:
     _, run_dir = job
-    for path in sorted((run_dir / "configs").glob("*.toml")):
+    paths = sorted((run_dir / "configs").glob("*.toml"))
+    assert len(paths) == 1 + 2 + 2 * 2, paths  # the cloud, 2 fogs, 2 x 2 devices
+    for path in paths:
         result = runner.invoke(app, ["config", "check", str(path), "--check-files"])
         assert result.exit_code == 0, result.output
         assert "valid" in result.output
