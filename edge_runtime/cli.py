@@ -168,12 +168,40 @@ def fleet_status(
     port: Annotated[int, typer.Option(help="Broker port.")] = 1883,
     fleet: Annotated[str, typer.Option(help="Fleet name.")] = "demo",
     timeout: Annotated[float, typer.Option(help="Seconds to collect retained adverts.")] = 3.0,
+    watch: Annotated[bool, typer.Option(help="Keep the table live (Ctrl-C ends it).")] = False,
+    interval: Annotated[float, typer.Option(min=0.2, help="With --watch: seconds between refreshes.")] = 2.0,
+    count: Annotated[int, typer.Option(min=0, help="With --watch: stop after this many refreshes (0: never).")] = 0,
     fmt: FormatOpt = "text",
 ) -> None:
     """Which nodes are online, what they hold, when they were last seen (retained state adverts)."""
+    if watch:
+        from edge_runtime.commands.watch import watch_fleet
+
+        watch_fleet(host, port, fleet, interval_s=interval, count=count, fmt=check_format(fmt))
+        return
     from edge_runtime.commands.ops import fleet_status as run
 
     run(host, port, fleet, timeout_s=timeout, fmt=check_format(fmt))
+
+
+@app.command("dashboard")
+@friendly_errors
+def dashboard(
+    host: Annotated[str, typer.Option(help="Broker host (the cloud's broker sees the whole fleet).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Broker port.")] = 1883,
+    fleet: Annotated[str, typer.Option(help="Fleet name.")] = "demo",
+    listen: Annotated[str, typer.Option(help="Serve the page here (loopback only: the page has no login).")] = (
+        "127.0.0.1:8765"),
+    metrics: Annotated[list[str] | None, typer.Option(help="NODE=URL of a tier's /metrics, for bytes per link "
+                                                            "(repeatable).")] = None,
+    run_for: Annotated[float, typer.Option(help="Stop after this many seconds (0: until Ctrl-C or SIGTERM).")] = 0.0,
+    log_level: LogLevelOpt = "info",
+) -> None:
+    """Serve a live page of the fleet: nodes online, round timeline, accuracy and bytes per link per round."""
+    setup_logging(log_level)
+    from edge_runtime.commands.watch import run_dashboard
+
+    run_dashboard(host=host, port=port, fleet=fleet, listen=listen, metrics=metrics or [], run_for=run_for)
 
 
 @fog_app.command("run")

@@ -65,7 +65,11 @@ def fleet_rows(states: list[NodeState], *, now: float | None = None) -> list[dic
 
 
 def print_fleet(rows: list[dict[str, Any]], console: Console) -> None:
-    table = Table(title="hffm fleet")
+    console.print(fleet_table(rows))
+
+
+def fleet_table(rows: list[dict[str, Any]], title: str = "hffm fleet") -> Table:
+    table = Table(title=title)
     for col in ("node", "role", "fog", "online", "last seen", "tasks", "modules", "cpu %", "mem free %",
                 "temp C", "battery %", "status"):
         table.add_column(col)
@@ -79,4 +83,4 @@ def print_fleet(rows: list[dict[str, Any]], console: Console) -> None:
                       f"{r['age_s']:.0f} s ago" if r["age_s"] is not None else "-", ",".join(r["tasks"]),
                       str(len(r["modules"])), fmt("cpu_percent"), fmt("mem_free_percent"), fmt("cpu_temp_c"),
                       fmt("battery_percent"), r["status"])
-    console.print(table)
+    return table

@@ -55,6 +55,9 @@ class DemoOptions:
     # without a file the topology is generated from fogs x devices_per_fog (one D2D group per fog, fogs in a ring).
     layout: str = "hierarchical"
     topology: Path | None = None
+    # The live page (edge_runtime/dashboard/): served on a free loopback port while the job runs; its URL and the
+    # brokers' ports go to stderr and to <run_dir>/endpoints.json.
+    dashboard: bool = True
 
 
 @dataclass(frozen=True)

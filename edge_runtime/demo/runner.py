@@ -145,6 +145,7 @@ def _run_federation(opts: DemoOptions, plan: FleetPlan, cloud_port: int, progres
     observer.connect()
     stack.callback(observer.close)
     observer.subscribe([topics.metrics(FLEET)])
+    _announce_endpoints(opts, plan, cloud_port, stack, tls, progress.console)
     group = stack.enter_context(ProcessGroup())
     logs = plan.run_dir / "logs"
     limit = opts.time_limit_s
@@ -173,10 +174,32 @@ def _run_federation(opts: DemoOptions, plan: FleetPlan, cloud_port: int, progres
             if on_round is not None:
                 on_round(metrics)
             mean = sum(metrics.accuracy.values()) / max(1, len(metrics.accuracy))
+            if not progress.console.is_terminal:  # redirected: the bar draws nothing until the end, so say it
+                progress.console.print(f"round {metrics.global_round} of {opts.rounds}: mean accuracy {mean:.3f} "
+                                       f"({time.monotonic() - (end - limit):.0f} s)")
             progress.update(task, completed=len(history),
                             description=f"federated rounds (round {metrics.global_round}: mean acc {mean:.3f})")
     group.wait(timeout_s=max(30.0, end - time.monotonic()))
     return history
+
+
+def _announce_endpoints(opts: DemoOptions, plan: FleetPlan, cloud_port: int, stack: ExitStack, tls: Any,
+                        console: Console) -> None:
+    """Start the dashboard (unless disabled) and say where everything is: stderr and <run_dir>/endpoints.json."""
+    import tomllib
+
+    endpoints: dict[str, Any] = {"brokers": {"cloud": f"127.0.0.1:{cloud_port}"}, "metrics": {}}
+    for fog, cfg in plan.fog_configs.items():
+        endpoints["brokers"][fog] = f"127.0.0.1:{tomllib.loads(cfg.read_text())['broker']['port']}"
+    if opts.dashboard:
+        from edge_runtime.dashboard.server import Dashboard
+
+        board = Dashboard(host="127.0.0.1", port=cloud_port, fleet=FLEET, tls=tls, metrics_urls=endpoints["metrics"])
+        stack.callback(board.close)
+        endpoints["dashboard"] = board.url
+    (plan.run_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=1))
+    console.print(("dashboard: " + endpoints["dashboard"] + "  " if "dashboard" in endpoints else "") +
+                  "brokers: " + ", ".join(f"{n} {a}" for n, a in endpoints["brokers"].items()))
 
 
 def _run_baseline(opts: DemoOptions, plan: FleetPlan, progress: Progress) -> dict[str, dict[str, float]]:
