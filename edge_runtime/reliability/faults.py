@@ -21,15 +21,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.broker_process import BridgeSpec, BrokerLimits, MosquittoProcess, wait_for_bridge
+from edge_runtime.broker_process import (
+    BridgeSpec,
+    BrokerLimits,
+    MosquittoProcess,
+    wait_for_bridge,
+)
 from edge_runtime.errors import ConfigError, HffmError
 from edge_runtime.reliability.durable_sum import DurableSums
 from edge_runtime.reliability.proxy import LinkProxy
+from edge_runtime.reliability.tier_job import rows
+from edge_runtime.reliability.verdict import failures, negative_failures
 from edge_runtime.reliability.workload import WorkloadSpec, aggregate_key
 
 log = logging.getLogger(__name__)
 FLEET = "rel"
-FAULT_AT_S = 1.5  # after the devices start: uploads are under way
+READY_TIMEOUT_S = 120.0  # bounded wait for a readiness condition (times the measured slowdown)
 
 
 class Cluster:
@@ -40,6 +47,8 @@ class Cluster:
         self.spec = spec
         self.limits = limits
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.killed: set[int] = set()  # PIDs the harness sent SIGKILL to
+        self.timeout_s = READY_TIMEOUT_S
         self.cloud_broker = MosquittoProcess(name="cloud", role="cloud", data_dir=run_dir / "brokers" / "cloud",
                                              fleet=FLEET, limits=limits)
         self.proxy: LinkProxy | None = None
@@ -94,8 +103,49 @@ class Cluster:
     def kill9(self, name: str) -> None:
         proc = self.procs[name]
         if proc.poll() is None:
+            self.killed.add(proc.pid)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=5.0)
+
+    def ready(self, client_id: str) -> bool:
+        """The workload process with ``client_id`` is connected and subscribed (its marker file exists)."""
+        return (Path(self.spec.state_dir) / f"ready-{client_id}").exists()
+
+    def produced(self, fog: str) -> int:
+        path = Path(self.spec.state_dir) / f"ledger-{fog}.jsonl"
+        return len(path.read_text(encoding="utf-8").splitlines()) if path.exists() else 0
+
+    def cloud_applied_any(self) -> bool:
+        return bool(rows(Path(self.spec.state_dir) / "cloud-agg.sqlite", "SELECT key FROM applied LIMIT 1"))
+
+    def unexpected_exit(self) -> str | None:
+        """The first process that ended other than with 0 or the harness's SIGKILL (None while all are fine)."""
+        for name, proc in self.procs.items():
+            code = proc.poll()
+            if code not in (None, 0) and not (code == -9 and proc.pid in self.killed):
+                return f"{name}: exited with code {code}" if code > 0 else f"{name}: killed by signal {-code}"
+        return None
+
+    def exits(self) -> list[str]:
+        """Every process that ended unexpectedly or is still running (call when all should have finished)."""
+        out = []
+        for name, proc in self.procs.items():
+            code = proc.poll()
+            if code is None:
+                out.append(f"{name}: still running at the end")
+            elif code != 0 and not (code == -9 and proc.pid in self.killed):
+                out.append(f"{name}: exited with code {code}" if code > 0 else f"{name}: killed by signal {-code}")
+        return out
+
+    def wait_until(self, condition: Callable[[], bool], what: str) -> None:
+        """Poll ``condition``. Raises: HffmError: a process ended unexpectedly first, or the bounded wait ran out."""
+        end = time.monotonic() + self.timeout_s
+        while not condition():
+            if (bad := self.unexpected_exit()) is not None:
+                raise HffmError(f"waiting for {what}: {bad}")
+            if time.monotonic() > end:
+                raise HffmError(f"{what} did not happen within {self.timeout_s:.0f} s")
+            time.sleep(0.05)
 
     def devices_done(self) -> bool:
         return all(p.poll() is not None for n, p in self.procs.items() if n.startswith("devices:"))
@@ -104,7 +154,7 @@ class Cluster:
 @dataclass(frozen=True)
 class FaultPlan:
     name: str
-    action: Callable[[Cluster], float]  # injects the fault; returns the monotonic time it ended
+    action: Callable[[Cluster], float]  # injects the fault once the workload is ready; returns when it ended
     before_devices: Callable[[Cluster], None] | None = None
     limits: BrokerLimits | None = None
     round_interval_s: float = 0.2
@@ -115,7 +165,7 @@ class FaultPlan:
 
 def _outage(kill: Callable[[Cluster], None], restore: Callable[[Cluster], None], seconds: float) -> Callable[[Cluster], float]:
     def act(cluster: Cluster) -> float:
-        time.sleep(FAULT_AT_S)
+        cluster.wait_until(cluster.cloud_applied_any, "the cloud applied an aggregate")
         kill(cluster)
         time.sleep(seconds)
         restore(cluster)
@@ -124,13 +174,18 @@ def _outage(kill: Callable[[Cluster], None], restore: Callable[[Cluster], None],
 
 
 def _kill_fog_gateway_first(cluster: Cluster) -> None:
-    time.sleep(1.0)  # its persistent session (with its subscriptions) exists on the broker now
-    cluster.kill9(f"fog:{cluster.spec.fogs[0]}")
+    fog = cluster.spec.fogs[0]
+    # Its persistent session (with its subscriptions) must exist on the broker, or nothing is queued for it.
+    cluster.wait_until(lambda: cluster.ready(f"hffm-rel-fog-{fog}"), f"fog relay {fog} subscribed")
+    cluster.kill9(f"fog:{fog}")
 
 
 def _restart_fog_gateway_later(cluster: Cluster) -> float:
-    time.sleep(3.0)
-    cluster.start_role(f"fog:{cluster.spec.fogs[0]}")
+    fog = cluster.spec.fogs[0]
+    # Every delta of the burst went to the broker while the relay was down: its queue limit was exceeded.
+    cluster.wait_until(lambda: cluster.produced(fog) >= cluster.spec.rounds * cluster.spec.devices_per_fog,
+                       f"devices of {fog} produced every round")
+    cluster.start_role(f"fog:{fog}")
     return time.monotonic()
 
 
@@ -209,8 +264,11 @@ def check(spec: WorkloadSpec, state_dir: Path, fault_end: float | None = None,
 
 
 def run_fault(name: str, run_dir: Path, *, rounds: int = 30, devices_per_fog: int = 10, fogs: int = 2,
-              outbox: bool = True, settle_s: float = 60.0) -> dict[str, Any]:
-    """Run one fault from :data:`FAULTS` and return its ledger check.
+              outbox: bool = True, settle_s: float = 60.0, slowdown: float = 1.0) -> dict[str, Any]:
+    """Run one fault from :data:`FAULTS` and return its ledger check, with ``planned``, ``process_exits`` (every
+    process that ended other than with 0 or the harness's SIGKILL, or still ran at the end), ``error`` (a
+    readiness wait that failed) and ``failed`` (:func:`~edge_runtime.reliability.verdict.failures`; for the
+    negative control, ``outbox=False``, :func:`~edge_runtime.reliability.verdict.negative_failures`).
 
     Raises:
         ConfigError: an unknown fault name.
@@ -226,48 +284,67 @@ def run_fault(name: str, run_dir: Path, *, rounds: int = 30, devices_per_fog: in
     spec = WorkloadSpec(fleet=FLEET, fogs=tuple(f"fog-{i}" for i in range(fogs)), devices_per_fog=devices_per_fog,
                         rounds=max(1, int(rounds * plan.rounds_scale)), state_dir=str(state), cloud_port=0,
                         fog_ports={}, round_interval_s=plan.round_interval_s, pad_floats=plan.pad_floats,
-                        outbox=outbox, fog_deadline_s=20.0 if outbox else 6.0, time_limit_s=300.0 + plan.outage_s)
+                        outbox=outbox, fog_deadline_s=20.0 if outbox else 6.0,
+                        time_limit_s=(300.0 + plan.outage_s) * slowdown)
     started = time.monotonic()
+    result: dict[str, Any] = {}
+    fault_end: float | None = None
     with Cluster(run_dir, spec, plan.limits) as cluster:
-        cluster.start_role("cloud")
-        for fog in cluster.spec.fogs:
-            cluster.start_role(f"fog:{fog}")
-        if plan.before_devices is not None:
-            plan.before_devices(cluster)
-        for fog in cluster.spec.fogs:
-            cluster.start_role(f"devices:{fog}")
-        fault_end = plan.action(cluster)
+        cluster.timeout_s = READY_TIMEOUT_S * slowdown
         offset = time.time() - time.monotonic()
-        deadline = time.monotonic() + cluster.spec.time_limit_s
-        while not cluster.devices_done() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        try:
+            cluster.start_role("cloud")
+            for fog in cluster.spec.fogs:
+                cluster.start_role(f"fog:{fog}")
+            if plan.before_devices is not None:
+                plan.before_devices(cluster)
+            for fog in cluster.spec.fogs:
+                cluster.start_role(f"devices:{fog}")
+            fault_end = plan.action(cluster)
+            cluster.wait_until(cluster.devices_done, "every device process finished")
+        except HffmError as exc:
+            result["error"] = str(exc)
         # Outbox on: wait for the cloud to hold every key. Negative control: past the fog deadline, then check.
-        settle_end = time.monotonic() + (settle_s if outbox else spec.fog_deadline_s + 8.0)
-        result = check(cluster.spec, state, fault_end, offset)
-        while time.monotonic() < settle_end and (result["lost"] > 0 or not outbox):
+        settle_end = time.monotonic() + (settle_s * slowdown if outbox else spec.fog_deadline_s + 8.0 * slowdown)
+        result |= check(cluster.spec, state, fault_end, offset)
+        while (time.monotonic() < settle_end and (result["lost"] > 0 or not outbox)
+               and cluster.unexpected_exit() is None):
             time.sleep(0.5)
-            result = check(cluster.spec, state, fault_end, offset)
-        exits = {n: p.poll() for n, p in cluster.procs.items()}
+            result |= check(cluster.spec, state, fault_end, offset)
+        # The relays and the cloud serve until stopped: only a device process must have ended by itself (and after
+        # an error the harness stops the devices too).
+        result["process_exits"] = [e for e in cluster.exits() if not e.endswith("still running at the end")
+                                   or (e.startswith("devices") and "error" not in result)]
         result["broker_dropped"] = {f: b.dropped_messages() for f, b in cluster.fog_brokers.items()}
-    result = {"fault": name, **result, "wall_s": round(time.monotonic() - started, 1)}
-    if any(code not in (0, None, -9) for code in exits.values()):
-        result["process_exits"] = exits
+    result = {"fault": name, "planned": spec.rounds * spec.devices_per_fog * len(spec.fogs), **result,
+              "wall_s": round(time.monotonic() - started, 1)}
+    result["failed"] = failures(result) if outbox else negative_failures(result)
     log.info("fault %s: %s", name, result)
     return result
 
 
-def run_all(run_dir: Path, *, rounds: int = 30, names: list[str] | None = None,
+def run_all(run_dir: Path, *, rounds: int = 30, names: list[str] | None = None, slowdown: float = 1.0,
             on_result: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every fault in ``names`` (default: :data:`FAULTS`), then the negative control (the burst with outboxes
-    disabled). ``on_result`` sees each fault's result as it finishes."""
+    disabled). ``on_result`` sees each fault's result as it finishes. An error in the negative control is a
+    failure of it (``failed``), never "lost 0"."""
     faults = []
     for name in names or list(FAULTS):
-        faults.append(run_fault(name, run_dir / name, rounds=rounds))
+        try:
+            faults.append(run_fault(name, run_dir / name, rounds=rounds, slowdown=slowdown))
+        except HffmError as exc:
+            faults.append({"fault": name, "error": str(exc), "failed": [f"error: {exc}"]})
         if on_result is not None:
             on_result(faults[-1])
+    return {"faults": faults, "negative_control": negative_control(run_dir / "negative_control", rounds=rounds,
+                                                                   slowdown=slowdown)}
+
+
+def negative_control(run_dir: Path, *, rounds: int = 30, slowdown: float = 1.0) -> dict[str, Any]:
+    """The burst above the queue limit with every outbox disabled: the checker must see a loss."""
+    label = "burst_above_queue_limit, outbox disabled"
     try:
-        negative = run_fault("burst_above_queue_limit", run_dir / "negative_control", rounds=rounds, outbox=False)
+        neg = run_fault("burst_above_queue_limit", run_dir, rounds=rounds, outbox=False, slowdown=slowdown)
     except HffmError as exc:
-        negative = {"error": str(exc), "lost": 0}
-    return {"faults": faults, "negative_control": {"fault": "burst_above_queue_limit, outbox disabled",
-                                                    "lost": negative["lost"], "produced": negative.get("produced", 0)}}
+        return {"fault": label, "error": str(exc), "failed": [f"error: {exc}"]}
+    return {**neg, "fault": label}

@@ -119,6 +119,10 @@ class _Role:
     def _on_term(self, *_: object) -> None:
         self.stop = True
 
+    def mark_ready(self) -> None:
+        """Connected and subscribed (SUBACK seen): the harness waits for this file before it injects a fault."""
+        (self.state / f"ready-{self.transport.client_id}").write_text(str(time.time()), encoding="utf-8")
+
     def messages(self) -> list[tuple[Any, Any]]:
         """Up to ``_BATCH`` decoded messages (chunks reassembled; bad ones counted and dropped)."""
         out = []
@@ -187,6 +191,7 @@ class DeviceRole(_Role):
     def run(self) -> None:
         self.transport.connect()
         self.transport.subscribe([topics.ack_filter(self.spec.fleet, self.fog, d) for d in self.spec.devices(self.fog)])
+        self.mark_ready()
         start, next_round = time.monotonic(), 1
         end = start + self.spec.time_limit_s
         while not self.stop and time.monotonic() < end:
@@ -258,6 +263,7 @@ class FogRole(_Role):
         self.transport.subscribe([topics.up_filter(self.spec.fleet, self.fog),
                                   topics.chunk_filter(self.spec.fleet, self.fog),
                                   topics.ack_filter(self.spec.fleet, self.fog, self.fog), DROPPED_TOPIC])
+        self.mark_ready()
         end = time.monotonic() + self.spec.time_limit_s
         while not self.stop and time.monotonic() < end:
             acks: dict[tuple[str, str], list[str]] = {}
@@ -290,6 +296,7 @@ class CloudRole(_Role):
     def run(self) -> None:
         self.transport.connect()
         self.transport.subscribe([topics.fogup_filter(self.spec.fleet), topics.chunk_filter(self.spec.fleet, "cloud")])
+        self.mark_ready()
         end = time.monotonic() + self.spec.time_limit_s
         while not self.stop and time.monotonic() < end:
             acks: dict[str, list[str]] = {}

@@ -1,0 +1,39 @@
+"""Faults on the real tiers (``hffm edge/fog/cloud run``, tiny backbone, 2 fogs x 1 device, 2 global rounds, every
+tier a process on real Mosquitto brokers; edge_runtime/reliability/tier_faults.py): kill -9 of the cloud broker, a
+fog broker, a fog gateway, the cloud service and a device mid-round, and a 15 s cut of a fog's bridge link. Each
+fault is injected once the job is provably under way (read from what the tiers committed), never at a fixed time.
+
+Every planned update and aggregate is produced, applied once, and no process exits other than by the harness's own
+SIGKILL; every global round merges both fogs."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.reliability.tier_faults import TIER_FAULTS, run_tier_fault
+
+pytestmark = pytest.mark.integration
+
+
+# Known failure (2026-12-06): the fog closes the open round at the killed device's last will, so the updates the
+# restarted device resends are refused as stale (lost). The bench row says FAILED too; strict, so that the fix in
+# the fog's offline handling ([fog] offline_grace_s) turns this into a pass that asks for the mark to go.
+_DEVICE_KILL = pytest.mark.xfail(strict=True, reason="the fog closes the round at the device's last will")
+_PARAMS = [pytest.param(f, marks=_DEVICE_KILL) if f == "device_kill9_mid_round" else f for f in TIER_FAULTS]
+
+
+@pytest.mark.parametrize("fault", _PARAMS)
+def test_every_key_is_applied_exactly_once(fault: str, tmp_path: Path, slowdown: float) -> None:
+    row = run_tier_fault(fault, tmp_path, slowdown=slowdown)
+    report = {k: v for k, v in row.items() if k != "logs"}
+    assert row["failed"] == [], (report, row.get("logs"))
+    assert row["produced"] == row["planned"] and row["applied"] == row["produced"], report
+    assert (row["lost"], row["duplicates_applied"], row["process_exits"]) == (0, 0, []), report
+    assert row["recovery_s"] is not None, report
+    with sqlite3.connect(tmp_path / "cloud.sqlite") as db:
+        rounds = db.execute("SELECT round, fogs_reported FROM rounds ORDER BY round").fetchall()
+    assert rounds == [(1, "fog-1,fog-2"), (2, "fog-1,fog-2")]
+
