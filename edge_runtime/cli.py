@@ -31,12 +31,14 @@ cloud_app = typer.Typer(help="The cloud service.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks: print a table and save the figures as JSON.", no_args_is_help=True)
 config_app = typer.Typer(help="Config files.", no_args_is_help=True)
 fleet_app = typer.Typer(help="The fleet as its brokers see it.", no_args_is_help=True)
+job_app = typer.Typer(help="The running job, as the cloud's broker sees it.", no_args_is_help=True)
 app.add_typer(edge_app, name="edge")
 app.add_typer(fog_app, name="fog")
 app.add_typer(cloud_app, name="cloud")
 app.add_typer(bench_app, name="bench")
 app.add_typer(config_app, name="config")
 app.add_typer(fleet_app, name="fleet")
+app.add_typer(job_app, name="job")
 app.add_typer(certs_app, name="certs")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="TOML config file (see examples/).")]
@@ -202,6 +204,24 @@ def dashboard(
     from edge_runtime.commands.watch import run_dashboard
 
     run_dashboard(host=host, port=port, fleet=fleet, listen=listen, metrics=metrics or [], run_for=run_for)
+
+
+@job_app.command("status")
+@friendly_errors
+def job_status(
+    host: Annotated[str, typer.Option(help="Broker host (the cloud's broker sees the whole fleet).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Broker port.")] = 1883,
+    fleet: Annotated[str, typer.Option(help="Fleet name.")] = "demo",
+    timeout: Annotated[float, typer.Option(help="Seconds to collect the retained messages.")] = 2.0,
+    watch: Annotated[bool, typer.Option(help="Keep printing (Ctrl-C ends it); the ETA needs two rounds seen.")] = False,
+    interval: Annotated[float, typer.Option(min=0.2, help="With --watch: seconds between prints.")] = 5.0,
+    count: Annotated[int, typer.Option(min=0, help="With --watch: stop after this many prints (0: never).")] = 0,
+    fmt: FormatOpt = "text",
+) -> None:
+    """The running job: global round, progress, devices online, last accuracy per task, ETA."""
+    from edge_runtime.commands.watch import job_status as run
+
+    run(host, port, fleet, timeout_s=timeout, watch=watch, interval_s=interval, count=count, fmt=check_format(fmt))
 
 
 @fog_app.command("run")

@@ -96,3 +96,80 @@ def run_dashboard(*, host: str, port: int, fleet: str, listen: str, metrics: lis
         stop.wait(run_for if run_for > 0 else None)
     finally:
         board.close()
+
+
+class _JobFeed:
+    """A subscriber that feeds a FleetView with the fleet's adverts, announcements and the cloud's metrics."""
+
+    def __init__(self, host: str, port: int, fleet: str) -> None:
+        from edge_runtime.dashboard.view import FleetView
+
+        self.view = FleetView(fleet=fleet)
+        self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.client = MqttTransport(client_id=f"hffm-job-{os.getpid()}", host=host, port=port, timeout_s=5.0,
+                                    on_message=lambda t, p, _r: self.inbox.put((t, p)))
+        self.client.connect()
+        self.client.subscribe([topics.state_filter(fleet), topics.ctl_filter(fleet), topics.metrics(fleet)])
+
+    def drain(self, wait_s: float) -> int:
+        from edge_runtime.errors import HffmError
+        from edge_runtime.protocol import RoundControl, RoundMetrics
+        from edge_runtime.protocol.routing import decode_message
+
+        taken, end = 0, time.monotonic() + wait_s
+        while True:
+            try:
+                topic, payload = self.inbox.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                return taken
+            try:
+                _parsed, msg = decode_message(topic, unwrap_unverified(payload))
+            except HffmError:
+                continue
+            taken += 1
+            if isinstance(msg, NodeState):
+                self.view.on_state(msg)
+            elif isinstance(msg, RoundControl):
+                self.view.on_control(msg)
+            elif isinstance(msg, RoundMetrics):
+                self.view.on_metrics(msg)
+
+
+def _job_text(status: dict[str, object]) -> str:
+    acc = status["last_accuracy"]
+    eta = status["eta_s"]
+    return "\n".join([
+        f"fleet {status['fleet']}  job {status['job'] or '(not announced)'}",
+        ("finished" if status["finished"] else f"global round {status['global_round']} of {status['total_rounds']}")
+        + f"  ({status['rounds_done']} done, {float(status['progress']):.0%})",  # type: ignore[arg-type]
+        f"devices online {status['devices_online']} of {status['devices']}, fogs online {status['fogs_online']}",
+        "last accuracy: " + ("none yet" if acc is None else
+                             f"round {acc['round']}: mean {acc['mean']:.3f} " +  # type: ignore[index]
+                             " ".join(f"{t}={v:.3f}" for t, v in sorted(acc["tasks"].items()))),  # type: ignore[index]
+        "ETA: " + ("unknown (seen fewer than two rounds open; use --watch)" if eta is None else f"{eta:.0f} s"),
+    ])
+
+
+def job_status(host: str, port: int, fleet: str, *, timeout_s: float, watch: bool, interval_s: float,
+               count: int, fmt: str) -> None:
+    """Print the job's round, progress, participants, last accuracy and ETA; with ``watch``, keep it current.
+
+    Raises:
+        TransportError: the broker cannot be reached.
+    """
+    feed = _JobFeed(host, port, fleet)
+    try:
+        feed.drain(timeout_s)
+        refreshes = 0
+        while True:
+            status = feed.view.job_status()
+            if fmt == "json":
+                print(json.dumps(status), flush=True)
+            else:
+                Console().print(_job_text(status))
+            refreshes += 1
+            if not watch or (count and refreshes >= count):
+                return
+            feed.drain(interval_s)
+    finally:
+        feed.client.close()

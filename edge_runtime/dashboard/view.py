@@ -30,6 +30,7 @@ class FleetView:
     finished: bool = False
     job: str = ""
     bytes_by_round: dict[int, dict[str, int]] = field(default_factory=dict)  # global round -> link -> bytes
+    round_opened: dict[int, float] = field(default_factory=dict)  # global round -> when this view saw it open
     events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=EVENTS_KEPT))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _last_link_totals: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)
@@ -60,6 +61,7 @@ class FleetView:
                     self._event("round", "the cloud announced the end of the job")
                 elif not msg.final and msg.global_round != self.global_round:
                     self.global_round = msg.global_round
+                    self.round_opened.setdefault(msg.global_round, time.time())
                     self._event("round", f"global round {msg.global_round} of {msg.total_rounds} opened")
             elif not msg.final and self.cluster_rounds.get(msg.sender) != msg.cluster_round:
                 self.cluster_rounds[msg.sender] = msg.cluster_round
@@ -87,6 +89,35 @@ class FleetView:
                 self._last_link_totals[(node, link)] = total
                 if grown > 0:
                     booked[link] = booked.get(link, 0) + int(grown)
+
+    def eta_s(self) -> float | None:
+        """Seconds until the job ends at the pace of the rounds this view saw open (None: fewer than two seen)."""
+        seen = sorted(self.round_opened.items())
+        if self.finished:
+            return 0.0
+        if len(seen) < 2 or not self.total_rounds:
+            return None
+        per_round = (seen[-1][1] - seen[0][1]) / (seen[-1][0] - seen[0][0])
+        return max(0.0, per_round * (self.total_rounds - self.global_round + 1) - (time.time() - seen[-1][1]))
+
+    def job_status(self) -> dict[str, Any]:
+        """The job at a glance: round, progress, participants, last accuracy, ETA (``hffm job status``)."""
+        with self._lock:
+            devices = [n for n in self.nodes.values() if n["role"] == "device"]
+            last = max(self.accuracy) if self.accuracy else None
+            eta = self.eta_s()
+            done = self.total_rounds if self.finished else max(0, self.global_round - 1)
+            return {
+                "fleet": self.fleet, "job": self.job, "finished": self.finished, "global_round": self.global_round,
+                "total_rounds": self.total_rounds, "rounds_done": done,
+                "progress": round(done / self.total_rounds, 3) if self.total_rounds else 0.0,
+                "devices_online": sum(1 for n in devices if n["online"]), "devices": len(devices),
+                "fogs_online": sum(1 for n in self.nodes.values() if n["role"] == "fog" and n["online"]),
+                "last_accuracy": None if last is None else {"round": last, "tasks": self.accuracy[last],
+                                                            "mean": sum(self.accuracy[last].values()) /
+                                                            max(1, len(self.accuracy[last]))},
+                "eta_s": None if eta is None else round(eta, 1),
+            }
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

@@ -1,7 +1,8 @@
 """The live dashboard in a real browser during a real tiny job (issue 19): headless Chromium (Debian's `chromium`,
 driven by Playwright) loads `hffm dashboard`'s page while the tiers run, waits for global round 2, and checks the
 DOM: every node of the fleet listed, an accuracy plot with >= 2 points per series, no console errors. A screenshot
-is saved in the test's folder. `hffm fleet status --watch` then shows the same fleet from the same broker.
+is saved in the test's folder. `hffm fleet status --watch` and `hffm job status` then show the same fleet and the
+finished job from the same broker.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ def test_the_page_follows_a_real_job_in_chromium(tmp_path: Path) -> None:
         watched = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "fleet", "status", "--watch", "--count",
                                   "1", "--interval", "1", "--format", "json", "--port", str(cloud_port), "--fleet",
                                   FLEET], capture_output=True, text=True, timeout=120, check=False)
+        job = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "job", "status", "--format", "json",
+                              "--port", str(cloud_port), "--fleet", FLEET], capture_output=True, text=True,
+                             timeout=120, check=False)
     finally:
         if board is not None:
             board.close()
@@ -84,3 +88,7 @@ def test_the_page_follows_a_real_job_in_chromium(tmp_path: Path) -> None:
     assert watched.returncode == 0, watched.stderr
     nodes = json.loads(watched.stdout.splitlines()[-1])["nodes"]
     assert {n["node"] for n in nodes} == {FOG, *DEVICES}
+    assert job.returncode == 0, job.stderr
+    status = json.loads(job.stdout)
+    assert (status["finished"], status["rounds_done"], status["total_rounds"], status["eta_s"]) == (True, 3, 3, 0.0)
+    assert status["last_accuracy"]["round"] == 3 and status["devices"] == 2

@@ -63,3 +63,20 @@ def test_link_totals_reads_the_prometheus_text() -> None:
     text = ('# HELP hffm_sent_bytes_total x\nhffm_sent_bytes_total{link="fog_to_cloud"} 1234.0\n'
             'hffm_sent_messages_total{link="fog_to_cloud"} 3.0\nhffm_sent_bytes_total{link="other"} nan-ish\n')
     assert link_totals(text) == {"fog_to_cloud": 1234.0}
+
+
+def test_job_status_gives_progress_and_an_eta_once_two_rounds_were_seen(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import edge_runtime.dashboard.view as view_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(view_module.time, "time", lambda: clock[0])
+    view = FleetView(fleet=FLEET)
+    view.on_control(_ctl("cloud", 1, 0))
+    assert view.job_status()["eta_s"] is None
+    clock[0] = 1100.0
+    view.on_control(_ctl("cloud", 2, 0))  # 100 s per round; round 2 of 3 just opened: 2 rounds left
+    clock[0] = 1120.0
+    status = view.job_status()
+    assert (status["rounds_done"], status["progress"], status["eta_s"]) == (1, 0.333, 180.0)
+    view.on_control(_ctl("cloud", 4, 0, final=True))
+    assert view.job_status()["eta_s"] == 0.0 and view.job_status()["progress"] == 1.0
