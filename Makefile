@@ -12,8 +12,10 @@ STAMP := $(VENV)/.hffm-installed
 TORCH_PIP_ARGS ?=
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+# What `make test-stress` runs beside two CPU busy loops (the fault suite: green under load, not only when idle).
+STRESS_TESTS ?= tests/faults
 
-.PHONY: setup demo test lint mosquitto clean
+.PHONY: setup demo test test-stress lint mosquitto clean
 
 setup: $(STAMP) mosquitto
 
@@ -40,6 +42,11 @@ lint: setup
 
 test: setup lint
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+# The fault suite beside two `python -c "while True: pass"` loops that tests/hffm_testing/stress.py starts and stops
+# by PID; deadlines in the tests scale with the slowdown measured at session start (tests/conftest.py).
+test-stress: setup
+	$(PY) tests/hffm_testing/stress.py --loops 2 -- $(VENV)/bin/pytest -q $(STRESS_TESTS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis
