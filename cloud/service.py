@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from cloud.job import choose_job
 from cloud.round_state import CloudRoundState
 from cloud.store import VersionStore
 from edge_runtime.compression.module_codec import layout_of, same_layout, unpack
@@ -73,6 +74,9 @@ class CloudService(Service):
             self.eval_data[task] = load_task_file(resolve(cfg.base_dir, path), modality=TASKS[task].modality,
                                                   task=task)
         self.store = VersionStore(resolve(cfg.base_dir, c.db))
+        # The job: the one this state_dir holds (resumed), or a new one (cloud/job.py); named in every announcement.
+        self.job, self.resumable = choose_job(resolve(cfg.base_dir, cfg.state_dir), c.job_id)
+        self.pub.job = self.job
         self.expected_fogs = set(c.fogs)
         self.round_g = 0
         # The open round on disk: partial sums, applied keys, reports (a killed cloud resumes it; cloud/round_state.py).
@@ -90,15 +94,18 @@ class CloudService(Service):
         return self.rs.reported
 
     def start(self) -> None:
-        saved, latest = self.rs.load(), self.store.latest_versions()
+        saved = self.rs.load() if self.resumable else 0
+        latest = self.store.latest_versions(self.job) if saved else {}
         if saved and latest:
+            log.info("cloud: resuming job %s", self.job)
             self._resume(saved, latest)
             return
+        # A new job: its versions and announcement replace, retained, whatever an earlier job left on the brokers.
         self.rs.reset()
         self.meter.round = 1
         for key in self.keys:
             self._publish_global(key, version=0)
-        log.info("cloud: %d modules at version 0; %d fogs expected; %d rounds", len(self.keys),
+        log.info("cloud: job %s: %d modules at version 0; %d fogs expected; %d rounds", self.job, len(self.keys),
                  len(self.expected_fogs), self.cfg.cloud.rounds)
         self._open_round(1)
 
@@ -145,7 +152,7 @@ class CloudService(Service):
         self.rs.close_files()
 
     def extra_metrics(self) -> dict[str, Any]:
-        return {"rounds": self.history}
+        return {"job": self.job, "rounds": self.history}
 
     # -- handlers ------------------------------------------------------------------------------------------------
     def _on_aggregate(self, topic: Topic, msg: FogAggregate) -> None:
@@ -214,7 +221,7 @@ class CloudService(Service):
         self.deadline = time.monotonic() + allowance
         ctl = RoundControl(fleet=self.fleet, sender="cloud", global_round=g, cluster_round=0, total_rounds=c.rounds,
                            agg_every=c.agg_every, local_epochs=c.local_epochs, deadline_s=c.round_deadline_s,
-                           final=g > c.rounds)
+                           final=g > c.rounds, job=self.job)
         self.transport.publish(topics.ctl(self.fleet, "cloud"), encode(ctl), category="cloud_to_fog", retain=True)
         if ctl.final:
             self.done = True

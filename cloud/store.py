@@ -6,6 +6,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from edge_runtime.errors import DecodeError
 from edge_runtime.protocol import ModuleKey, ModuleVersion, decode, encode
 
 _SCHEMA = """
@@ -35,15 +36,18 @@ class VersionStore:
                 (str(version.key), version.global_round, version.sha256, encode(version), time.time()),
             )
 
-    def latest_versions(self) -> dict[ModuleKey, ModuleVersion]:
-        rows = self._db.execute(
-            "SELECT payload FROM module_versions m WHERE version = "
-            "(SELECT MAX(version) FROM module_versions WHERE module = m.module)"
-        ).fetchall()
-        out = {}
-        for (payload,) in rows:
-            v = decode(payload, ModuleVersion)
-            out[v.key] = v
+    def latest_versions(self, job: str) -> dict[ModuleKey, ModuleVersion]:
+        """The newest stored version of each module of ``job``. Versions of other jobs (each names its job; a row
+        from before job ids does not decode) are passed over: a database kept across jobs never feeds an earlier
+        job's versions to a resumed one."""
+        out: dict[ModuleKey, ModuleVersion] = {}
+        for (payload,) in self._db.execute("SELECT payload FROM module_versions ORDER BY version"):
+            try:
+                v = decode(payload, ModuleVersion)
+            except DecodeError:
+                continue
+            if v.job == job:
+                out[v.key] = v
         return out
 
     def put_round(self, rnd: int, accuracy: dict[str, float], fogs: list[str], modules_updated: int) -> None:

@@ -24,8 +24,8 @@ from edge_runtime.compression import ErrorFeedback
 from edge_runtime.compression.module_codec import layout_of, pack
 from edge_runtime.config import DeviceConfig, load_config, make_codecs, resolve
 from edge_runtime.d2d.device import D2dDevice
-from edge_runtime.downlink import ResyncNeeded, VersionReceiver
-from edge_runtime.errors import ConfigError, DecodeError
+from edge_runtime.downlink import JobWatch, ResyncNeeded, VersionReceiver
+from edge_runtime.errors import ConfigError, DecodeError, StaleModelError
 from edge_runtime.protocol import (
     ModuleKey,
     ModuleUpdate,
@@ -122,6 +122,12 @@ class EdgeAgent(D2dDevice, Service):
         state_dir = resolve(cfg.base_dir, cfg.state_dir)
         self.residuals_path = state_dir / f"{dev.id}-residuals.npz"
         self.status_path = state_dir / f"{dev.id}-status.json"
+        # The job this device is in: saved, so that a restarted device still knows the job's end when it hears it.
+        self.job_path = state_dir / f"{dev.id}-job.json"
+        self.jobs = JobWatch(f"device {dev.id}", self.rejected, job=self._load_job())
+        self.advert_job = ""  # the job named in adverts: confirmed by an announcement in this run, else none
+        self.crash_reason: str | None = None
+        self.stale_modules: list[str] = []  # at the end of the job: modules older than the final version
         self.modules_path = state_dir / f"{dev.id}-modules.npz"
         self.local_modules_path = state_dir / f"{dev.id}-local-modules.npz"
         self.next_advert = 0.0
@@ -171,12 +177,21 @@ class EdgeAgent(D2dDevice, Service):
             if topic.module != message.key or message.sender != self.fog:
                 raise DecodeError(f"cluster version of {message.key} from {message.sender!r} on {topic} is not "
                                   f"from fog {self.fog!r} or not for its topic")
+            if message.job != self.jobs.job:  # the last job's retained version, or this job's before its round
+                self.jobs.park(message)
+                return
             self._apply_version(message)
         elif topic.kind == "ctl":
             if message.sender != self.fog:
                 raise DecodeError(f"round announcement from {message.sender!r}, not from fog {self.fog!r}")
-            if self.outbox is not None:  # the fog opened this round: every earlier one is closed
-                self.outbox.expire_rounds_before(round_tag(message.global_round, message.cluster_round))
+            if message.job != self.jobs.job:
+                if message.final:  # the end of a job this device is not in, e.g. the last job's, still retained
+                    self.jobs.ignore(message.job, "the final round announcement")
+                    return
+                self._join(message.job)
+            self.advert_job = message.job
+            if self.sender is not None:  # the fog opened this round: every earlier one is closed
+                self.sender.expire_rounds_before(round_tag(message.global_round, message.cluster_round))
             if self.d2d is not None:
                 self.d2d.expire_before(message.global_round, message.cluster_round)
             self.ctl = message
@@ -210,7 +225,7 @@ class EdgeAgent(D2dDevice, Service):
             backbone=self.cfg.model.backbone, num_samples={t: len(y) for t, (_x, y) in self.data.train.items()},
             modalities=tuple(dev.modalities), tasks=tuple(dev.tasks),
             versions={str(k): s for k, s in self.rx.stamps.items()}, telemetry=telemetry, last_seen=time.time(),
-            status=state, skip=skip)
+            status=state, skip=skip, job=self.advert_job)
         # Does not block unless ``wait`` (the last advert before exit): with the fog link down (a D2D device keeps
         # working through its group) it is retried in a few seconds; a newer advert replaces an older one (retained).
         topic = topics.state(self.fleet, self.node)
@@ -228,11 +243,52 @@ class EdgeAgent(D2dDevice, Service):
         if self.d2d is not None:
             self.d2d.close()
 
+    def on_crash(self, reason: str) -> None:
+        """The loop ended with an error: say so in the status file (``crashed``, or ``stale`` when the job ended
+        without the final modules), with the link down. Best effort: the error may be a full disk."""
+        self.crash_reason = reason
+        self.state_text = "stale" if self.stale_modules else "crashed"
+        try:
+            self._write_status({})
+        except OSError as exc:
+            log.warning("device %s: could not record the crash in %s: %s", self.node, self.status_path, exc)
+
+    def _load_job(self) -> str | None:
+        """The job a previous run of this device was in (None: none, or an unreadable file, said in the log)."""
+        import json
+
+        if not self.job_path.exists():
+            return None
+        try:
+            return str(json.loads(self.job_path.read_text())["job"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("device %s: job file %s unreadable (%s); waiting for the fog to name a job", self.node,
+                        self.job_path, exc)
+            return None
+
+    def _join(self, job: str) -> None:
+        """Be in ``job`` (named by a round announcement of the fog) from now on: leave the previous job's versions,
+        queued updates and error feedback behind, and apply the job's versions that arrived before this."""
+        old = self.jobs.job
+        if old is not None:
+            log.warning("device %s: fog %s announces job %r; leaving job %r", self.node, self.fog, job, old)
+            self.rx = VersionReceiver(layouts=self.rx.layouts)
+            self.last_done, self.pending = (0, 0), None
+            self.feedback = ErrorFeedback()
+            if self.sender is not None:
+                self.sender.expire_rounds_before(2**62)
+        parked = self.jobs.join(job)
+        write_json(self.job_path, {"job": job})
+        for version in parked:
+            self._apply_version(version)
+
     def _write_status(self, telemetry: dict[str, float]) -> None:
         status = {
             "device": self.node, "fog": self.fog, "fleet": self.fleet, "pid": os.getpid(), "state": self.state_text,
             "broker": f"{self.cfg.broker.host}:{self.cfg.broker.port}",
-            "link": {"connected": self.transport.connected and self.state_text[:7] != "stopped"},
+            "job": self.jobs.job, "reason": self.crash_reason,
+            "link": {"connected": self.transport.connected and self.crash_reason is None
+                     and self.state_text[:7] != "stopped"},
             "last_round": list(self.last_done) if self.last_done != (0, 0) else None,
             "modules": {str(k): list(s) for k, s in sorted(self.rx.stamps.items())},
             "held_modules": [str(k) for k in self.keys],
@@ -275,12 +331,13 @@ class EdgeAgent(D2dDevice, Service):
                         [str(k) for k in behind])
         self.pending = None
         if ctl.final:
-            self._finish_job()
+            self._finish_job(ctl)
         else:
             self._train_and_send(ctl)
 
     def extra_metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {"final_accuracy": self.final_accuracy, "rounds": self.rounds_log,
+                               "job": self.jobs.job, "stale_modules": self.stale_modules,
                                "outbox": self.sender.stats() if self.sender is not None else None}
         if self.d2d is not None:
             out["d2d"] = self.d2d.stats()
@@ -441,7 +498,13 @@ class EdgeAgent(D2dDevice, Service):
             return max(1, sum(n for t, n in used.items() if self.data.modality_of[t] == key.modality))
         return max(1, used.get(key.task, 0))
 
-    def _finish_job(self) -> None:
+    def _finish_job(self, ctl: RoundControl) -> None:
+        """Evaluate the final modules on the test files and stop.
+
+        Raises:
+            StaleModelError: a module is older than the final version (the job's end was heard, its model was not):
+                evaluated and recorded anyway, but the device does not end as if it had the final model.
+        """
         from edge_runtime.training import evaluate
 
         for key, state in self.rx.states.items():  # evaluate what the fleet was sent, as every device holds it
@@ -452,6 +515,13 @@ class EdgeAgent(D2dDevice, Service):
         log.info("device %s: job finished; test accuracy %s", self.node,
                  {t: round(a, 3) for t, a in self.final_accuracy.items()})
         self._save_modules()
+        final = (ctl.global_round, 0)
+        self.stale_modules = sorted(str(k) for k in self.keys if self.rx.stamps.get(k, (-1, -1)) < final)
+        if self.stale_modules:
+            held = {str(k): self.rx.stamps.get(k) for k in self.keys}
+            self.advertise(f"stale: job finished without the final version of {self.stale_modules}")
+            raise StaleModelError(f"device {self.node}: job {ctl.job!r} finished at version {final}, but this device "
+                                  f"holds {held}: the accuracy above is of stale modules {self.stale_modules}")
         self.advertise("job finished")
         self.done = True
 

@@ -21,6 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10 (JetPack 6): the same parser from PyPI
     import tomli as tomllib
 from edge_runtime.protocol.keys import check_name
+from edge_runtime.protocol.messages import check_job_id
 from edge_runtime.protocol.topics import check_segment
 from edge_runtime.resources import ResourceThresholds
 
@@ -266,12 +267,16 @@ class FogSection:
     # the open round with weight num_samples * staleness_decay ** lag).
     late_updates: str = "reject"
     staleness_decay: float = 0.5
+    # An open round waits at most this long for a device whose advert (or last will) says it is offline, even to
+    # reach min_participants (D2D members that a group member may still relay for wait for the deadline).
+    offline_grace_s: float = 10.0
 
     def __post_init__(self) -> None:
         check_segment(self.id, "fog id")
         check_segment(self.fleet, "fleet")
         _positive_seconds(self.round_deadline_s, "round_deadline_s")
         _positive_seconds(self.startup_timeout_s, "startup_timeout_s")
+        _positive_seconds(self.offline_grace_s, "offline_grace_s")
         if self.max_participants_per_module < 0:
             raise ValueError("max_participants_per_module must be >= 0")
         if not self.devices:
@@ -331,9 +336,13 @@ class CloudSection:
     # fog_gateway/aggregation (median, trimmed_mean, krum), with its parameters (norm_bound works with any rule).
     aggregator: str = "fedavg"
     aggregator_params: dict[str, object] = field(default_factory=dict)
+    # The job's id, named in every announcement and version (docs/reliability.md, "Jobs"); "" = the one saved in
+    # state_dir, or a fresh one for a new state_dir.
+    job_id: str = ""
 
     def __post_init__(self) -> None:
         check_segment(self.fleet, "fleet")
+        check_job_id(self.job_id)
         for f in self.fogs:
             check_segment(f, "fog id")
         if not self.fogs:

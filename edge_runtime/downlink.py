@@ -10,11 +10,17 @@ A :class:`VersionReceiver` (device, fog) applies a delta only onto the exact ver
 hold that version (it joined late, or missed one) it asks for a resync, and the publisher answers with the full
 ``P`` at the current stamp (raw fp32). The first version of a module, and every version under the ``fp32`` codec,
 is sent as full state.
+
+Every version names the job it belongs to (``ModuleVersion.job``, the publisher's ``job``). A :class:`JobWatch`
+(device, fog) knows which job its node is in and sets aside the versions of any other job: brokers keep an earlier
+job's retained versions, and a node that applied one would hold a stamp above every version of the new job.
 """
 
 from __future__ import annotations
 
+import logging
 import zlib
+from collections import Counter
 from collections.abc import Mapping
 
 import numpy as np
@@ -24,8 +30,11 @@ from edge_runtime.compression.module_codec import layout_of, pack, same_layout, 
 from edge_runtime.errors import DecodeError
 from edge_runtime.protocol import RAW_CODEC, ModuleKey, ModuleVersion
 
+log = logging.getLogger(__name__)
 State = dict[str, np.ndarray]
 Stamp = tuple[int, int]
+PARKED_JOBS = 4  # jobs whose versions are kept aside at once (the newest per module each)
+OTHER_JOB = "other_job"  # the reject reason a message of another job is counted under
 
 
 class ResyncNeeded(Exception):
@@ -37,9 +46,10 @@ class ResyncNeeded(Exception):
 
 
 class VersionPublisher:
-    def __init__(self, *, fleet: str, sender: str, codecs: Mapping[str, Codec]) -> None:
+    def __init__(self, *, fleet: str, sender: str, codecs: Mapping[str, Codec], job: str = "") -> None:
         self.fleet = fleet
         self.sender = sender
+        self.job = job  # named in every version published
         self.codecs = dict(codecs)
         self.raw = make_codec(RAW_CODEC)
         self.true: dict[ModuleKey, State] = {}
@@ -60,7 +70,7 @@ class VersionPublisher:
         self.published[key] = {n: (a + sent[n]).astype(np.float32) for n, a in self.published[key].items()}
         self.stamps[key] = stamp
         return ModuleVersion(fleet=self.fleet, sender=self.sender, key=key, global_round=stamp[0], stage=stamp[1],
-                             delta_base=base, **packed.fields())
+                             delta_base=base, job=self.job, **packed.fields())
 
     def resync(self, key: ModuleKey) -> ModuleVersion:
         """The full published state at its current stamp (for a receiver that lost track).
@@ -76,7 +86,7 @@ class VersionPublisher:
         packed, _ = pack(self.published[key], self.raw)
         self.stamps[key] = stamp
         return ModuleVersion(fleet=self.fleet, sender=self.sender, key=key, global_round=stamp[0], stage=stamp[1],
-                             **packed.fields())
+                             job=self.job, **packed.fields())
 
 
 class VersionReceiver:
@@ -115,3 +125,49 @@ class VersionReceiver:
         self.states[msg.key] = state
         self.stamps[msg.key] = msg.stamp
         return state
+
+
+class JobWatch:
+    """The job a node is in (None until it learns one), and the module versions of other jobs it set aside.
+
+    A node learns its job from an announcement of its upstream (``join``). A version of another job is parked, the
+    newest per module for the last few jobs: a retained version of a new job may arrive before the announcement that
+    names the job, and is applied once the node joins it. Messages of another job that the node is not waiting for
+    are counted under ``other_job`` and logged once per job id.
+    """
+
+    def __init__(self, who: str, rejected: Counter[str], job: str | None = None) -> None:
+        self.who = who
+        self.rejected = rejected
+        self.job = job
+        self.parked: dict[str, dict[ModuleKey, ModuleVersion]] = {}
+        self._logged: set[str] = set()
+
+    def ignore(self, job: str, what: str) -> None:
+        """Count (and, the first time for ``job``, log) a message of another job that is ignored."""
+        self.rejected[OTHER_JOB] += 1
+        if job not in self._logged:
+            self._logged.add(job)
+            mine = "in no job yet" if self.job is None else f"in job {self.job!r}"
+            log.warning("%s: ignoring %s of job %r (this node is %s); further messages of that job are only counted, "
+                        "under %r", self.who, what, job, mine, OTHER_JOB)
+
+    def park(self, msg: ModuleVersion) -> None:
+        """Set aside a version of a job this node is not in (counted and logged while it is in another job)."""
+        if self.job is not None:
+            self.ignore(msg.job, f"a version of {msg.key}")
+        kept = self.parked.pop(msg.job, {})
+        held = kept.get(msg.key)
+        if held is None or msg.stamp > held.stamp or (msg.stamp == held.stamp and msg.delta_base is None):
+            kept[msg.key] = msg
+        self.parked[msg.job] = kept  # most recently touched last
+        while len(self.parked) > PARKED_JOBS:
+            del self.parked[next(iter(self.parked))]
+
+    def join(self, job: str) -> list[ModuleVersion]:
+        """Be in ``job`` from now on; returns the versions of it set aside so far (oldest stamp first), and forgets
+        those of every other job."""
+        self.job = job
+        mine = self.parked.pop(job, {})
+        self.parked.clear()
+        return sorted(mine.values(), key=lambda v: v.stamp)

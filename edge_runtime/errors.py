@@ -80,6 +80,11 @@ class InternalError(HffmError):
     help = "an unexpected internal error (a bug: the log has the traceback)"
 
 
+class StaleModelError(HffmError):
+    exit_code = 13
+    help = "a device ended its job without the final global model (it evaluated older modules)"
+
+
 def storage_error(exc: OSError, what: str = "") -> StorageError:
     """A :class:`StorageError` that names the cause of ``exc`` in words (disk full, read-only file system, ...)."""
     import errno
@@ -105,4 +110,5 @@ ALL_ERRORS: tuple[type[HffmError], ...] = (
     SecurityError,
     StorageError,
     InternalError,
+    StaleModelError,
 )

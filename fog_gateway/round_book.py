@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.config import FogConfig, make_codecs
-from edge_runtime.downlink import VersionPublisher
+from edge_runtime.downlink import JobWatch, VersionPublisher
 from edge_runtime.errors import AggregationError
 from edge_runtime.protocol import ModuleKey, ModuleVersion, RoundControl
 from edge_runtime.transport import TrafficMeter
@@ -160,6 +160,7 @@ class JournaledRounds:
     node: str
     meter: TrafficMeter
     journal: RoundJournal
+    jobs: JobWatch
     plan: RoundControl | None
     round_g: int
     cluster_c: int
@@ -173,9 +174,10 @@ class JournaledRounds:
         raise NotImplementedError
 
     def _forget(self) -> None:
-        """No round state: a gateway that starts a job from scratch."""
+        """No round state: a gateway that starts a job from scratch (it stays in the job it is in, if any)."""
         self.pub = VersionPublisher(fleet=self.fleet, sender=self.node, codecs=make_codecs(self.cfg.downlink,
-                                                                                           "downlink"))
+                                                                                           "downlink"),
+                                    job=self.jobs.job or "")
         blank = Position()  # the schedule: round_g, cluster_c, in_round, modules, participants, previous, ...
         for name in SCHEDULE:
             setattr(self, name, getattr(blank, name))
@@ -203,6 +205,7 @@ class JournaledRounds:
             setattr(self, name, getattr(snap.position, name))
         assert self.plan is not None
         self.plan_seen_at, self.job, self.meter.round = time.monotonic(), snap.job, self.round_g
+        self.jobs.job = self.pub.job = str(snap.job.get("job", ""))  # a journal from before job ids: job ""
         self.start_state = {k: snap.states["start"][k] for k in self.modules}
         self.pub.true, self.pub.published, self.pub.stamps = snap.states["true"], snap.states["published"], snap.stamps
         self.book.restore(snap)

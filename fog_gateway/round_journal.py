@@ -120,18 +120,17 @@ def unpack_state(layout: str, blob: bytes) -> State:
 
 
 def job_of(fleet: str, fog: str, plan: RoundControl) -> dict[str, Any]:
-    """What names a job in the journal: the fleet, the fog and the shape of the cloud's plan."""
-    return {"fleet": fleet, "fog": fog, "total_rounds": plan.total_rounds, "agg_every": plan.agg_every,
-            "local_epochs": plan.local_epochs}
+    """What names a job in the journal: the cloud's job id, the fleet, the fog and the shape of the cloud's plan."""
+    return {"job": plan.job, "fleet": fleet, "fog": fog, "total_rounds": plan.total_rounds,
+            "agg_every": plan.agg_every, "local_epochs": plan.local_epochs}
 
 
 def same_job(job: Mapping[str, Any], global_round: int, *, fleet: str, fog: str, plan: RoundControl) -> bool:
     """Whether a journal of ``job`` at ``global_round`` belongs to the job of the cloud's ``plan``.
 
-    The rule: fleet, fog, total rounds, E_agg and local epochs match, and the plan's round is not below the
-    journal's. A job's cloud never announces a round below one this fog reached (a restarted cloud resumes its
-    round), so a lower round is a new job. A new job of the same shape that has not yet passed the journal's round
-    cannot be told apart: give a new job a fresh ``state_dir`` (as for the cloud; ``hffm demo`` does).
+    The rule: the job id (the cloud's, ``RoundControl.job``), fleet, fog, total rounds, E_agg and local epochs
+    match, and the plan's round is not below the journal's. A job's cloud never announces a round below one this fog
+    reached (a restarted cloud resumes its round), so a lower round is a new job; a new job has a new id anyway.
     """
     return dict(job) == job_of(fleet, fog, plan) and plan.global_round >= global_round
 
@@ -179,7 +178,7 @@ class Position:
             "plan": {"fleet": plan.fleet, "sender": plan.sender, "global_round": plan.global_round,
                      "cluster_round": plan.cluster_round, "total_rounds": plan.total_rounds,
                      "agg_every": plan.agg_every, "local_epochs": plan.local_epochs, "deadline_s": plan.deadline_s,
-                     "final": plan.final}})
+                     "final": plan.final, "job": plan.job}})
 
     @classmethod
     def from_json(cls, text: str) -> Position:

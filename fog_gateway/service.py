@@ -28,7 +28,7 @@ import numpy as np
 from edge_runtime.compression import ErrorFeedback
 from edge_runtime.compression.module_codec import layout_of, pack, same_layout, unpack
 from edge_runtime.config import FogConfig, make_codecs, resolve
-from edge_runtime.downlink import ResyncNeeded, VersionReceiver
+from edge_runtime.downlink import JobWatch, ResyncNeeded, VersionReceiver
 from edge_runtime.errors import AggregationError, DecodeError
 from edge_runtime.protocol import (
     FogAggregate,
@@ -91,6 +91,8 @@ class FogGateway(FogTopology, JournaledRounds, Service):
         self.late_folded = 0
         make_aggregator(cfg.fog.aggregator, cfg.fog.aggregator_params)  # bad name/params: config error at start
         self.journal = RoundJournal(state_dir / f"{cfg.fog.id}-round.sqlite", kept=APPLIED_KEYS_KEPT)
+        self.jobs = JobWatch(f"fog {cfg.fog.id}", self.rejected)  # the job: from the journal, else the cloud's plan
+        self.offline_since: dict[str, float] = {}  # device -> when its advert (or last will) said offline
         self._topology_init()
         self.round_via: set[str] = set()  # devices whose update reached this round through a D2D relay
         self._forget()
@@ -106,10 +108,7 @@ class FogGateway(FogTopology, JournaledRounds, Service):
         return subs + [topics.state(self.fleet, d) for d in sorted(self.expected)] + self._topology_subscriptions()
 
     def start(self) -> None:
-        advert = NodeState(fleet=self.fleet, node=self.node, role="fog", fog=self.node, online=True,
-                           status="running", last_seen=time.time())
-        self.transport.publish(topics.state(self.fleet, self.node), encode(advert), category="fog_to_cloud",
-                               retain=True)
+        self._advertise(online=True, status="running")
         if self.announce_pending:  # killed between the journal's commit and the publications: publish them again
             self._announce([self.pub.resync(k) for k in self.modules if k in self.pub.stamps])
         log.info("fog %s: waiting for devices %s", self.node, sorted(self.expected))
@@ -122,15 +121,7 @@ class FogGateway(FogTopology, JournaledRounds, Service):
         elif topic.kind == "resync":
             self._on_resync(topic, message)
         elif topic.kind == "ctl":
-            if message.sender != "cloud" or message.global_round > message.total_rounds + 1:
-                raise DecodeError(f"round announcement from {message.sender!r} for round {message.global_round} "
-                                  f"of {message.total_rounds} is not a valid cloud plan")
-            if self.job is not None:
-                self._check_job(message)
-            if self.plan is None or message.global_round > self.plan.global_round:
-                self.plan, self.plan_seen_at = message, time.monotonic()
-                if self.outbox is not None:  # the cloud closed every earlier round
-                    self.outbox.expire_rounds_before(message.global_round)
+            self._on_plan(message)
         elif topic.kind == "up":
             self._on_update(topic, message)
         elif topic.kind == "fogpeer":
@@ -169,32 +160,89 @@ class FogGateway(FogTopology, JournaledRounds, Service):
     def finish(self) -> None:
         """On a clean exit the retained advert goes offline (the broker's last will covers crashes)."""
         if self.transport.connected:
-            advert = NodeState(fleet=self.fleet, node=self.node, role="fog", fog=self.node, online=False,
-                               status="stopped", last_seen=time.time())
-            self.transport.publish(topics.state(self.fleet, self.node), encode(advert), category="fog_to_cloud",
-                                   retain=True)
+            self._advertise(online=False, status="stopped")
         self.journal.close()
 
+    def _advertise(self, *, online: bool, status: str) -> None:
+        advert = NodeState(fleet=self.fleet, node=self.node, role="fog", fog=self.node, online=online,
+                           status=status, last_seen=time.time(), job=self.jobs.job or "")
+        self.transport.publish(topics.state(self.fleet, self.node), encode(advert), category="fog_to_cloud",
+                               retain=True)
+
     # -- handlers ------------------------------------------------------------------------------------------------
+    def _on_plan(self, plan: RoundControl) -> None:
+        """The cloud's plan. One of another job than this fog's is either the end of a job this fog is not in
+        (ignored: brokers keep the last job's final announcement) or the start of a new job (joined)."""
+        if plan.sender != "cloud" or plan.global_round > plan.total_rounds + 1:
+            raise DecodeError(f"round announcement from {plan.sender!r} for round {plan.global_round} "
+                              f"of {plan.total_rounds} is not a valid cloud plan")
+        if plan.job != self.jobs.job:
+            if plan.final:
+                self.jobs.ignore(plan.job, "the final round announcement")
+                return
+            self._join(plan.job)
+        elif self.job is not None:
+            self._check_job(plan)
+        if self.plan is None or plan.global_round > self.plan.global_round:
+            self.plan, self.plan_seen_at = plan, time.monotonic()
+            if self.sender is not None:  # the cloud closed every earlier round
+                self.sender.expire_rounds_before(plan.global_round)
+
+    def _join(self, job: str) -> None:
+        """Be in the cloud's ``job`` from now on: leave any other job's rounds, versions, queued aggregates and
+        adverts behind, and apply the job's global versions that arrived before its plan."""
+        old = self.jobs.job
+        if old is not None:
+            log.warning("fog %s: the cloud announces job %r; leaving job %r and starting from scratch", self.node,
+                        job, old)
+            self.book.write(self.journal.reset)
+            self._forget()
+            self.global_rx = VersionReceiver()
+            if self.sender is not None:
+                self.sender.expire_rounds_before(2**62)
+        else:
+            log.info("fog %s: joining job %r", self.node, job)
+        for dev in [d for d, a in self.adverts.items() if a.job not in ("", job)]:
+            del self.adverts[dev]
+            self.holdings.pop(dev, None)
+            self.offline_since.pop(dev, None)
+        for version in self.jobs.join(job):
+            self._on_global_version(version)
+        self.pub.job = job
+        self._advertise(online=True, status="running")
+
     def _on_state(self, msg: NodeState) -> None:
         if msg.role != "device" or msg.node not in self.expected:
             raise DecodeError(f"state of {msg.node!r} (role {msg.role}) is not an expected device of {self.node}")
         if msg.fog != self.node:
             raise DecodeError(f"device {msg.node!r} says its fog is {msg.fog!r}, not {self.node!r}")
+        if msg.job and self.jobs.job is not None and msg.job != self.jobs.job:
+            self.jobs.ignore(msg.job, f"the advert of {msg.node}")  # e.g. its retained advert from the last job
+            return
         self.adverts[msg.node] = msg
         if msg.online:
             self.holdings[msg.node] = set(msg.modules)
+            if self.offline_since.pop(msg.node, None) is not None:
+                log.info("fog %s: device %s is online again", self.node, msg.node)
             if self.in_round and msg.skip == (self.round_g, self.cluster_c) and msg.node not in self.skipped:
                 log.warning("fog %s: device %s sits out round (%d,%d): %s", self.node, msg.node, self.round_g,
                             self.cluster_c, msg.status)
                 self.skipped.add(msg.node)
-        elif self.holdings.pop(msg.node, None) is not None:
-            log.warning("fog %s: device %s went offline", self.node, msg.node)
+        else:
+            self.offline_since.setdefault(msg.node, time.monotonic())
+            if self.holdings.pop(msg.node, None) is not None:
+                log.warning("fog %s: device %s went offline (%s)", self.node, msg.node, msg.status or "last will")
         self._close_if_complete()  # a skip, an offline participant, or the last advert a resumed round awaited
 
-    def _on_global(self, topic: Topic, msg: Any) -> None:
+    def _on_global(self, topic: Topic, msg: ModuleVersion) -> None:
         if topic.module != msg.key or msg.sender != "cloud":
             raise DecodeError(f"global version of {msg.key} from {msg.sender!r} on {topic} is not the cloud's")
+        if msg.job != self.jobs.job:  # an earlier job's retained version, or the next job's before its plan
+            self.jobs.park(msg)
+            return
+        self._on_global_version(msg)
+
+    def _on_global_version(self, msg: ModuleVersion) -> None:
         try:
             self.global_rx.apply(msg)
         except ResyncNeeded as exc:
@@ -273,9 +321,22 @@ class FogGateway(FogTopology, JournaledRounds, Service):
             return
         if time.monotonic() < self.settle_until and not set().union(*self.participants.values()) <= set(self.adverts):
             return
-        if all(self.book.done(k, expected=self._expected(k), selected=self.participants.get(k, set()) - self.skipped,
+        gone = self._gone()
+        if all(self.book.done(k, expected=self._expected(k),
+                              selected=self.participants.get(k, set()) - self.skipped - gone,
                               minimum=self.cfg.fog.min_participants) for k in self.modules):
             self._close_cluster_round()
+
+    def _offline(self) -> set[str]:
+        """The devices whose advert (or last will) has said offline for longer than ``offline_grace_s``: a new round
+        starts without waiting for them. An online advert brings a device back."""
+        limit = time.monotonic() - self.cfg.fog.offline_grace_s
+        return {d for d, since in self.offline_since.items() if since <= limit}
+
+    def _gone(self) -> set[str]:
+        """The offline devices (``_offline``) that no D2D group member may still bring an update of: an open round
+        no longer waits for them to reach ``min_participants`` (and ``_expected`` does not wait for them at all)."""
+        return {d for d in self._offline() if not self._d2d_reachable(d)}
 
     def _expected(self, key: ModuleKey) -> set[str]:
         """Who must still report ``key`` this round: selected, not sitting it out, and still online or in a D2D
@@ -319,7 +380,8 @@ class FogGateway(FogTopology, JournaledRounds, Service):
         if plan is None or plan.global_round <= self.round_g:
             return
         now = time.monotonic()
-        if not self.expected <= set(self.holdings) and now < self.startup_deadline:
+        # Wait (up to the start-up timeout) for every device to advertise, but not for one that said it is offline.
+        if not self.expected <= set(self.holdings) | self._offline() and now < self.startup_deadline:
             return
         held = set().union(*self.holdings.values()) if self.holdings else set()
         # Modules this fog sent upward wait (bounded) for the version merged from them; in round 1 every module
@@ -458,7 +520,8 @@ class FogGateway(FogTopology, JournaledRounds, Service):
         ctl = RoundControl(fleet=self.fleet, sender=self.node, global_round=self.round_g, cluster_round=c,
                            total_rounds=self.plan.total_rounds, agg_every=self._agg_every_now(),
                            local_epochs=self.plan.local_epochs, deadline_s=self.plan.deadline_s, final=final,
-                           participants=participants if not final else {}, relays=self.relays if not final else {})
+                           participants=participants if not final else {}, relays=self.relays if not final else {},
+                           job=self.plan.job)
         self.transport.publish(topics.ctl(self.fleet, self.node), encode(ctl), category="fog_to_device", retain=True)
 
 

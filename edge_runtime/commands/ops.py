@@ -55,6 +55,7 @@ def edge_status(config: Path, *, fmt: str) -> None:
     except (OSError, ValueError) as exc:
         raise DataError(f"unreadable status file {path}: {exc}") from None
     status["age_s"] = round(time.time() - float(status.get("updated_at", 0)), 1)
+    _check_process(status)
     if fmt == "json":
         print(json.dumps(status, indent=1))
         return
@@ -62,12 +63,38 @@ def edge_status(config: Path, *, fmt: str) -> None:
     table = Table(title=f"device {status.get('device')} (fog {status.get('fog')}, updated {status['age_s']} s ago)")
     table.add_column("field")
     table.add_column("value")
-    for key in ("state", "link", "last_round", "decision", "outbox"):
+    for key in ("state", "process", "reason", "job", "link", "last_round", "decision", "outbox"):
         table.add_row(key, json.dumps(status.get(key)))
     table.add_row("resources", ", ".join(f"{k}={v:.1f}" for k, v in status.get("resources", {}).items()))
     for module, stamp in sorted(status.get("modules", {}).items()):
         table.add_row(module, f"version {stamp}")
     console.print(table)
+
+
+def _process_alive(pid: object, since: float) -> bool:
+    """Whether process ``pid`` runs and started before ``since`` (the status file's time), i.e. is not a later
+    process that reuses the number."""
+    import psutil
+
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        return bool(psutil.Process(pid).create_time() <= since + 1.0)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # another user's process: it exists
+        return True
+
+
+def _check_process(status: dict[str, Any]) -> None:
+    """Add ``process`` (whether the agent that wrote the file still runs) and never report a link as connected for
+    an agent that is gone or ended on an error: the file keeps the last state the agent wrote."""
+    pid = status.get("pid")
+    alive = _process_alive(pid, float(status.get("updated_at", 0) or 0))
+    status["process"] = f"running (pid {pid})" if alive else f"not running (pid {pid} is gone)"
+    link = status.get("link") if isinstance(status.get("link"), dict) else {}
+    if not alive or str(status.get("state", "")) in ("crashed", "stale"):
+        status["link"] = {**link, "connected": False}
 
 
 def fleet_status(host: str, port: int, fleet: str, *, timeout_s: float, fmt: str) -> None:

@@ -6,6 +6,7 @@ from edge_runtime.protocol.envelope import SignedEnvelope
 from edge_runtime.protocol.keys import ModuleKey, modules_for
 from edge_runtime.protocol.messages import (
     GLOBAL_STAGE,
+    JOB_SCHEMA_VERSION,
     RAW_CODEC,
     Ack,
     Chunk,
@@ -21,6 +22,7 @@ from edge_runtime.protocol.messages import (
     RoundMetrics,
     TensorBlob,
     blobs_from_state,
+    check_job_id,
     state_from_blobs,
     tensors_sha256,
 )
@@ -29,6 +31,7 @@ __all__ = [
     "Ack",
     "Chunk",
     "GLOBAL_STAGE",
+    "JOB_SCHEMA_VERSION",
     "RAW_CODEC",
     "EncodedTensor",
     "SCHEMA_VERSION",
@@ -44,6 +47,7 @@ __all__ = [
     "SignedEnvelope",
     "TensorBlob",
     "blobs_from_state",
+    "check_job_id",
     "decode",
     "encode",
     "modules_for",

@@ -3,7 +3,10 @@
 On the wire a message is a positional msgpack array: ``[TYPE, schema, <value of each further field>]``, the wire
 name followed by the value of every dataclass field in ``dataclasses.fields()`` order (``schema`` is the first field
 of every wire type, so it is item 1 and is written once). Field names are not sent: the field order of a wire type
-is part of schema version 1, and changing it, or adding or removing a field, needs a new schema version.
+is part of its schema version, and changing it, or adding or removing a field, needs a new schema version. Each type
+has its version as the default of its ``schema`` field (:func:`schema_of`): 1 (``SCHEMA_VERSION``) for most, 2
+(``JOB_SCHEMA_VERSION``) for the types that gained a ``job`` field (RoundControl, ModuleVersion, NodeState). A
+payload of another version of its type is refused, by the positional and the map form alike.
 
 Decoding also accepts the older map form ``{"type": ..., "schema": ..., <field name>: <value>, ...}`` (in which
 fields with defaults may be left out). An array is first turned into that map, strictly (item 0 must be the expected
@@ -158,7 +161,7 @@ def _array_to_map(items: list[Any], expected: type, name: str) -> dict[Any, Any]
         raise DecodeError(f"expected a {name!r} message, got type {items[0]!r}")
     names = _field_names(expected)
     if len(items) > 1:
-        _check_schema(name, items[1])
+        _check_schema(name, items[1], schema_of(expected))
     if len(items) != len(names) + 1:
         raise DecodeError(f"{name}: a positional payload has {len(names) + 1} items (the type and {len(names)} "
                           f"fields), got {len(items)}")
@@ -167,9 +170,16 @@ def _array_to_map(items: list[Any], expected: type, name: str) -> dict[Any, Any]
     return out
 
 
-def _check_schema(name: str, schema: Any) -> None:
-    if type(schema) is not int or schema != SCHEMA_VERSION:
-        raise DecodeError(f"{name}: unsupported schema {schema!r}; this build reads schema {SCHEMA_VERSION}")
+@functools.cache
+def schema_of(cls: type) -> int:
+    """The schema version this build writes and reads for wire type ``cls`` (its ``schema`` field's default)."""
+    default = dataclasses.fields(cls)[0].default  # type: ignore[arg-type]
+    return default if isinstance(default, int) else SCHEMA_VERSION
+
+
+def _check_schema(name: str, schema: Any, version: int) -> None:
+    if type(schema) is not int or schema != version:
+        raise DecodeError(f"{name}: unsupported schema {schema!r}; this build reads schema {version}")
 
 
 def pack_raw(structure: Any) -> bytes:
@@ -246,7 +256,7 @@ def from_wire(raw: Any, expected: type[T]) -> T:
     got_type = raw.get("type")
     if got_type != name:
         raise DecodeError(f"expected a {name!r} message, got type {got_type!r}")
-    _check_schema(name, raw.get("schema"))
+    _check_schema(name, raw.get("schema"), schema_of(expected))
     hints = _hints(expected)
     fields = {f.name: f for f in dataclasses.fields(expected)}  # type: ignore[arg-type]
     unknown = sorted(set(raw) - set(fields) - {"type"}, key=repr)

@@ -20,6 +20,11 @@ from edge_runtime.protocol.keys import ModuleKey, check_name
 from edge_runtime.protocol.topics import check_segment
 
 SCHEMA_VERSION = 1
+# The types that name the job they belong to (RoundControl, ModuleVersion, NodeState) gained a ``job`` field in
+# schema 2; every other type is still at SCHEMA_VERSION. A type's version is the default of its ``schema`` field.
+JOB_SCHEMA_VERSION = 2
+MAX_JOB_LEN = 64
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (MAX_JOB_LEN - 1))
 ALLOWED_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64")
 MAX_DIMS = 8
 # Version stamp of a module: (global_round, stage). Stage 0..E_agg are the fog's cluster versions within a global
@@ -50,6 +55,14 @@ def _is_number(value: object) -> bool:
 def _check_key(value: object) -> None:
     _check(isinstance(value, str) and 0 < len(value) <= MAX_KEY_LEN,
            f"idempotency_key must be a non-empty string of at most {MAX_KEY_LEN} characters")
+
+
+def check_job_id(value: object, *, allow_empty: bool = True) -> None:
+    """Raises ``ValueError`` unless ``value`` is a job id: 1..64 of ``[A-Za-z0-9._-]``, starting with a letter or digit
+    (or, with ``allow_empty``, the empty string: a node that has not learned its job yet)."""
+    ok = isinstance(value, str) and ((allow_empty and value == "") or _JOB_ID.fullmatch(value) is not None)
+    _check(ok, f"job id must be 1..{MAX_JOB_LEN} characters of [A-Za-z0-9._-] starting with a letter or digit"
+               f"{' (or empty)' if allow_empty else ''}, got {value!r}")
 
 
 def _finite_nonneg(value: object, what: str) -> None:
@@ -224,7 +237,7 @@ class ModuleVersion:
     """fog -> devices (cluster) or cloud -> all (global): the full state of one module at ``stamp``."""
 
     TYPE: ClassVar[str] = "module_version"
-    schema: int = SCHEMA_VERSION
+    schema: int = JOB_SCHEMA_VERSION
     fleet: str
     sender: str
     key: ModuleKey
@@ -236,10 +249,12 @@ class ModuleVersion:
     codec: str = RAW_CODEC
     codec_params: dict[str, int | float | str] = field(default_factory=dict)
     sha256: str
+    job: str = ""  # the job this version belongs to (the cloud's job id); "" = not named
 
     def __post_init__(self) -> None:
         check_segment(self.fleet, "fleet")
         check_segment(self.sender, "sender")
+        check_job_id(self.job)
         _nonneg_int(self.global_round, "global_round")
         _nonneg_int(self.stage, "stage")
         if self.delta_base is not None:
@@ -325,7 +340,7 @@ class RoundControl:
     """
 
     TYPE: ClassVar[str] = "round_control"
-    schema: int = SCHEMA_VERSION
+    schema: int = JOB_SCHEMA_VERSION
     fleet: str
     sender: str
     global_round: int
@@ -340,10 +355,14 @@ class RoundControl:
     # D2D: module key -> {device: the relay device of its group that sends the group's averaged delta}. A device
     # not listed (or listed as its own relay) sends to the fog itself.
     relays: dict[str, dict[str, str]] = field(default_factory=dict)
+    # The job this announcement belongs to: the cloud names it, fogs pass it on. A node ignores announcements of
+    # another job than the one it is in (docs/reliability.md, "Jobs").
+    job: str = ""
 
     def __post_init__(self) -> None:
         check_segment(self.fleet, "fleet")
         check_segment(self.sender, "sender")
+        check_job_id(self.job)
         for key, devices in self.participants.items():
             ModuleKey.parse(key)
             for dev in devices:
@@ -369,7 +388,7 @@ class NodeState:
     """
 
     TYPE: ClassVar[str] = "node_state"
-    schema: int = SCHEMA_VERSION
+    schema: int = JOB_SCHEMA_VERSION
     fleet: str
     node: str
     role: str
@@ -385,8 +404,10 @@ class NodeState:
     last_seen: float = 0.0  # unix time of this advert
     status: str = ""
     skip: tuple[int, int] | None = None
+    job: str = ""  # the job the node is in; "" = none yet (and in a last will, written before any job is known)
 
     def __post_init__(self) -> None:
+        check_job_id(self.job)
         for value in (*self.modalities, *self.tasks):
             check_name(value, "modality/task")
         for key, stamp in self.versions.items():

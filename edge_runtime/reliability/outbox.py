@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_runtime.errors import ConfigError, HffmError
+from edge_runtime.errors import ConfigError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,11 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_at);
 _SYNC_MODES = ("FULL", "NORMAL")
 
 
-class OutboxError(HffmError):
-    """The outbox file could not be opened or written (a full disk, a corrupt file, a foreign schema)."""
+class OutboxError(StorageError):
+    """The outbox file could not be opened or written (a full disk, a corrupt file, a foreign schema). A
+    StorageError (exit code 11): a service stops on it rather than count it as a bad message, since what it was
+    about to commit (an update, an ack's deletion) is not on disk."""
 
-    exit_code = 1
     help = "the on-disk outbox could not be opened or written"
 
 

@@ -48,7 +48,9 @@ class ReliableSender:
         self.retransmitted = 0
         self.chunked = 0
         self.acked = 0
-        self.dropped = 0
+        self.dropped = 0  # removed unapplied: stale + rejected
+        self.stale = 0  # of those, the ones whose round closed (answered expired, or expired here)
+        self.rejected = 0  # of those, the ones the receiver refused
 
     def pump(self, *, now: float | None = None) -> int:
         """Send up to ``window`` due messages; returns how many went out. Never raises for a broker problem."""
@@ -83,9 +85,12 @@ class ReliableSender:
 
     def stats(self) -> dict[str, int]:
         """Counters for a metrics file: sent (tries, with retransmissions), retransmitted, chunked, acked,
-        dropped (expired or rejected), pending (still on disk)."""
+        dropped (removed without being applied) = stale (their round closed: answered ``expired``, or expired here
+        when a later round was announced) + rejected (refused by the receiver), pending (still on disk). Each
+        message counts once, however many acks name it."""
         return {"sent": self.sent, "retransmitted": self.retransmitted, "chunked": self.chunked, "acked": self.acked,
-                "dropped": self.dropped, "pending": self.outbox.pending()}
+                "dropped": self.dropped, "stale": self.stale, "rejected": self.rejected,
+                "pending": self.outbox.pending()}
 
     def on_ack(self, ack: Ack) -> None:
         """Apply the receiver's acknowledgement: ``applied`` removes the keys; ``expired``/``rejected`` drop them
@@ -93,5 +98,17 @@ class ReliableSender:
         if ack.status == "applied":
             self.acked += self.outbox.ack(ack.keys)
             return
-        for key in ack.keys:
-            self.dropped += self.outbox.drop(key, f"{ack.sender} answered {ack.status}")
+        gone = sum(self.outbox.drop(key, f"{ack.sender} answered {ack.status}") for key in ack.keys)
+        self.dropped += gone
+        if ack.status == "expired":
+            self.stale += gone
+        else:
+            self.rejected += gone
+
+    def expire_rounds_before(self, round_: int) -> int:
+        """Drop every queued message of a round below ``round_`` (the receiver announced a later round, so those
+        closed): counted as dropped and stale. Returns how many went."""
+        gone = len(self.outbox.expire_rounds_before(round_))
+        self.dropped += gone
+        self.stale += gone
+        return gone

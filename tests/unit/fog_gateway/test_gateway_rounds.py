@@ -1,6 +1,7 @@
 """The fog gateway's round logic without a broker (a fake transport records what it publishes): a gateway
 restarted mid-round resumes from its journal and applies every update exactly once, a new job is not polluted by
-an old journal, min_participants, and late updates in both modes."""
+an old journal, job ids (the last job's retained messages are ignored, a new job's plan is joined),
+min_participants, the offline grace, and late updates in both modes."""
 
 from __future__ import annotations
 
@@ -61,8 +62,10 @@ class Fog:
     """A gateway fed through ``dispatch()`` (retained adverts, global versions and the cloud's plan as a broker would
     deliver them), restartable on the same state_dir as after a kill -9 (nothing is closed or flushed)."""
 
-    def __init__(self, tmp_path: Path, devices: dict[str, tuple[ModuleKey, ...]], **fog: Any) -> None:
+    def __init__(self, tmp_path: Path, devices: dict[str, tuple[ModuleKey, ...]], *, job: str = "", **fog: Any
+                 ) -> None:
         self.devices = devices
+        self.job = job  # the job of the cloud's plan and versions
         self.cfg = FogConfig(fog=FogSection(id=FOG, fleet=FLEET, devices=sorted(devices), round_deadline_s=60,
                                             startup_timeout_s=30, **fog), state_dir=str(tmp_path / "state"))
         self.plan: RoundControl | None = None
@@ -74,22 +77,29 @@ class Fog:
         for dev, keys in self.devices.items():
             self.advert(dev, keys)
         for key in {k for keys in self.devices.values() for k in keys}:
-            version = ModuleVersion(fleet=FLEET, sender="cloud", key=key, global_round=0, stage=GLOBAL_STAGE,
-                                    tensors=blobs_from_state(ZERO), sha256=tensors_sha256(blobs_from_state(ZERO)))
-            self.gw.dispatch(topics.global_(FLEET, key), encode(version), retained=True)
+            self.version(key, ZERO, 0)
         if self.plan is not None:
             self.gw.dispatch(topics.ctl(FLEET, "cloud"), encode(self.plan), retained=True)
         return self.gw
 
-    def start_job(self, *, agg_every: int = 1, total_rounds: int = 1, global_round: int = 1) -> None:
+    def version(self, key: ModuleKey, state: dict[str, np.ndarray], g: int, *, job: str | None = None) -> None:
+        blobs = blobs_from_state(state)
+        version = ModuleVersion(fleet=FLEET, sender="cloud", key=key, global_round=g, stage=GLOBAL_STAGE,
+                                tensors=blobs, sha256=tensors_sha256(blobs), job=self.job if job is None else job)
+        self.gw.dispatch(topics.global_(FLEET, key), encode(version), retained=True)
+
+    def start_job(self, *, agg_every: int = 1, total_rounds: int = 1, global_round: int = 1,
+                  final: bool = False) -> None:
         self.plan = RoundControl(fleet=FLEET, sender="cloud", global_round=global_round, cluster_round=0,
-                                 total_rounds=total_rounds, agg_every=agg_every, local_epochs=1, deadline_s=60)
+                                 total_rounds=total_rounds, agg_every=agg_every, local_epochs=1, deadline_s=60,
+                                 final=final, job=self.job)
         self.gw.dispatch(topics.ctl(FLEET, "cloud"), encode(self.plan), retained=True)
         self.gw.tick()
 
     def advert(self, dev: str, keys: tuple[ModuleKey, ...], *, online: bool = True,
-               skip: tuple[int, int] | None = None) -> None:
-        advert = NodeState(fleet=FLEET, node=dev, role="device", fog=FOG, online=online, modules=keys, skip=skip)
+               skip: tuple[int, int] | None = None, job: str = "") -> None:
+        advert = NodeState(fleet=FLEET, node=dev, role="device", fog=FOG, online=online, modules=keys, skip=skip,
+                           job=job)
         self.gw.dispatch(topics.state(FLEET, dev), encode(advert), retained=True)
 
     def update(self, dev: str, value: float, n: int, *, key: ModuleKey = HEAD, c: int = 1, g: int = 1) -> str:
@@ -315,6 +325,125 @@ def test_a_late_update_after_the_global_round_left_is_expired(tmp_path: Path, ca
     assert "aggregate has already left for the cloud" in caplog.text
 
 
+def _ctl(fog: Fog) -> list[RoundControl]:
+    return [decode(p, RoundControl) for _t, p in fog.sent("ctl")]
+
+
+def test_a_fresh_fog_ignores_the_last_jobs_final_and_joins_the_next_job(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The brokers still hold job J1's end (its final plan and versions, retained): a new fog waits for a job
+    instead of finishing, and trains job J2 from J2's versions once J2's plan names the job."""
+    old = {"w": np.full((2, 3), 7.0, np.float32)}
+    fog = Fog(tmp_path, TWO, job="J1")  # boot() delivered J1's version 0 (parked: this fog is in no job yet)
+    fog.version(HEAD, old, 2)
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.downlink"):
+        fog.start_job(total_rounds=2, global_round=3, final=True)
+        fog.start_job(total_rounds=2, global_round=3, final=True)  # delivered again: counted, logged once
+    assert not fog.gw.done and fog.gw.plan is None and fog.gw.jobs.job is None
+    assert fog.gw.rejected["other_job"] == 2 and caplog.text.count("ignoring the final round announcement") == 1
+    assert not fog.sent("ctl") and not fog.sent("cluster")
+
+    fog.job = "J2"
+    fog.version(HEAD, ZERO, 0)  # the new cloud's version 0 arrives before its plan: kept aside, then applied
+    fog.start_job(total_rounds=2)
+    assert fog.gw.jobs.job == "J2" and fog.gw.in_round and (fog.gw.round_g, fog.gw.cluster_c) == (1, 1)
+    np.testing.assert_array_equal(fog.gw.start_state[HEAD]["w"], ZERO["w"])  # J2's state, not J1's 7.0
+    (ctl,) = _ctl(fog)
+    (version,) = [decode(p, ModuleVersion) for _t, p in fog.sent("cluster")]
+    assert (ctl.job, ctl.final, version.job, version.stamp) == ("J2", False, "J2", (1, 0))
+    adverts = [decode(p, NodeState) for t, p in fog.gw.transport.sent if t == topics.state(FLEET, FOG)]
+    assert adverts[-1].job == "J2" and adverts[-1].online
+
+
+def test_a_fog_in_a_job_leaves_it_for_the_clouds_new_job(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fog = Fog(tmp_path, TWO, job="J1")
+    fog.start_job(total_rounds=3)
+    key_a = fog.update("a", 1.0, 10)
+    assert fog.acks("a") == [((key_a,), "applied")]
+    fog.boot()  # a restart resumes J1 from the journal
+    assert fog.gw.jobs.job == "J1" and fog.gw.book.aggs[HEAD].count == 1
+    fog.job = "J2"
+    fog.version(HEAD, _delta(3.0), 0)
+    assert fog.gw.rejected["other_job"] == 1  # a J2 version while in J1: kept aside, counted
+    with caplog.at_level(logging.WARNING, logger="fog_gateway"):
+        fog.start_job(total_rounds=3)
+    assert "announces job 'J2'; leaving job 'J1'" in caplog.text
+    assert fog.gw.jobs.job == "J2" and fog.gw.in_round and fog.gw.book.aggs[HEAD].count == 0
+    assert key_a not in fog.gw.book.applied
+    np.testing.assert_array_equal(fog.gw.start_state[HEAD]["w"], _delta(3.0)["w"])
+    fog.advert("b", (HEAD,), online=False, job="J1")  # b's retained advert of J1: ignored, b stays a holder
+    assert fog.gw.rejected["other_job"] == 2 and "b" in fog.gw.holdings
+    fog.boot()  # the journal now holds J2
+    assert fog.gw.jobs.job == "J2" and fog.gw.in_round and fog.gw.journal.load().job["job"] == "J2"
+
+
+def test_the_fog_finishes_on_the_final_plan_of_its_own_job(tmp_path: Path) -> None:
+    fog = Fog(tmp_path, TWO, job="J1")
+    fog.start_job(total_rounds=1)
+    fog.update("a", 1.0, 10)
+    fog.update("b", 2.0, 10)
+    assert not fog.gw.in_round
+    fog.version(HEAD, ZERO, 1)
+    fog.start_job(total_rounds=1, global_round=2, final=True)
+    fog.gw.tick()
+    assert fog.gw.done and _ctl(fog)[-1].final and _ctl(fog)[-1].job == "J1"
+
+
+def test_an_offline_device_is_waited_for_one_grace_at_most(tmp_path: Path) -> None:
+    """min_participants 2: b's last will says it is offline while a has reported. The round waits (b may come
+    back) for offline_grace_s, not for the deadline; b is left out of later rounds until it is online again."""
+    fog = Fog(tmp_path, THREE, min_participants=2, offline_grace_s=10.0)
+    fog.start_job(agg_every=3, total_rounds=1)
+    fog.advert("c", (HEAD,), skip=(1, 1))
+    fog.update("a", 1.0, 10)
+    fog.advert("b", (HEAD,), online=False)
+    fog.gw.tick()
+    assert fog.gw.in_round and fog.gw.cluster_c == 1, "within the grace: b may still come back"
+    fog.gw.offline_since["b"] -= 10.5  # one grace later, long before the 60 s deadline
+    fog.gw.tick()
+    assert (fog.gw.cluster_c, fog.gw.in_round) == (2, True) and fog.gw.rejected["too_few_participants"] == 1
+    assert fog.gw.participants[HEAD] == {"a", "c"}  # b is not expected while offline
+    fog.update("a", 1.0, 10, c=2)
+    fog.update("c", 2.0, 10, c=2)
+    assert fog.gw.cluster_c == 3
+    fog.advert("b", (HEAD,))  # online again: selected from the next round on
+    assert "b" not in fog.gw.offline_since and fog.gw.participants[HEAD] == {"a", "c"}
+    fog.update("a", 1.0, 10, c=3)
+    fog.update("c", 2.0, 10, c=3)
+    assert not fog.gw.in_round
+
+
+def test_a_new_global_round_does_not_wait_for_an_offline_device(tmp_path: Path) -> None:
+    """Before it opens a global round the fog waits (up to startup_timeout_s) for every device to advertise, but
+    not longer than offline_grace_s for one whose last will said it is offline (a crashed device)."""
+    fog = Fog(tmp_path, TWO)
+    fog.start_job(total_rounds=2)
+    fog.advert("b", (HEAD,), online=False)
+    fog.update("a", 1.0, 10)
+    assert not fog.gw.in_round and fog.gw.round_g == 1  # closed without b, sent upward
+    fog.version(HEAD, ZERO, 1)
+    fog.start_job(total_rounds=2, global_round=2)
+    assert not fog.gw.in_round and fog.gw.round_g == 1, "within the grace: b may come back"
+    fog.gw.offline_since["b"] -= 10.5
+    fog.gw.tick()
+    assert fog.gw.in_round and fog.gw.round_g == 2 and fog.gw.participants[HEAD] == {"a"}
+
+
+def test_an_offline_d2d_member_is_waited_for_through_its_group(tmp_path: Path) -> None:
+    """A D2D member whose group has a member online may still reach the fog through it: no grace, the deadline."""
+    from edge_runtime.config import FogD2dConfig
+
+    fog = Fog(tmp_path, TWO, min_participants=2)
+    fog.cfg = FogConfig(fog=fog.cfg.fog, d2d=FogD2dConfig(groups=[["a", "b"]]), state_dir=fog.cfg.state_dir)
+    fog.boot()
+    fog.start_job(total_rounds=1)
+    fog.advert("b", (HEAD,), online=False)
+    fog.gw.offline_since["b"] -= 60
+    fog.update("a", 1.0, 10)
+    fog.gw.tick()
+    assert fog.gw.in_round and "b" in fog.gw._expected(HEAD) and not fog.gw._gone()
+
+
 @pytest.mark.parametrize(("fields", "match"), [
     ({"min_participants": 0}, "min_participants must be an int >= 1"),
     ({"min_participants": 4}, "above the fog's 3 device"),
@@ -323,6 +452,7 @@ def test_a_late_update_after_the_global_round_left_is_expired(tmp_path: Path, ca
     ({"staleness_decay": 0.0}, r"staleness_decay must be a number in \(0, 1\]"),
     ({"staleness_decay": 1.5}, r"staleness_decay must be a number in \(0, 1\]"),
     ({"staleness_decay": float("nan")}, r"staleness_decay must be a number in \(0, 1\]"),
+    ({"offline_grace_s": 0.0}, "offline_grace_s must be a finite number of seconds > 0"),
 ])
 def test_straggler_settings_are_validated(fields: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):

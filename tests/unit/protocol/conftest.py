@@ -34,6 +34,7 @@ from edge_runtime.protocol.messages import (
 FLEET = "fleet-1"
 FOG = "fog-a"
 DEVICE = "dev-01"
+JOB = "20261206T101500-9f3a1c"
 
 
 def sample_state(seed: int = 0) -> dict[str, np.ndarray]:
@@ -88,6 +89,7 @@ def module_version(**overrides: Any) -> ModuleVersion:
         "key": ModuleKey.encoder("image"),
         "global_round": 4,
         "stage": 1_000_000,
+        "job": JOB,
     }
     return ModuleVersion(**_with_tensors(fields, overrides, seed=2))
 
@@ -129,6 +131,7 @@ def round_control(**overrides: Any) -> RoundControl:
         "local_epochs": 1,
         "deadline_s": 30.5,
         "final": True,
+        "job": JOB,
     }
     fields.update(overrides)
     return RoundControl(**fields)
@@ -144,6 +147,7 @@ def node_state(**overrides: Any) -> NodeState:
         "modules": (ModuleKey.encoder("imu"), ModuleKey.head("activity")),
         "num_samples": {"activity": 128, "fall": 0},
         "backbone": "tiny-cnn",
+        "job": JOB,
     }
     fields.update(overrides)
     return NodeState(**fields)

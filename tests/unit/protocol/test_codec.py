@@ -29,7 +29,9 @@ from edge_runtime.protocol import codec, decode, encode
 from edge_runtime.protocol.keys import ModuleKey
 from edge_runtime.protocol.messages import (
     ALLOWED_DTYPES,
+    JOB_SCHEMA_VERSION,
     MESSAGE_TYPES,
+    SCHEMA_VERSION,
     FogAggregate,
     FogRoundReport,
     ModuleUpdate,
@@ -379,16 +381,26 @@ def test_bad_type_value_is_rejected(make: Make, wire_of: WireOf, pack: Pack, val
 
 
 @pytest.mark.parametrize("cls", MESSAGE_TYPES, ids=_type_id)
-@pytest.mark.parametrize("schema", [0, 2, -1, 2**64 - 1, "1", None, [1], 1.0, True, "missing"])
+@pytest.mark.parametrize("schema", ["other", 0, 3, -1, 2**64 - 1, "1", None, [1], 1.0, True, "missing"])
 def test_wrong_or_missing_schema_is_rejected(
     make: Make, wire_of: WireOf, pack: Pack, cls: type, schema: object
 ) -> None:
     raw = wire_of(make(cls))
     if schema == "missing":
         del raw["schema"]
+    elif schema == "other":  # the other version this build knows of (1 <-> 2): not this type's
+        raw["schema"] = 3 - codec.schema_of(cls)
     else:
         raw["schema"] = schema
     _rejects(pack(raw), cls, "schema")
+
+
+@pytest.mark.parametrize("cls", MESSAGE_TYPES, ids=_type_id)
+def test_each_type_is_at_its_schema_version(make: Make, cls: type) -> None:
+    """RoundControl, ModuleVersion and NodeState carry a job id since schema 2; the others are at schema 1."""
+    expected = JOB_SCHEMA_VERSION if cls in (RoundControl, ModuleVersion, NodeState) else SCHEMA_VERSION
+    assert codec.schema_of(cls) == make(cls).schema == expected
+    assert ("job" in [f.name for f in dataclasses.fields(cls)]) is (expected == JOB_SCHEMA_VERSION)
 
 
 # --- fields ------------------------------------------------------------------------------------------------------

@@ -161,11 +161,11 @@ def _structured_case(rng: random.Random, wires: dict[type, dict[str, Any]]) -> t
     if roll < 0.2:
         names = [n for n in wires[cls] if n not in ("type", "schema")]
         value = {n: _structure(rng, depth=1) for n in names if rng.random() < 0.9}
-        value.update({"type": cls.TYPE, "schema": 1})  # type: ignore[attr-defined]
+        value.update({"type": cls.TYPE, "schema": codec.schema_of(cls)})  # type: ignore[attr-defined]
         return value, [cls]
     if roll < 0.3:
         n_values = len(cls.__dataclass_fields__) - 1  # every field but the schema
-        return [cls.TYPE, 1, *(_structure(rng, depth=1) for _ in range(n_values))], [cls]  # type: ignore[attr-defined]
+        return [cls.TYPE, codec.schema_of(cls), *(_structure(rng, depth=1) for _ in range(n_values))], [cls]  # type: ignore[attr-defined]
     if roll < 0.65:
         return _positional_case(rng, cls, wires[cls]), [cls]
     raw = copy.deepcopy(wires[cls])

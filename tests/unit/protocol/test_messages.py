@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 from edge_runtime.errors import DecodeError
+from edge_runtime.protocol import codec
 from edge_runtime.protocol.keys import ModuleKey
 from edge_runtime.protocol.messages import (
     ALLOWED_DTYPES,
     GLOBAL_STAGE,
     MAX_DIMS,
     MESSAGE_TYPES,
+    JOB_SCHEMA_VERSION,
     SCHEMA_VERSION,
     FogAggregate,
     FogRoundReport,
@@ -44,7 +46,7 @@ def test_every_message_type_has_a_factory_and_a_wire_name(make: Make) -> None:
     for cls in MESSAGE_TYPES:
         message = make(cls)
         assert type(message) is cls
-        assert message.schema == SCHEMA_VERSION
+        assert message.schema == codec.schema_of(cls) in (SCHEMA_VERSION, JOB_SCHEMA_VERSION)
         names.add(cls.TYPE)
     assert len(names) == len(MESSAGE_TYPES), "wire names are unique"
 
@@ -267,6 +269,8 @@ BAD_FIELDS: list[tuple[type, dict[str, Any], str]] = [
     (RoundMetrics, {"total_rounds": -1}, "total_rounds must be an int >= 0"),
     (RoundMetrics, {"modules_updated": -1}, "modules_updated must be an int >= 0"),
     (RoundMetrics, {"fogs_reported": ("fog/a",)}, "invalid fog 'fog/a'"),
+    *[(cls, {"job": bad}, "job id must be 1..64 characters") for cls in (RoundControl, ModuleVersion, NodeState)
+      for bad in ("-starts-with-dash", "has space", "a/b", "x" * 65, 7, None)],
 ]
 
 
@@ -286,10 +290,10 @@ def test_defaults_and_stamp(make: Make) -> None:
     assert make(ModuleUpdate).codec == "fp32"
     state = NodeState(fleet="f", node="n", role="fog", fog="n", online=False)
     assert (state.modules, state.num_samples, state.backbone) == ((), {}, "")
-    assert RoundControl(
-        fleet="f", sender="cloud", global_round=0, cluster_round=0, total_rounds=1, agg_every=1,
-        local_epochs=0, deadline_s=0,
-    ).final is False
+    plan = RoundControl(fleet="f", sender="cloud", global_round=0, cluster_round=0, total_rounds=1, agg_every=1,
+                        local_epochs=0, deadline_s=0)
+    assert plan.final is False and plan.job == "" and state.job == ""  # "" = no job named (yet)
+    assert make(RoundControl, job="x" * 64).job == "x" * 64 and make(NodeState, job="J.1_a-b").job == "J.1_a-b"
 
 
 def test_message_keys_are_module_keys(make: Make) -> None:

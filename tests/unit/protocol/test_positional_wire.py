@@ -24,7 +24,6 @@ from edge_runtime.protocol.envelope import SignedEnvelope
 from edge_runtime.protocol.keys import ModuleKey
 from edge_runtime.protocol.messages import (
     MESSAGE_TYPES,
-    SCHEMA_VERSION,
     ModuleUpdate,
     NodeState,
     RoundControl,
@@ -72,7 +71,7 @@ def test_encode_emits_the_positional_array_and_both_forms_decode(make: Make, cls
     payload = encode(message)
     items = msgpack.unpackb(payload, raw=False)
     assert isinstance(items, list) and len(items) == len(_names(cls)) + 1
-    assert items[0] == cls.TYPE and items[1] == SCHEMA_VERSION  # type: ignore[attr-defined]
+    assert items[0] == cls.TYPE and items[1] == codec.schema_of(cls)  # type: ignore[attr-defined]
     assert decode(payload, cls) == message
     assert codec.from_wire(items, cls) == message
     as_map = _map_bytes(items, cls)
@@ -169,12 +168,15 @@ def test_too_few_or_too_many_items_are_rejected(make: Make, cls: type) -> None:
                            f"got {len(bad)}$")
 
 
-@pytest.mark.parametrize("schema", [0, 2, -1, 2**64 - 1, "1", None, [1], 1.0, True])
+@pytest.mark.parametrize("schema", ["other", 0, 3, -1, 2**64 - 1, "1", None, [1], 1.0, True])
 @pytest.mark.parametrize("cls", WIRE_TYPES, ids=_type_id)
 def test_a_wrong_schema_is_rejected(make: Make, cls: type, schema: Any) -> None:
     items = _items(make, cls)
+    version = codec.schema_of(cls)
+    if schema == "other":  # the other version this build knows of: a type at 1 refuses 2, and one at 2 refuses 1
+        schema = 3 - version
     items[1] = schema
-    match = f"^{cls.TYPE}: unsupported schema {re.escape(repr(schema))}; this build reads schema 1$"
+    match = f"^{cls.TYPE}: unsupported schema {re.escape(repr(schema))}; this build reads schema {version}$"
     _rejects(items, cls, match)
     # The schema is judged before the item count: a payload of another schema version may have other fields.
     _rejects(items[:3], cls, match)
