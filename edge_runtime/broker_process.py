@@ -2,7 +2,8 @@
 
 This is the harness behind the integration tests and local runs: one broker per fog, one cloud broker, each
 fog broker bridged to the cloud. It only ever binds 127.0.0.0/8, only ever signals the PID it started, and
-every wait in it is bounded.
+every wait in it is bounded. :func:`render_config` itself takes any address: ``hffm broker``
+(:mod:`edge_runtime.broker_node`) renders production configs through it.
 
 From a topology (``edge_runtime.topology``): a fog broker can also bridge to its neighbour fogs
 (:class:`PeerBridgeSpec`, ``fog_peer_bridge.conf.tmpl``; only the lower fog id of each pair runs the bridge), and
@@ -30,6 +31,7 @@ import socket
 import stat
 import string
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -60,7 +62,9 @@ __all__ = [
     "PeerBridgeSpec",
     "bridge_client_id",
     "bridge_state_topic",
+    "check_host",
     "find_mosquitto",
+    "is_loopback",
     "free_port",
     "peer_bridge_client_id",
     "peer_bridge_state_topic",
@@ -114,15 +118,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def templates_dir() -> Path:
     """The folder holding ``cloud.conf.tmpl`` and ``fog.conf.tmpl``: ``$HFFM_BROKER_CONFIG`` if set, else the
-    repository's ``broker_config/``.
+    repository's ``broker_config/``, else the copy an installed wheel carries (``<prefix>/share/hffm/broker_config``).
 
     Raises:
         BrokerError: the folder does not exist.
     """
     env = os.environ.get("HFFM_BROKER_CONFIG")
     folder = Path(env) if env else Path(__file__).resolve().parents[1] / "broker_config"
+    if not env and not folder.is_dir():  # an installed wheel: pyproject.toml's data-files
+        folder = Path(sys.prefix) / "share" / "hffm" / "broker_config"
     if not folder.is_dir():
-        source = "HFFM_BROKER_CONFIG" if env else "the repository"
+        source = "HFFM_BROKER_CONFIG" if env else "the repository or the installed package"
         raise BrokerError(f"broker config templates folder {str(folder)!r} (from {source}) does not exist")
     return folder
 
@@ -139,7 +145,8 @@ def bridge_state_topic(fleet: str, fog: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class BridgeSpec:
-    """Where a fog broker's bridge goes. Validates itself: topic-safe ids, a loopback host, a real port.
+    """Where a fog broker's bridge goes. Validates itself: topic-safe ids, an IP address or DNS name, a real port
+    (the harness, :class:`MosquittoProcess`, also requires a loopback host).
 
     ``tls``: the bridge's own certificate and key (role ``bridge``, CN ``bridge-<fog>``) and the CA that signed
     the cloud broker's certificate; None for a plain bridge."""
@@ -153,7 +160,7 @@ class BridgeSpec:
     def __post_init__(self) -> None:
         _check_segment(self.fleet, "fleet")
         _check_segment(self.fog, "fog")
-        _check_host(self.cloud_host)
+        check_host(self.cloud_host)
         _check_port(self.cloud_port)
         if self.tls is not None and not isinstance(self.tls, TlsSettings):
             raise BrokerError(f"bridge tls must be TlsSettings, got {type(self.tls).__name__}")
@@ -190,7 +197,8 @@ class PeerBridgeSpec:
     ``fogpeer/{fog}/#`` goes out, the neighbour's ``fogpeer/{neighbour}/#`` comes in (QoS 1).
 
     One bridge serves a pair in both directions, so only the broker of the lower fog id runs it: ``fog`` must sort
-    before ``neighbour``. Validates itself: topic-safe ids, a loopback host, a real port. Plain MQTT only (a fog
+    before ``neighbour``. Validates itself: topic-safe ids, an IP address or DNS name, a real port (the harness also
+    requires a loopback host). Plain MQTT only (a fog
     broker with TLS refuses peer bridges; see broker_config/README.md)."""
 
     fleet: str
@@ -203,7 +211,7 @@ class PeerBridgeSpec:
         _check_segment(self.fleet, "fleet")
         _check_segment(self.fog, "fog")
         _check_segment(self.neighbour, "neighbour fog")
-        _check_host(self.host)
+        check_host(self.host)
         _check_port(self.port)
         if self.fog == self.neighbour:
             raise BrokerError(f"fog {self.fog!r} cannot bridge to itself")
@@ -286,14 +294,15 @@ def render_config(
     fleet; a ``fleet`` other than the default must match it.
 
     Raises:
-        BrokerError: unknown role, a fog without a bridge (or a cloud or d2d broker with one), a host outside
-            127.0.0.0/8, a bad port, fleet, user or data dir (relative, or with whitespace), a broken template;
+        BrokerError: unknown role, a fog without a bridge (or a cloud or d2d broker with one), a host that is not
+            an IP address or DNS name (any address: the loopback rule is the harness's, :class:`MosquittoProcess`), a
+            bad port, fleet, user or data dir (relative, or with whitespace), a broken template;
             peer bridges on a broker that is not a fog, with TLS, of another fog or fleet, or twice to one
             neighbour; a d2d broker with TLS.
     """
     if role not in _ROLES:
         raise BrokerError(f"unknown broker role {role!r}; expected one of {list(_ROLES)}")
-    _check_host(host)
+    check_host(host)
     _check_port(port)
     _check_segment(fleet, "fleet")
     if role == "fog" and bridge is None:
@@ -390,6 +399,11 @@ class MosquittoProcess:
         peer_bridges: Sequence[PeerBridgeSpec] = (),
     ) -> None:
         _check_host(host)
+        if bridge is not None:
+            _check_host(bridge.cloud_host)
+        for peer in peer_bridges:
+            if isinstance(peer, PeerBridgeSpec):
+                _check_host(peer.host)
         self.name = name
         self.role: Role = role
         self.host = host
@@ -599,7 +613,38 @@ def _wait_connected(broker: MosquittoProcess, state_topic: str, timeout: float) 
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def check_host(host: str) -> None:
+    """Accept a listen or bridge address for a production config: an IP address (v4 or v6) or a DNS name.
+
+    Raises:
+        BrokerError: anything else (empty, whitespace, a URL, a port).
+    """
+    if not isinstance(host, str) or not host:
+        raise BrokerError(f"broker host {host!r} must be an IP address or a DNS name")
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if len(host) > 253 or not all(_DNS_LABEL.match(label) for label in host.rstrip(".").split(".")):
+        raise BrokerError(f"broker host {host!r} must be an IP address or a DNS name")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only: 127.0.0.0/8, ::1 or ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_host(host: str) -> None:
+    """The harness's rule: it binds and bridges to 127.0.0.0/8 only."""
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:

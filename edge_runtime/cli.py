@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from edge_runtime.commands.broker import broker_app
 from edge_runtime.commands.certs import certs_app
 from edge_runtime.errors import ALL_ERRORS, ConfigError, HffmError, InternalError, storage_error
 
@@ -40,6 +41,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(job_app, name="job")
 app.add_typer(certs_app, name="certs")
+app.add_typer(broker_app, name="broker")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="TOML config file (see examples/).")]
 TimeLimitOpt = Annotated[float, typer.Option(help="Give up (exit 9) after this many seconds.")]

@@ -318,6 +318,7 @@ class FogConfig:
     state_dir: str = "state"
     metrics_file: str = ""
     base_dir: str = "."
+    mosquitto: dict[str, Any] = field(default_factory=dict)  # [mosquitto]: this fog's broker (hffm broker, broker_node.py)
 
 
 @_frozen
@@ -365,6 +366,7 @@ class CloudConfig:
     state_dir: str = "state"  # signing counter and replay windows
     metrics_file: str = ""
     base_dir: str = "."
+    mosquitto: dict[str, Any] = field(default_factory=dict)  # [mosquitto]: the cloud broker (hffm broker, broker_node.py)
 
 
 def read_toml(path: Path | str) -> dict[str, Any]:

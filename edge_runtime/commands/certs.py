@@ -25,7 +25,7 @@ PkiOpt = Annotated[Path, typer.Option("--pki", help="The PKI folder (ca.pem, crl
 FormatOpt = Annotated[str, typer.Option("--format", help="Output format: text or json.")]
 
 
-def _friendly(func: F) -> F:
+def friendly(func: F) -> F:
     """The CLI's error contract, kept here so that this module does not import the CLI that wires it."""
 
     @functools.wraps(func)
@@ -40,7 +40,7 @@ def _friendly(func: F) -> F:
 
 
 @certs_app.command("init")
-@_friendly
+@friendly
 def certs_init(
     pki: PkiOpt = Path("pki"),
     days: Annotated[int, typer.Option(min=1, max=36500, help="CA validity in days.")] = 3650,
@@ -54,7 +54,7 @@ def certs_init(
 
 
 @certs_app.command("issue")
-@_friendly
+@friendly
 def certs_issue(
     node_id: Annotated[str, typer.Argument(metavar="ID", help="Node id = certificate CN = broker user name.")],
     role: Annotated[str, typer.Option(help="device, fog, cloud, bridge (id bridge-<fog>) or broker "
@@ -78,7 +78,7 @@ def certs_issue(
 
 
 @certs_app.command("revoke")
-@_friendly
+@friendly
 def certs_revoke(
     node_id: Annotated[str, typer.Argument(metavar="ID", help="The node id whose current certificate to revoke.")],
     pki: PkiOpt = Path("pki"),
@@ -93,7 +93,7 @@ def certs_revoke(
 
 
 @certs_app.command("signing-key")
-@_friendly
+@friendly
 def certs_signing_key(
     node_id: Annotated[str, typer.Argument(metavar="ID", help="The node id the key signs for.")],
     keys: Annotated[Path, typer.Option("--keys", help="Folder for ID.key (0600) and ID.pub.")] = Path("keys"),
@@ -112,7 +112,7 @@ def certs_signing_key(
 
 
 @certs_app.command("list")
-@_friendly
+@friendly
 def certs_list(pki: PkiOpt = Path("pki"), fmt: FormatOpt = "text") -> None:
     """Every certificate the CA issued: id, role, serial, expiry, revocation."""
     from edge_runtime.security.pki import list_certs

@@ -275,9 +275,17 @@ def test_wait_for_bridge_times_out_without_cloud(tmp_path: Path) -> None:
         assert time.monotonic() - started < 3.0
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.1", "192.168.1.2", "::1", "localhost", "example.com", ""])
-def test_render_config_rejects_non_loopback_host(host: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.1", "192.168.1.2", "::1", "localhost", "example.com"])
+def test_harness_rejects_non_loopback_host(host: str, tmp_path: Path) -> None:
+    # The production render (hffm broker) takes any address; the harness binds 127.0.0.0/8 only.
+    assert f"listener 1883 {host}" in render_config("cloud", host=host, port=1883, data_dir=tmp_path)
     with pytest.raises(BrokerError, match="127.0.0.0/8"):
+        MosquittoProcess(name="x", role="cloud", host=host, port=1883, data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("host", ["", "a b", "http://x", "10.0.0.1:1883", "-bad.example"])
+def test_render_config_rejects_a_host_that_is_no_address(host: str, tmp_path: Path) -> None:
+    with pytest.raises(BrokerError, match="IP address or a DNS name"):
         render_config("cloud", host=host, port=1883, data_dir=tmp_path)
 
 
@@ -288,8 +296,9 @@ def test_render_config_rejects_bad_input(tmp_path: Path) -> None:
         render_config("cloud", host="127.0.0.1", port=1883, data_dir=Path("rel/dir"))
     with pytest.raises(BrokerError, match="fog"):
         BridgeSpec(fleet=FLEET, fog="f1/#", cloud_host="127.0.0.1", cloud_port=1883)
+    far = BridgeSpec(fleet=FLEET, fog=FOG, cloud_host="10.1.1.1", cloud_port=1883)  # fine for hffm broker
     with pytest.raises(BrokerError, match="loopback"):
-        BridgeSpec(fleet=FLEET, fog=FOG, cloud_host="10.1.1.1", cloud_port=1883)
+        MosquittoProcess(name=FOG, role="fog", data_dir=tmp_path, bridge=far)
 
 
 def test_rendered_fog_config_bridges_every_topic_at_qos1(tmp_path: Path) -> None:
