@@ -165,27 +165,44 @@ def config_check(
         raise typer.Exit(code)
 
 
+# Operator commands on a secured broker: mutual TLS from these options or from a node config's [tls] (-c).
+NodeConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="A device, fog or cloud config: its "
+                                                    "\\[broker], fleet and \\[tls] are the defaults.")]
+TlsCaOpt = Annotated[Path | None, typer.Option("--tls-ca", help="The fleet CA (PEM) the broker's certificate must "
+                                               "chain to.")]
+TlsCertOpt = Annotated[Path | None, typer.Option("--tls-cert", help="Client certificate (PEM) of an identity the "
+                                                 "broker lets read state/# (a fog on its broker, the cloud).")]
+TlsKeyOpt = Annotated[Path | None, typer.Option("--tls-key", help="Its private key (PEM).")]
+
+
 @fleet_app.command("status")
 @friendly_errors
 def fleet_status(
-    host: Annotated[str, typer.Option(help="Broker host (a fog's or the cloud's).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Broker port.")] = 1883,
-    fleet: Annotated[str, typer.Option(help="Fleet name.")] = "demo",
+    host: Annotated[str | None, typer.Option(help="Broker host (a fog's or the cloud's; default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Broker port (default 1883).")] = None,
+    fleet: Annotated[str | None, typer.Option(help="Fleet name (default demo).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to collect retained adverts.")] = 3.0,
     watch: Annotated[bool, typer.Option(help="Keep the table live (Ctrl-C ends it).")] = False,
     interval: Annotated[float, typer.Option(min=0.2, help="With --watch: seconds between refreshes.")] = 2.0,
     count: Annotated[int, typer.Option(min=0, help="With --watch: stop after this many refreshes (0: never).")] = 0,
     fmt: FormatOpt = "text",
+    config: NodeConfigOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
 ) -> None:
     """Which nodes are online, what they hold, when they were last seen (retained state adverts)."""
+    from edge_runtime.fleet_status import broker_target, show_fleet
+
+    target = broker_target(config=config, host=host, port=port, fleet=fleet, tls_ca=tls_ca, tls_cert=tls_cert,
+                           tls_key=tls_key)
     if watch:
         from edge_runtime.commands.watch import watch_fleet
 
-        watch_fleet(host, port, fleet, interval_s=interval, count=count, fmt=check_format(fmt))
+        watch_fleet(target.host, target.port, target.fleet, interval_s=interval, count=count, fmt=check_format(fmt),
+                    tls=target.tls)
         return
-    from edge_runtime.commands.ops import fleet_status as run
-
-    run(host, port, fleet, timeout_s=timeout, fmt=check_format(fmt))
+    show_fleet(target, timeout_s=timeout, fmt=check_format(fmt))
 
 
 @app.command("dashboard")
@@ -211,19 +228,28 @@ def dashboard(
 @job_app.command("status")
 @friendly_errors
 def job_status(
-    host: Annotated[str, typer.Option(help="Broker host (the cloud's broker sees the whole fleet).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Broker port.")] = 1883,
-    fleet: Annotated[str, typer.Option(help="Fleet name.")] = "demo",
+    host: Annotated[str | None, typer.Option(help="Broker host (the cloud's broker sees the whole fleet; default "
+                                                  "127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Broker port (default 1883).")] = None,
+    fleet: Annotated[str | None, typer.Option(help="Fleet name (default demo).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to collect the retained messages.")] = 2.0,
     watch: Annotated[bool, typer.Option(help="Keep printing (Ctrl-C ends it); the ETA needs two rounds seen.")] = False,
     interval: Annotated[float, typer.Option(min=0.2, help="With --watch: seconds between prints.")] = 5.0,
     count: Annotated[int, typer.Option(min=0, help="With --watch: stop after this many prints (0: never).")] = 0,
     fmt: FormatOpt = "text",
+    config: NodeConfigOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
 ) -> None:
     """The running job: global round, progress, devices online, last accuracy per task, ETA."""
     from edge_runtime.commands.watch import job_status as run
+    from edge_runtime.fleet_status import broker_target
 
-    run(host, port, fleet, timeout_s=timeout, watch=watch, interval_s=interval, count=count, fmt=check_format(fmt))
+    target = broker_target(config=config, host=host, port=port, fleet=fleet, tls_ca=tls_ca, tls_cert=tls_cert,
+                           tls_key=tls_key)
+    run(target.host, target.port, target.fleet, timeout_s=timeout, watch=watch, interval_s=interval, count=count,
+        fmt=check_format(fmt), tls=target.tls)
 
 
 @fog_app.command("run")

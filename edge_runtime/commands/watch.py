@@ -16,10 +16,12 @@ from rich.live import Live
 from edge_runtime.errors import ConfigError, DecodeError
 from edge_runtime.protocol import NodeState, decode, topics
 from edge_runtime.security.signing import unwrap_unverified
+from edge_runtime.security.tls import TlsSettings
 from edge_runtime.transport import MqttTransport
 
 
-def watch_fleet(host: str, port: int, fleet: str, *, interval_s: float, count: int, fmt: str) -> None:
+def watch_fleet(host: str, port: int, fleet: str, *, interval_s: float, count: int, fmt: str,
+                tls: TlsSettings | None = None) -> None:
     """Keep the fleet table current from the retained adverts and their updates; redraw every ``interval_s``
     (``count`` refreshes, 0 = until Ctrl-C). JSON: one line per refresh.
 
@@ -30,7 +32,7 @@ def watch_fleet(host: str, port: int, fleet: str, *, interval_s: float, count: i
 
     inbox: queue.Queue[bytes] = queue.Queue()
     client = MqttTransport(client_id=f"hffm-watch-{os.getpid()}", host=host, port=port, timeout_s=5.0,
-                           on_message=lambda _t, payload, _r: inbox.put(payload))
+                           on_message=lambda _t, payload, _r: inbox.put(payload), tls=tls)
     client.connect()
     states: dict[str, NodeState] = {}
 
@@ -101,13 +103,13 @@ def run_dashboard(*, host: str, port: int, fleet: str, listen: str, metrics: lis
 class _JobFeed:
     """A subscriber that feeds a FleetView with the fleet's adverts, announcements and the cloud's metrics."""
 
-    def __init__(self, host: str, port: int, fleet: str) -> None:
+    def __init__(self, host: str, port: int, fleet: str, tls: TlsSettings | None = None) -> None:
         from edge_runtime.dashboard.view import FleetView
 
         self.view = FleetView(fleet=fleet)
         self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.client = MqttTransport(client_id=f"hffm-job-{os.getpid()}", host=host, port=port, timeout_s=5.0,
-                                    on_message=lambda t, p, _r: self.inbox.put((t, p)))
+                                    on_message=lambda t, p, _r: self.inbox.put((t, p)), tls=tls)
         self.client.connect()
         self.client.subscribe([topics.state_filter(fleet), topics.ctl_filter(fleet), topics.metrics(fleet)])
 
@@ -151,13 +153,13 @@ def _job_text(status: dict[str, object]) -> str:
 
 
 def job_status(host: str, port: int, fleet: str, *, timeout_s: float, watch: bool, interval_s: float,
-               count: int, fmt: str) -> None:
+               count: int, fmt: str, tls: TlsSettings | None = None) -> None:
     """Print the job's round, progress, participants, last accuracy and ETA; with ``watch``, keep it current.
 
     Raises:
         TransportError: the broker cannot be reached.
     """
-    feed = _JobFeed(host, port, fleet)
+    feed = _JobFeed(host, port, fleet, tls)
     try:
         feed.drain(timeout_s)
         refreshes = 0

@@ -7,9 +7,9 @@ granted is denied: a refused PUBLISH gets PUBACK 0x87 and reaches no one; a refu
 | Identity | Connects to | May publish | May read |
 |---|---|---|---|
 | device ``d`` of fog ``f`` | fog ``f``'s broker | ``up/f/+/+/+/d``, ``state/d``, ``resync/f/d``, ``chunk/f/d``, ``peer/f/+/d``, ``ack/f/+/d`` | ``cluster/f/#``, ``ctl/f``, ``global/#``, ``peer/f/d/+``, ``ack/f/d/+`` |
-| fog gateway ``f`` | fog ``f``'s broker | ``cluster/f/#``, ``ctl/f``, ``fogup/f/#``, ``fogdone/f``, ``state/f``, ``resync/cloud/f``, ``chunk/cloud/f``, ``ack/f/+/f`` | ``up/f/#``, ``chunk/f/+``, ``ack/f/f/+``, ``state/<its devices>``, ``resync/f/+``, ``global/#``, ``ctl/cloud``, ``$SYS/#`` |
+| fog gateway ``f`` | fog ``f``'s broker | ``cluster/f/#``, ``ctl/f``, ``fogup/f/#``, ``fogdone/f``, ``state/f``, ``resync/cloud/f``, ``chunk/cloud/f``, ``ack/f/+/f`` | ``up/f/#``, ``chunk/f/+``, ``ack/f/f/+``, ``state/+`` (only its devices' and its own reach its broker), ``resync/f/+``, ``global/#``, ``ctl/cloud``, ``$SYS/#`` |
 | bridge ``bridge-f`` | the cloud broker | ``fogup/f/#``, ``fogdone/f``, ``resync/cloud/f``, ``chunk/cloud/f``, ``state/f``, ``state/<its devices>``, its ``$SYS`` connection state | ``global/#``, ``ctl/cloud``, ``metrics/#``, ``ack/f/f/cloud`` |
-| cloud | the cloud broker | ``global/#``, ``ctl/cloud``, ``metrics/cloud``, ``ack/f/f/cloud`` for each fog ``f`` | ``fogup/+/#``, ``fogdone/+``, ``resync/cloud/+``, ``chunk/cloud/+``, ``state/+``, ``metrics/#``, ``$SYS/#`` |
+| cloud | the cloud broker | ``global/#``, ``ctl/cloud``, ``metrics/cloud``, ``ack/f/f/cloud`` for each fog ``f`` | ``fogup/+/#``, ``fogdone/+``, ``resync/cloud/+``, ``chunk/cloud/+``, ``state/+``, ``metrics/#``, ``ctl/+``, ``$SYS/#`` |
 
 The bridge's local side on a fog broker is mosquitto's own connection and is not subject to access control.
 
@@ -129,8 +129,11 @@ def fog_rules(spec: FleetSpec, fog: str) -> list[AclRule]:
         ("read", topics.global_filter(f)),
         ("read", topics.ctl(f, CLOUD_BROKER)),
         ("read", SYS_FILTER),
+        # Every advert on its own broker (its devices' and its own; the bridge carries no other fog's in): the
+        # operators' ``hffm fleet status -c fog.toml`` and the Ansible upgrade's health check read them as the fog.
+        ("read", topics.state_filter(f)),
     ]
-    return rules + [("read", topics.state(f, d)) for d in spec.devices(fog)]
+    return rules
 
 
 def bridge_rules(spec: FleetSpec, fog: str) -> list[AclRule]:
@@ -167,6 +170,7 @@ def cloud_rules(spec: FleetSpec) -> list[AclRule]:
         *(("write", topics.ack(f, fog, fog, CLOUD_BROKER)) for fog in spec.fog_ids),  # acks to each fog
         ("read", topics.state_filter(f)),
         ("read", topics.metrics_filter(f)),
+        ("read", topics.ctl_filter(f)),  # its own announcements, for ``hffm job status -c cloud.toml``
         ("read", SYS_FILTER),
     ]
 

@@ -23,6 +23,8 @@ from edge_runtime.broker_sys import read_sys
 from edge_runtime.cli import app
 from edge_runtime.errors import BrokerError, TransportError
 from edge_runtime.protocol import topics
+from edge_runtime.protocol.codec import encode
+from edge_runtime.protocol.messages import NodeState
 from edge_runtime.protocol.keys import ModuleKey
 from edge_runtime.security.auth_matrix import connect_verdict, probe_verdict
 from edge_runtime.security.fleet_pki import FleetPki, provision_fleet
@@ -266,3 +268,32 @@ def test_run_starts_brokers_that_bridge_and_refuse_intruders(
     issue(other, "dev-1", "device")
     assert_refusals(fog_port, pki, other, FLEET, "fog-1", FOGS["fog-1"])
     _connect(cloud_port, pki.identity("cloud"), "cloud").close()  # the cloud's own identity gets in (control)
+    _operator_commands_speak_tls(pki, cloud, fog, fog_port)
+
+
+def _operator_commands_speak_tls(pki: FleetPki, cloud: Path, fog: Path, fog_port: int) -> None:
+    """``fleet status`` and ``job status`` on the secured brokers, with the TLS of a node config (-c) or of
+    --tls-* options; without TLS the broker cannot be read."""
+    device = _connect(fog_port, pki.identity("dev-1"), "dev-1-advert")
+    try:
+        advert = NodeState(fleet=FLEET, node="dev-1", role="device", fog="fog-1", online=True, last_seen=time.time())
+        device.publish(topics.state(FLEET, "dev-1"), encode(advert), category="other", retain=True)
+    finally:
+        device.close()
+    result = runner.invoke(app, ["fleet", "status", "-c", str(fog), "--format", "json", "--timeout", "5"])
+    assert result.exit_code == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["broker"] == f"127.0.0.1:{fog_port}" and status["fleet"] == FLEET
+    assert [n["node"] for n in status["nodes"]] == ["dev-1"] and status["nodes"][0]["online"]
+    fog_tls = pki.identity("fog-1")
+    result = runner.invoke(app, ["fleet", "status", "--port", str(fog_port), "--fleet", FLEET, "--format", "json",
+                                 "--tls-ca", str(fog_tls.ca), "--tls-cert", str(fog_tls.cert),
+                                 "--tls-key", str(fog_tls.key)])
+    assert result.exit_code == 0 and "dev-1" in result.stdout, result.stderr
+    result = runner.invoke(app, ["fleet", "status", "--port", str(fog_port), "--fleet", FLEET, "--tls-ca",
+                                 str(fog_tls.ca)])
+    assert result.exit_code == 2 and "--tls-cert" in result.stderr
+    result = runner.invoke(app, ["fleet", "status", "--port", str(fog_port), "--fleet", FLEET, "--timeout", "2"])
+    assert result.exit_code != 0 and result.stderr.startswith("hffm: error:"), result.stderr  # plain MQTT: refused
+    result = runner.invoke(app, ["job", "status", "-c", str(cloud), "--format", "json", "--timeout", "1"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["fleet"] == FLEET, result.stderr

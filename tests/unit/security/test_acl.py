@@ -79,7 +79,8 @@ MATRIX = [
     ("fog-a", "fog-a", "read", topics.up(F, "fog-a", KEY, "dev-1"), True),
     ("fog-a", "fog-a", "read", topics.up(F, "fog-b", KEY, "dev-3"), False),
     ("fog-a", "fog-a", "read", topics.state(F, "dev-1"), True),
-    ("fog-a", "fog-a", "read", topics.state(F, "dev-3"), False),
+    # every advert on its own broker (fleet status as the fog); no other fog's adverts are bridged in
+    ("fog-a", "fog-a", "read", topics.state_filter(F), True),
     ("fog-a", "fog-a", "read", topics.resync(F, "fog-a", "dev-2"), True),
     ("fog-a", "fog-a", "read", topics.global_(F, KEY), True),
     ("fog-a", "fog-a", "read", topics.ctl(F, "cloud"), True),
@@ -110,6 +111,7 @@ MATRIX = [
     ("cloud", "cloud", "read", topics.fogdone(F, "fog-a"), True),
     ("cloud", "cloud", "read", topics.resync(F, "cloud", "fog-b"), True),
     ("cloud", "cloud", "read", topics.state(F, "dev-3"), True),
+    ("cloud", "cloud", "read", topics.ctl_filter(F), True),  # job status as the cloud
     # users of one broker have no rights on another
     ("cloud", "dev-1", "write", topics.up(F, "fog-a", KEY, "dev-1"), False),
     ("fog-a", "dev-3", "write", topics.up(F, "fog-a", KEY, "dev-3"), False),
