@@ -163,7 +163,8 @@ class FaultPlan:
     outage_s: float = 0.0  # added to the processes' time limit
 
 
-def _outage(kill: Callable[[Cluster], None], restore: Callable[[Cluster], None], seconds: float) -> Callable[[Cluster], float]:
+def _outage(kill: Callable[[Cluster], None], restore: Callable[[Cluster], None],
+            seconds: float) -> Callable[[Cluster], float]:
     def act(cluster: Cluster) -> float:
         cluster.wait_until(cluster.cloud_applied_any, "the cloud applied an aggregate")
         kill(cluster)
@@ -202,7 +203,8 @@ def _cloud_broker_outage(seconds: int) -> FaultPlan:
 
 FAULTS: dict[str, FaultPlan] = {p.name: p for p in (
     _cloud_broker_outage(10),
-    FaultPlan("fog_broker_kill9", _outage(lambda c: c.fog_brokers[FOG0].kill9(), lambda c: c.fog_brokers[FOG0].start(), 5)),
+    FaultPlan("fog_broker_kill9", _outage(lambda c: c.fog_brokers[FOG0].kill9(),
+                                          lambda c: c.fog_brokers[FOG0].start(), 5)),
     FaultPlan("fog_gateway_kill9", _outage(lambda c: c.kill9(f"fog:{FOG0}"), lambda c: c.start_role(f"fog:{FOG0}"), 3)),
     FaultPlan("cloud_service_kill9", _outage(lambda c: c.kill9("cloud"), lambda c: c.start_role("cloud"), 3)),
     FaultPlan("link_cut_15s", _outage(lambda c: c.proxy.cut(), lambda c: c.proxy.restore(), 15)),  # type: ignore[union-attr]

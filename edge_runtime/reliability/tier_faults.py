@@ -75,8 +75,10 @@ def _broker(name: str, seconds: float, ready: tuple[str, Callable[[TierJob], boo
 
 
 def _process(label: str, name: str, seconds: float, ready: tuple[str, Callable[[TierJob], bool]]) -> TierFault:
-    return TierFault(label, ready[0], ready[1], lambda j: j.kill9(name), lambda j: j.start_tier(name) and None,
-                     seconds)
+    def restart(job: TierJob) -> None:
+        job.start_tier(name)
+
+    return TierFault(label, ready[0], ready[1], lambda j: j.kill9(name), restart, seconds)
 
 
 _AGG = ("a fog queued an aggregate", _fog_queued)
@@ -118,7 +120,8 @@ def _report_keys(keys: Any, reported: set[tuple[str, int]]) -> set[str]:
     out = set()
     for key in keys:
         parts = key.split("/")
-        if len(parts) >= 3 and parts[-1] == "fogdone" and parts[-2].isdigit() and (parts[-3], int(parts[-2])) in reported:
+        if len(parts) >= 3 and parts[-1] == "fogdone" and parts[-2].isdigit() \
+                and (parts[-3], int(parts[-2])) in reported:
             out.add(key)
     return out
 
@@ -219,7 +222,11 @@ def run_tier_fault(name: str, run_dir: Path, *, shape: JobShape | None = None, s
 
         try:
             if fault is not None:
-                job.wait_for(lambda: (counter.poll(), fault.is_ready(job))[1], fault.ready, 180 * slowdown)
+                def ready() -> bool:
+                    counter.poll()
+                    return fault.is_ready(job)
+
+                job.wait_for(ready, fault.ready, 180 * slowdown)
                 say(f"{name}: ready ({fault.ready}); injecting")
                 fault.kill(job)
                 time.sleep(fault.outage_s)

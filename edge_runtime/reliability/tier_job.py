@@ -234,8 +234,8 @@ class TierJob:
 
     def cloud_reported(self) -> set[tuple[str, int]]:
         """(fog, global round) of every fog round report the cloud counted: closed rounds and the open one."""
-        out = {(str(f), int(g)) for g, fogs in rows(self.run_dir / "cloud.sqlite", "SELECT round, fogs_reported FROM rounds")
-               for f in str(fogs).split(",") if f}
+        closed = rows(self.run_dir / "cloud.sqlite", "SELECT round, fogs_reported FROM rounds")
+        out = {(str(f), int(g)) for g, fogs in closed for f in str(fogs).split(",") if f}
         try:
             raw = json.loads((self.state / "cloud-round.json").read_text())
             out |= {(str(f), int(raw["round"])) for f in raw["reported"]}

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hffm_testing.timing import session_slowdown
 
 from edge_runtime.broker_process import (
     BridgeSpec,
@@ -32,7 +33,6 @@ from edge_runtime.data import TASKS
 from edge_runtime.demo.plan import FLEET, DemoOptions, write_fleet
 from edge_runtime.demo.processes import ProcessGroup, TierProcess
 from edge_runtime.protocol import modules_for
-from hffm_testing.timing import session_slowdown
 
 pytestmark = pytest.mark.integration
 FOG, DEV1, DEV2 = "fog-1", "fog-1-dev-1", "fog-1-dev-2"
