@@ -267,8 +267,8 @@ class FogSection:
     # the open round with weight num_samples * staleness_decay ** lag).
     late_updates: str = "reject"
     staleness_decay: float = 0.5
-    # An open round waits at most this long for a device whose advert (or last will) says it is offline, even to
-    # reach min_participants (D2D members that a group member may still relay for wait for the deadline).
+    # An open round waits this long, no more, for a participant whose advert (or last will) says it is offline
+    # (D2D members that a group member may still relay for wait for the deadline); a new round does not wait.
     offline_grace_s: float = 10.0
 
     def __post_init__(self) -> None:

@@ -339,11 +339,12 @@ class FogGateway(FogTopology, JournaledRounds, Service):
         return {d for d in self._offline() if not self._d2d_reachable(d)}
 
     def _expected(self, key: ModuleKey) -> set[str]:
-        """Who must still report ``key`` this round: selected, not sitting it out, and still online or in a D2D
-        group with a member online (its update may come through that neighbour: docs/topology.md)."""
-        holders = self._holders(key)
+        """Who must still report ``key`` this round: selected, not sitting it out, and still online, or offline for
+        less than ``offline_grace_s`` (a device killed and restarted at once resends its update), or in a D2D group
+        with a member online (its update may come through that neighbour: docs/topology.md)."""
+        holders, offline = self._holders(key), self._offline()
         return {d for d in self.participants.get(key, set()) - self.skipped
-                if d in holders or self._d2d_reachable(d)}
+                if d in holders or self._d2d_reachable(d) or (d in self.offline_since and d not in offline)}
 
     def _select(self, key: ModuleKey) -> set[str]:
         """The holders of ``key`` whose advertised resources pass the fog's thresholds, at most N of them (those
