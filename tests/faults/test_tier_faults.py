@@ -18,14 +18,7 @@ from edge_runtime.reliability.tier_faults import TIER_FAULTS, run_tier_fault
 pytestmark = pytest.mark.integration
 
 
-# Known failure (2026-12-06): the fog closes the open round at the killed device's last will, so the updates the
-# restarted device resends are refused as stale (lost). The bench row says FAILED too; strict, so that the fix in
-# the fog's offline handling ([fog] offline_grace_s) turns this into a pass that asks for the mark to go.
-_DEVICE_KILL = pytest.mark.xfail(strict=True, reason="the fog closes the round at the device's last will")
-_PARAMS = [pytest.param(f, marks=_DEVICE_KILL) if f == "device_kill9_mid_round" else f for f in TIER_FAULTS]
-
-
-@pytest.mark.parametrize("fault", _PARAMS)
+@pytest.mark.parametrize("fault", list(TIER_FAULTS))
 def test_every_key_is_applied_exactly_once(fault: str, tmp_path: Path, slowdown: float) -> None:
     row = run_tier_fault(fault, tmp_path, slowdown=slowdown)
     report = {k: v for k, v in row.items() if k != "logs"}
