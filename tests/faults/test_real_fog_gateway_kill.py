@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import tomli_w
+import tomllib
 from hffm_testing.timing import session_slowdown
 
 from edge_runtime.broker_process import (
@@ -62,12 +64,18 @@ def _modules(config: Path) -> set[str]:
     return {str(k) for k in modules_for(by_modality)}
 
 
-def test_fog_gateway_kill9_mid_round_resumes_from_its_journal(tmp_path: Path) -> None:
+def test_fog_gateway_kill9_mid_round_resumes_from_its_journal(tmp_path: Path, slowdown: float) -> None:
     opts = DemoOptions(fogs=1, devices_per_fog=2, rounds=ROUNDS, agg_every=AGG_EVERY, local_epochs=1,
-                       backbone="tiny", run_dir=tmp_path, time_limit_s=240, round_deadline_s=120.0, baseline=False,
-                       show_tables=False)
+                       backbone="tiny", run_dir=tmp_path, time_limit_s=240 * slowdown,
+                       round_deadline_s=120.0 * slowdown, baseline=False, show_tables=False)
     cloud_port, fog_port = free_port(), free_port()
     plan = write_fleet(opts, tmp_path, cloud_port=cloud_port, fog_ports={FOG: fog_port})
+    # dev-2 stays stopped while the cloud starts and dev-1 trains: on a loaded machine that outlasts its MQTT
+    # keepalive, the broker publishes its last will, and the gateway would close the round without it after
+    # offline_grace_s. The scenario is about the journal, not about stragglers: wait for dev-2 until the deadline.
+    fog_cfg = tomllib.loads(plan.fog_configs[FOG].read_text())
+    fog_cfg["fog"]["offline_grace_s"] = opts.round_deadline_s
+    plan.fog_configs[FOG].write_bytes(tomli_w.dumps(fog_cfg).encode())
     journal = tmp_path / "state" / f"{FOG}-round.sqlite"
     outbox1 = tmp_path / "state" / f"{DEV1}-outbox.sqlite"
     held = {dev: _modules(plan.device_configs[dev]) for dev in (DEV1, DEV2)}
@@ -83,7 +91,8 @@ def test_fog_gateway_kill9_mid_round_resumes_from_its_journal(tmp_path: Path) ->
         wait_for_bridge(fog_broker)
         with ProcessGroup() as group:
             def tier(name: str, kind: str, config: Path, log: str) -> TierProcess:
-                return group.add(TierProcess(name, kind, config, tmp_path / "logs" / log, time_limit_s=240))
+                return group.add(TierProcess(name, kind, config, tmp_path / "logs" / log,
+                                             time_limit_s=opts.time_limit_s))
 
             fog = tier(FOG, "fog", plan.fog_configs[FOG], f"{FOG}.log")
             tier(DEV1, "edge", plan.device_configs[DEV1], f"{DEV1}.log")
@@ -117,10 +126,6 @@ def test_fog_gateway_kill9_mid_round_resumes_from_its_journal(tmp_path: Path) ->
         fog_broker.stop()
         cloud_broker.stop()
 
-    # The scenario holds only if dev-2 kept its MQTT session while stopped: had the broker timed out its keepalive,
-    # it would have published dev-2's last will and the round could have closed without it.
-    broker_log = (tmp_path / "b" / FOG / "mosquitto.log").read_text(errors="replace")
-    assert f"Client {DEV2} has exceeded timeout" not in broker_log, "dev-2 was stopped past its MQTT keepalive"
     restarted = (tmp_path / "logs" / f"{FOG}-restarted.log").read_text()
     assert "resuming after a restart at round (1,1)" in restarted, restarted[-3000:]
     assert acked_before and all(k.startswith(f"{FLEET}/{DEV1}/1.1/") for k in acked_before)
