@@ -2,7 +2,10 @@
 
 The real run uses the local-test inventory: a cloud, a fog and two devices, each a local connection that installs
 into its own folder under a temporary prefix (core package from a wheel built from this checkout; no torch, no
-apt, no systemd). The rendered broker configs are compared with broker_config/*.tmpl and started with mosquitto.
+apt, no systemd), with the fleet CA on the controller under the same prefix. The broker configs are rendered by the
+installed `hffm broker render` (no role keeps a broker template); they are checked to be secured, started with
+mosquitto, and probed: a client without a certificate, a client from a foreign CA and a device publishing on another
+device's topic are refused.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -24,14 +28,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.broker_process import BridgeSpec, free_port, render_config
+from edge_runtime.broker_process import free_port
 from edge_runtime.broker_sys import read_sys
 from edge_runtime.data import modality_spec, save_task_file, task_spec
-from edge_runtime.errors import BrokerError
+from edge_runtime.errors import BrokerError, TransportError
 from edge_runtime.protocol import topics
 from edge_runtime.protocol.codec import encode
+from edge_runtime.protocol.keys import ModuleKey
 from edge_runtime.protocol.messages import NodeState
+from edge_runtime.security.auth_matrix import connect_verdict, probe_verdict
+from edge_runtime.security.pki import init_ca, issue
+from edge_runtime.security.tls import TlsSettings, verifying_context
 from edge_runtime.transport import MqttTransport
+from edge_runtime.transport.mqtt import MqttRefusedError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,6 +56,8 @@ INVENTORY = DEPLOY / "inventories" / "local-test" / "hosts.yml"
 EXAMPLE = DEPLOY / "inventories" / "example" / "hosts.yml"
 FLEET = "localtest"
 MANAGED = "Ansible managed"
+HOSTS = {"localhost", "cloud-1", "fog-1", "dev-1", "dev-2"}  # localhost: the fleet CA on the controller
+KEY = ModuleKey(kind="head", modality="_", task="demand")
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 # What each local-test host trains or evaluates: (modality, task, file relative to its data dir).
 DATA_FILES = {
@@ -121,7 +132,8 @@ def _build_wheel(tmp: Path) -> Path:
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
-    for package in ("edge_runtime", "fog_gateway", "cloud"):
+    # broker_config/: the wheel carries the templates (pyproject's data-files) for the hosts' `hffm broker render`.
+    for package in ("edge_runtime", "fog_gateway", "cloud", "broker_config"):
         shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     dist = tmp / "dist"
     cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(dist), str(src)]
@@ -215,6 +227,11 @@ def test_example_inventory_wiring(tmp_path: Path) -> None:
     assert _adhoc_var(env, "cloud", "cloud_tasks") == {
         "cloud-1": ["activity", "appliance", "demand", "digit", "speaker"]}
     assert _adhoc_var(env, "cloud", "cloud_fogs") == {"cloud-1": ["fog-hall-a", "fog-hall-b"]}
+    # Each fog broker's certificate names the address its devices use; every node gets a signing key.
+    assert _adhoc_var(env, "cloud", "fleet_pki_fogs") == {
+        "cloud-1": {"fog-hall-a": "192.168.10.2", "fog-hall-b": "192.168.20.2"}}
+    assert _adhoc_var(env, "cloud", "fleet_pki_cloud_hosts") == {"cloud-1": ["192.168.0.10"]}
+    assert len(_adhoc_var(env, "cloud", "fleet_pki_signers")["cloud-1"]) == 1 + 2 + 5
     hosts = _adhoc_var(env, "pi-hall-b-1,jetson-hall-a-1", "edge_agent_broker_host")
     assert hosts == {"pi-hall-b-1": "192.168.20.2", "jetson-hall-a-1": "192.168.10.2"}
     torch = _adhoc_var(env, "devices", "edge_agent_torch_spec")
@@ -234,7 +251,7 @@ def _read(path: Path) -> str:
 
 def test_first_run_changed_every_host(deployment: Deployment) -> None:
     recap = _recap(deployment.first_run)
-    assert set(recap) == {"cloud-1", "fog-1", "dev-1", "dev-2"}
+    assert set(recap) == HOSTS
     assert all(c["failed"] == 0 and c["unreachable"] == 0 and c["changed"] > 0 for c in recap.values()), recap
 
 
@@ -251,6 +268,15 @@ def test_rendered_service_configs(deployment: Deployment) -> None:
     assert dev1["model"] == {"backbone": "minilm", "seed": 0, "lora_r": 8, "lora_alpha": 16}
     assert dev1["training"]["lr"] == 0.001 and "uplink" not in dev1
 
+    secrets = p / "dev-1/etc/hffm/pki"
+    assert dev1["tls"] == {"ca": f"{secrets}/ca.pem", "cert": f"{secrets}/dev-1.pem", "key": f"{secrets}/dev-1.key"}
+    assert dev1["signing"] == {"key": f"{secrets}/signing/dev-1.key", "enrolled": f"{secrets}/enrolled"}
+    assert sorted(x.name for x in (secrets / "enrolled").iterdir()) == [
+        f"{n}.pub" for n in ("cloud", "dev-1", "dev-2", "fog-1")]
+    for key in (secrets / "dev-1.key", secrets / "signing/dev-1.key"):
+        assert key.stat().st_mode & 0o777 == 0o600, key
+    assert not (secrets / "dev-2.key").exists() and not (secrets / "signing/dev-2.key").exists()
+
     dev2 = tomllib.loads(_read(p / "dev-2/etc/hffm/device.toml"))
     assert dev2["uplink"] == {"adapter": {"codec": "topk", "params": {"fraction": 0.1, "values": "int8"}},
                               "head": {"codec": "fp16"}}
@@ -258,6 +284,11 @@ def test_rendered_service_configs(deployment: Deployment) -> None:
     fog = tomllib.loads(_read(p / "fog-1/etc/hffm/fog.toml"))
     assert fog["fog"]["id"] == "fog-1" and fog["fog"]["devices"] == ["dev-1", "dev-2"]
     assert fog["broker"] == {"host": "127.0.0.1", "port": deployment.fog_port}
+    assert fog["tls"]["cert"].endswith("fog-1/etc/hffm/pki/fog-1.pem")
+    # The broker on the fog host: the table `hffm broker render` reads.
+    assert fog["mosquitto"]["insecure"] is False and fog["mosquitto"]["port"] == deployment.fog_port
+    assert fog["mosquitto"]["cloud_port"] == deployment.cloud_port
+    assert fog["mosquitto"]["bridge_cert"].endswith("pki/bridge-fog-1.pem")
 
     cloud = tomllib.loads(_read(p / "cloud-1/etc/hffm/cloud.toml"))
     assert cloud["cloud"]["fogs"] == ["fog-1"]
@@ -265,6 +296,8 @@ def test_rendered_service_configs(deployment: Deployment) -> None:
     assert cloud["cloud"]["tasks"] == ["activity", "demand"]
     assert cloud["broker"]["port"] == deployment.cloud_port
     assert cloud["eval"] == {"activity": "data/test/activity.npz", "demand": "data/test/demand.npz"}
+    assert cloud["tls"]["cert"].endswith("cloud-1/etc/hffm/pki/cloud.pem")  # the cloud's identity is "cloud"
+    assert cloud["mosquitto"]["topology"] == str(p / "cloud-1/etc/hffm/topology.toml")
 
 
 def test_rendered_units(deployment: Deployment) -> None:
@@ -277,7 +310,8 @@ def test_rendered_units(deployment: Deployment) -> None:
         assert "\nUser=" not in unit  # local-test runs without a service account
         assert (venv / "bin/hffm").exists()
     broker = _read(p / "fog-1/etc/systemd/system/hffm-mosquitto.service")
-    assert f"-c {p}/fog-1/etc/hffm/mosquitto-fog.conf" in broker
+    assert (f"ExecStart={p}/fog-1/opt/hffm/fog/venv/bin/hffm broker run --config {p}/fog-1/etc/hffm/fog.toml "
+            f"--out {p}/fog-1/etc/hffm/mosquitto-fog.conf\n") in broker
     assert "hffm-mosquitto.service" in (p / "fog-1/etc/systemd/system/hffm-fog.service").read_text()
 
 
@@ -295,19 +329,32 @@ def _options(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
-def test_broker_configs_match_the_broker_config_templates(deployment: Deployment) -> None:
+def test_no_role_keeps_a_broker_template_or_an_anonymous_listener() -> None:
+    templates = [path.relative_to(DEPLOY) for path in DEPLOY.rglob("*.j2")
+                 if re.search(r"mosquitto.*\.conf|^(cloud|fog)\.conf", path.name)]
+    assert templates == [], f"broker configs come from `hffm broker render` only: {templates}"
+    anonymous = [path.relative_to(DEPLOY) for path in DEPLOY.rglob("*") if path.is_file()
+                 and "allow_anonymous true" in path.read_text(errors="replace")]
+    assert anonymous == []
+
+
+def test_rendered_brokers_are_secured(deployment: Deployment) -> None:
     p = deployment.prefix
-    user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
-    cloud_dir = p / "cloud-1/var/lib/hffm/mosquitto-cloud"
-    fog_dir = p / "fog-1/var/lib/hffm/mosquitto-fog"
-    assert cloud_dir.is_dir() and fog_dir.is_dir()
-    want_cloud = render_config("cloud", host="127.0.0.1", port=deployment.cloud_port, data_dir=cloud_dir,
-                               fleet=FLEET, run_as=user)
-    bridge = BridgeSpec(fleet=FLEET, fog="fog-1", cloud_host="127.0.0.1", cloud_port=deployment.cloud_port)
-    want_fog = render_config("fog", host="127.0.0.1", port=deployment.fog_port, data_dir=fog_dir, bridge=bridge,
-                             run_as=user)
-    assert _options(_read(p / "cloud-1/etc/hffm/mosquitto-cloud.conf")) == _options(want_cloud)
-    assert _options(_read(p / "fog-1/etc/hffm/mosquitto-fog.conf")) == _options(want_fog)
+    for host, role in (("cloud-1", "cloud"), ("fog-1", "fog")):
+        text = (p / host / f"etc/hffm/mosquitto-{role}.conf").read_text()
+        assert "broker_config/" in text.splitlines()[1], "not rendered from broker_config/"
+        options = _options(text)
+        assert "allow_anonymous true" not in options and "allow_anonymous false" in options
+        assert "require_certificate true" in options and "use_identity_as_username true" in options
+        assert any(line.startswith("crlfile ") for line in options)
+        assert any(line.startswith("plugin ") and line.endswith("mosquitto_dynamic_security.so") for line in options)
+        data = p / host / f"var/lib/hffm/mosquitto-{role}"
+        assert (data / "tls-server.key").stat().st_mode & 0o777 == 0o600
+        users = {c["username"] for c in json.loads((data / "dynsec.json").read_text())["clients"]}
+        assert users == ({"cloud", "bridge-fog-1"} if role == "cloud" else {"fog-1", "dev-1", "dev-2"})
+    fog = _options((p / "fog-1/etc/hffm/mosquitto-fog.conf").read_text())
+    assert f"address 127.0.0.1:{deployment.cloud_port}" in fog
+    assert {"bridge_insecure false", f"bridge_certfile {p}/fog-1/var/lib/hffm/mosquitto-fog/tls-bridge.pem"} <= set(fog)
 
 
 @pytest.fixture
@@ -333,17 +380,31 @@ def _start_broker(conf: Path, started: list[subprocess.Popen[bytes]]) -> None:
                                     stderr=subprocess.DEVNULL))
 
 
-def _wait_sys(port: int, topic: str, want: bytes, started: list[subprocess.Popen[bytes]]) -> bytes | None:
-    """Poll a $SYS topic on a local broker until it reads ``want`` (15 s at most); the last value read."""
-    deadline = time.monotonic() + 15
+def _wait_sys(port: int, topic: str, want: bytes, started: list[subprocess.Popen[bytes]],
+              context: ssl.SSLContext) -> bytes | None:
+    """Poll a $SYS topic on a local broker until it reads ``want`` (30 s at most); the last value read."""
+    deadline = time.monotonic() + 30
     last = None
     while time.monotonic() < deadline and last != want:
         assert all(proc.poll() is None for proc in started), "a rendered broker config did not start"
         try:
-            last = read_sys("127.0.0.1", port, topic, timeout=2.0, want=want)
+            last = read_sys("127.0.0.1", port, topic, timeout=2.0, want=want, ssl_context=context)
         except (OSError, BrokerError):  # not listening yet
             time.sleep(0.2)
     return last
+
+
+def _identity(deployment: Deployment, node: str) -> TlsSettings:
+    """A node's TLS identity from the fleet CA on the controller (the local-test inventory's hffm_pki_dir)."""
+    pki = deployment.prefix / "controller/pki"
+    return TlsSettings(ca=pki / "ca.pem", cert=pki / "issued" / f"{node}.pem", key=pki / "issued" / f"{node}.key")
+
+
+def _connect(port: int, tls: TlsSettings, name: str) -> MqttTransport:
+    client = MqttTransport(client_id=f"deploy-test-{name}", host="127.0.0.1", port=port, on_message=lambda *_: None,
+                           tls=tls, timeout_s=5.0, connect_timeout_s=15.0)
+    client.connect()
+    return client
 
 
 def _wait_port(port: int, started: list[subprocess.Popen[bytes]]) -> None:
@@ -359,18 +420,49 @@ def _wait_port(port: int, started: list[subprocess.Popen[bytes]]) -> None:
 
 
 @pytest.mark.integration
-def test_rendered_brokers_start_and_bridge(deployment: Deployment, started: list[subprocess.Popen[bytes]]) -> None:
+def test_rendered_brokers_bridge_over_tls_and_refuse_intruders(
+    deployment: Deployment, started: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
     p = deployment.prefix
     _start_broker(p / "cloud-1/etc/hffm/mosquitto-cloud.conf", started)
     _start_broker(p / "fog-1/etc/hffm/mosquitto-fog.conf", started)
-    state = _wait_sys(deployment.fog_port, f"$SYS/broker/connection/hffm-bridge-{FLEET}-fog-1/state", b"1", started)
-    assert state == b"1", f"the fog broker's bridge to the cloud broker did not connect (last state {state!r})"
+    fog = _identity(deployment, "fog-1")  # the gateway's identity may read $SYS on its broker
+    state = _wait_sys(deployment.fog_port, f"$SYS/broker/connection/hffm-bridge-{FLEET}-fog-1/state", b"1", started,
+                      fog.client_context())
+    assert state == b"1", f"the fog broker's TLS bridge to the cloud broker did not connect (last state {state!r})"
+    # No client certificate: the broker ends the TLS handshake.
+    try:
+        read_sys("127.0.0.1", deployment.fog_port, "$SYS/broker/uptime", timeout=5.0,
+                 ssl_context=verifying_context(fog.ca))
+        verdict = "connected"
+    except (OSError, BrokerError) as exc:
+        verdict = probe_verdict(exc)
+    assert verdict.startswith("refused"), f"a client without a certificate: {verdict}"
+    # dev-1's name, but a certificate from another CA.
+    other = tmp_path / "foreign-ca"
+    init_ca(other)
+    issue(other, "dev-1", "device")
+    forged = TlsSettings(ca=fog.ca, cert=other / "issued/dev-1.pem", key=other / "issued/dev-1.key")
+    try:
+        _connect(deployment.fog_port, forged, "forged").close()
+        verdict = "connected"
+    except TransportError as exc:
+        verdict = connect_verdict(exc)
+    assert verdict.startswith("refused"), f"a client from a foreign CA: {verdict}"
+    # A valid device may publish its own update, not another device's (PUBACK 0x87 from the generated ACL).
+    device = _connect(deployment.fog_port, _identity(deployment, "dev-1"), "dev-1")
+    try:
+        device.publish(topics.up(FLEET, "fog-1", KEY, "dev-1"), b"own", category="other")
+        with pytest.raises(MqttRefusedError) as denied:
+            device.publish(topics.up(FLEET, "fog-1", KEY, "dev-2"), b"forged", category="other")
+        assert denied.value.reason_code == 0x87
+    finally:
+        device.close()
 
 
-def _advertise(port: int, node: str, *, online: bool) -> None:
-    """A retained state advert for ``node``, as its agent would publish it."""
-    client = MqttTransport(client_id=f"deploy-test-{node}", host="127.0.0.1", port=port, on_message=lambda *_: None)
-    client.connect()
+def _advertise(deployment: Deployment, node: str, *, online: bool) -> None:
+    """A retained state advert for ``node`` on the fog broker, as its agent would publish it (its own certificate)."""
+    client = _connect(deployment.fog_port, _identity(deployment, node), f"advert-{node}")
     try:
         advert = NodeState(fleet=FLEET, node=node, role="device", fog="fog-1", online=online, last_seen=time.time())
         client.publish(topics.state(FLEET, node), encode(advert), category="other", retain=True)
@@ -382,12 +474,13 @@ def _advertise(port: int, node: str, *, online: bool) -> None:
 def test_upgrade_health_check_stops_at_a_device_that_stays_offline(
     deployment: Deployment, started: list[subprocess.Popen[bytes]]
 ) -> None:
-    """upgrade.yml against the real fog broker: dev-1 (batch 1) is online and passes; dev-2 (batch 2) stays
-    offline, so its health check fails with a message naming it. No systemd here: the restart is skipped."""
+    """upgrade.yml against the real (secured) fog broker: dev-1 (batch 1) is online and passes; dev-2 (batch 2)
+    stays offline, so its health check (fleet status -c fog.toml, run on the fog) fails with a message naming it.
+    No systemd here: the restart is skipped."""
     _start_broker(deployment.prefix / "fog-1/etc/hffm/mosquitto-fog.conf", started)
     _wait_port(deployment.fog_port, started)
-    _advertise(deployment.fog_port, "dev-1", online=True)
-    _advertise(deployment.fog_port, "dev-2", online=False)
+    _advertise(deployment, "dev-1", online=True)
+    _advertise(deployment, "dev-2", online=False)
     health = deployment.extra_vars.with_name("upgrade-vars.json")
     health.write_text(json.dumps({"hffm_upgrade_health_check": True, "hffm_upgrade_retries": 2,
                                   "hffm_upgrade_delay_s": 1}))
@@ -396,7 +489,9 @@ def test_upgrade_health_check_stops_at_a_device_that_stays_offline(
     assert proc.returncode != 0, _output(proc)
     recap = _recap(proc.stdout)
     assert recap["dev-1"]["failed"] == 0 and recap["dev-2"]["failed"] == 1, _output(proc)
-    assert re.search(r"TASK \[Poll hffm fleet status on the fog's broker\][^\n]*\nok: \[dev-1\]", proc.stdout), \
+    # The poll runs on the fog, as the fog: "ok: [dev-1 -> fog-1(127.0.0.1)]".
+    assert re.search(r"TASK \[Poll hffm fleet status on the fog's broker\][^\n]*\nok: \[dev-1 -> fog-1[^\]]*\]",
+                     proc.stdout), \
         _output(proc)
     assert "dev-2 is not online in the fleet status of fog fog-1" in proc.stdout, _output(proc)
 
@@ -418,6 +513,6 @@ def test_second_run_changes_nothing(deployment: Deployment) -> None:
     proc = _site(deployment.env, deployment.extra_vars)
     assert proc.returncode == 0, _output(proc)
     recap = _recap(proc.stdout)
-    assert set(recap) == {"cloud-1", "fog-1", "dev-1", "dev-2"}
+    assert set(recap) == HOSTS
     changed = {host: c["changed"] for host, c in recap.items() if c["changed"] or c["failed"]}
     assert not changed, f"not idempotent: {changed}\n{_output(proc)}"
