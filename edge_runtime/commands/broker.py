@@ -119,6 +119,7 @@ def _check_tls_files(node: BrokerNode) -> None:
         ConfigError: naming the file and the problem.
     """
     from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
 
     tls = node.tls
     where = f"{node.source}: [mosquitto]"
@@ -146,7 +147,7 @@ def _check_tls_files(node: BrokerNode) -> None:
             raise ConfigError(f"{where}: {key}: {str(cert_path)!r} with key {str(key_path)!r}: {exc}") from None
         try:
             cert.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, Exception) as exc:  # InvalidSignature has no common base with ValueError
+        except (ValueError, TypeError, InvalidSignature) as exc:
             raise ConfigError(f"{where}: {key}: {str(cert_path)!r} is not signed by the CA {str(tls.ca)!r} "
                               f"({type(exc).__name__})") from None
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
