@@ -24,8 +24,8 @@ from edge_runtime.cli import app
 from edge_runtime.errors import BrokerError, TransportError
 from edge_runtime.protocol import topics
 from edge_runtime.protocol.codec import encode
-from edge_runtime.protocol.messages import NodeState
 from edge_runtime.protocol.keys import ModuleKey
+from edge_runtime.protocol.messages import NodeState
 from edge_runtime.security.auth_matrix import connect_verdict, probe_verdict
 from edge_runtime.security.fleet_pki import FleetPki, provision_fleet
 from edge_runtime.security.pki import init_ca, issue
