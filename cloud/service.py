@@ -39,6 +39,7 @@ from edge_runtime.protocol import (
 from edge_runtime.protocol.topics import Topic
 from edge_runtime.reliability import report_key
 from edge_runtime.security.wiring import service_security
+from edge_runtime.observability import Gauge, Histogram
 from edge_runtime.service import Service
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ class CloudService(Service):
         metrics = resolve(cfg.base_dir, cfg.metrics_file) if cfg.metrics_file else None
         security = service_security(cfg, "cloud", resolve(cfg.base_dir, cfg.state_dir))
         super().__init__(node="cloud", host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics,
-                         connect_timeout_s=cfg.broker.connect_timeout_s, **security)
+                         connect_timeout_s=cfg.broker.connect_timeout_s,
+                         metrics_listen=cfg.metrics.listen, metrics_insecure=cfg.metrics.insecure, **security)
         self.model = build_m3t(cfg.model, c.modalities, c.tasks)
         self.keys: list[ModuleKey] = modules_for({m: [t for t in c.tasks if TASKS[t].modality == m]
                                                   for m in c.modalities})
@@ -153,6 +155,24 @@ class CloudService(Service):
 
     def extra_metrics(self) -> dict[str, Any]:
         return {"job": self.job, "rounds": self.history}
+
+    def observe_extra(self) -> list[Gauge | Histogram]:
+        last = self.history[-1] if self.history else None
+        out: list[Gauge | Histogram] = [
+            Gauge(name="round", help="The round this tier is in (scope: global or cluster).",
+                  values={(("scope", "global"),): self.round_g}),
+            Gauge(name="rounds_merged", help="Global rounds merged.", values={(): len(self.history)}, counter=True),
+            Gauge(name="total_rounds", help="Global rounds the job runs.", values={(): self.cfg.cloud.rounds}),
+            Gauge(name="fogs_expected", help="Fogs whose aggregate a global round waits for.",
+                  values={(): len(self.expected_fogs)}),
+        ]
+        if last is not None:
+            out += [Gauge(name="accuracy", help="Accuracy of the global model on held-out data after the last "
+                                                "merged round, per task.",
+                          values={(("task", t),): a for t, a in last["accuracy"].items()}),
+                    Gauge(name="fogs_reported", help="Fogs merged in the last global round.",
+                          values={(): len(last["fogs"])})]
+        return out
 
     # -- handlers ------------------------------------------------------------------------------------------------
     def _on_aggregate(self, topic: Topic, msg: FogAggregate) -> None:

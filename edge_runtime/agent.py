@@ -41,6 +41,7 @@ from edge_runtime.protocol.topics import Topic
 from edge_runtime.reliability import Outbox, ReliableSender, round_tag
 from edge_runtime.resources import Decision, decide
 from edge_runtime.security.wiring import privacy_settings, service_security
+from edge_runtime.observability import Gauge, Histogram
 from edge_runtime.service import Service
 from edge_runtime.telemetry import sample
 
@@ -108,6 +109,7 @@ class EdgeAgent(D2dDevice, Service):
         security = service_security(cfg, dev.id, resolve(cfg.base_dir, cfg.state_dir))
         super().__init__(node=dev.id, host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics,
                          connect_timeout_s=cfg.broker.connect_timeout_s,
+                         metrics_listen=cfg.metrics.listen, metrics_insecure=cfg.metrics.insecure,
                          will=(topics.state(self.fleet, dev.id), encode(offline)), **security)
         self.dp = privacy_settings(cfg)  # module kind -> DpSettings; noise is drawn from OS entropy, never a seed
         self.dp_rng = np.random.default_rng()
@@ -131,6 +133,7 @@ class EdgeAgent(D2dDevice, Service):
         self.modules_path = state_dir / f"{dev.id}-modules.npz"
         self.local_modules_path = state_dir / f"{dev.id}-local-modules.npz"
         self.next_advert = 0.0
+        self.telemetry: dict[str, float] = {}  # the last resource sample (for /metrics)
         self.decision: Decision | None = None
         self.state_text = "starting"
         self.residuals_path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,6 +219,7 @@ class EdgeAgent(D2dDevice, Service):
         with fresh telemetry."""
         self.state_text = state
         telemetry = sample(resolve(self.cfg.base_dir, self.cfg.state_dir))
+        self.telemetry = telemetry
         self._write_status(telemetry)
         if not publish:
             return
@@ -334,6 +338,28 @@ class EdgeAgent(D2dDevice, Service):
             self._finish_job(ctl)
         else:
             self._train_and_send(ctl)
+
+    def observe_extra(self) -> list[Gauge | Histogram]:
+        g, c = self.last_done
+        out: list[Gauge | Histogram] = [
+            Gauge(name="round", help="The last round this device trained (scope: global or cluster).",
+                  values={(("scope", "global"),): g, (("scope", "cluster"),): c}),
+            Histogram(name="train_seconds", help="Local training time per round.",
+                      observations=tuple(r["train_s"] for r in list(self.rounds_log))),
+            Gauge(name="device_telemetry", help="The device's last resource sample (only the sensors it has).",
+                  values={(("sensor", k),): v for k, v in dict(self.telemetry).items()}),
+        ]
+        if self.sender is not None:
+            stats = self.sender.stats()
+            out.append(Gauge(name="updates", help="Updates by outcome: sent (tries), acked, stale (their round had "
+                                                  "closed), rejected, dropped (stale + rejected).",
+                             values={(("outcome", k),): stats[k] for k in ("sent", "acked", "stale", "rejected",
+                                                                            "dropped")}, counter=True))
+        if self.privacy is not None:
+            out.append(Gauge(name="dp_epsilon", help="Differential privacy spent so far, per module kind.",
+                             values={(("kind", k),): v["epsilon"] for k, v in self.privacy.report().items()
+                                     if v["epsilon"] is not None}))
+        return out
 
     def extra_metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {"final_accuracy": self.final_accuracy, "rounds": self.rounds_log,

@@ -386,6 +386,25 @@ def bench_topology(
                        backbone=backbone)
 
 
+@bench_app.command("fog-ingest")
+@friendly_errors
+def bench_fog_ingest(
+    devices: Annotated[int, typer.Option(min=1, max=2000, help="Scripted devices, one update each.")] = 100,
+    floats: Annotated[int, typer.Option(min=1, help="fp32 values per update (300,000 = 1.2 MB).")] = 300_000,
+    repeats: Annotated[int, typer.Option(min=1, max=20, help="Off/on pairs.")] = 2,
+    scrape_every: Annotated[float, typer.Option(min=0.05, help="Seconds between scrapes of /metrics when on.")] = 0.5,
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    work: Annotated[Path, typer.Option(help="Folder for the runs.")] = Path("runs/bench-fog-ingest"),
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Fog ingest rate (a real hffm fog run process, scripted devices) with /metrics off and on, side by side."""
+    setup_logging(log_level)
+    from edge_runtime.bench.fog_ingest import run_fog_ingest_bench
+
+    run_fog_ingest_bench(devices=devices, floats=floats, repeats=repeats, scrape_every_s=scrape_every,
+                         report=report, work=work.resolve())
+
+
 @bench_app.command("reliability")
 @friendly_errors
 def bench_reliability(

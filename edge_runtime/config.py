@@ -152,6 +152,24 @@ class AttackConfig:
 
 
 @_frozen
+class MetricsConfig:
+    """[metrics]: Prometheus ``/metrics`` of this node (docs/observability.md). Off while ``listen`` is empty. Off
+    loopback it is served over mutual TLS with the node's ``[tls]`` files unless ``insecure = true``."""
+
+    listen: str = ""  # "IP:PORT", e.g. "127.0.0.1:9101"
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            from edge_runtime.observability import parse_listen
+
+            try:
+                parse_listen(self.listen)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+
+
+@_frozen
 class ReliabilityConfig:
     """[reliability]: the on-disk outbox for device updates and fog aggregates (docs/reliability.md). With the
     outbox, a message stays in ``state_dir`` until the receiver's ack and is resent with exponential backoff;
@@ -241,6 +259,7 @@ class DeviceConfig:
     privacy: dict[str, Any] = field(default_factory=dict)  # [privacy.<kind>]: client-side DP (privacy/dp.py)
     d2d: D2dConfig = field(default_factory=D2dConfig)  # [d2d]: the device's D2D group and its broker
     state_dir: str = "state"  # residuals, module snapshot and status file live here
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # [metrics] listen: Prometheus /metrics
     metrics_file: str = ""
     base_dir: str = "."
 
@@ -316,6 +335,7 @@ class FogConfig:
     tls: dict[str, Any] = field(default_factory=dict)  # [tls] ca/cert/key: mutual TLS to the broker (security/tls.py)
     signing: dict[str, Any] = field(default_factory=dict)  # [signing]: Ed25519 envelopes (security/signing_config.py)
     state_dir: str = "state"
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # [metrics] listen: Prometheus /metrics
     metrics_file: str = ""
     base_dir: str = "."
     mosquitto: dict[str, Any] = field(default_factory=dict)  # [mosquitto]: this fog's broker (hffm broker, broker_node.py)
@@ -364,6 +384,7 @@ class CloudConfig:
     tls: dict[str, Any] = field(default_factory=dict)  # [tls] ca/cert/key: mutual TLS to the broker (security/tls.py)
     signing: dict[str, Any] = field(default_factory=dict)  # [signing]: Ed25519 envelopes (security/signing_config.py)
     state_dir: str = "state"  # signing counter and replay windows
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # [metrics] listen: Prometheus /metrics
     metrics_file: str = ""
     base_dir: str = "."
     mosquitto: dict[str, Any] = field(default_factory=dict)  # [mosquitto]: the cloud broker (hffm broker, broker_node.py)

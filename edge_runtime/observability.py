@@ -42,6 +42,16 @@ class Gauge:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Histogram:
+    """Durations a tier logged (e.g. its rounds): ``hffm_<name>`` as a Prometheus histogram built at scrape time."""
+
+    name: str
+    help: str
+    observations: tuple[float, ...]
+    buckets: tuple[float, ...] = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Observation:
     """What a service reports at scrape time (:meth:`Service.observe`)."""
 
@@ -55,7 +65,7 @@ class Observation:
     received: Mapping[str, tuple[int, int]]  # topic kind -> (bytes, messages) delivered to this node
     inbox_depth: int
     outbox_depth: int | None = None
-    extra: tuple[Gauge, ...] = field(default_factory=tuple)
+    extra: tuple[Gauge | Histogram, ...] = field(default_factory=tuple)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -122,8 +132,15 @@ def _counter(cls: type, name: str, help_: str, label: str, values: Mapping[str, 
     return family
 
 
-def _extra(gauge: Gauge) -> object:
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+def _extra(gauge: Gauge | Histogram) -> object:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    if isinstance(gauge, Histogram):
+        counts = [sum(1 for v in gauge.observations if v <= le) for le in gauge.buckets]
+        buckets = [(str(float(le)), c) for le, c in zip(gauge.buckets, counts, strict=True)]
+        buckets.append(("+Inf", len(gauge.observations)))
+        return HistogramMetricFamily(f"hffm_{gauge.name}", gauge.help, buckets=buckets,
+                                     sum_value=float(sum(gauge.observations)))
 
     labels = sorted({name for key in gauge.values for name, _v in key})
     cls = CounterMetricFamily if gauge.counter else GaugeMetricFamily

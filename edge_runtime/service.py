@@ -29,7 +29,7 @@ from edge_runtime.errors import (
     TransportError,
     storage_error,
 )
-from edge_runtime.observability import Gauge, MetricsServer, Observation
+from edge_runtime.observability import Gauge, Histogram, MetricsServer, Observation
 from edge_runtime.protocol.envelope import expected_signer
 from edge_runtime.protocol import encode, topics
 from edge_runtime.protocol.messages import Ack, Chunk
@@ -150,12 +150,21 @@ class Service:
                            received={k: (v[0], v[1]) for k, v in list(self.received.items())},
                            inbox_depth=self._inbox.qsize(),
                            outbox_depth=outbox.pending() if outbox is not None else None,
-                           extra=tuple(self.observe_extra()))
+                           extra=self._observe_extra())
 
-    def observe_extra(self) -> list[Gauge]:
+    def observe_extra(self) -> list[Gauge | Histogram]:
         """Tier-specific figures for ``/metrics`` (rounds, participants, accuracy). Called from the scrape thread:
-        read plain attributes only, never block."""
+        read plain attributes only, never block. A read that races the main thread (a dict resized while copied)
+        raises RuntimeError: :meth:`observe` retries it."""
         return []
+
+    def _observe_extra(self) -> tuple[Gauge | Histogram, ...]:
+        for _ in range(3):
+            try:
+                return tuple(self.observe_extra())
+            except RuntimeError:  # "changed size during iteration": the main thread moved on; read again
+                continue
+        return ()
 
     # -- hooks for subclasses ------------------------------------------------------------------------------------
     def subscriptions(self) -> list[str]:

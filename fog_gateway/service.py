@@ -46,6 +46,7 @@ from edge_runtime.protocol.topics import Topic
 from edge_runtime.reliability import Outbox, ReliableSender, report_key
 from edge_runtime.resources import eligible
 from edge_runtime.security.wiring import service_security
+from edge_runtime.observability import Gauge, Histogram
 from edge_runtime.service import Service
 from fog_gateway.aggregation import make_aggregator
 from fog_gateway.neighbours import FogTopology
@@ -70,6 +71,7 @@ class FogGateway(FogTopology, JournaledRounds, Service):
         security = service_security(cfg, cfg.fog.id, resolve(cfg.base_dir, cfg.state_dir))
         super().__init__(node=cfg.fog.id, host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics,
                          connect_timeout_s=cfg.broker.connect_timeout_s,
+                         metrics_listen=cfg.metrics.listen, metrics_insecure=cfg.metrics.insecure,
                          will=(topics.state(self.fleet, cfg.fog.id), encode(offline)), **security)
         self.expected = set(cfg.fog.devices)
         self.holdings: dict[str, set[ModuleKey]] = {}
@@ -88,6 +90,7 @@ class FogGateway(FogTopology, JournaledRounds, Service):
                                      category="fog_to_cloud") if self.outbox is not None else None
         self.startup_deadline = time.monotonic() + cfg.fog.startup_timeout_s
         self.rounds_log: list[dict[str, Any]] = []
+        self.round_opened_at = time.monotonic()  # when the open cluster round was announced (for its duration)
         self.late_folded = 0
         make_aggregator(cfg.fog.aggregator, cfg.fog.aggregator_params)  # bad name/params: config error at start
         self.journal = RoundJournal(state_dir / f"{cfg.fog.id}-round.sqlite", kept=APPLIED_KEYS_KEPT)
@@ -151,6 +154,26 @@ class FogGateway(FogTopology, JournaledRounds, Service):
                 self._close_cluster_round()
         else:
             self._maybe_start_round()
+
+    def observe_extra(self) -> list[Gauge | Histogram]:
+        logged = list(self.rounds_log)
+        expected = set().union(*[set(v) for v in list(self.participants.values())]) if self.in_round else set()
+        reporters = set().union(*[set(v) for v in list(self.book.reported.values())]) if self.in_round else set()
+        return [
+            Gauge(name="round", help="The round this tier is in (scope: global or cluster).",
+                  values={(("scope", "global"),): self.round_g, (("scope", "cluster"),): self.cluster_c}),
+            Gauge(name="round_expected", help="Devices selected for the open cluster round.",
+                  values={(): len(expected)}),
+            Gauge(name="round_participants", help="Devices whose update of the open cluster round is in.",
+                  values={(): len(reporters)}),
+            Gauge(name="rounds_closed", help="Cluster rounds closed.", values={(): len(logged)}, counter=True),
+            Gauge(name="updates_aggregated", help="Device updates folded into closed cluster rounds.",
+                  values={(): sum(r["updates"] for r in logged)}, counter=True),
+            Gauge(name="late_updates_folded", help="Updates of a closed round folded into the next one.",
+                  values={(): self.late_folded}, counter=True),
+            Histogram(name="cluster_round_seconds", help="Cluster round durations, from announcement to close.",
+                      observations=tuple(r["seconds"] for r in logged if "seconds" in r)),
+        ]
 
     def extra_metrics(self) -> dict[str, Any]:
         return {"rounds": self.rounds_log, "late_updates_folded": self.late_folded,
@@ -453,6 +476,7 @@ class FogGateway(FogTopology, JournaledRounds, Service):
             self.pub.true[key] = new
             versions.append(self.pub.version(key, (self.round_g, self.cluster_c)))
         self.rounds_log.append({"global_round": self.round_g, "cluster_round": self.cluster_c,
+                                "seconds": round(time.monotonic() - self.round_opened_at, 3),
                                 "modules_updated": len(new_states), "updates": self.book.updates(),
                                 "too_few_participants": [str(k) for k, c, _ in refused if c == "too_few_participants"],
                                 "reporters": sorted(set().union(*self.book.reported.values())),
@@ -524,6 +548,7 @@ class FogGateway(FogTopology, JournaledRounds, Service):
                            participants=participants if not final else {}, relays=self.relays if not final else {},
                            job=self.plan.job)
         self.transport.publish(topics.ctl(self.fleet, self.node), encode(ctl), category="fog_to_device", retain=True)
+        self.round_opened_at = time.monotonic()
 
 
 def run_fog(config_path: Path, *, time_limit_s: float = 24 * 3600.0) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from edge_runtime.demo.plan import FLEET, DemoOptions, FleetPlan, write_fleet
+from edge_runtime.demo.plan import FLEET, DemoOptions, FleetPlan, fleet_ids, write_fleet
 from edge_runtime.demo.processes import ProcessGroup, TierProcess
 from edge_runtime.demo.report import build_report, print_tables
 from edge_runtime.demo.secure import SecureFleet
@@ -57,7 +57,8 @@ def run_demo(opts: DemoOptions, *, console: Console | None = None) -> dict[str, 
         fog_ports = {fog: free_port() for fog in fog_ids}
         security = SecureFleet.provision(run_dir / "security", fog_ids, opts) if opts.secure else None
         plan = write_fleet(opts, run_dir, cloud_port=cloud_port, fog_ports=fog_ports,
-                           node_tables=security.node_tables if security else None)
+                           node_tables=_with_metrics(opts, security.node_tables if security else {},
+                                                     ["cloud", *fog_ids, *fleet_ids(opts)]))
         progress.update(step, description=f"starting {1 + len(fog_ids)} mosquitto brokers", completed=1, total=1)
         cloud_broker = stack.enter_context(MosquittoProcess(
             name="cloud-broker", role="cloud", port=cloud_port, data_dir=run_dir / "brokers" / "cloud", fleet=FLEET,
@@ -105,8 +106,10 @@ def _run_layout(opts: DemoOptions, run_dir: Path, console: Console, started: flo
     with ExitStack() as stack, _progress(console) as progress:
         step = progress.add_task(f"starting the {opts.layout} layout: brokers, bridges, link proxies", total=None)
         layout = start_layout(opts.layout, topology, run_dir, stack)
+        nodes = ["cloud", *layout.fog_ports, *layout.fog_of]
         plan = write_fleet(opts, run_dir, cloud_port=layout.cloud_port, fog_ports=layout.fog_ports,
-                           node_tables=layout.node_tables, fog_of=layout.fog_of, device_ports=layout.device_ports)
+                           node_tables=_with_metrics(opts, layout.node_tables, nodes), fog_of=layout.fog_of,
+                           device_ports=layout.device_ports)
         progress.remove_task(step)
 
         def on_round(_metrics: RoundMetrics) -> None:
@@ -183,14 +186,29 @@ def _run_federation(opts: DemoOptions, plan: FleetPlan, cloud_port: int, progres
     return history
 
 
+def _with_metrics(opts: DemoOptions, tables: dict[str, dict[str, Any]], nodes: list[str]
+                  ) -> dict[str, dict[str, Any]]:
+    """Every node's config tables plus, with the dashboard on, ``[metrics] listen`` on a free loopback port."""
+    if not opts.dashboard:
+        return tables
+    from edge_runtime.broker_process import free_port
+
+    return {n: {**tables.get(n, {}), "metrics": {"listen": f"127.0.0.1:{free_port()}"}} for n in {*tables, *nodes}}
+
+
 def _announce_endpoints(opts: DemoOptions, plan: FleetPlan, cloud_port: int, stack: ExitStack, tls: Any,
                         console: Console) -> None:
     """Start the dashboard (unless disabled) and say where everything is: stderr and <run_dir>/endpoints.json."""
     import tomllib
 
     endpoints: dict[str, Any] = {"brokers": {"cloud": f"127.0.0.1:{cloud_port}"}, "metrics": {}}
-    for fog, cfg in plan.fog_configs.items():
-        endpoints["brokers"][fog] = f"127.0.0.1:{tomllib.loads(cfg.read_text())['broker']['port']}"
+    configs = {"cloud": plan.cloud_config, **plan.fog_configs, **plan.device_configs}
+    for node, path in configs.items():
+        cfg = tomllib.loads(path.read_text())
+        if node in plan.fog_configs:
+            endpoints["brokers"][node] = f"127.0.0.1:{cfg['broker']['port']}"
+        if cfg.get("metrics", {}).get("listen"):
+            endpoints["metrics"][node] = f"http://{cfg['metrics']['listen']}/metrics"
     if opts.dashboard:
         from edge_runtime.dashboard.server import Dashboard
 
