@@ -1,6 +1,6 @@
 # hffm: `make demo` runs the main job, `make test` runs the test suite. Both set up what is missing first:
 # a .venv with torch 2.13.0 (CPU wheel, installed before anything can pull a CUDA build), the package, and
-# Mosquitto via apt-get when no mosquitto binary is found (sudo when not root).
+# Mosquitto via apt-get when no mosquitto binary is found (sudo when not root); `make test` also Chromium.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # What `make test-stress` runs beside two CPU busy loops (the fault suite: green under load, not only when idle).
 STRESS_TESTS ?= tests/faults
 
-.PHONY: setup demo test test-stress lint mosquitto clean
+.PHONY: setup demo test test-stress lint mosquitto chromium clean
 
 setup: $(STAMP) mosquitto
 
@@ -34,13 +34,23 @@ mosquitto:
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients; \
 	fi
 
+# The dashboard's browser test drives Debian's chromium (Playwright's own browser download is not used).
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then \
+		echo "chromium: found"; \
+	else \
+		echo "chromium: installing with apt-get (for the dashboard's browser test)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+			|| echo "chromium: could not be installed; the browser test will be skipped, saying why"; \
+	fi
+
 demo: setup
 	$(VENV)/bin/hffm demo --report runs/demo-report.json $(DEMO_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check --select F,E9 edge_runtime fog_gateway cloud tests
 
-test: setup lint
+test: setup lint chromium
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 # The fault suite beside two `python -c "while True: pass"` loops that tests/hffm_testing/stress.py starts and stops
