@@ -409,7 +409,8 @@ def bench_fog_ingest(
 @friendly_errors
 def bench_reliability(
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
-    rounds: Annotated[int, typer.Option(min=1, max=1000, help="Rounds per fault (x 20 devices = deltas).")] = 50,
+    rounds: Annotated[int, typer.Option(min=1, max=1000, help="Rounds of the two ledger-workload faults and the negative control (x 20 devices = deltas); the "
+                                       "real-tier faults run a fixed 2 x 2-round job.")] = 50,
     long_outages: Annotated[bool, typer.Option(help="Also kill the cloud broker for 60 s and 300 s.")] = False,
     work: Annotated[Path, typer.Option(help="Folder for the brokers, ledgers and state (wiped first).")] = Path(
         "runs/bench-reliability"),

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.atomic import write_npz
-from edge_runtime.errors import DataError
+from edge_runtime.errors import DataError, storage_error
 from edge_runtime.protocol.keys import ModuleKey
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "load_modules", "save_modules"]
@@ -92,7 +92,9 @@ def save_modules(
     arrays[MANIFEST] = np.frombuffer(json.dumps(manifest, sort_keys=True).encode(), dtype=np.uint8)
     try:
         write_npz(path, arrays)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:  # a full or read-only disk: a storage failure (exit 11), named, not bad data
+        raise storage_error(exc, f"module snapshot {where}") from None
+    except ValueError as exc:
         raise DataError(f"cannot write {where}: {type(exc).__name__}: {exc}") from None
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge_runtime.errors import DataError
+from edge_runtime.errors import DataError, StorageError
 from edge_runtime.model import M3TModel, load_backbone
 from edge_runtime.model.snapshot import FORMAT, MANIFEST, load_modules, save_modules
 from edge_runtime.protocol.keys import ModuleKey
@@ -122,10 +122,10 @@ def test_save_rejects_bad_input_and_writes_nothing(tmp_path: Path, states, stamp
     assert not path.exists()
 
 
-def test_save_to_an_unwritable_place_is_a_data_error(tmp_path: Path) -> None:
+def test_save_to_an_unwritable_place_is_a_storage_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(DataError, match="cannot write"):
+    with pytest.raises(StorageError, match="module snapshot .*cannot write"):
         save_modules(blocker / "modules.npz", {}, {})
 
 
