@@ -354,7 +354,7 @@ class EdgeAgent(D2dDevice, Service):
             out.append(Gauge(name="updates", help="Updates by outcome: sent (tries), acked, stale (their round had "
                                                   "closed), rejected, dropped (stale + rejected).",
                              values={(("outcome", k),): stats[k] for k in ("sent", "acked", "stale", "rejected",
-                                                                            "dropped")}, counter=True))
+                                                                            "conflicts", "dropped")}, counter=True))
         if self.privacy is not None:
             out.append(Gauge(name="dp_epsilon", help="Differential privacy spent so far, per module kind.",
                              values={(("kind", k),): v["epsilon"] for k, v in self.privacy.report().items()

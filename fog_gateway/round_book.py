@@ -54,7 +54,7 @@ class RoundBook:
         self.journal = journal
         self.rule = rule
         self.fatal: RoundJournalError | None = None
-        self.applied: dict[str, None] = {}
+        self.applied: dict[str, bytes | None] = {}  # key -> the applied update's digest (None: not known)
         self.round_weight: dict[ModuleKey, dict[str, int]] = {}
         self.open([])
 
@@ -67,7 +67,7 @@ class RoundBook:
     def restore(self, snap: Snapshot) -> None:
         """The state a previous run journaled: its applied keys, and its open round rebuilt by adding the stored
         deltas again in the order they were accepted (so every rule, robust ones too, gives the same result)."""
-        self.applied = dict.fromkeys(snap.applied)
+        self.applied = {k: snap.digests.get(k) for k in snap.applied}
         self.round_weight = {k: dict(v) for k, v in snap.position.round_weight.items()}
         self.open(snap.position.modules if snap.position.in_round else [])
         for stored in snap.deltas:
@@ -96,7 +96,7 @@ class RoundBook:
                 weights.setdefault(dev, share)
             else:
                 weights[dev] = share
-        self.applied[stored.key] = None
+        self.applied[stored.key] = stored.digest or self.applied.get(stored.key)  # a replayed delta keeps its digest
         while len(self.applied) > self.journal.kept:
             del self.applied[next(iter(self.applied))]
 

@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS deltas (
     layout      TEXT NOT NULL,
     data        BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS applied (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS applied (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, digest BLOB);
 """
 
 
@@ -206,6 +206,7 @@ class StoredDelta:
     lag: int  # 0, or how many cluster rounds late it was folded in
     delta: State
     covers: tuple[str, ...] = ()  # a D2D relay's update: the devices it averages (ModuleUpdate.covers)
+    digest: bytes = b""  # the update's SHA-256 of its tensors: a later copy under the same key must match it
 
     @property
     def reporters(self) -> tuple[str, ...]:
@@ -224,6 +225,7 @@ class Snapshot:
     stamps: dict[ModuleKey, Stamp]  # the published states' version stamps
     deltas: list[StoredDelta]  # of the open cluster round, in the order they were accepted
     applied: list[str]  # idempotency keys applied, oldest first
+    digests: dict[str, bytes] = field(default_factory=dict)  # applied key -> its update's digest (where known)
 
 
 class RoundJournal:
@@ -249,6 +251,8 @@ class RoundJournal:
                 raise RoundJournalError(f"{str(self.path)!r} is not a fog round journal (it holds tables "
                                         f"{sorted(tables)}); move it away to start the job from scratch")
             self._db.executescript(_SCHEMA)
+            if "digest" not in {r[1] for r in self._db.execute("PRAGMA table_info(applied)")}:
+                self._db.execute("ALTER TABLE applied ADD COLUMN digest BLOB")  # a journal written before digests
             row = self._db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
             if row is None:
                 self._db.execute("INSERT INTO meta (name, value) VALUES ('format', ?)", (FORMAT,))
@@ -292,7 +296,7 @@ class RoundJournal:
                        "weight, lag, layout, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (delta.key, global_round, cluster_round, str(delta.module), delta.sender, ",".join(delta.covers),
                         delta.num_samples, delta.weight, delta.lag, layout, blob))
-            db.execute("INSERT OR REPLACE INTO applied (key) VALUES (?)", (delta.key,))
+            db.execute("INSERT OR REPLACE INTO applied (key, digest) VALUES (?, ?)", (delta.key, delta.digest or None))
 
         self._write(steps)
 
@@ -378,9 +382,10 @@ class RoundJournal:
                        or k not in states["published"]]
             if missing:
                 raise ValueError(f"no stored state for {[str(k) for k in missing]}")
-            applied = [r[0] for r in self._db.execute("SELECT key FROM applied ORDER BY seq")]
+            rows = self._db.execute("SELECT key, digest FROM applied ORDER BY seq").fetchall()
             return Snapshot(job=json.loads(meta["job"]), position=position, announced=meta.get("announced") == "1",
-                            states=states, stamps=stamps, deltas=deltas, applied=applied)
+                            states=states, stamps=stamps, deltas=deltas, applied=[r[0] for r in rows],
+                            digests={r[0]: bytes(r[1]) for r in rows if r[1]})
         except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
             raise RoundJournalError(f"fog round journal {str(self.path)!r} is unreadable ({exc}); move it away to "
                                     "start the job from scratch") from None

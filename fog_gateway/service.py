@@ -306,6 +306,14 @@ class FogGateway(FogTopology, JournaledRounds, Service):
             self.send_ack(self.node, msg.sender, [idem], "rejected")
             raise DecodeError(f"update {idem} covers {sorted(reporters)}, of which {sorted(seen)} already reported "
                               "on their own: it cannot be applied in part")
+        applied_digest = self.book.applied.get(idem)
+        if applied_digest is not None and msg.sha256 and msg.sha256.encode() != applied_digest:
+            # Same key, other content: whoever sent first, this copy was not applied, and "applied" would be a lie.
+            self.rejected["conflict"] += 1
+            log.warning("fog %s: update %s conflicts with the update already applied under that key (other "
+                        "content): answered conflict; was a client publishing as %s?", self.node, idem, msg.sender)
+            self.send_ack(self.node, msg.sender, [idem], "conflict")
+            return
         if idem in self.book.applied or seen:
             self.rejected["duplicate"] += 1
             log.info("fog %s: duplicate update %s ignored", self.node, idem)
@@ -316,7 +324,7 @@ class FogGateway(FogTopology, JournaledRounds, Service):
             raise AggregationError(f"update of {msg.key} from {msg.sender} does not match the module's tensors")
         stored = StoredDelta(key=idem, module=msg.key, sender=msg.sender, num_samples=msg.num_samples, lag=lag,
                              weight=staleness_weight(msg.num_samples, self.cfg.fog.staleness_decay, lag), delta=delta,
-                             covers=msg.covers)
+                             covers=msg.covers, digest=msg.sha256.encode())
         self.book.accept(stored, global_round=self.round_g, cluster_round=self.cluster_c)
         self.round_via.update(d for d in reporters if d != msg.sender)
         if lag:

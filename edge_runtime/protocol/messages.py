@@ -473,7 +473,7 @@ class ResyncRequest:
         _check(0 < len(self.modules) <= 1024, "a resync request names 1..1024 modules")
 
 
-ACK_STATUSES = ("applied", "expired", "rejected")
+ACK_STATUSES = ("applied", "expired", "rejected", "conflict")
 MAX_ACK_KEYS = 1024
 MAX_CHUNKS = 65_535
 MAX_CHUNKED_PAYLOAD = 256 * 1024 * 1024

@@ -51,6 +51,7 @@ class ReliableSender:
         self.dropped = 0  # removed unapplied: stale + rejected
         self.stale = 0  # of those, the ones whose round closed (answered expired, or expired here)
         self.rejected = 0  # of those, the ones the receiver refused
+        self.conflicts = 0  # of those, the ones refused because another update was applied under the same key
 
     def pump(self, *, now: float | None = None) -> int:
         """Send up to ``window`` due messages; returns how many went out. Never raises for a broker problem."""
@@ -89,7 +90,7 @@ class ReliableSender:
         when a later round was announced) + rejected (refused by the receiver), pending (still on disk). Each
         message counts once, however many acks name it."""
         return {"sent": self.sent, "retransmitted": self.retransmitted, "chunked": self.chunked, "acked": self.acked,
-                "dropped": self.dropped, "stale": self.stale, "rejected": self.rejected,
+                "dropped": self.dropped, "stale": self.stale, "rejected": self.rejected, "conflicts": self.conflicts,
                 "pending": self.outbox.pending()}
 
     def on_ack(self, ack: Ack) -> None:
@@ -102,6 +103,12 @@ class ReliableSender:
         self.dropped += gone
         if ack.status == "expired":
             self.stale += gone
+        elif ack.status == "conflict":  # another update was applied under this key: ours never counted
+            self.conflicts += gone
+            self.rejected += gone
+            if gone:
+                log.error("%s says another update was already applied under %s: ours was not applied (was a client "
+                          "publishing under this node's identity?)", ack.sender, list(ack.keys))
         else:
             self.rejected += gone
 

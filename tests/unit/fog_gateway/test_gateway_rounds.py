@@ -465,3 +465,21 @@ def test_an_offline_d2d_member_is_waited_for_through_its_group(tmp_path: Path) -
 def test_straggler_settings_are_validated(fields: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         FogSection(id=FOG, fleet=FLEET, devices=["a", "b", "c"], **fields)
+
+
+def test_a_copy_with_other_content_under_an_applied_key_is_a_conflict_not_applied(tmp_path: Path) -> None:
+    """A spoofed update applied first must not let the fog ack the device's real one as "applied" (issue 18): the
+    second copy under the same key with another digest hears "conflict", is counted, and changes nothing; across
+    a restart too (the digest is journaled)."""
+    fog = Fog(tmp_path / "run", THREE)
+    fog.start_job()
+    key_a = fog.update("a", 100.0, 10)  # the forgery, first
+    fog.update("a", 1.0, 10)  # the device's own update under the same key
+    assert fog.acks("a") == [((key_a,), "applied"), ((key_a,), "conflict")]
+    assert fog.gw.rejected["conflict"] == 1 and fog.gw.book.aggs[HEAD].count == 1
+    fog.boot()  # kill -9 and restart: the applied digest comes back from the journal
+    fog.update("a", 1.0, 10)
+    assert fog.acks("a")[-1] == ((key_a,), "conflict") and fog.gw.rejected["conflict"] == 1
+    fog.update("a", 100.0, 10)  # the applied copy again (its ack was lost): "applied", counted once
+    assert fog.acks("a")[-1] == ((key_a,), "applied") and fog.gw.rejected["duplicate"] == 1
+    assert fog.gw.book.aggs[HEAD].count == 1

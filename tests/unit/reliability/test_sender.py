@@ -52,6 +52,15 @@ def test_pump_sends_due_rows_once_until_the_backoff(tmp_path: Path) -> None:
     assert sender.outbox.pending() == 0 and (sender.acked, sender.dropped) == (1, 1)
 
 
+def test_a_conflict_drops_the_update_and_counts_it_apart(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    sender = _sender(tmp_path, FakePublisher())
+    sender.outbox.put("k1", TOPIC, b"a", round_=1, now=0.0)
+    sender.on_ack(Ack(fleet="f", sender="fog-a", to="dev-1", keys=("k1",), status="conflict"))
+    stats = sender.stats()
+    assert (stats["conflicts"], stats["rejected"], stats["dropped"], stats["acked"], stats["pending"]) == (1, 1, 1, 0, 0)
+    assert "another update was already applied under ['k1']" in caplog.text
+
+
 def test_large_payloads_go_out_in_chunks_and_a_failed_send_stays_due(tmp_path: Path) -> None:
     pub = FakePublisher(limit=8192, fail_after=3)
     sender = _sender(tmp_path, pub)
