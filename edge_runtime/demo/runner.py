@@ -148,7 +148,9 @@ def _run_federation(opts: DemoOptions, plan: FleetPlan, cloud_port: int, progres
     observer.connect()
     stack.callback(observer.close)
     observer.subscribe([topics.metrics(FLEET)])
-    _announce_endpoints(opts, plan, cloud_port, stack, tls, progress.console)
+    endpoints = _announce_endpoints(opts, plan, cloud_port, stack, tls, progress.console)
+    cluster_lines = _ClusterLines(endpoints.get("metrics", {}), list(plan.fog_configs), progress.console) \
+        if not progress.console.is_terminal else None
     group = stack.enter_context(ProcessGroup())
     logs = plan.run_dir / "logs"
     limit = opts.time_limit_s
@@ -168,6 +170,8 @@ def _run_federation(opts: DemoOptions, plan: FleetPlan, cloud_port: int, progres
         bad = group.failed()
         if bad is not None:
             raise HffmError(f"{bad.name} exited with code {bad.returncode}; log {bad.log_path}:\n{bad.log_tail()}")
+        if cluster_lines is not None:
+            cluster_lines.poll()
         try:
             metrics = decode(inbox.get(timeout=0.5), RoundMetrics)
         except queue.Empty:
@@ -196,8 +200,37 @@ def _with_metrics(opts: DemoOptions, tables: dict[str, dict[str, Any]], nodes: l
     return {n: {**tables.get(n, {}), "metrics": {"listen": f"127.0.0.1:{free_port()}"}} for n in {*tables, *nodes}}
 
 
+class _ClusterLines:
+    """Redirected output: one line per cluster round, read from each fog's /metrics (``hffm_round``)."""
+
+    def __init__(self, urls: dict[str, str], fogs: list[str], console: Console) -> None:
+        self.urls = {f: urls[f] for f in fogs if f in urls}
+        self.console = console
+        self.seen: dict[str, tuple[int, int]] = {}
+        self.next_poll = 0.0
+
+    def poll(self) -> None:
+        import urllib.request
+
+        if time.monotonic() < self.next_poll:
+            return
+        self.next_poll = time.monotonic() + 1.0
+        for fog, url in self.urls.items():
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - the fog's own loopback
+                    text = response.read().decode()
+            except OSError:
+                continue
+            rounds = {line.split('"')[1]: int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+                      if line.startswith('hffm_round{scope="')}
+            now = (rounds.get("global", 0), rounds.get("cluster", 0))
+            if now[1] and now != self.seen.get(fog):
+                self.seen[fog] = now
+                self.console.print(f"{fog}: cluster round ({now[0]},{now[1]}) open")
+
+
 def _announce_endpoints(opts: DemoOptions, plan: FleetPlan, cloud_port: int, stack: ExitStack, tls: Any,
-                        console: Console) -> None:
+                        console: Console) -> dict[str, Any]:
     """Start the dashboard (unless disabled) and say where everything is: stderr and <run_dir>/endpoints.json."""
     import tomllib
 
@@ -218,6 +251,7 @@ def _announce_endpoints(opts: DemoOptions, plan: FleetPlan, cloud_port: int, sta
     (plan.run_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=1))
     console.print(("dashboard: " + endpoints["dashboard"] + "  " if "dashboard" in endpoints else "") +
                   "brokers: " + ", ".join(f"{n} {a}" for n, a in endpoints["brokers"].items()))
+    return endpoints
 
 
 def _run_baseline(opts: DemoOptions, plan: FleetPlan, progress: Progress) -> dict[str, dict[str, float]]:
