@@ -39,7 +39,7 @@ from edge_runtime.protocol import (
 from edge_runtime.protocol.topics import Topic
 from edge_runtime.reliability import report_key
 from edge_runtime.security.wiring import service_security
-from edge_runtime.observability import Gauge, Histogram
+from edge_runtime.observability import Gauge, Histogram, metrics_server_tls
 from edge_runtime.service import Service
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ class CloudService(Service):
         security = service_security(cfg, "cloud", resolve(cfg.base_dir, cfg.state_dir))
         super().__init__(node="cloud", host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics,
                          connect_timeout_s=cfg.broker.connect_timeout_s,
-                         metrics_listen=cfg.metrics.listen, metrics_insecure=cfg.metrics.insecure, **security)
+                         metrics_listen=cfg.metrics.listen, metrics_insecure=cfg.metrics.insecure,
+                         metrics_tls=metrics_server_tls(cfg), **security)
         self.model = build_m3t(cfg.model, c.modalities, c.tasks)
         self.keys: list[ModuleKey] = modules_for({m: [t for t in c.tasks if TASKS[t].modality == m]
                                                   for m in c.modalities})

@@ -41,7 +41,7 @@ from edge_runtime.protocol.topics import Topic
 from edge_runtime.reliability import Outbox, ReliableSender, round_tag
 from edge_runtime.resources import Decision, decide
 from edge_runtime.security.wiring import privacy_settings, service_security
-from edge_runtime.observability import Gauge, Histogram
+from edge_runtime.observability import Gauge, Histogram, metrics_server_tls
 from edge_runtime.service import Service
 from edge_runtime.telemetry import sample
 
@@ -110,6 +110,7 @@ class EdgeAgent(D2dDevice, Service):
         super().__init__(node=dev.id, host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics,
                          connect_timeout_s=cfg.broker.connect_timeout_s,
                          metrics_listen=cfg.metrics.listen, metrics_insecure=cfg.metrics.insecure,
+                         metrics_tls=metrics_server_tls(cfg),
                          will=(topics.state(self.fleet, dev.id), encode(offline)), **security)
         self.dp = privacy_settings(cfg)  # module kind -> DpSettings; noise is drawn from OS entropy, never a seed
         self.dp_rng = np.random.default_rng()

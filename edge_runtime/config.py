@@ -158,6 +158,20 @@ class MetricsConfig:
 
     listen: str = ""  # "IP:PORT", e.g. "127.0.0.1:9101"
     insecure: bool = False
+    cert: str = ""  # off loopback: a server certificate for the listen address (hffm certs issue ID --role broker)
+    key: str = ""  # its key; the scraper's certificate must be signed by the [tls] ca
+
+    def server_tls(self, tls: dict[str, Any], base_dir: str) -> Any:
+        """The endpoint's TLS files (this cert and key, and ``[tls] ca`` for the scrapers), or None without a
+        cert. Raises ValueError for a cert without a key or without ``[tls] ca``."""
+        if not self.cert:
+            return None
+        if not self.key or "ca" not in tls:
+            raise ValueError("[metrics] cert needs [metrics] key and [tls] ca (the CA of the scrapers' certificates)")
+        from edge_runtime.security.tls import TlsSettings
+
+        return TlsSettings(ca=resolve(base_dir, str(tls["ca"])), cert=resolve(base_dir, self.cert),
+                           key=resolve(base_dir, self.key))
 
     def __post_init__(self) -> None:
         if self.listen:

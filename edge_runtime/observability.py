@@ -19,7 +19,7 @@ import ipaddress
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.errors import ConfigError
 
@@ -66,6 +66,18 @@ class Observation:
     inbox_depth: int
     outbox_depth: int | None = None
     extra: tuple[Gauge | Histogram, ...] = field(default_factory=tuple)
+
+
+def metrics_server_tls(cfg: Any) -> TlsSettings | None:
+    """The ``/metrics`` TLS files of a tier config (``[metrics] cert/key`` and ``[tls] ca``), or None.
+
+    Raises:
+        ConfigError: a cert without a key or without ``[tls] ca``.
+    """
+    try:
+        return cfg.metrics.server_tls(cfg.tls, cfg.base_dir)  # type: ignore[no-any-return]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -162,16 +174,18 @@ class MetricsServer:
         from prometheus_client.process_collector import ProcessCollector
 
         host, port = parse_listen(listen)
-        secure = not is_loopback(host) and not insecure
+        secure = tls is not None or (not is_loopback(host) and not insecure)  # TLS files given: TLS, anywhere
         if secure and tls is None:
-            raise ConfigError(f"[metrics] listen {listen!r} is not loopback: serving it needs the node's [tls] "
-                              "files (mutual TLS), or [metrics] insecure = true to serve plain HTTP")
+            raise ConfigError(f"[metrics] listen {listen!r} is not loopback: serving it needs mutual TLS "
+                              "([metrics] cert and key: a server certificate for that address, e.g. `hffm certs "
+                              "issue NODE-metrics --role broker --host IP`; [tls] ca checks the scrapers), or "
+                              "[metrics] insecure = true to serve plain HTTP")
         if not is_loopback(host) and insecure:
             log.warning("metrics: serving plain HTTP on %s without TLS ([metrics] insecure = true)", listen)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_ServiceCollector(observe))  # type: ignore[arg-type]
         ProcessCollector(registry=self.registry)
-        tls_args = {} if not secure or tls is None else {
+        tls_args = {} if tls is None else {
             "certfile": str(tls.cert), "keyfile": str(tls.key), "client_cafile": str(tls.ca),
             "client_auth_required": True}
         try:

@@ -100,9 +100,11 @@ class Service:
     def __init__(self, *, node: str, host: str, port: int, metrics_file: Path | None = None,
                  will: tuple[str, bytes] | None = None, signer: Signer | None = None,
                  verifier: Verifier | None = None, tls: TlsSettings | None = None,
-                 connect_timeout_s: float = 15.0, metrics_listen: str = "", metrics_insecure: bool = False) -> None:
+                 connect_timeout_s: float = 15.0, metrics_listen: str = "", metrics_insecure: bool = False,
+                 metrics_tls: TlsSettings | None = None) -> None:
         """``metrics_listen``: serve Prometheus ``/metrics`` there while running (``[metrics] listen``; off when
-        empty); off loopback over mutual TLS with ``tls`` unless ``metrics_insecure`` (edge_runtime/observability.py)."""
+        empty); off loopback over mutual TLS with ``metrics_tls`` (a server certificate, and the CA of the scrapers')
+        unless ``metrics_insecure`` (edge_runtime/observability.py)."""
         self.node = node
         self.signer = signer
         self.verifier = verifier
@@ -112,7 +114,7 @@ class Service:
         self.metrics_file = metrics_file
         self.connect_timeout_s = connect_timeout_s
         self.received: dict[str, list[int]] = {}  # topic kind -> [bytes, messages] delivered (for /metrics)
-        self._metrics_args = (metrics_listen, tls, metrics_insecure)
+        self._metrics_args = (metrics_listen, metrics_tls, metrics_insecure)
         self.metrics_server: MetricsServer | None = None
         self.crash: str | None = None  # why the loop ended with an error, once it has
         self.done = False

@@ -46,7 +46,7 @@ from edge_runtime.protocol.topics import Topic
 from edge_runtime.reliability import Outbox, ReliableSender, report_key
 from edge_runtime.resources import eligible
 from edge_runtime.security.wiring import service_security
-from edge_runtime.observability import Gauge, Histogram
+from edge_runtime.observability import Gauge, Histogram, metrics_server_tls
 from edge_runtime.service import Service
 from fog_gateway.aggregation import make_aggregator
 from fog_gateway.neighbours import FogTopology
@@ -72,6 +72,7 @@ class FogGateway(FogTopology, JournaledRounds, Service):
         super().__init__(node=cfg.fog.id, host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics,
                          connect_timeout_s=cfg.broker.connect_timeout_s,
                          metrics_listen=cfg.metrics.listen, metrics_insecure=cfg.metrics.insecure,
+                         metrics_tls=metrics_server_tls(cfg),
                          will=(topics.state(self.fleet, cfg.fog.id), encode(offline)), **security)
         self.expected = set(cfg.fog.devices)
         self.holdings: dict[str, set[ModuleKey]] = {}

@@ -5,6 +5,7 @@ non-loopback endpoint without TLS are config errors."""
 from __future__ import annotations
 
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -107,5 +108,33 @@ def test_bad_listen_addresses_are_config_errors(listen: str) -> None:
 
 
 def test_off_loopback_needs_tls_or_an_explicit_insecure() -> None:
-    with pytest.raises(ConfigError, match="not loopback: serving it needs the node's \\[tls\\]"):
+    with pytest.raises(ConfigError, match="not loopback: serving it needs mutual TLS"):
         MetricsServer("0.0.0.0:0", Fog().observe)
+
+
+def test_with_a_server_certificate_only_a_scraper_of_the_fleet_ca_is_served(tmp_path: Path) -> None:
+    """[metrics] cert/key: mutual TLS (here on loopback, as off it): a scraper with a certificate of the fleet CA
+    reads /metrics; one without a certificate is refused during the handshake."""
+    import ssl
+
+    from edge_runtime.security.pki import Pki, init_ca, issue
+    from edge_runtime.security.tls import TlsSettings
+
+    init_ca(tmp_path)
+    pki = Pki(tmp_path)
+    issue(tmp_path, "broker-metrics-fog-a", "broker", hosts=["127.0.0.1"])
+    issue(tmp_path, "prometheus", "device")
+    tls = TlsSettings(ca=pki.ca_cert, cert=pki.cert("broker-metrics-fog-a"), key=pki.key("broker-metrics-fog-a"))
+    server = MetricsServer("127.0.0.1:0", Fog().observe, tls=tls)
+    try:
+        assert server.url.startswith("https://127.0.0.1:")
+        scraper = ssl.create_default_context(cafile=str(pki.ca_cert))
+        scraper.load_cert_chain(str(pki.cert("prometheus")), str(pki.key("prometheus")))
+        with urllib.request.urlopen(server.url, timeout=10, context=scraper) as response:  # noqa: S310 - loopback
+            assert b"hffm_node_info" in response.read()
+        stranger = ssl.create_default_context(cafile=str(pki.ca_cert))
+        with pytest.raises(OSError):
+            with urllib.request.urlopen(server.url, timeout=10, context=stranger) as response:  # noqa: S310
+                response.read()
+    finally:
+        server.close()
