@@ -300,6 +300,45 @@ def test_rendered_service_configs(deployment: Deployment) -> None:
     assert cloud["mosquitto"]["topology"] == str(p / "cloud-1/etc/hffm/topology.toml")
 
 
+def test_metrics_endpoints_scrape_config_and_a_tls_scrape(deployment: Deployment) -> None:
+    """The cloud and the fog serve /metrics (devices do not by default) with a server certificate of their own; the
+    controller has a scrape config naming both over https, and its scraper certificate reads a /metrics endpoint
+    served with the fog's rendered files."""
+    import ssl
+    import urllib.request
+
+    import yaml
+
+    from edge_runtime.observability import MetricsServer, Observation
+
+    p = deployment.prefix
+    fog = tomllib.loads(_read(p / "fog-1/etc/hffm/fog.toml"))
+    cloud = tomllib.loads(_read(p / "cloud-1/etc/hffm/cloud.toml"))
+    secrets = p / "fog-1/etc/hffm/pki"
+    assert fog["metrics"] == {"listen": "127.0.0.1:9102", "cert": f"{secrets}/broker-metrics-fog-1.pem",
+                              "key": f"{secrets}/broker-metrics-fog-1.key"}
+    assert cloud["metrics"]["listen"] == "127.0.0.1:9101" and cloud["metrics"]["cert"].endswith(
+        "broker-metrics-cloud.pem")
+    assert (secrets / "broker-metrics-fog-1.key").stat().st_mode & 0o777 == 0o600
+    assert "metrics" not in tomllib.loads(_read(p / "dev-1/etc/hffm/device.toml"))
+    config = yaml.safe_load(_read(p / "controller/prometheus.yml"))
+    job = config["scrape_configs"][0]
+    assert job["scheme"] == "https" and job["job_name"] == f"hffm-{FLEET}"
+    assert {c["labels"]["node"]: c["targets"] for c in job["static_configs"]} == {
+        "cloud": ["127.0.0.1:9101"], "fog-1": ["127.0.0.1:9102"]}
+    tls = TlsSettings(ca=Path(fog["tls"]["ca"]), cert=Path(fog["metrics"]["cert"]), key=Path(fog["metrics"]["key"]))
+    server = MetricsServer("127.0.0.1:0", lambda: Observation(
+        role="fog", node="fog-1", fleet=FLEET, connected=True, accepted={}, rejected={}, sent={}, received={},
+        inbox_depth=0), tls=tls)
+    try:
+        scraper = ssl.create_default_context(cafile=job["tls_config"]["ca_file"])
+        scraper.load_cert_chain(job["tls_config"]["cert_file"], job["tls_config"]["key_file"])
+        with urllib.request.urlopen(server.url, timeout=10, context=scraper) as response:  # noqa: S310 - loopback
+            assert b'hffm_node_info{fleet="' in response.read()
+    finally:
+        server.close()
+
+
 def test_rendered_units(deployment: Deployment) -> None:
     p = deployment.prefix
     for host, tier, config in (("dev-1", "edge", "device"), ("fog-1", "fog", "fog"), ("cloud-1", "cloud", "cloud")):
