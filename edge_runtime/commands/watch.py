@@ -115,7 +115,6 @@ class _JobFeed:
 
     def drain(self, wait_s: float) -> int:
         from edge_runtime.errors import HffmError
-        from edge_runtime.protocol import RoundControl, RoundMetrics
         from edge_runtime.protocol.routing import decode_message
 
         taken, end = 0, time.monotonic() + wait_s
@@ -129,12 +128,7 @@ class _JobFeed:
             except HffmError:
                 continue
             taken += 1
-            if isinstance(msg, NodeState):
-                self.view.on_state(msg)
-            elif isinstance(msg, RoundControl):
-                self.view.on_control(msg)
-            elif isinstance(msg, RoundMetrics):
-                self.view.on_metrics(msg)
+            self.view.on_message(msg)
 
 
 def _job_text(status: dict[str, object]) -> str:

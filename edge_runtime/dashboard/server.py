@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from edge_runtime.dashboard.view import FleetView
 from edge_runtime.errors import ConfigError, HffmError
 from edge_runtime.observability import is_loopback, parse_listen
-from edge_runtime.protocol import NodeState, RoundControl, RoundMetrics, topics
+from edge_runtime.protocol import topics
 from edge_runtime.protocol.routing import decode_message
 from edge_runtime.security.signing import unwrap_unverified
 from edge_runtime.transport import MqttTransport
@@ -102,12 +102,7 @@ class Dashboard:
         except HffmError as exc:
             self.view.on_rejected(topic, str(exc))
             return
-        if isinstance(msg, NodeState):
-            self.view.on_state(msg)
-        elif isinstance(msg, RoundControl):
-            self.view.on_control(msg)
-        elif isinstance(msg, RoundMetrics):
-            self.view.on_metrics(msg)
+        self.view.on_message(msg)
 
     def _scrape(self) -> None:
         for node, url in self.metrics_urls.items():

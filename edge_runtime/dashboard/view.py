@@ -38,6 +38,15 @@ class FleetView:
     def _event(self, kind: str, text: str) -> None:
         self.events.append({"t": time.time(), "kind": kind, "text": text})
 
+    def on_message(self, msg: object) -> None:
+        """Take any fleet message: adverts, announcements and the cloud's metrics move the view; others are ignored."""
+        if isinstance(msg, NodeState):
+            self.on_state(msg)
+        elif isinstance(msg, RoundControl):
+            self.on_control(msg)
+        elif isinstance(msg, RoundMetrics):
+            self.on_metrics(msg)
+
     def on_state(self, msg: NodeState) -> None:
         with self._lock:
             before = self.nodes.get(msg.node)
