@@ -135,6 +135,7 @@ class EdgeAgent(D2dDevice, Service):
         self.local_modules_path = state_dir / f"{dev.id}-local-modules.npz"
         self.next_advert = 0.0
         self.telemetry: dict[str, float] = {}  # the last resource sample (for /metrics)
+        self.advertised_on = 1  # the connection the last advert went out on (1: the first, advertised by start())
         self.decision: Decision | None = None
         self.state_text = "starting"
         self.residuals_path.parent.mkdir(parents=True, exist_ok=True)
@@ -321,6 +322,9 @@ class EdgeAgent(D2dDevice, Service):
             self._d2d_tick()
         if self.sender is not None:
             self.sender.pump()
+        if self.transport.connections > self.advertised_on:  # reconnected: the broker may hold our will ("offline")
+            self.advertised_on = self.transport.connections
+            self.next_advert = 0.0
         if time.monotonic() > self.next_advert:
             self.advertise(self.state_text)
         ctl = self.pending

@@ -417,6 +417,9 @@ class FogGateway(FogTopology, JournaledRounds, Service):
         if not self.expected <= set(self.holdings) | self._offline() and now < self.startup_deadline:
             return
         held = set().union(*self.holdings.values()) if self.holdings else set()
+        if plan.final:  # the final versions go out for every module a device of this job holds, online or not:
+            # they are retained, and a device whose link flapped reads them when it is back
+            held |= set().union(*(set(a.modules) for a in self.adverts.values()), set())
         # Modules this fog sent upward wait (bounded) for the version merged from them; in round 1 every module
         # waits for its initial version. A module the cloud never published is left out at once after that.
         stamps = self.global_rx.stamps

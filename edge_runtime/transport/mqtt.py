@@ -94,6 +94,7 @@ class MqttTransport:
         self.timeout_s = timeout_s
         self.connect_timeout_s = timeout_s if connect_timeout_s is None else connect_timeout_s
         self.connect_attempts = 0
+        self.connections = 0  # CONNACKs accepted: the first connect and every automatic reconnect
         self.handler_errors = 0
         self._on_message = on_message
         self._keepalive = keepalive
@@ -362,6 +363,7 @@ class MqttTransport:
             filters = list(self._filters)
         if filters:
             client.subscribe([(f, 1) for f in filters])
+        self.connections += 1
         self._connected.set()
         self._settled.set()
         log.debug("%s connected to %s:%d", self.client_id, self.host, self.port)

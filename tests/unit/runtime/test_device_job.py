@@ -70,7 +70,7 @@ def _agent(tmp_path: Path, job: str | None = None) -> EdgeAgent:
         sender=None, outbox=None, d2d=None, ctl=None, last_done=(0, 0), pending=None, pending_since=0.0,
         next_advert=float("inf"), crash_reason=None, stale_modules=[], state_text="idle", decision=None,
         final_accuracy={}, data=SimpleNamespace(test={}, modality_of={}), modules_path=tmp_path / "m.npz",
-        status_path=tmp_path / "status.json", transport=SimpleNamespace(connected=True),
+        status_path=tmp_path / "status.json", transport=SimpleNamespace(connected=True, connections=1), advertised_on=1,
         cfg=SimpleNamespace(broker=SimpleNamespace(host="127.0.0.1", port=1883)), done=False)
     agent.jobs.rejected = agent.rejected
     agent.advertise = lambda state, **_: setattr(agent, "state_text", state)  # type: ignore[method-assign]
@@ -177,3 +177,24 @@ def test_the_outbox_counts_each_message_once_as_acked_stale_or_rejected(tmp_path
     stats = sender.stats()
     assert {k: stats[k] for k in ("sent", "acked", "dropped", "stale", "rejected", "pending")} == {
         "sent": 5, "acked": 1, "dropped": 3, "stale": 2, "rejected": 1, "pending": 1}
+
+
+def test_a_reconnect_is_advertised_at_once(tmp_path: Path) -> None:
+    """After a link flap the broker holds the device's will ("offline"): the next tick re-advertises at once instead
+    of waiting out telemetry_interval_s, so its fog does not leave it out of the rounds (or the final versions)."""
+    agent = _agent(tmp_path)
+    agent.tick()
+    assert agent.state_text == "idle" and agent.next_advert == float("inf")  # nothing new: no advert
+    agent.state_text = "sent round (1,1)"
+    agent.transport.connections = 2  # paho reconnected
+    adverts: list[str] = []
+
+
+    def advertise(state: str, **_: Any) -> None:  # as the real one: the next refresh is due a while from now
+        adverts.append(state)
+        agent.next_advert = float("inf")
+
+    agent.advertise = advertise  # type: ignore[method-assign]
+    agent.tick()
+    agent.tick()
+    assert adverts == ["sent round (1,1)"] and agent.advertised_on == 2
