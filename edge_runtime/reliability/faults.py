@@ -265,6 +265,17 @@ def check(spec: WorkloadSpec, state_dir: Path, fault_end: float | None = None,
     return out
 
 
+def _dropped(cluster: Cluster, *, wait_s: float) -> dict[str, int | None]:
+    """Each fog broker's $SYS dropped-messages counter; with ``wait_s``, read again (bounded) while it is still 0,
+    since a loaded broker may not have published its latest $SYS figures yet."""
+    end = time.monotonic() + wait_s
+    while True:
+        counts = {f: b.dropped_messages() for f, b in cluster.fog_brokers.items()}
+        if time.monotonic() >= end or any(c for c in counts.values()):
+            return counts
+        time.sleep(0.5)
+
+
 def run_fault(name: str, run_dir: Path, *, rounds: int = 30, devices_per_fog: int = 10, fogs: int = 2,
               outbox: bool = True, settle_s: float = 60.0, slowdown: float = 1.0) -> dict[str, Any]:
     """Run one fault from :data:`FAULTS` and return its ledger check, with ``planned``, ``process_exits`` (every
@@ -317,7 +328,7 @@ def run_fault(name: str, run_dir: Path, *, rounds: int = 30, devices_per_fog: in
         # an error the harness stops the devices too).
         result["process_exits"] = [e for e in cluster.exits() if not e.endswith("still running at the end")
                                    or (e.startswith("devices") and "error" not in result)]
-        result["broker_dropped"] = {f: b.dropped_messages() for f, b in cluster.fog_brokers.items()}
+        result["broker_dropped"] = _dropped(cluster, wait_s=(5.0 * slowdown) if plan.limits is not None else 0.0)
     result = {"fault": name, "planned": spec.rounds * spec.devices_per_fog * len(spec.fogs), **result,
               "wall_s": round(time.monotonic() - started, 1)}
     result["failed"] = failures(result) if outbox else negative_failures(result)
