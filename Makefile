@@ -48,7 +48,7 @@ demo: setup
 	$(VENV)/bin/hffm demo --report runs/demo-report.json $(DEMO_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check --select F,E9 edge_runtime fog_gateway cloud tests
+	$(VENV)/bin/ruff check --select F,E9 hffm_core hffm_model edge_runtime fog_gateway cloud broker_config hffm_lab hffm_cli tests
 
 test: setup lint chromium
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

@@ -15,9 +15,9 @@ import secrets
 import time
 from pathlib import Path
 
-from edge_runtime.atomic import write_json
-from edge_runtime.errors import ConfigError
-from edge_runtime.protocol import check_job_id
+from hffm_core.atomic import write_json
+from hffm_core.errors import ConfigError
+from hffm_core.protocol import check_job_id
 
 log = logging.getLogger(__name__)
 JOB_FILE = "cloud-job.json"

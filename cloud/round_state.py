@@ -2,7 +2,7 @@
 
 Two files in the cloud's ``state_dir``:
 
-- ``cloud-round.sqlite`` (:class:`~edge_runtime.reliability.durable_sum.DurableSums`): per module of round g, the
+- ``cloud-round.sqlite`` (:class:`~hffm_core.delivery.durable_sum.DurableSums`): per module of round g, the
   weighted sum ``sum_f W_f * delta_f`` of the fogs' aggregates and the idempotency keys folded into it, committed in
   one transaction per aggregate; the cloud acks an aggregate only after that commit.
 - ``cloud-round.json`` (written atomically): the round number, the fogs whose report counted, the reports still
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.atomic import write_json
-from edge_runtime.errors import AggregationError, ConfigError
-from edge_runtime.protocol import ModuleKey
-from edge_runtime.reliability.durable_sum import DurableSums
+from hffm_core.atomic import write_json
+from hffm_core.delivery.durable_sum import DurableSums
+from hffm_core.errors import AggregationError, ConfigError
+from hffm_core.protocol import ModuleKey
 
 log = logging.getLogger(__name__)
 State = dict[str, np.ndarray]
@@ -35,7 +35,7 @@ class CloudRoundState:
     def __init__(self, state_dir: Path, *, aggregator: str = "fedavg",
                  aggregator_params: dict[str, object] | None = None) -> None:
         """Raises: OutboxError: the SQLite file cannot be opened. ConfigError: an unknown rule or parameter."""
-        from fog_gateway.aggregation import make_aggregator
+        from hffm_core.aggregation import make_aggregator
 
         self.rule = (aggregator, dict(aggregator_params or {}))
         make_aggregator(*self.rule)  # a bad name or parameter fails at start, not at the first merge
@@ -141,7 +141,7 @@ class CloudRoundState:
         return [b for b in self.sums.buckets() if b.startswith(prefix)]
 
     def _robust(self, key: ModuleKey) -> State | None:
-        from fog_gateway.aggregation import make_aggregator
+        from hffm_core.aggregation import make_aggregator
 
         rule = make_aggregator(*self.rule)
         try:

@@ -15,14 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from cloud.config import CloudConfig
 from cloud.job import choose_job
 from cloud.round_state import CloudRoundState
 from cloud.store import VersionStore
-from edge_runtime.compression.module_codec import layout_of, same_layout, unpack
-from edge_runtime.config import CloudConfig, load_config, make_codecs, resolve
-from edge_runtime.downlink import VersionPublisher
-from edge_runtime.errors import AggregationError, ConfigError, DecodeError
-from edge_runtime.protocol import (
+from hffm_core.compression.module_codec import layout_of, same_layout, unpack
+from hffm_core.config import load_config, make_codecs, resolve
+from hffm_core.delivery import report_key
+from hffm_core.downlink import VersionPublisher
+from hffm_core.errors import AggregationError, ConfigError, DecodeError
+from hffm_core.observability import Gauge, Histogram, metrics_server_tls
+from hffm_core.protocol import (
     GLOBAL_STAGE,
     FogAggregate,
     FogRoundReport,
@@ -36,11 +39,9 @@ from edge_runtime.protocol import (
     state_from_blobs,
     topics,
 )
-from edge_runtime.protocol.topics import Topic
-from edge_runtime.reliability import report_key
-from edge_runtime.security.wiring import service_security
-from edge_runtime.observability import Gauge, Histogram, metrics_server_tls
-from edge_runtime.service import Service
+from hffm_core.protocol.topics import Topic
+from hffm_core.security.wiring import service_security
+from hffm_core.service import Service
 
 log = logging.getLogger(__name__)
 State = dict[str, np.ndarray]
@@ -51,8 +52,9 @@ class CloudService(Service):
     watch_broker = True
 
     def __init__(self, cfg: CloudConfig) -> None:
-        from edge_runtime.data import TASKS, load_task_file
-        from edge_runtime.m3t_factory import build_m3t
+        from hffm_model.factory import build_m3t
+        from hffm_model.files import load_task_file
+        from hffm_model.spec import TASKS
 
         self.cfg = cfg
         c = cfg.cloud
@@ -286,8 +288,8 @@ class CloudService(Service):
 
     def evaluate(self) -> dict[str, float]:
         """Accuracy of the published global modules (what the fleet holds) on each task's held-out test file."""
-        from edge_runtime.data import TASKS
-        from edge_runtime.training import evaluate
+        from hffm_model.spec import TASKS
+        from hffm_model.training import evaluate
 
         for key, state in self.pub.published.items():
             self.model.load_module_state(key, state)

@@ -6,8 +6,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from edge_runtime.errors import DecodeError
-from edge_runtime.protocol import ModuleKey, ModuleVersion, decode, encode
+from hffm_core.errors import DecodeError
+from hffm_core.protocol import ModuleKey, ModuleVersion, decode, encode
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS module_versions (

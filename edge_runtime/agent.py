@@ -19,14 +19,19 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.atomic import write_json
-from edge_runtime.compression import ErrorFeedback
-from edge_runtime.compression.module_codec import layout_of, pack
-from edge_runtime.config import DeviceConfig, load_config, make_codecs, resolve
+from edge_runtime.config import DeviceConfig
 from edge_runtime.d2d.device import D2dDevice
-from edge_runtime.downlink import JobWatch, ResyncNeeded, VersionReceiver
-from edge_runtime.errors import ConfigError, DecodeError, StaleModelError
-from edge_runtime.protocol import (
+from edge_runtime.privacy.dp import privacy_settings
+from edge_runtime.telemetry import sample
+from hffm_core.atomic import write_json
+from hffm_core.compression import ErrorFeedback
+from hffm_core.compression.module_codec import layout_of, pack
+from hffm_core.config import load_config, make_codecs, resolve
+from hffm_core.delivery import Outbox, ReliableSender, round_tag
+from hffm_core.downlink import JobWatch, ResyncNeeded, VersionReceiver
+from hffm_core.errors import ConfigError, DecodeError, StaleModelError
+from hffm_core.observability import Gauge, Histogram, metrics_server_tls
+from hffm_core.protocol import (
     ModuleKey,
     ModuleUpdate,
     ModuleVersion,
@@ -37,13 +42,10 @@ from edge_runtime.protocol import (
     modules_for,
     topics,
 )
-from edge_runtime.protocol.topics import Topic
-from edge_runtime.reliability import Outbox, ReliableSender, round_tag
-from edge_runtime.resources import Decision, decide
-from edge_runtime.security.wiring import privacy_settings, service_security
-from edge_runtime.observability import Gauge, Histogram, metrics_server_tls
-from edge_runtime.service import Service
-from edge_runtime.telemetry import sample
+from hffm_core.protocol.topics import Topic
+from hffm_core.resources import Decision, decide
+from hffm_core.security.wiring import service_security
+from hffm_core.service import Service
 
 log = logging.getLogger(__name__)
 BASE_WAIT_S = 30.0
@@ -69,8 +71,9 @@ def load_local_data(cfg: DeviceConfig) -> LocalData:
         ConfigError: a task without a data entry, or a data entry for a task the device does not run.
         DataError: a file that is missing or malformed.
     """
-    from edge_runtime.data import TASKS, load_task_file
-    from edge_runtime.m3t_factory import check_modalities_tasks
+    from hffm_model.factory import check_modalities_tasks
+    from hffm_model.files import load_task_file
+    from hffm_model.spec import TASKS
 
     dev = cfg.device
     check_modalities_tasks(dev.modalities, dev.tasks)
@@ -99,7 +102,7 @@ class EdgeAgent(D2dDevice, Service):
     def __init__(self, cfg: DeviceConfig) -> None:
         import torch
 
-        from edge_runtime.m3t_factory import build_m3t
+        from hffm_model.factory import build_m3t
 
         self.cfg = cfg
         dev = cfg.device
@@ -156,7 +159,7 @@ class EdgeAgent(D2dDevice, Service):
 
     def _peer_link(self, state_dir: Path) -> Any:
         from edge_runtime.d2d.link import PeerLink
-        from edge_runtime.service import SealingTransport
+        from hffm_core.service import SealingTransport
 
         rel = self.cfg.reliability
         return PeerLink(self.cfg.d2d, fleet=self.fleet, fog=self.fog, node=self.node, state_dir=state_dir,
@@ -309,7 +312,7 @@ class EdgeAgent(D2dDevice, Service):
 
     def _save_modules(self, *, local: bool = False) -> None:
         """Snapshot the modules: as received (what the fleet holds) or, with ``local``, as trained here."""
-        from edge_runtime.model.snapshot import save_modules
+        from hffm_model.snapshot import save_modules
 
         if local:
             states = {k: self.model.get_module_state(k) for k in self.keys}
@@ -491,7 +494,7 @@ class EdgeAgent(D2dDevice, Service):
         return len(payload)
 
     def _poison(self, delta: dict[str, np.ndarray], key: ModuleKey, g: int, c: int) -> dict[str, np.ndarray]:
-        from edge_runtime.security.attacks import check_attack, poison
+        from edge_runtime.attacks import check_attack, poison
 
         attack = self.cfg.attack
         log.warning("device %s: RED-TEAM MODE: sending a %s-poisoned delta for %s in round (%d,%d)", self.node,
@@ -503,7 +506,7 @@ class EdgeAgent(D2dDevice, Service):
                ) -> tuple[dict[str, float], dict[str, int]]:
         """Train every task one of whose modules is selected; with ``fraction`` < 1 (resources short), on a seeded
         subset of that share of the samples. Returns the last-epoch loss and the samples used per task."""
-        from edge_runtime.training import train_task
+        from hffm_model.training import train_task
 
         g, c = ctl.global_round, ctl.cluster_round
         t = self.cfg.training
@@ -536,7 +539,7 @@ class EdgeAgent(D2dDevice, Service):
             StaleModelError: a module is older than the final version (the job's end was heard, its model was not):
                 evaluated and recorded anyway, but the device does not end as if it had the final model.
         """
-        from edge_runtime.training import evaluate
+        from hffm_model.training import evaluate
 
         for key, state in self.rx.states.items():  # evaluate what the fleet was sent, as every device holds it
             self.model.load_module_state(key, state)
@@ -565,8 +568,8 @@ def train_local_only(cfg: DeviceConfig, *, sessions: int, local_epochs: int) -> 
     """
     import torch
 
-    from edge_runtime.m3t_factory import build_m3t
-    from edge_runtime.training import evaluate, train_task
+    from hffm_model.factory import build_m3t
+    from hffm_model.training import evaluate, train_task
 
     torch.set_num_threads(cfg.training.threads)
     data = load_local_data(cfg)

@@ -3,7 +3,7 @@
 A sample is cheap (no blocking intervals; a few sysfs reads) and never raises. Every metric is read on its own: a
 sensor that is missing, unsupported on this platform or raising leaves its key out of the sample. An absent
 sensor is reported as absent, never as zero, so ``cpu_temp_c = 0.0`` cannot hide a missing thermometer and
-consumers (:func:`edge_runtime.resources.decide`, status displays) can tell "cool" from "unknown".
+consumers (:func:`hffm_core.resources.decide`, status displays) can tell "cool" from "unknown".
 
 Sizes are in MiB (``*_mb``), percentages in 0..100, temperatures in degrees Celsius, times in seconds.
 """

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from edge_runtime.errors import DecodeError
-from edge_runtime.protocol import ModuleKey, ModuleUpdate, NodeState
+from hffm_core.errors import DecodeError
+from hffm_core.protocol import ModuleKey, ModuleUpdate, NodeState
 
 
 def relay_score(device: str, adverts: Mapping[str, NodeState], rates: Mapping[str, float]) -> float:

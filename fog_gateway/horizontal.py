@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from edge_runtime.protocol import FogAggregate, ModuleKey
+from hffm_core.protocol import FogAggregate, ModuleKey
 
 State = dict[str, np.ndarray]
 SETTLE_S = 1.0

@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.compression.module_codec import layout_of, pack, same_layout, unpack
-from edge_runtime.errors import DecodeError
-from edge_runtime.protocol import FogAggregate, ModuleKey, ModuleUpdate, encode, topics
-from edge_runtime.protocol.topics import Topic
 from fog_gateway.d2d import choose_relays, reporters
 from fog_gateway.horizontal import NeighbourMix
 from fog_gateway.schedule import Schedule
+from hffm_core.compression.module_codec import layout_of, pack, same_layout, unpack
+from hffm_core.errors import DecodeError
+from hffm_core.protocol import FogAggregate, ModuleKey, ModuleUpdate, encode, topics
+from hffm_core.protocol.topics import Topic
 
 log = logging.getLogger(__name__)
 State = dict[str, np.ndarray]

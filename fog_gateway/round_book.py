@@ -20,12 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.config import FogConfig, make_codecs
-from edge_runtime.downlink import JobWatch, VersionPublisher
-from edge_runtime.errors import AggregationError
-from edge_runtime.protocol import ModuleKey, ModuleVersion, RoundControl
-from edge_runtime.transport import TrafficMeter
-from fog_gateway.aggregation import make_aggregator
+from fog_gateway.config import FogConfig
 from fog_gateway.round_journal import (
     SCHEDULE,
     Position,
@@ -37,6 +32,12 @@ from fog_gateway.round_journal import (
     job_of,
     same_job,
 )
+from hffm_core.aggregation import make_aggregator
+from hffm_core.config import make_codecs
+from hffm_core.downlink import JobWatch, VersionPublisher
+from hffm_core.errors import AggregationError
+from hffm_core.protocol import ModuleKey, ModuleVersion, RoundControl
+from hffm_core.transport import TrafficMeter
 
 log = logging.getLogger(__name__)
 

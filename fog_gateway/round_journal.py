@@ -19,7 +19,7 @@ cut), holds what the gateway needs to carry on after a kill -9:
   after a restart hears ``applied`` and is not counted twice.
 
 Arrays are raw little-endian float32/float64 bytes behind a JSON layout header (name, shape, dtype), as in
-:mod:`edge_runtime.reliability.durable_sum`: nothing is ever unpickled.
+:mod:`hffm_core.delivery.durable_sum`: nothing is ever unpickled.
 
 Ordering: each write is one transaction. An update's delta and its key are committed together, and the gateway
 acks the update only after that commit. Closing a cluster round commits the new cluster states, the advance to
@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.errors import HffmError
-from edge_runtime.protocol import ModuleKey, RoundControl
+from hffm_core.errors import HffmError
+from hffm_core.protocol import ModuleKey, RoundControl
 
 FORMAT = "hffm-fog-round/2"
 State = dict[str, np.ndarray]

@@ -25,12 +25,19 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.compression import ErrorFeedback
-from edge_runtime.compression.module_codec import layout_of, pack, same_layout, unpack
-from edge_runtime.config import FogConfig, make_codecs, resolve
-from edge_runtime.downlink import JobWatch, ResyncNeeded, VersionReceiver
-from edge_runtime.errors import AggregationError, DecodeError
-from edge_runtime.protocol import (
+from fog_gateway.config import FogConfig
+from fog_gateway.neighbours import FogTopology
+from fog_gateway.round_book import JournaledRounds
+from fog_gateway.round_journal import RoundJournal, StoredDelta, staleness_weight
+from hffm_core.aggregation import make_aggregator
+from hffm_core.compression import ErrorFeedback
+from hffm_core.compression.module_codec import layout_of, pack, same_layout, unpack
+from hffm_core.config import make_codecs, resolve
+from hffm_core.delivery import Outbox, ReliableSender, report_key
+from hffm_core.downlink import JobWatch, ResyncNeeded, VersionReceiver
+from hffm_core.errors import AggregationError, DecodeError
+from hffm_core.observability import Gauge, Histogram, metrics_server_tls
+from hffm_core.protocol import (
     FogAggregate,
     FogRoundReport,
     ModuleKey,
@@ -42,16 +49,10 @@ from edge_runtime.protocol import (
     encode,
     topics,
 )
-from edge_runtime.protocol.topics import Topic
-from edge_runtime.reliability import Outbox, ReliableSender, report_key
-from edge_runtime.resources import eligible
-from edge_runtime.security.wiring import service_security
-from edge_runtime.observability import Gauge, Histogram, metrics_server_tls
-from edge_runtime.service import Service
-from fog_gateway.aggregation import make_aggregator
-from fog_gateway.neighbours import FogTopology
-from fog_gateway.round_book import JournaledRounds
-from fog_gateway.round_journal import RoundJournal, StoredDelta, staleness_weight
+from hffm_core.protocol.topics import Topic
+from hffm_core.resources import eligible
+from hffm_core.security.wiring import service_security
+from hffm_core.service import Service
 
 log = logging.getLogger(__name__)
 APPLIED_KEYS_KEPT = 100_000  # ~ a few rounds of a large fog; older retransmissions hear "expired"
@@ -400,12 +401,16 @@ class FogGateway(FogTopology, JournaledRounds, Service):
         return set(chosen)
 
     def _samples_of(self, dev: str, key: ModuleKey) -> int:
-        from edge_runtime.data import TASKS
-
-        counts = self.adverts[dev].num_samples if dev in self.adverts else {}
+        """The device's training samples behind ``key``, from its advert: a task's count for a head or an adapter,
+        the sum over the tasks of that modality (the adapters it advertises for it) for an encoder."""
+        advert = self.adverts.get(dev)
+        if advert is None:
+            return 0
+        counts = advert.num_samples
         if key.kind == "head" or key.kind == "adapter":
             return counts.get(key.task, 0)
-        return sum(n for t, n in counts.items() if t in TASKS and TASKS[t].modality == key.modality)
+        tasks = {k.task for k in advert.modules if k.kind == "adapter" and k.modality == key.modality}
+        return sum(counts.get(t, 0) for t in tasks)
 
     # -- the round schedule --------------------------------------------------------------------------------------
     def _maybe_start_round(self) -> None:
@@ -565,6 +570,6 @@ class FogGateway(FogTopology, JournaledRounds, Service):
 
 def run_fog(config_path: Path, *, time_limit_s: float = 24 * 3600.0) -> None:
     """Load a fog config and run the gateway until the cloud finishes the job."""
-    from edge_runtime.config import load_config
+    from hffm_core.config import load_config
 
     FogGateway(load_config(config_path, FogConfig)).run(time_limit_s=time_limit_s)

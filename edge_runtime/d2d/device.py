@@ -9,12 +9,12 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
-from edge_runtime.compression.module_codec import layout_of, unpack
 from edge_runtime.d2d.peer_average import weighted_mean
-from edge_runtime.errors import DecodeError
-from edge_runtime.protocol import ModuleUpdate, RoundControl, encode, topics
-from edge_runtime.protocol.topics import Topic
-from edge_runtime.reliability import round_tag
+from hffm_core.compression.module_codec import layout_of, unpack
+from hffm_core.delivery import round_tag
+from hffm_core.errors import DecodeError
+from hffm_core.protocol import ModuleUpdate, RoundControl, encode, topics
+from hffm_core.protocol.topics import Topic
 
 if TYPE_CHECKING:
     from edge_runtime.d2d.link import PeerLink

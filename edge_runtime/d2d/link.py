@@ -18,10 +18,10 @@ from typing import Any
 
 from edge_runtime.config import D2dConfig
 from edge_runtime.d2d.relay import RelayDesk
-from edge_runtime.errors import TransportError
-from edge_runtime.protocol import ModuleKey, ModuleUpdate, RoundControl, encode, topics
-from edge_runtime.reliability import Outbox, ReliableSender, round_tag
-from edge_runtime.transport import MqttTransport, TrafficMeter
+from hffm_core.delivery import Outbox, ReliableSender, round_tag
+from hffm_core.errors import TransportError
+from hffm_core.protocol import ModuleKey, ModuleUpdate, RoundControl, encode, topics
+from hffm_core.transport import MqttTransport, TrafficMeter
 
 log = logging.getLogger(__name__)
 CATEGORY = "device_to_device"
@@ -131,7 +131,7 @@ class PeerLink:
     # -- relay side ------------------------------------------------------------------------------------------
     def ack_members(self, updates: list[ModuleUpdate] | tuple[ModuleUpdate, ...], *, count: bool = True) -> None:
         """Tell each member its delta is on its way to the fog (in this device's outbox)."""
-        from edge_runtime.protocol.messages import Ack
+        from hffm_core.protocol.messages import Ack
 
         for msg in updates:
             ack = Ack(fleet=self.fleet, sender=self.node, to=msg.sender, keys=(msg.idempotency_key,),

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from edge_runtime.errors import AggregationError
+from hffm_core.errors import AggregationError
 
 State = Mapping[str, np.ndarray]
 

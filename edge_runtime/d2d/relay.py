@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_runtime.protocol import ModuleKey, ModuleUpdate
+from hffm_core.protocol import ModuleKey, ModuleUpdate
 
 Bucket = tuple[int, int, ModuleKey]
 INCLUDED_KEPT = 10_000

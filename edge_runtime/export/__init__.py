@@ -4,7 +4,12 @@ Needs the ``edge`` and ``export`` extras (torch, peft, onnx, onnxscript, onnxrun
 imported only when a function that needs them is called.
 """
 
-from edge_runtime.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_task, merged_task_module
+from edge_runtime.export.onnx_export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    export_task,
+    merged_task_module,
+)
 from edge_runtime.export.onnx_infer import load_session, parity, run_onnx
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "export_task", "load_session", "merged_task_module", "parity", "run_onnx"]

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edge_runtime.errors import ModelError
-from edge_runtime.model.m3t import M3TModel, adapter_name
+from hffm_core.errors import ModelError
+from hffm_model.m3t import M3TModel, adapter_name
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "TaskGraph", "export_task", "merged_task_module"]
 

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_runtime.errors import DataError, ModelError
-from edge_runtime.model.m3t import M3TModel
+from hffm_core.errors import DataError, ModelError
+from hffm_model.m3t import M3TModel
 
 __all__ = ["load_session", "parity", "run_onnx"]
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.errors import ConfigError, ModelError
-from edge_runtime.protocol.keys import MODULE_KINDS
+from hffm_core.errors import ConfigError, ModelError
+from hffm_core.protocol.keys import MODULE_KINDS
 
 # Rényi orders searched for the best conversion: Opacus' defaults plus larger ones, which the optimum reaches when
 # the noise is large and the rounds are few (with sample rate 1 the RDP curve is linear in the order).
@@ -182,3 +182,18 @@ class PrivacyLedger:
             out[kind] = {"epsilon": eps if math.isfinite(eps) else None, "delta": delta, "rounds": self.counts[kind], "clip": s.clip,
                          "noise_multiplier": s.noise_multiplier}
         return out
+
+
+def privacy_settings(cfg: Any) -> dict[str, Any]:
+    """{module kind: DpSettings} from a device config's ``[privacy.<kind>]`` tables (empty: no DP).
+
+    Raises:
+        ConfigError: an invalid table.
+    """
+    if not cfg.privacy:
+        return {}
+    problems: list[str] = []
+    out = parse_privacy(cfg.privacy, "privacy", problems)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return out

@@ -28,19 +28,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.broker_process import free_port
-from edge_runtime.broker_sys import read_sys
-from edge_runtime.data import modality_spec, save_task_file, task_spec
-from edge_runtime.errors import BrokerError, TransportError
-from edge_runtime.protocol import topics
-from edge_runtime.protocol.codec import encode
-from edge_runtime.protocol.keys import ModuleKey
-from edge_runtime.protocol.messages import NodeState
-from edge_runtime.security.auth_matrix import connect_verdict, probe_verdict
-from edge_runtime.security.pki import init_ca, issue
-from edge_runtime.security.tls import TlsSettings, verifying_context
-from edge_runtime.transport import MqttTransport
-from edge_runtime.transport.mqtt import MqttRefusedError
+from broker_config.broker_sys import read_sys
+from broker_config.pki import init_ca, issue
+from broker_config.process import free_port
+from hffm_core.errors import BrokerError, TransportError
+from hffm_core.protocol import topics
+from hffm_core.protocol.codec import encode
+from hffm_core.protocol.keys import ModuleKey
+from hffm_core.protocol.messages import NodeState
+from hffm_core.security.tls import TlsSettings, verifying_context
+from hffm_core.transport import MqttTransport
+from hffm_core.transport.mqtt import MqttRefusedError
+from hffm_lab.data import modality_spec, save_task_file, task_spec
+from hffm_lab.security.auth_matrix import connect_verdict, probe_verdict
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -309,7 +309,7 @@ def test_metrics_endpoints_scrape_config_and_a_tls_scrape(deployment: Deployment
 
     import yaml
 
-    from edge_runtime.observability import MetricsServer, Observation
+    from hffm_core.observability import MetricsServer, Observation
 
     p = deployment.prefix
     fog = tomllib.loads(_read(p / "fog-1/etc/hffm/fog.toml"))

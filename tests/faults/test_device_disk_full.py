@@ -18,10 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.broker_process import BridgeSpec, MosquittoProcess, free_port, wait_for_bridge
-from edge_runtime.demo.plan import FLEET, DemoOptions, write_fleet
-from edge_runtime.demo.processes import ProcessGroup, TierProcess
-from edge_runtime.errors import StorageError
+from broker_config.process import (
+    BridgeSpec,
+    MosquittoProcess,
+    free_port,
+    wait_for_bridge,
+)
+from hffm_core.errors import StorageError
+from hffm_lab.demo.plan import FLEET, DemoOptions, write_fleet
+from hffm_lab.demo.processes import ProcessGroup, TierProcess
 
 pytestmark = pytest.mark.integration
 FOG, DEV1, DEV2 = "fog-1", "fog-1-dev-1", "fog-1-dev-2"

@@ -1,4 +1,4 @@
-"""The ledger workload at scale (edge_runtime/reliability/faults.py: 2 fogs x 10 devices, 20 rounds, real
+"""The ledger workload at scale (hffm_lab/faults/ledger_faults.py: 2 fogs x 10 devices, 20 rounds, real
 Mosquitto): a burst far above a fog broker's queue limit while the fog relay is down, and payloads above the
 broker's packet limit. Every key a device produced is applied by the cloud exactly once; with the outbox disabled
 the same checker catches the loss. (The kills and the link cut run on the real tiers: test_tier_faults.py.)"""
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.reliability.faults import negative_control, run_fault
+from hffm_lab.faults.ledger_faults import negative_control, run_fault
 
 pytestmark = pytest.mark.integration
 ROUNDS = 20  # x 2 fogs x 10 devices = 400 keys per fault (40 for the oversized payload)

@@ -24,17 +24,18 @@ import tomli_w
 import tomllib
 from hffm_testing.timing import session_slowdown
 
-from edge_runtime.broker_process import (
+from broker_config.process import (
     BridgeSpec,
     MosquittoProcess,
     free_port,
     wait_for_bridge,
 )
-from edge_runtime.config import DeviceConfig, load_config
-from edge_runtime.data import TASKS
-from edge_runtime.demo.plan import FLEET, DemoOptions, write_fleet
-from edge_runtime.demo.processes import ProcessGroup, TierProcess
-from edge_runtime.protocol import modules_for
+from edge_runtime.config import DeviceConfig
+from hffm_core.config import load_config
+from hffm_core.protocol import modules_for
+from hffm_lab.demo.plan import FLEET, DemoOptions, write_fleet
+from hffm_lab.demo.processes import ProcessGroup, TierProcess
+from hffm_model.spec import TASKS
 
 pytestmark = pytest.mark.integration
 FOG, DEV1, DEV2 = "fog-1", "fog-1-dev-1", "fog-1-dev-2"

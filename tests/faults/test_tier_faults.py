@@ -1,5 +1,5 @@
 """Faults on the real tiers (``hffm edge/fog/cloud run``, tiny backbone, 2 fogs x 1 device, 2 global rounds, every
-tier a process on real Mosquitto brokers; edge_runtime/reliability/tier_faults.py): kill -9 of the cloud broker, a
+tier a process on real Mosquitto brokers; hffm_lab/faults/tier_faults.py): kill -9 of the cloud broker, a
 fog broker, a fog gateway, the cloud service and a device mid-round, and a 15 s cut of a fog's bridge link. Each
 fault is injected once the job is provably under way (read from what the tiers committed), never at a fixed time.
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.reliability.tier_faults import TIER_FAULTS, run_tier_fault
+from hffm_lab.faults.tier_faults import TIER_FAULTS, run_tier_fault
 
 pytestmark = pytest.mark.integration
 

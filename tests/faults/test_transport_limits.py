@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.broker_process import BrokerLimits, MosquittoProcess
-from edge_runtime.reliability.proxy import LinkProxy
-from edge_runtime.transport import MqttTransport
+from broker_config.process import BrokerLimits, MosquittoProcess
+from hffm_core.transport import MqttTransport
+from hffm_lab.faults.proxy import LinkProxy
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,7 @@ def test_link_proxy_cuts_and_restores(tmp_path: Path, slowdown: float) -> None:
 
 
 def test_a_publish_during_a_broker_restart_waits_for_the_puback(tmp_path: Path, slowdown: float) -> None:
-    from edge_runtime.errors import TransportError
+    from hffm_core.errors import TransportError
 
     with MosquittoProcess(name="c", role="cloud", data_dir=tmp_path / "c") as broker:
         broker.start()

@@ -20,10 +20,10 @@ except ImportError:  # pragma: no cover - a hand-run tool; say what is missing i
     sys.exit("fuzz_decode.py needs atheris: pip install atheris")
 
 with atheris.instrument_imports():
-    from edge_runtime.errors import DecodeError, SecurityError
-    from edge_runtime.protocol import codec, topics
-    from edge_runtime.protocol.keys import ModuleKey
-    from edge_runtime.security import signing
+    from hffm_core.errors import DecodeError, SecurityError
+    from hffm_core.protocol import codec, topics
+    from hffm_core.protocol.keys import ModuleKey
+    from hffm_core.security import signing
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -52,7 +52,7 @@ def make_corpus(folder: Path) -> None:
     """One seed file per wire type: its index byte, then a valid encoded instance (sealed, for the envelope)."""
     import numpy as np
 
-    from edge_runtime.protocol import (
+    from hffm_core.protocol import (
         ModuleUpdate,
         NodeState,
         blobs_from_state,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.broker_process import BridgeSpec, MosquittoProcess, wait_for_bridge
-from edge_runtime.transport import MqttTransport
+from broker_config.process import BridgeSpec, MosquittoProcess, wait_for_bridge
+from hffm_core.transport import MqttTransport
 
 FLEET = "itest"
 
@@ -69,7 +69,7 @@ class Client:
 def job(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     """One small full run shared by the tests that inspect a finished job: tiny backbone, 2 fogs x 2 devices,
     2 global rounds of 2 cluster rounds, every tier a process on real Mosquitto brokers."""
-    from edge_runtime.demo import DemoOptions, run_demo
+    from hffm_lab.demo import DemoOptions, run_demo
 
     run_dir = tmp_path_factory.mktemp("job")
     opts = DemoOptions(fogs=2, devices_per_fog=2, rounds=2, agg_every=2, local_epochs=1, backbone="tiny",

@@ -1,6 +1,6 @@
 """Deadlines that scale with how loaded this machine is, instead of fixed numbers raised until a slow run passes.
 
-``slowdown`` (a session fixture in tests/conftest.py) is :func:`edge_runtime.reliability.calibrate.cpu_slowdown`,
+``slowdown`` (a session fixture in tests/conftest.py) is :func:`hffm_lab.faults.calibrate.cpu_slowdown`,
 measured once per session: 1.0 on an idle box, about 1.5-3 beside two CPU busy loops on two cores.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from edge_runtime.reliability.calibrate import cpu_slowdown
+from hffm_lab.faults.calibrate import cpu_slowdown
 
 _MEASURED: list[float] = []
 

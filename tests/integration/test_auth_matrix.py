@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.broker_process import find_mosquitto, free_port
-from edge_runtime.errors import BrokerError
-from edge_runtime.security import auth_matrix
-from edge_runtime.security.auth_matrix import CASES, run_auth_matrix, run_cases
-from edge_runtime.security.broker_tls import find_dynsec_plugin
+from broker_config.broker_tls import find_dynsec_plugin
+from broker_config.process import find_mosquitto, free_port
+from hffm_core.errors import BrokerError
+from hffm_lab.security import auth_matrix
+from hffm_lab.security.auth_matrix import CASES, run_auth_matrix, run_cases
 
 pytestmark = pytest.mark.integration
 

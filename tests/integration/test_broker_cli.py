@@ -18,19 +18,19 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edge_runtime.broker_process import free_port
-from edge_runtime.broker_sys import read_sys
-from edge_runtime.cli import app
-from edge_runtime.errors import BrokerError, TransportError
-from edge_runtime.protocol import topics
-from edge_runtime.protocol.codec import encode
-from edge_runtime.protocol.keys import ModuleKey
-from edge_runtime.protocol.messages import NodeState
-from edge_runtime.security.auth_matrix import connect_verdict, probe_verdict
-from edge_runtime.security.fleet_pki import FleetPki, provision_fleet
-from edge_runtime.security.pki import init_ca, issue
-from edge_runtime.security.tls import TlsSettings, verifying_context
-from edge_runtime.transport.mqtt import MqttRefusedError, MqttTransport
+from broker_config.broker_sys import read_sys
+from broker_config.fleet_pki import FleetPki, provision_fleet
+from broker_config.pki import init_ca, issue
+from broker_config.process import free_port
+from hffm_cli.main import app
+from hffm_core.errors import BrokerError, TransportError
+from hffm_core.protocol import topics
+from hffm_core.protocol.codec import encode
+from hffm_core.protocol.keys import ModuleKey
+from hffm_core.protocol.messages import NodeState
+from hffm_core.security.tls import TlsSettings, verifying_context
+from hffm_core.transport.mqtt import MqttRefusedError, MqttTransport
+from hffm_lab.security.auth_matrix import connect_verdict, probe_verdict
 
 pytestmark = pytest.mark.integration
 if shutil.which("mosquitto") is None and not os.access("/usr/sbin/mosquitto", os.X_OK):

@@ -23,7 +23,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_runtime.broker_process import (
+from broker_config.process import (
     BridgeSpec,
     MosquittoProcess,
     find_mosquitto,
@@ -31,8 +31,8 @@ from edge_runtime.broker_process import (
     render_config,
     wait_for_bridge,
 )
-from edge_runtime.errors import BrokerError
-from edge_runtime.protocol import ModuleKey, topics
+from hffm_core.errors import BrokerError
+from hffm_core.protocol import ModuleKey, topics
 
 pytestmark = pytest.mark.integration
 

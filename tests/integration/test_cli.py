@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.errors import ALL_ERRORS, ConfigError, DataError, TransportError
+from hffm_core.errors import ALL_ERRORS, ConfigError, DataError, TransportError
 
 
 def _hffm(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_runtime.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "hffm_cli.main", *args], capture_output=True, text=True,
                           timeout=120)
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.compression import ErrorFeedback
-from edge_runtime.demo import DemoOptions, run_demo
+from hffm_core.compression import ErrorFeedback
+from hffm_lab.demo import DemoOptions, run_demo
 
 pytestmark = pytest.mark.integration
 TOPK = {"codec": "topk", "params": {"fraction": 0.05, "values": "int8"}}

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.demo import DemoOptions, run_demo
-from edge_runtime.demo.layout import start_layout
-from edge_runtime.demo.plan import write_fleet
-from edge_runtime.demo.processes import ProcessGroup, TierProcess
-from edge_runtime.topology import generate_topology
+from broker_config.topology import generate_topology
+from hffm_lab.demo import DemoOptions, run_demo
+from hffm_lab.demo.layout import start_layout
+from hffm_lab.demo.plan import write_fleet
+from hffm_lab.demo.processes import ProcessGroup, TierProcess
 
 pytestmark = pytest.mark.integration
 

@@ -12,15 +12,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.broker_process import MosquittoProcess, free_port
-from edge_runtime.compression import make_codec
-from edge_runtime.compression.module_codec import pack, unpack
+from broker_config.process import MosquittoProcess, free_port
 from edge_runtime.config import D2dConfig
 from edge_runtime.d2d.device import D2dDevice
 from edge_runtime.d2d.link import PeerLink
-from edge_runtime.protocol import Ack, ModuleKey, ModuleUpdate, RoundControl, decode, encode, topics
-from edge_runtime.protocol.routing import decode_message
-from edge_runtime.transport import MqttTransport, TrafficMeter
+from hffm_core.compression import make_codec
+from hffm_core.compression.module_codec import pack, unpack
+from hffm_core.protocol import (
+    Ack,
+    ModuleKey,
+    ModuleUpdate,
+    RoundControl,
+    decode,
+    encode,
+    topics,
+)
+from hffm_core.protocol.routing import decode_message
+from hffm_core.transport import MqttTransport, TrafficMeter
 
 pytestmark = pytest.mark.integration
 KEY = ModuleKey(kind="adapter", modality="imu", task="activity")

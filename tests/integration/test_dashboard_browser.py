@@ -16,10 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.broker_process import BridgeSpec, MosquittoProcess, free_port, wait_for_bridge
-from edge_runtime.dashboard.server import Dashboard
-from edge_runtime.demo.plan import FLEET, DemoOptions, write_fleet
-from edge_runtime.demo.processes import ProcessGroup, TierProcess
+from broker_config.process import (
+    BridgeSpec,
+    MosquittoProcess,
+    free_port,
+    wait_for_bridge,
+)
+from cloud.dashboard.server import Dashboard
+from hffm_lab.demo.plan import FLEET, DemoOptions, write_fleet
+from hffm_lab.demo.processes import ProcessGroup, TierProcess
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -69,10 +74,10 @@ def test_the_page_follows_a_real_job_in_chromium(tmp_path: Path) -> None:
             group.wait(timeout_s=280)
         with urllib.request.urlopen(board.url + "api/state", timeout=10) as response:  # noqa: S310 - loopback
             state = json.loads(response.read())
-        watched = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "fleet", "status", "--watch", "--count",
+        watched = subprocess.run([sys.executable, "-m", "hffm_cli.main", "fleet", "status", "--watch", "--count",
                                   "1", "--interval", "1", "--format", "json", "--port", str(cloud_port), "--fleet",
                                   FLEET], capture_output=True, text=True, timeout=120, check=False)
-        job = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "job", "status", "--format", "json",
+        job = subprocess.run([sys.executable, "-m", "hffm_cli.main", "job", "status", "--format", "json",
                               "--port", str(cloud_port), "--fleet", FLEET], capture_output=True, text=True,
                              timeout=120, check=False)
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.protocol import ModuleKey
+from hffm_core.protocol import ModuleKey
 
 pytestmark = pytest.mark.integration
 

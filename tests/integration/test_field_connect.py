@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from edge_runtime.broker_process import MosquittoProcess, free_port
-from edge_runtime.errors import StorageError, TransportError
-from edge_runtime.protocol import NodeState, decode, encode, topics
-from edge_runtime.protocol.topics import Topic
-from edge_runtime.service import Service
-from edge_runtime.transport import MqttTransport
 from hffm_testing import Client
+
+from broker_config.process import MosquittoProcess, free_port
+from hffm_core.errors import StorageError, TransportError
+from hffm_core.protocol import NodeState, decode, encode, topics
+from hffm_core.protocol.topics import Topic
+from hffm_core.service import Service
+from hffm_core.transport import MqttTransport
 
 pytestmark = pytest.mark.integration
 FLEET = "conn"

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hffm_testing import FLEET, Brokers, Client
 
-from edge_runtime.config import BrokerConfig, FogConfig, FogSection
-from edge_runtime.protocol import (
+from fog_gateway.config import FogConfig, FogSection
+from fog_gateway.service import FogGateway
+from hffm_core.config import BrokerConfig
+from hffm_core.protocol import (
     GLOBAL_STAGE,
     Ack,
     FogAggregate,
@@ -29,9 +32,6 @@ from edge_runtime.protocol import (
     tensors_sha256,
     topics,
 )
-from fog_gateway.service import FogGateway
-
-from hffm_testing import FLEET, Brokers, Client
 
 pytestmark = pytest.mark.integration
 HEAD = ModuleKey.head("digit")
@@ -134,7 +134,7 @@ def test_fog_gateway_aggregates_holders_and_survives_garbage(brokers: Brokers, t
 def test_fog_selects_participants_from_adverts_and_closes_on_skip(brokers: Brokers, tmp_path: Path) -> None:
     """dev-hot advertises a CPU temperature above the fog's limit: it is left out of the participants. dev-skip
     sits the round out (skip notice): the round closes on dev-ok's update alone, long before its 60 s deadline."""
-    from edge_runtime.resources import ResourceThresholds
+    from hffm_core.resources import ResourceThresholds
 
     devices = ["dev-hot", "dev-ok", "dev-skip"]
     cfg = FogConfig(fog=FogSection(id="fog-1", fleet=FLEET, devices=devices, round_deadline_s=60,

@@ -16,10 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from broker_config.process import (
+    BridgeSpec,
+    MosquittoProcess,
+    free_port,
+    wait_for_bridge,
+)
 from cloud.store import VersionStore
-from edge_runtime.broker_process import BridgeSpec, MosquittoProcess, free_port, wait_for_bridge
-from edge_runtime.demo.plan import FLEET, DemoOptions, write_fleet
-from edge_runtime.demo.processes import ProcessGroup, TierProcess
+from hffm_lab.demo.plan import FLEET, DemoOptions, write_fleet
+from hffm_lab.demo.processes import ProcessGroup, TierProcess
 
 pytestmark = pytest.mark.integration
 FOG = "fog-1"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_runtime.demo import DemoOptions, run_demo
+from hffm_lab.demo import DemoOptions, run_demo
 
 pytestmark = pytest.mark.integration
 

@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from hffm_testing import FLEET, Brokers, Client
 from typer.testing import CliRunner
 
-from edge_runtime.cli import app
-from edge_runtime.errors import ConfigError, DataError
-from edge_runtime.protocol import NodeState, encode, topics
-
-from hffm_testing import FLEET, Brokers, Client
+from hffm_cli.main import app
+from hffm_core.errors import ConfigError, DataError
+from hffm_core.protocol import NodeState, encode, topics
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -157,7 +156,7 @@ def test_fleet_shows_a_finished_device_offline(job: tuple[dict, Path]) -> None:
     import tomllib
 
     report, run_dir = job
-    from edge_runtime.broker_process import MosquittoProcess
+    from broker_config.process import MosquittoProcess
 
     cfg = tomllib.loads(_device_config(run_dir).read_text())
     broker_dir = run_dir / "brokers" / cfg["device"]["fog"]
@@ -190,7 +189,7 @@ def test_sigterm_stops_an_agent_cleanly_with_an_offline_advert(brokers: Brokers,
     import tomli_w
     import tomllib
 
-    from edge_runtime.demo.processes import TierProcess
+    from hffm_lab.demo.processes import TierProcess
 
     _, run_dir = job
     cfg = tomllib.loads(_device_config(run_dir).read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.demo import DemoOptions, run_demo
+from hffm_lab.demo import DemoOptions, run_demo
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge_runtime.broker_process import (
+from broker_config.process import (
     BridgeSpec,
     MosquittoProcess,
     PeerBridgeSpec,
@@ -28,15 +28,15 @@ from edge_runtime.broker_process import (
     wait_for_bridge,
     wait_for_peer_bridge,
 )
-from edge_runtime.errors import BrokerError, TopologyError
-from edge_runtime.reliability.proxy import LinkProxy
-from edge_runtime.topology import (
+from broker_config.topology import (
     LINK_KINDS,
-    LinkNetwork,
     Topology,
     generate_topology,
     parse_topology,
 )
+from hffm_core.errors import BrokerError, TopologyError
+from hffm_lab.faults.proxy import LinkProxy
+from hffm_lab.network import LinkNetwork
 
 pytestmark = pytest.mark.integration
 
@@ -282,7 +282,7 @@ def test_render_config_refuses_bad_peer_bridges(tmp_path: Path) -> None:
 
 
 def test_tls_is_refused_for_peer_bridges_and_d2d(tmp_path: Path) -> None:
-    from edge_runtime.security.fleet_pki import provision_fleet
+    from broker_config.fleet_pki import provision_fleet
 
     pki = provision_fleet(tmp_path / "pki", FLEET, {"fog-1": ["fog-1-dev-1"]})
     bridge = BridgeSpec(fleet=FLEET, fog="fog-1", cloud_host="127.0.0.1", cloud_port=1883)

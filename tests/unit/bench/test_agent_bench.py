@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from edge_runtime.bench import agent as bench
-from edge_runtime.errors import HffmError, TransportError
+from hffm_core.errors import HffmError, TransportError
+from hffm_lab.bench import agent as bench
 
 GOOD = {"busy_publishes": 40, "publisher_error": None, "peak_rss_mb": 812.0}
 

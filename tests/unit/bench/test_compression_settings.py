@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from edge_runtime.bench.compression import DEFAULT_SETTINGS, SETTINGS, select_settings
-from edge_runtime.config import ModelConfig, build, make_codecs
-from edge_runtime.errors import ConfigError
+from hffm_core.config import ModelConfig, build, make_codecs
+from hffm_core.errors import ConfigError
+from hffm_lab.bench.compression import DEFAULT_SETTINGS, SETTINGS, select_settings
 
 
 def test_every_setting_is_valid() -> None:
@@ -21,7 +21,7 @@ def test_every_setting_is_valid() -> None:
 
 
 def _spec(table: dict) -> object:
-    from edge_runtime.config import CodecSpec
+    from hffm_core.config import CodecSpec
 
     return build(CodecSpec, dict(table), "spec")
 
@@ -37,9 +37,9 @@ def test_selection() -> None:
 def test_codec_speed_codes_modules_as_the_runtime_does(monkeypatch: pytest.MonkeyPatch) -> None:
     import numpy as np
 
-    from edge_runtime.bench import compression as bench
-    from edge_runtime.compression.lowrank import LowRankCodec
-    from edge_runtime.protocol import ModuleKey
+    from hffm_core.compression.lowrank import LowRankCodec
+    from hffm_core.protocol import ModuleKey
+    from hffm_lab.bench import compression as bench
 
     rng = np.random.default_rng(0)
     deltas = {ModuleKey.parse("adapter:power:demand"): {"a": rng.normal(size=(8, 32)).astype(np.float32),
@@ -58,7 +58,7 @@ def test_several_seeds_give_means_spread_and_each_seed_against_its_own_fp32(
     seed's fp32 run, and the entry holds the means, the per-seed figures and the spread."""
     from rich.console import Console
 
-    from edge_runtime.bench import compression as bench
+    from hffm_lab.bench import compression as bench
 
     acc = {(0, "fp32"): 0.80, (0, "sign"): 0.79, (1, "fp32"): 0.70, (1, "sign"): 0.67}
     up = {"fp32": 1000, "sign": 40}
@@ -94,7 +94,7 @@ def test_several_seeds_give_means_spread_and_each_seed_against_its_own_fp32(
 def test_one_seed_keeps_the_single_run_report(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     from rich.console import Console
 
-    from edge_runtime.bench import compression as bench
+    from hffm_lab.bench import compression as bench
 
     dirs = []
 

@@ -11,8 +11,8 @@ import pytest
 import tomli_w
 from rich.console import Console
 
-from edge_runtime.bench import security as bench
-from edge_runtime.errors import HffmError
+from hffm_core.errors import HffmError
+from hffm_lab.bench import security as bench
 
 DEVICES = [f"fog-1-dev-{i}" for i in range(1, 6)]
 AUTH_OK = {"passed": 13, "total": 13, "control_passed": True, "cases": [{"name": "c", "passed": True}] * 13}
@@ -34,7 +34,7 @@ def _fake_run(run_dir: Path, *, attacker: str | None, poisoned: int) -> None:
 
 
 def _patch_parts(monkeypatch: pytest.MonkeyPatch, auth: dict, poisoned: int) -> None:
-    from edge_runtime.security import auth_matrix, fuzz, measure, tamper
+    from hffm_lab.security import auth_matrix, fuzz, measure, tamper
 
     def fake_demo(opts):  # type: ignore[no-untyped-def]
         attacker = DEVICES[-1] if opts.attackers_per_fog else None

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from edge_runtime.bench import topology as bench
-from edge_runtime.errors import HffmError
+from hffm_core.errors import HffmError
+from hffm_lab.bench import topology as bench
 
 BYTES = {"star": {"device_cloud": 80_000},
          "hierarchical": {"device_fog": 80_000, "fog_cloud": 9_000},

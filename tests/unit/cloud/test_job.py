@@ -9,11 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cloud.config import CloudSection
 from cloud.job import JOB_FILE, choose_job, new_job_id, saved_job
 from cloud.store import VersionStore
-from edge_runtime.config import CloudSection
-from edge_runtime.errors import ConfigError
-from edge_runtime.protocol import GLOBAL_STAGE, ModuleKey, ModuleVersion, blobs_from_state, codec, tensors_sha256
+from hffm_core.errors import ConfigError
+from hffm_core.protocol import (
+    GLOBAL_STAGE,
+    ModuleKey,
+    ModuleVersion,
+    blobs_from_state,
+    codec,
+    tensors_sha256,
+)
 
 HEAD = ModuleKey.head("digit")
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from cloud.round_state import CloudRoundState
-from edge_runtime.errors import ConfigError
-from edge_runtime.protocol import ModuleKey
+from hffm_core.errors import ConfigError
+from hffm_core.protocol import ModuleKey
 
 KEY = ModuleKey.head("digit")
 HONEST = [np.array([1.0, 2.0], np.float32), np.array([1.2, 1.8], np.float32), np.array([0.8, 2.2], np.float32)]

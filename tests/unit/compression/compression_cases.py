@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edge_runtime.compression import Codec, make_codec
+from hffm_core.compression import Codec, make_codec
 
 # Every registered codec appears at least once (test_every_registered_codec_is_tested checks it).
 CONFIGS: list[tuple[str, dict[str, Any]]] = [
@@ -50,7 +50,7 @@ def sent_mask(codec: Codec, x: np.ndarray) -> np.ndarray:
     mask = np.ones(x.size, dtype=bool)
     select = getattr(codec, "select", None)
     if codec.name == "sign":
-        from edge_runtime.compression.sign import subset
+        from hffm_core.compression.sign import subset
 
         mask[:] = False
         mask[subset(x.size, float(codec.params["fraction"]), int(codec.params["seed"]))] = True

@@ -7,13 +7,22 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-import edge_runtime.compression as compression
-from edge_runtime.compression import CODECS, Codec, Fp16Codec, Fp32Codec, Int8Codec, TopKCodec, make_codec, register
-from edge_runtime.errors import ConfigError
+import hffm_core.compression as compression
+from hffm_core.compression import (
+    CODECS,
+    Codec,
+    Fp16Codec,
+    Fp32Codec,
+    Int8Codec,
+    TopKCodec,
+    make_codec,
+    register,
+)
+from hffm_core.errors import ConfigError
 
 
 def test_the_six_codecs_are_registered() -> None:
-    from edge_runtime.compression import LowRankCodec, SignCodec
+    from hffm_core.compression import LowRankCodec, SignCodec
 
     assert CODECS == {"fp32": Fp32Codec, "fp16": Fp16Codec, "int8": Int8Codec, "topk": TopKCodec,
                       "sign": SignCodec, "lowrank": LowRankCodec}

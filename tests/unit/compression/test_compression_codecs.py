@@ -11,10 +11,16 @@ from compression_cases import ARRAYS, CONFIGS, IDS, codec_of, sent_mask
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.compression import CODECS, TopKCodec, decode_state, encode_state, make_codec
-from edge_runtime.compression.base import MAX_ELEMENTS
-from edge_runtime.compression.indices import BITMAP, VARINT, varint_decode, varint_encode
-from edge_runtime.errors import DecodeError
+from hffm_core.compression import (
+    CODECS,
+    TopKCodec,
+    decode_state,
+    encode_state,
+    make_codec,
+)
+from hffm_core.compression.base import MAX_ELEMENTS
+from hffm_core.compression.indices import BITMAP, VARINT, varint_decode, varint_encode
+from hffm_core.errors import DecodeError
 
 
 def test_every_registered_codec_is_tested() -> None:

@@ -15,9 +15,9 @@ from compression_cases import CONFIGS, IDS, codec_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.compression import TopKCodec, make_codec
-from edge_runtime.compression.indices import BITMAP, VARINT
-from edge_runtime.errors import DecodeError
+from hffm_core.compression import TopKCodec, make_codec
+from hffm_core.compression.indices import BITMAP, VARINT
+from hffm_core.errors import DecodeError
 
 X = np.random.default_rng(7).normal(size=(3, 7)).astype(np.float32)
 NAN32, INF32 = struct.pack("<f", float("nan")), struct.pack("<f", float("-inf"))

@@ -15,8 +15,8 @@ from compression_cases import CONFIGS, IDS, codec_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.compression import ErrorFeedback, make_codec
-from edge_runtime.errors import DataError, DecodeError
+from hffm_core.compression import ErrorFeedback, make_codec
+from hffm_core.errors import DataError, DecodeError
 
 SHAPES = {"lora_A": (4, 16), "lora_B": (16, 4), "bias": (7,), "scalar": (), "empty": (0, 3)}
 

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.compression import ErrorFeedback, make_codec
-from edge_runtime.compression.module_codec import layout_of, pack, unpack
-from edge_runtime.errors import DecodeError
+from hffm_core.compression import ErrorFeedback, make_codec
+from hffm_core.compression.module_codec import layout_of, pack, unpack
+from hffm_core.errors import DecodeError
 
 
 def lora_like(seed: int) -> dict[str, np.ndarray]:
@@ -150,7 +150,7 @@ def test_rank_of_gives_matching_tensors_their_own_rank() -> None:
 
 @pytest.mark.parametrize("rank_of", ["b", "b:0", "b:65", ":2", "b:two", "b c:2", "b:2;a:1"])
 def test_rank_of_must_be_name_parts_and_ranks(rank_of: str) -> None:
-    from edge_runtime.errors import ConfigError
+    from hffm_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="rank_of item"):
         make_codec("lowrank", {"rank_of": rank_of})
@@ -205,7 +205,7 @@ def test_int4_rejects_the_reserved_code_and_a_set_padding_nibble(mutate: str) ->
 @pytest.mark.parametrize(("params", "message"), [({"pair": "q"}, "pair item"), ({"pair": "a|a"}, "pair item"),
                                                  ({"pair": "a|b c"}, "pair item"), ({"loadings": "int2"}, "loadings")])
 def test_bad_pair_and_loadings_are_config_errors(params: dict, message: str) -> None:
-    from edge_runtime.errors import ConfigError
+    from hffm_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         make_codec("lowrank", params)

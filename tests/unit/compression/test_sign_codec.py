@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_runtime.compression import ErrorFeedback, make_codec
-from edge_runtime.compression.module_codec import pack
-from edge_runtime.compression.sign import subset
-from edge_runtime.errors import ConfigError, DecodeError
+from hffm_core.compression import ErrorFeedback, make_codec
+from hffm_core.compression.module_codec import pack
+from hffm_core.compression.sign import subset
+from hffm_core.errors import ConfigError, DecodeError
 
 X = np.linspace(-1, 1, 1000, dtype=np.float32)
 

@@ -9,11 +9,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_runtime.d2d import RelayDesk, weighted_mean
-from edge_runtime.errors import AggregationError, DecodeError
-from edge_runtime.protocol import FogAggregate, ModuleKey, ModuleUpdate, NodeState, RoundControl, decode, encode
-from edge_runtime.protocol.messages import TensorBlob, tensors_sha256
 from fog_gateway.d2d import choose_relays, reporters
 from fog_gateway.horizontal import NeighbourMix
+from hffm_core.errors import AggregationError, DecodeError
+from hffm_core.protocol import (
+    FogAggregate,
+    ModuleKey,
+    ModuleUpdate,
+    NodeState,
+    RoundControl,
+    decode,
+    encode,
+)
+from hffm_core.protocol.messages import TensorBlob, tensors_sha256
 
 KEY = ModuleKey(kind="adapter", modality="imu", task="activity")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_runtime.config import FogSchedule
+from fog_gateway.config import FogSchedule
 from fog_gateway.schedule import Schedule
 
 

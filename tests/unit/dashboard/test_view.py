@@ -1,11 +1,11 @@
-"""FleetView (edge_runtime/dashboard/view.py) builds what the page shows from the fleet's own messages: fogs with
+"""FleetView (cloud/dashboard/view.py) builds what the page shows from the fleet's own messages: fogs with
 their devices and online state, the round timeline, accuracy per round, bytes per link per round, faults."""
 
 from __future__ import annotations
 
-from edge_runtime.dashboard.server import link_totals
-from edge_runtime.dashboard.view import FleetView
-from edge_runtime.protocol import ModuleKey, NodeState, RoundControl, RoundMetrics
+from cloud.dashboard.server import link_totals
+from cloud.dashboard.view import FleetView
+from hffm_core.protocol import ModuleKey, NodeState, RoundControl, RoundMetrics
 
 FLEET = "f"
 
@@ -66,7 +66,7 @@ def test_link_totals_reads_the_prometheus_text() -> None:
 
 
 def test_job_status_gives_progress_and_an_eta_once_two_rounds_were_seen(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import edge_runtime.dashboard.view as view_module
+    import cloud.dashboard.view as view_module
 
     clock = [1000.0]
     monkeypatch.setattr(view_module.time, "time", lambda: clock[0])

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_runtime.data import load_m3t_bench, load_task_file, save_task_file
-from edge_runtime.errors import DataError
+from hffm_core.errors import DataError
+from hffm_lab.data import load_m3t_bench, load_task_file, save_task_file
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,16 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from edge_runtime.data import MODALITIES, DeviceShard, TaskData, assign_modalities, load_m3t_bench, partition
-from edge_runtime.data.partition import dirichlet_shares
-from edge_runtime.errors import DataError
+from hffm_core.errors import DataError
+from hffm_lab.data import (
+    MODALITIES,
+    DeviceShard,
+    TaskData,
+    assign_modalities,
+    load_m3t_bench,
+    partition,
+)
+from hffm_lab.data.partition import dirichlet_shares
 
 ALL = list(MODALITIES)
 DEVICES = [f"dev{i}" for i in range(8)]

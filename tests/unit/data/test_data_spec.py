@@ -6,8 +6,16 @@ import dataclasses
 
 import pytest
 
-from edge_runtime.data import MODALITIES, TASKS, ModalitySpec, TaskSpec, modality_spec, task_spec, tasks_of
-from edge_runtime.errors import DataError
+from hffm_core.errors import DataError
+from hffm_lab.data import (
+    MODALITIES,
+    TASKS,
+    ModalitySpec,
+    TaskSpec,
+    modality_spec,
+    task_spec,
+    tasks_of,
+)
 
 
 def test_four_modalities_five_tasks() -> None:

@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_runtime.data import MODALITIES, to_tokens
-from edge_runtime.data.tokens import SPEECH_SCALE, resample
-from edge_runtime.errors import DataError
+from hffm_core.errors import DataError
+from hffm_lab.data import MODALITIES, to_tokens
+from hffm_lab.data.tokens import SPEECH_SCALE, resample
 
 
 def test_inertial_patches_are_step_major() -> None:

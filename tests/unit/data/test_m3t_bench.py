@@ -5,10 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_runtime.data import MODALITIES, TASKS, TaskData, class_names, load_m3t_bench, to_tokens
-from edge_runtime.data.m3t_bench import stratified_split
-from edge_runtime.data.sources import encode_labels, load_raw
-from edge_runtime.errors import DataError
+from hffm_core.errors import DataError
+from hffm_lab.data import (
+    MODALITIES,
+    TASKS,
+    TaskData,
+    class_names,
+    load_m3t_bench,
+    to_tokens,
+)
+from hffm_lab.data.m3t_bench import stratified_split
+from hffm_lab.data.sources import encode_labels, load_raw
 
 # task -> (train, test) sizes with test_fraction 0.3, rounded per class
 SIZES = {

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.demo.plan import DemoOptions, FleetPlan
-from edge_runtime.demo.report import build_report, read_node_metrics
-from edge_runtime.errors import HffmError
-from edge_runtime.protocol import RoundMetrics
+from hffm_core.errors import HffmError
+from hffm_core.protocol import RoundMetrics
+from hffm_lab.demo.plan import DemoOptions, FleetPlan
+from hffm_lab.demo.report import build_report, read_node_metrics
 
 DEVICES = ("fog-1-dev-1", "fog-1-dev-2")
 ROUNDS = [(1, 1), (1, 2), (2, 1), (2, 2)]

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from edge_runtime.data import load_m3t_bench
-from edge_runtime.errors import DataError, ModelError
 from edge_runtime.export import export_task, merged_task_module, parity, run_onnx
 from edge_runtime.export.onnx_export import TaskGraph
-from edge_runtime.model import M3TModel, adapter_name, load_backbone
-from edge_runtime.protocol.keys import ModuleKey
-from edge_runtime.training import train_task
+from hffm_core.errors import DataError, ModelError
+from hffm_core.protocol.keys import ModuleKey
+from hffm_lab.data import load_m3t_bench
+from hffm_model import M3TModel, adapter_name, load_backbone
+from hffm_model.training import train_task
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

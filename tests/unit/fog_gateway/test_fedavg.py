@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.errors import AggregationError, ConfigError
-from fog_gateway.aggregation import AGGREGATORS, FedAvg, make_aggregator, register
+from hffm_core.aggregation import AGGREGATORS, FedAvg, make_aggregator, register
+from hffm_core.errors import AggregationError, ConfigError
 
 
 def _deltas(rng: np.random.Generator, n: int) -> list[dict[str, np.ndarray]]:

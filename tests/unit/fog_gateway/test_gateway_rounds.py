@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-import edge_runtime.service as service_module
-from edge_runtime.config import FogConfig, FogSection
-from edge_runtime.protocol import (
+import hffm_core.service as service_module
+from fog_gateway.config import FogConfig, FogSection
+from fog_gateway.round_journal import RoundJournalError
+from fog_gateway.service import FogGateway
+from hffm_core.protocol import (
     GLOBAL_STAGE,
     Ack,
     FogAggregate,
@@ -29,9 +31,7 @@ from edge_runtime.protocol import (
     tensors_sha256,
     topics,
 )
-from edge_runtime.transport import TrafficMeter
-from fog_gateway.round_journal import RoundJournalError
-from fog_gateway.service import FogGateway
+from hffm_core.transport import TrafficMeter
 
 FLEET, FOG = "t", "fog-1"
 HEAD, ENC = ModuleKey.head("digit"), ModuleKey.encoder("image")
@@ -339,7 +339,7 @@ def test_a_fresh_fog_ignores_the_last_jobs_final_and_joins_the_next_job(tmp_path
     old = {"w": np.full((2, 3), 7.0, np.float32)}
     fog = Fog(tmp_path, TWO, job="J1")  # boot() delivered J1's version 0 (parked: this fog is in no job yet)
     fog.version(HEAD, old, 2)
-    with caplog.at_level(logging.WARNING, logger="edge_runtime.downlink"):
+    with caplog.at_level(logging.WARNING, logger="hffm_core.downlink"):
         fog.start_job(total_rounds=2, global_round=3, final=True)
         fog.start_job(total_rounds=2, global_round=3, final=True)  # delivered again: counted, logged once
     assert not fog.gw.done and fog.gw.plan is None and fog.gw.jobs.job is None
@@ -439,7 +439,7 @@ def test_an_offline_device_costs_a_round_one_grace_and_later_rounds_nothing(tmp_
 
 def test_an_offline_d2d_member_is_waited_for_through_its_group(tmp_path: Path) -> None:
     """A D2D member whose group has a member online may still reach the fog through it: no grace, the deadline."""
-    from edge_runtime.config import FogD2dConfig
+    from fog_gateway.config import FogD2dConfig
 
     fog = Fog(tmp_path, TWO, min_participants=2)
     fog.cfg = FogConfig(fog=fog.cfg.fog, d2d=FogD2dConfig(groups=[["a", "b"]]), state_dir=fog.cfg.state_dir)

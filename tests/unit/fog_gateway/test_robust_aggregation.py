@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.errors import AggregationError, ConfigError
-from fog_gateway.aggregation import (
+from hffm_core.aggregation import (
     AGGREGATORS,
     Aggregator,
     CoordinateMedian,
@@ -23,7 +22,8 @@ from fog_gateway.aggregation import (
     make_aggregator,
     register,
 )
-from fog_gateway.aggregation._stack import MAX_UPDATES
+from hffm_core.aggregation._stack import MAX_UPDATES
+from hffm_core.errors import AggregationError, ConfigError
 
 SHAPES = {"w": (4, 3), "b": (3,), "s": ()}
 Delta = dict[str, np.ndarray]
@@ -346,7 +346,7 @@ def test_duplicate_registration_is_rejected(cls: type[Aggregator]) -> None:
 
 # -- update-norm bounding ----------------------------------------------------------------------------------------
 def test_norm_bound_clips_a_boosted_update_to_the_bound() -> None:
-    from fog_gateway.aggregation.norm_bound import NormBounded, module_norm
+    from hffm_core.aggregation.norm_bound import NormBounded, module_norm
 
     agg = make_aggregator("fedavg", {"norm_bound": 1.0})
     assert isinstance(agg, NormBounded)

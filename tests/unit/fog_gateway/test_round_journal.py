@@ -15,8 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.protocol import ModuleKey, RoundControl
-from edge_runtime.reliability import Outbox
 from fog_gateway.round_journal import (
     Position,
     RoundJournal,
@@ -28,6 +26,8 @@ from fog_gateway.round_journal import (
     staleness_weight,
     unpack_state,
 )
+from hffm_core.delivery import Outbox
+from hffm_core.protocol import ModuleKey, RoundControl
 
 HEAD, ENC = ModuleKey.head("digit"), ModuleKey.encoder("image")
 PLAN = RoundControl(fleet="f", sender="cloud", global_round=2, cluster_round=0, total_rounds=5, agg_every=3,
@@ -197,7 +197,7 @@ def test_same_job_rule(plan_round: int, shape: dict[str, object], same: bool) ->
 
 _WRITER = """
 import sys, numpy as np
-from edge_runtime.protocol import ModuleKey, RoundControl
+from hffm_core.protocol import ModuleKey, RoundControl
 from fog_gateway.round_journal import Position, RoundJournal, StoredDelta
 HEAD = ModuleKey.head("digit")
 plan = RoundControl(fleet="f", sender="cloud", global_round=1, cluster_round=0, total_rounds=1, agg_every=100000,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edge_runtime.errors import ModelError
-from edge_runtime.model import M3TModel, load_backbone
+from hffm_core.errors import ModelError
+from hffm_model import M3TModel, load_backbone
 
 
 def test_tiny_backbone_is_frozen_in_eval_mode() -> None:

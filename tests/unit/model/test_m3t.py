@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from edge_runtime.errors import ModelError
-from edge_runtime.model import M3TModel, load_backbone
-from edge_runtime.protocol.keys import ModuleKey
+from hffm_core.errors import ModelError
+from hffm_core.protocol.keys import ModuleKey
+from hffm_model import M3TModel, load_backbone
 
 MODALITIES = {"imu": (8, 6), "audio": (4, 10)}
 TASKS = {"har": ("imu", 4), "fall": ("imu", 2), "kws": ("audio", 3)}

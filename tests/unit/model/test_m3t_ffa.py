@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_runtime.errors import ModelError
-from edge_runtime.model import M3TModel, load_backbone
-from edge_runtime.protocol.keys import ModuleKey
-from edge_runtime.training import train_task
+from hffm_core.errors import ModelError
+from hffm_core.protocol.keys import ModuleKey
+from hffm_model import M3TModel, load_backbone
+from hffm_model.training import train_task
 
 KEY = ModuleKey.adapter("image", "digit")
 

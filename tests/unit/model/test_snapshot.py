@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from edge_runtime.errors import DataError, StorageError
-from edge_runtime.model import M3TModel, load_backbone
-from edge_runtime.model.snapshot import FORMAT, MANIFEST, load_modules, save_modules
-from edge_runtime.protocol.keys import ModuleKey
+from hffm_core.errors import DataError, StorageError
+from hffm_core.protocol.keys import ModuleKey
+from hffm_model import M3TModel, load_backbone
+from hffm_model.snapshot import FORMAT, MANIFEST, load_modules, save_modules
 
 ENC = ModuleKey.encoder("image")
 ADA = ModuleKey.adapter("image", "digit")

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 
-from edge_runtime.errors import ConfigError, ModelError
 from edge_runtime.privacy import (
     DpSettings,
     PrivacyLedger,
@@ -18,6 +17,7 @@ from edge_runtime.privacy import (
     parse_privacy,
     privatize,
 )
+from hffm_core.errors import ConfigError, ModelError
 
 
 def _delta(rng: np.random.Generator, scale: float) -> dict[str, np.ndarray]:

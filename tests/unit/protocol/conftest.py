@@ -13,9 +13,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from edge_runtime.protocol import codec
-from edge_runtime.protocol.keys import ModuleKey
-from edge_runtime.protocol.messages import (
+from hffm_core.protocol import codec
+from hffm_core.protocol.keys import ModuleKey
+from hffm_core.protocol.messages import (
     Ack,
     Chunk,
     FogAggregate,
@@ -23,8 +23,8 @@ from edge_runtime.protocol.messages import (
     ModuleUpdate,
     ModuleVersion,
     NodeState,
-    RoundControl,
     ResyncRequest,
+    RoundControl,
     RoundMetrics,
     TensorBlob,
     blobs_from_state,

@@ -24,21 +24,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edge_runtime.errors import DecodeError
-from edge_runtime.protocol import codec, decode, encode
-from edge_runtime.protocol.keys import ModuleKey
-from edge_runtime.protocol.messages import (
+from hffm_core.errors import DecodeError
+from hffm_core.protocol import codec, decode, encode
+from hffm_core.protocol.keys import ModuleKey
+from hffm_core.protocol.messages import (
     ALLOWED_DTYPES,
     JOB_SCHEMA_VERSION,
     MESSAGE_TYPES,
     SCHEMA_VERSION,
+    EncodedTensor,
     FogAggregate,
     FogRoundReport,
     ModuleUpdate,
     ModuleVersion,
     NodeState,
     RoundControl,
-    EncodedTensor,
     TensorBlob,
     blobs_from_state,
     state_from_blobs,

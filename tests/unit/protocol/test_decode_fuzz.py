@@ -16,11 +16,11 @@ from typing import Any
 import msgpack
 import pytest
 
-from edge_runtime.errors import DecodeError
-from edge_runtime.protocol import codec, decode, encode
-from edge_runtime.protocol.codec import WIRE_TYPES
-from edge_runtime.protocol.envelope import SignedEnvelope
-from edge_runtime.protocol.messages import MESSAGE_TYPES
+from hffm_core.errors import DecodeError
+from hffm_core.protocol import codec, decode, encode
+from hffm_core.protocol.codec import WIRE_TYPES
+from hffm_core.protocol.envelope import SignedEnvelope
+from hffm_core.protocol.messages import MESSAGE_TYPES
 
 SEED = 20_240_611
 N_BYTES = 20_000

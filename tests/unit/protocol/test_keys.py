@@ -10,8 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_runtime.protocol.keys import ANY, MODULE_KINDS, ModuleKey, check_name, modules_for
-from edge_runtime.protocol.topics import check_segment
+from hffm_core.protocol.keys import (
+    ANY,
+    MODULE_KINDS,
+    ModuleKey,
+    check_name,
+    modules_for,
+)
+from hffm_core.protocol.topics import check_segment
 
 NAMES = st.from_regex(r"[a-z0-9][a-z0-9-]{0,62}", fullmatch=True)
 KEYS = st.one_of(

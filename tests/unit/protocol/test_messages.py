@@ -10,15 +10,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_runtime.errors import DecodeError
-from edge_runtime.protocol import codec
-from edge_runtime.protocol.keys import ModuleKey
-from edge_runtime.protocol.messages import (
+from hffm_core.errors import DecodeError
+from hffm_core.protocol import codec
+from hffm_core.protocol.keys import ModuleKey
+from hffm_core.protocol.messages import (
     ALLOWED_DTYPES,
     GLOBAL_STAGE,
+    JOB_SCHEMA_VERSION,
     MAX_DIMS,
     MESSAGE_TYPES,
-    JOB_SCHEMA_VERSION,
     SCHEMA_VERSION,
     FogAggregate,
     FogRoundReport,

@@ -15,14 +15,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.compression import make_codec
-from edge_runtime.compression.module_codec import pack as pack_module
-from edge_runtime.errors import DecodeError
-from edge_runtime.protocol import codec, decode, encode
-from edge_runtime.protocol.codec import WIRE_TYPES
-from edge_runtime.protocol.envelope import SignedEnvelope
-from edge_runtime.protocol.keys import ModuleKey
-from edge_runtime.protocol.messages import (
+from hffm_core.compression import make_codec
+from hffm_core.compression.module_codec import pack as pack_module
+from hffm_core.errors import DecodeError
+from hffm_core.protocol import codec, decode, encode
+from hffm_core.protocol.codec import WIRE_TYPES
+from hffm_core.protocol.envelope import SignedEnvelope
+from hffm_core.protocol.keys import ModuleKey
+from hffm_core.protocol.messages import (
     MESSAGE_TYPES,
     ModuleUpdate,
     NodeState,

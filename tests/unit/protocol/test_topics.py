@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_runtime.errors import DecodeError
-from edge_runtime.protocol import topics
-from edge_runtime.protocol.keys import ModuleKey
-from edge_runtime.protocol.topics import Topic, check_segment
+from hffm_core.errors import DecodeError
+from hffm_core.protocol import topics
+from hffm_core.protocol.keys import ModuleKey
+from hffm_core.protocol.topics import Topic, check_segment
 
 ENC = ModuleKey.encoder("imu")
 ADA = ModuleKey.adapter("image", "fall")

@@ -7,10 +7,10 @@ import hashlib
 
 import pytest
 
-from edge_runtime.errors import DecodeError
-from edge_runtime.protocol import codec, topics
-from edge_runtime.protocol.messages import Chunk
-from edge_runtime.reliability.chunking import Reassembler, fits, split
+from hffm_core.delivery.chunking import Reassembler, fits, split
+from hffm_core.errors import DecodeError
+from hffm_core.protocol import codec, topics
+from hffm_core.protocol.messages import Chunk
 
 TOPIC = "hffm/v1/f/up/fog-a/imu/activity/adapter/dev-1"
 

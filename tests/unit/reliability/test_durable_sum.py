@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.errors import AggregationError
-from edge_runtime.reliability.durable_sum import ADDED, CLOSED, DUPLICATE, DurableSums
+from hffm_core.delivery.durable_sum import ADDED, CLOSED, DUPLICATE, DurableSums
+from hffm_core.errors import AggregationError
 
 
 def test_add_dedupes_and_sums(tmp_path: Path) -> None:
@@ -58,7 +58,7 @@ def test_bad_deltas_change_nothing(tmp_path: Path, delta: dict, weight: float, m
 
 _WRITER = """
 import sys, numpy as np
-from edge_runtime.reliability.durable_sum import DurableSums
+from hffm_core.delivery.durable_sum import DurableSums
 sums = DurableSums(sys.argv[1], synchronous="NORMAL")
 print("ready", flush=True)
 for i in range(100000):

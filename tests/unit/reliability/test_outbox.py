@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.errors import ConfigError
-from edge_runtime.reliability.outbox import Outbox, OutboxError
+from hffm_core.delivery.outbox import Outbox, OutboxError
+from hffm_core.errors import ConfigError
 
 
 def test_put_due_ack(tmp_path: Path) -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.protocol.messages import Ack
-from edge_runtime.reliability.durable_sum import DurableSums
-from edge_runtime.reliability.faults import check
-from edge_runtime.reliability.outbox import Outbox
-from edge_runtime.reliability.sender import ReliableSender
-from edge_runtime.reliability.workload import WorkloadSpec, aggregate_key
+from hffm_core.delivery.durable_sum import DurableSums
+from hffm_core.delivery.outbox import Outbox
+from hffm_core.delivery.sender import ReliableSender
+from hffm_core.protocol.messages import Ack
+from hffm_lab.faults.ledger_faults import check
+from hffm_lab.faults.workload import WorkloadSpec, aggregate_key
 
 TOPIC = "hffm/v1/f/up/fog-a/imu/activity/adapter/dev-1"
 

@@ -9,13 +9,20 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import edge_runtime.service as service_module
-from edge_runtime.protocol import ModuleKey, ModuleUpdate, blobs_from_state, encode, tensors_sha256, topics
-from edge_runtime.protocol.topics import Topic
-from edge_runtime.reliability.chunking import split
-from edge_runtime.security.signing import Signer, Verifier
-from edge_runtime.service import Service
-from edge_runtime.transport import TrafficMeter
+import hffm_core.service as service_module
+from hffm_core.delivery.chunking import split
+from hffm_core.protocol import (
+    ModuleKey,
+    ModuleUpdate,
+    blobs_from_state,
+    encode,
+    tensors_sha256,
+    topics,
+)
+from hffm_core.protocol.topics import Topic
+from hffm_core.security.signing import Signer, Verifier
+from hffm_core.service import Service
+from hffm_core.transport import TrafficMeter
 
 FLEET, FOG = "fleet-1", "fog-a"
 KEY = ModuleKey.adapter("imu", "activity")

@@ -1,12 +1,12 @@
-"""The fault harness tells a planned kill from an unexpected exit (edge_runtime/reliability/tier_job.py)."""
+"""The fault harness tells a planned kill from an unexpected exit (hffm_lab/faults/tier_job.py)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from edge_runtime.demo.processes import TierProcess
-from edge_runtime.reliability.tier_job import Started
+from hffm_lab.demo.processes import TierProcess
+from hffm_lab.faults.tier_job import Started
 
 
 def _run(tmp_path: Path, code: str) -> TierProcess:

@@ -1,11 +1,11 @@
 """A fault row passes only when nothing was lost, duplicated, left unproduced or unrecovered, and no process ended
-unexpectedly; the negative control passes only when it saw a loss (edge_runtime/reliability/verdict.py)."""
+unexpectedly; the negative control passes only when it saw a loss (hffm_lab/faults/verdict.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from edge_runtime.reliability.verdict import failures, negative_failures
+from hffm_lab.faults.verdict import failures, negative_failures
 
 GOOD = {"planned": 10, "produced": 10, "applied": 10, "lost": 0, "duplicates_applied": 0, "recovery_s": 1.2,
         "process_exits": []}

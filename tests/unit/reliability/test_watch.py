@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from edge_runtime.reliability.watch import DroppedWatch
+from hffm_core.delivery.watch import DroppedWatch
 
 
 def test_each_increase_is_one_alert(caplog: pytest.LogCaptureFixture) -> None:

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.config import CloudConfig, DeviceConfig, FogConfig, load_config
+from cloud.config import CloudConfig
+from edge_runtime.config import DeviceConfig
+from fog_gateway.config import FogConfig
+from hffm_core.config import load_config
 
 DEVICE = """
 [device]
@@ -49,14 +52,14 @@ def test_device_config_loads_with_defaults(tmp_path: Path) -> None:
     ],
 )
 def test_bad_device_configs_are_named(tmp_path: Path, text: str, match: str) -> None:
-    from edge_runtime.errors import ConfigError
+    from hffm_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=match):
         load_config(_write(tmp_path, text), DeviceConfig)
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
-    from edge_runtime.errors import ConfigError
+    from hffm_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "nope.toml", FogConfig)
@@ -68,7 +71,7 @@ def test_fog_and_cloud_configs(tmp_path: Path) -> None:
     cloud = load_config(_write(tmp_path, '[cloud]\nfleet = "demo"\nfogs = ["fog-1"]\nmodalities = ["image"]\n'
                                          'tasks = ["digit"]\nrounds = 3\n[eval]\ndigit = "t.npz"\n'), CloudConfig)
     assert cloud.cloud.rounds == 3 and cloud.eval == {"digit": "t.npz"}
-    from edge_runtime.errors import ConfigError
+    from hffm_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="rounds, agg_every and local_epochs must be >= 1"):
         load_config(_write(tmp_path, '[cloud]\nfleet = "demo"\nfogs = ["f"]\nmodalities = []\ntasks = []\n'
@@ -77,7 +80,7 @@ def test_fog_and_cloud_configs(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", ["inf", "-1.0", "0.0", "nan"])
 def test_deadlines_must_be_finite_and_positive(tmp_path: Path, value: str) -> None:
-    from edge_runtime.errors import ConfigError
+    from hffm_core.errors import ConfigError
 
     text = f'[fog]\nid = "fog-1"\nfleet = "demo"\ndevices = ["a"]\nround_deadline_s = {value}\n'
     with pytest.raises(ConfigError, match="round_deadline_s must be a finite number of seconds > 0"):

@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 
 from edge_runtime.agent import EdgeAgent
-from edge_runtime.commands.ops import _check_process
-from edge_runtime.downlink import JobWatch, VersionReceiver
-from edge_runtime.errors import StaleModelError
-from edge_runtime.protocol import (
+from hffm_cli.commands.ops import _check_process
+from hffm_core.delivery import Outbox, ReliableSender
+from hffm_core.downlink import JobWatch, VersionReceiver
+from hffm_core.errors import StaleModelError
+from hffm_core.protocol import (
     Ack,
     ModuleKey,
     ModuleVersion,
@@ -35,8 +36,7 @@ from edge_runtime.protocol import (
     tensors_sha256,
     topics,
 )
-from edge_runtime.protocol.routing import decode_message
-from edge_runtime.reliability import Outbox, ReliableSender
+from hffm_core.protocol.routing import decode_message
 
 FLEET, FOG, DEV = "f", "fog-1", "dev-1"
 HEAD = ModuleKey.head("digit")

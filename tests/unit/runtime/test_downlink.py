@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_runtime.compression import make_codec
-from edge_runtime.downlink import ResyncNeeded, VersionPublisher, VersionReceiver
-from edge_runtime.errors import DecodeError
-from edge_runtime.protocol import ModuleKey, ModuleVersion, decode, encode
+from hffm_core.compression import make_codec
+from hffm_core.downlink import ResyncNeeded, VersionPublisher, VersionReceiver
+from hffm_core.errors import DecodeError
+from hffm_core.protocol import ModuleKey, ModuleVersion, decode, encode
 
 KEY = ModuleKey.adapter("image", "digit")
 
@@ -88,8 +88,8 @@ def test_resync_of_unknown_module_is_a_decode_error() -> None:
 
 
 def test_receiver_refuses_full_states_that_are_not_raw_fp32_or_of_another_layout() -> None:
-    from edge_runtime.compression.module_codec import pack
-    from edge_runtime.protocol import ModuleVersion
+    from hffm_core.compression.module_codec import pack
+    from hffm_core.protocol import ModuleVersion
 
     def full(state: dict, codec: str = "fp32") -> ModuleVersion:
         packed, _ = pack(state, make_codec(codec))

@@ -1,4 +1,4 @@
-"""/metrics (edge_runtime/observability.py): every series a service keeps appears with the right labels after the
+"""/metrics (hffm_core/observability.py): every series a service keeps appears with the right labels after the
 event that moves it, read at scrape time from a real HTTP endpoint on loopback; bad listen addresses and a
 non-loopback endpoint without TLS are config errors."""
 
@@ -11,13 +11,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-import edge_runtime.service as service_module
-from edge_runtime.errors import ConfigError
-from edge_runtime.observability import Gauge, MetricsServer, parse_listen
-from edge_runtime.protocol import ModuleKey, ModuleUpdate, blobs_from_state, encode, tensors_sha256, topics
-from edge_runtime.protocol.topics import Topic
-from edge_runtime.service import Service
-from edge_runtime.transport import TrafficMeter
+import hffm_core.service as service_module
+from hffm_core.errors import ConfigError
+from hffm_core.observability import Gauge, MetricsServer, parse_listen
+from hffm_core.protocol import (
+    ModuleKey,
+    ModuleUpdate,
+    blobs_from_state,
+    encode,
+    tensors_sha256,
+    topics,
+)
+from hffm_core.protocol.topics import Topic
+from hffm_core.service import Service
+from hffm_core.transport import TrafficMeter
 
 FLEET, FOG = "fleet-1", "fog-a"
 KEY = ModuleKey.head("digit")
@@ -117,8 +124,8 @@ def test_with_a_server_certificate_only_a_scraper_of_the_fleet_ca_is_served(tmp_
     reads /metrics; one without a certificate is refused during the handshake."""
     import ssl
 
-    from edge_runtime.security.pki import Pki, init_ca, issue
-    from edge_runtime.security.tls import TlsSettings
+    from broker_config.pki import Pki, init_ca, issue
+    from hffm_core.security.tls import TlsSettings
 
     init_ca(tmp_path)
     pki = Pki(tmp_path)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from edge_runtime.resources import Decision, ResourceThresholds, decide, eligible
+from hffm_core.resources import Decision, ResourceThresholds, decide, eligible
 
 LIMITS = ResourceThresholds(
     min_mem_available_mb=200.0,

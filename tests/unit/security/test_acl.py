@@ -7,10 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.errors import ConfigError
-from edge_runtime.protocol import topics
-from edge_runtime.protocol.keys import ModuleKey
-from edge_runtime.security.acl import (
+from broker_config.acl import (
     FleetSpec,
     acl_users,
     render_acl,
@@ -18,6 +15,9 @@ from edge_runtime.security.acl import (
     write_acl,
     write_dynsec,
 )
+from hffm_core.errors import ConfigError
+from hffm_core.protocol import topics
+from hffm_core.protocol.keys import ModuleKey
 
 F = "f1"
 SPEC = FleetSpec.of(F, {"fog-a": ["dev-1", "dev-2"], "fog-b": ["dev-3"]})

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_runtime.config import DeviceConfig, build
-from edge_runtime.errors import ConfigError
-from edge_runtime.security.attacks import check_attack, poison
+from edge_runtime.attacks import check_attack, poison
+from edge_runtime.config import DeviceConfig
+from hffm_core.config import build
+from hffm_core.errors import ConfigError
 
 DELTA = {"a": np.arange(6, dtype=np.float32).reshape(2, 3) - 2.5, "b": np.array([0.5, -0.25], np.float32)}
 

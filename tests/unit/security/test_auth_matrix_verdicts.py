@@ -7,9 +7,14 @@ import ssl
 
 import pytest
 
-from edge_runtime.errors import BrokerError, TransportError
-from edge_runtime.security import auth_matrix
-from edge_runtime.security.auth_matrix import CASES, connect_verdict, probe_verdict, run_cases
+from hffm_core.errors import BrokerError, TransportError
+from hffm_lab.security import auth_matrix
+from hffm_lab.security.auth_matrix import (
+    CASES,
+    connect_verdict,
+    probe_verdict,
+    run_cases,
+)
 
 
 @pytest.mark.parametrize("message", [

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from edge_runtime.protocol import codec
-from edge_runtime.security import fuzz, tamper
-from edge_runtime.security.signing import Verifier
+from hffm_core.protocol import codec
+from hffm_lab.security import fuzz, tamper
+from hffm_core.security.signing import Verifier
 
 
 def test_tamper_cases_are_all_rejected_and_the_control_accepted() -> None:

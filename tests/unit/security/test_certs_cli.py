@@ -8,8 +8,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from edge_runtime.cli import app
-from edge_runtime.errors import ConfigError
+from hffm_cli.main import app
+from hffm_core.errors import ConfigError
 
 runner = CliRunner()
 
@@ -60,7 +60,7 @@ def test_errors_are_one_line_with_the_config_exit_code(tmp_path: Path) -> None:
 def test_signing_key_command(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from edge_runtime.cli import app
+    from hffm_cli.main import app
 
     runner = CliRunner()
     ok = runner.invoke(app, ["certs", "signing-key", "dev-1", "--keys", str(tmp_path / "keys")])

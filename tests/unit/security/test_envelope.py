@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from edge_runtime.errors import DecodeError
-from edge_runtime.protocol import (
+from hffm_core.errors import DecodeError
+from hffm_core.protocol import (
     ModuleKey,
     NodeState,
     RoundMetrics,
@@ -15,14 +15,14 @@ from edge_runtime.protocol import (
     encode,
     topics,
 )
-from edge_runtime.protocol.envelope import (
+from hffm_core.protocol.envelope import (
     DOMAIN,
     SignedEnvelope,
     expected_signer,
     message_sender,
     signed_bytes,
 )
-from edge_runtime.protocol.messages import FogRoundReport, ResyncRequest, RoundControl
+from hffm_core.protocol.messages import FogRoundReport, ResyncRequest, RoundControl
 
 KEY_ID = "0123456789abcdef" * 2
 
@@ -166,7 +166,7 @@ def test_expected_signer_of_every_topic_kind(topic: str, signer: str) -> None:
 def test_every_topic_kind_has_an_expected_signer() -> None:
     covered = {"up", "cluster", "fogup", "fogdone", "global", "ctl", "state", "metrics", "resync", "ack", "chunk",
                "peer", "fogpeer"}
-    from edge_runtime.protocol.routing import MESSAGE_FOR_KIND
+    from hffm_core.protocol.routing import MESSAGE_FOR_KIND
 
     assert set(MESSAGE_FOR_KIND) == covered
 

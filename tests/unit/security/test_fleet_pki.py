@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from edge_runtime.errors import ConfigError
-from edge_runtime.security.fleet_pki import provision_fleet
-from edge_runtime.security.pki import list_certs
+from broker_config.fleet_pki import provision_fleet
+from broker_config.pki import list_certs
+from hffm_core.errors import ConfigError
 
 FOGS = {"fog-a": ["dev-1", "dev-2"], "fog-b": ["dev-3"]}
 

@@ -12,8 +12,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge_runtime.errors import ConfigError
-from edge_runtime.security import pki
+from hffm_core.errors import ConfigError
+from broker_config import pki
 
 
 def _cert(path: Path) -> x509.Certificate:

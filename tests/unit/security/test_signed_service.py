@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import edge_runtime.service as service_module
-from edge_runtime.protocol import (
+import hffm_core.service as service_module
+from hffm_core.protocol import (
     ModuleKey,
     ModuleUpdate,
     NodeState,
@@ -24,17 +24,17 @@ from edge_runtime.protocol import (
     tensors_sha256,
     topics,
 )
-from edge_runtime.protocol.envelope import SignedEnvelope
-from edge_runtime.protocol.topics import Topic
-from edge_runtime.security.measure import sign_verify_ms_per_mb
-from edge_runtime.security.signing import Signer, Verifier, generate_signing_key
-from edge_runtime.security.signing_config import (
+from hffm_core.protocol.envelope import SignedEnvelope
+from hffm_core.protocol.topics import Topic
+from hffm_core.security.signing import Signer, Verifier, generate_signing_key
+from hffm_core.security.signing_config import (
     make_signer,
     make_verifier,
     parse_signing,
 )
-from edge_runtime.service import Service
-from edge_runtime.transport import TrafficMeter
+from hffm_core.service import Service
+from hffm_core.transport import TrafficMeter
+from hffm_lab.security.measure import sign_verify_ms_per_mb
 
 FLEET, FOG = "fleet-1", "fog-a"
 KEY = ModuleKey.adapter("imu", "activity")

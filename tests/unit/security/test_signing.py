@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_runtime.errors import ConfigError, DecodeError, SecurityError
-from edge_runtime.protocol import (
+from hffm_core.errors import ConfigError, DecodeError, SecurityError
+from hffm_core.protocol import (
     ModuleKey,
     ModuleUpdate,
     NodeState,
@@ -23,8 +23,8 @@ from edge_runtime.protocol import (
     tensors_sha256,
     topics,
 )
-from edge_runtime.protocol.envelope import SignedEnvelope
-from edge_runtime.security.signing import (
+from hffm_core.protocol.envelope import SignedEnvelope
+from hffm_core.security.signing import (
     REJECTION_REASONS,
     ReplayedError,
     RevokedError,

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.broker_process import BridgeSpec, render_config
-from edge_runtime.errors import BrokerError, ConfigError
-from edge_runtime.security import pki
-from edge_runtime.security.broker_tls import (
+from broker_config.broker_tls import (
     BRIDGE_FILES,
     LISTENER_FILES,
     BrokerTls,
     install_files,
 )
-from edge_runtime.security.tls import TlsSettings, parse_tls, verifying_context
-from edge_runtime.transport.mqtt import MqttTransport
+from broker_config.process import BridgeSpec, render_config
+from hffm_core.errors import BrokerError, ConfigError
+from broker_config import pki
+from hffm_core.security.tls import TlsSettings, parse_tls, verifying_context
+from hffm_core.transport.mqtt import MqttTransport
 
 
 @pytest.fixture(scope="module")

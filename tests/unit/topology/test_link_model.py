@@ -6,8 +6,7 @@ import math
 
 import pytest
 
-from edge_runtime.errors import TopologyError
-from edge_runtime.topology import (
+from broker_config.topology import (
     LINK_KINDS,
     Channel,
     LinkParams,
@@ -16,7 +15,8 @@ from edge_runtime.topology import (
     shannon_rate_bps,
     transfer,
 )
-from edge_runtime.topology.link_model import channel_gain, noise_w_per_hz
+from broker_config.topology.link_model import channel_gain, noise_w_per_hz
+from hffm_core.errors import TopologyError
 
 
 def test_rate_matches_a_hand_computation() -> None:

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from edge_runtime.errors import ConfigError, TopologyError
-from edge_runtime.topology import (
+from broker_config.topology import (
     DEFAULT_LINKS,
     LinkParams,
     dump_topology,
@@ -19,6 +18,7 @@ from edge_runtime.topology import (
     load_topology,
     parse_topology,
 )
+from hffm_core.errors import ConfigError, TopologyError
 
 if sys.version_info >= (3, 11):
     import tomllib

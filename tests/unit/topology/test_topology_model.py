@@ -6,8 +6,7 @@ from itertools import pairwise
 
 import pytest
 
-from edge_runtime.errors import TopologyError
-from edge_runtime.topology import (
+from broker_config.topology import (
     DEFAULT_LINKS,
     LINK_KINDS,
     Channel,
@@ -18,12 +17,13 @@ from edge_runtime.topology import (
     generate_topology,
     parse_topology,
 )
+from hffm_core.errors import TopologyError
 
 
 def test_generate_uses_the_demo_ids() -> None:
     topo = generate_topology(2, 3)
     assert sorted(topo.fogs) == ["fog-1", "fog-2"]
-    # the same ids and fogs as edge_runtime.demo.plan.fleet_ids()
+    # the same ids and fogs as hffm_lab.demo.plan.fleet_ids()
     expected = {f"fog-{f}-dev-{d}": f"fog-{f}" for f in (1, 2) for d in (1, 2, 3)}
     assert {d.id: d.fog for d in topo.devices.values()} == expected
     assert topo.fleet == "demo"

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from edge_runtime.errors import ModelError
-from edge_runtime.model import M3TModel, load_backbone
-from edge_runtime.protocol.keys import ModuleKey
-from edge_runtime.training import evaluate, train_task
-from edge_runtime.training.local import trained_keys
+from hffm_core.errors import ModelError
+from hffm_core.protocol.keys import ModuleKey
+from hffm_model import M3TModel, load_backbone
+from hffm_model.training import evaluate, train_task, trained_keys
 
 N_TOKENS, TOKEN_DIM, CLASSES = 8, 6, 4
 

@@ -1,0 +1,371 @@
+"""A node's own Mosquitto broker, as ``hffm broker render|run|check`` builds it: the ``[mosquitto]`` table of a fog
+or cloud config, plus the fleet's topology, rendered through :func:`broker_config.process.render_config` from
+the templates in ``broker_config/`` (the same code the test harness and the Ansible roles use).
+
+```toml
+[mosquitto]
+listen_host = "0.0.0.0"            # default: the [broker] host
+port = 1883                        # default: the [broker] port
+data_dir = "/var/lib/hffm/mosquitto-fog"   # persistence, log, TLS copies, dynsec.json (default "mosquitto")
+user = "mosquitto"                 # the account mosquitto runs as (default: mosquitto's own default)
+ca = "pki/ca.pem"                  # default: [tls] ca
+cert = "pki/broker-fog-1.pem"      # the broker's server certificate (role broker, naming its addresses)
+key = "pki/broker-fog-1.key"
+crl = "pki/crl.pem"
+cloud_host = "192.168.0.10"        # a fog: the cloud broker its bridge connects to
+cloud_port = 1883
+bridge_cert = "pki/bridge-fog-1.pem"   # a fog: the bridge's client certificate (CN bridge-<fog>)
+bridge_key = "pki/bridge-fog-1.key"
+topology = "topology.toml"         # the fleet (who is in which fog): the cloud's ACL needs it
+insecure = false                   # true: plain MQTT, anonymous (refused off loopback without --allow-insecure)
+```
+
+TLS, the CRL and the dynamic-security ACL generated from the fleet (:mod:`broker_config.acl`) are on unless
+``insecure = true``. Relative paths are taken from the config's ``base_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from broker_config.broker_tls import BRIDGE_FILES, LISTENER_FILES, BrokerTls
+from broker_config.process import (
+    BridgeSpec,
+    BrokerLimits,
+    PeerBridgeSpec,
+    is_loopback,
+    render_config,
+)
+from hffm_core.errors import BrokerError, ConfigError, HffmError
+from hffm_core.security.tls import TlsSettings
+
+__all__ = ["MOSQUITTO_KEYS", "BrokerNode", "RenderResult", "broker_node_from", "install_rendered", "rendered_files"]
+
+MOSQUITTO_KEYS: tuple[str, ...] = (
+    "listen_host", "port", "data_dir", "user", "insecure", "ca", "cert", "key", "crl", "acl", "topology",
+    "cloud_host", "cloud_port", "bridge_cert", "bridge_key", "peers",
+    "max_queued_messages", "message_size_limit", "max_packet_size",
+)
+_TLS_FILES = ("ca", "cert", "key", "crl")
+_BRIDGE_TLS = ("bridge_cert", "bridge_key")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerNode:
+    """Everything one node's broker config is rendered from (built by :func:`broker_node_from`)."""
+
+    role: str  # "cloud" or "fog"
+    name: str  # "cloud" or the fog id
+    fleet: str
+    listen_host: str
+    port: int
+    data_dir: Path
+    user: str | None
+    insecure: bool
+    tls: BrokerTls | None
+    acl_json: str | None  # the dynamic-security config, generated from the fleet unless [mosquitto] acl names one
+    bridge: BridgeSpec | None
+    peer_bridges: tuple[PeerBridgeSpec, ...]
+    limits: BrokerLimits
+    source: Path  # the node config
+
+    @property
+    def exposed_insecure(self) -> bool:
+        """Plain anonymous MQTT on an address other machines can reach."""
+        return self.insecure and not is_loopback(self.listen_host)
+
+    def render(self, run_as: str | None = None) -> str:
+        """The mosquitto.conf text (file names in the data dir, see :func:`rendered_files`).
+
+        Raises:
+            ConfigError: the renderer refused a value (quoted in the message).
+        """
+        try:
+            return render_config(self.role, host=self.listen_host, port=self.port, data_dir=self.data_dir,  # type: ignore[arg-type]
+                                 bridge=self.bridge, fleet=self.fleet, run_as=run_as if run_as else self.user,
+                                 tls=self.tls, limits=self.limits, peer_bridges=self.peer_bridges)
+        except BrokerError as exc:
+            raise ConfigError(f"{self.source}: [mosquitto]: {exc}") from None
+
+
+def broker_node_from(cfg: Any, *, role: str, name: str, fleet: str, config: Path, topology: Path | None = None,
+                     allow_insecure: bool = False) -> BrokerNode:
+    """A :class:`BrokerNode` from a loaded fog or cloud config (``role`` "fog" or "cloud"; the CLI loads it:
+    ``hffm_cli/commands/broker.py``) and its ``[mosquitto]`` table; ``config`` is the file it came from.
+
+    Raises:
+        ConfigError: an unknown or bad key, a missing TLS file, a cloud without a topology (its ACL needs every
+            fog's devices), a topology that disagrees with the config, ``insecure`` on a non-loopback listener
+            without ``allow_insecure``, or fog-to-fog bridges with TLS.
+    """
+    table = dict(cfg.mosquitto)
+    where = f"{config}: [mosquitto]"
+    unknown = sorted(set(table) - set(MOSQUITTO_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(MOSQUITTO_KEYS)}")
+    get = _Getter(table, where, Path(cfg.base_dir))
+    insecure = get.boolean("insecure", False)
+    listen_host = get.string("listen_host", cfg.broker.host)
+    port = get.integer("port", cfg.broker.port)
+    if insecure and not is_loopback(listen_host) and not allow_insecure:
+        raise ConfigError(f"{where}: insecure = true on listener {listen_host}:{port}, which is not loopback: anyone "
+                          "who reaches it can read and publish every topic; remove insecure (TLS, CRL and ACL "
+                          "are the default) or pass --allow-insecure")
+    topo_path = topology if topology is not None else get.path("topology", None)
+    fogs = _fleet_devices(role, name, fleet, cfg, topo_path, where)
+    tls, acl_json = None, None
+    if not insecure:
+        tls, acl_json = _listener_tls(get, cfg, role, name, fleet, fogs, where)
+    bridge, peers = None, ()
+    if role == "fog":
+        bridge_tls = None
+        if not insecure:
+            bridge_tls = TlsSettings(ca=tls.ca, cert=get.file("bridge_cert", required=True),  # type: ignore[union-attr]
+                                     key=get.file("bridge_key", required=True))
+        bridge = _build(BridgeSpec, where, fleet=fleet, fog=name, cloud_host=get.string("cloud_host", None),
+                        cloud_port=get.integer("cloud_port", 1883), tls=bridge_tls)
+        peers = _peer_bridges(get, name, fleet, topo_path, insecure, where)
+    limits = _build(BrokerLimits, where, **{k: get.integer(k, getattr(BrokerLimits(), k))
+                                           for k in ("max_queued_messages", "message_size_limit", "max_packet_size")})
+    user = get.string("user", "") or None
+    data_dir = get.path("data_dir", Path("mosquitto"))
+    node = BrokerNode(role=role, name=name, fleet=fleet, listen_host=listen_host, port=port,
+                      data_dir=data_dir, user=user, insecure=insecure, tls=tls, acl_json=acl_json,  # type: ignore[arg-type]
+                      bridge=bridge, peer_bridges=tuple(peers), limits=limits, source=Path(config))
+    node.render()  # every value the renderer checks, checked now
+    return node
+
+
+@dataclass(frozen=True, slots=True)
+class RenderResult:
+    conf: Path
+    changed: list[str]  # the files written because their content or mode differed
+    run_as: str | None
+
+
+def rendered_files(node: BrokerNode) -> dict[str, tuple[bytes, bool]]:
+    """The files the rendered config names in the data dir: ``{name: (content, private)}`` (TLS copies, the ACL).
+
+    Raises:
+        ConfigError: a source file cannot be read.
+    """
+    files: dict[str, tuple[bytes, bool]] = {}
+    if node.tls is not None:
+        for field, target in LISTENER_FILES.items():
+            if field != "acl":
+                files[target] = (_read(getattr(node.tls, field), node.source), field == "key")
+        files[LISTENER_FILES["acl"]] = ((node.acl_json or "").encode(), False)
+    if node.bridge is not None and node.bridge.tls is not None:
+        for field, target in BRIDGE_FILES.items():
+            files[target] = (_read(getattr(node.bridge.tls, field), node.source), field == "key")
+    return files
+
+
+def install_rendered(node: BrokerNode, out: Path | None = None) -> RenderResult:
+    """Write the config (``out``, default ``<data_dir>/mosquitto.conf``) and its files into the data dir, each only
+    when its content or mode differs (so a rerun changes nothing). Started as root, the data dir and its files are
+    handed to the account mosquitto drops to (``user``, else ``mosquitto``), which must read them after the switch.
+
+    Raises:
+        ConfigError: a bad value or unreadable source file. StorageError (via OSError): a file cannot be written.
+    """
+    conf_path = Path(out) if out is not None else node.data_dir / "mosquitto.conf"
+    owner = _owner(node.user)
+    node.data_dir.mkdir(parents=True, exist_ok=True)
+    changed = []
+    for name, (data, private) in rendered_files(node).items():
+        if _write_if_changed(node.data_dir / name, data, 0o600 if private else 0o644, owner):
+            changed.append(str(node.data_dir / name))
+    if owner is not None and (node.data_dir.stat().st_uid, node.data_dir.stat().st_gid) != owner:
+        os.chown(node.data_dir, *owner)
+        changed.append(str(node.data_dir))
+    conf_path.parent.mkdir(parents=True, exist_ok=True)
+    if _write_if_changed(conf_path, node.render().encode(), 0o644, None):
+        changed.append(str(conf_path))
+    return RenderResult(conf=conf_path, changed=changed, run_as=node.user)
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+class _Getter:
+    """Typed reads from the raw ``[mosquitto]`` table, each problem a ConfigError naming the key."""
+
+    def __init__(self, table: Mapping[str, Any], where: str, base_dir: Path) -> None:
+        self.table, self.where, self.base_dir = table, where, base_dir
+
+    def _get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if key not in self.table:
+            if default is None:
+                raise ConfigError(f"{self.where}: missing key {key!r}")
+            return default
+        value = self.table[key]
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+            name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise ConfigError(f"{self.where}: {key}: expected {name}, got {value!r}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return bool(self._get(key, bool, default))
+
+    def integer(self, key: str, default: int | None) -> int:
+        return int(self._get(key, int, default))
+
+    def string(self, key: str, default: str | None) -> str:
+        return str(self._get(key, str, default))
+
+    def path(self, key: str, default: Path | None) -> Path:
+        if key not in self.table and default is None:
+            return None  # type: ignore[return-value]
+        raw = Path(self._get(key, str, str(default)))
+        return raw if raw.is_absolute() else (self.base_dir / raw).resolve()
+
+    def file(self, key: str, *, required: bool, fallback: Path | None = None) -> Path:
+        if key not in self.table and fallback is not None:
+            path = fallback
+        elif key not in self.table:
+            raise ConfigError(f"{self.where}: missing key {key!r} (TLS is on: set it, or insecure = true)")
+        else:
+            path = self.path(key, None)
+        if not path.is_file():
+            raise ConfigError(f"{self.where}: {key}: file {str(path)!r} does not exist")
+        return path
+
+
+def _build(cls: Any, where: str, **kwargs: Any) -> Any:
+    try:
+        return cls(**kwargs)
+    except BrokerError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _listener_tls(get: _Getter, cfg: Any, role: str, name: str, fleet: str,
+                  fogs: dict[str, list[str]] | None, where: str) -> tuple[BrokerTls, str]:
+    from broker_config.acl import FleetSpec, render_dynsec
+
+    node_ca = Path(cfg.tls["ca"]) if isinstance(cfg.tls, dict) and isinstance(cfg.tls.get("ca"), str) else None
+    if node_ca is not None and not node_ca.is_absolute():
+        node_ca = (Path(cfg.base_dir) / node_ca).resolve()
+    files = {key: get.file(key, required=True, fallback=node_ca if key == "ca" else None) for key in _TLS_FILES}
+    acl_path = get.path("acl", None)
+    if acl_path is not None:
+        acl_json = _read(acl_path, Path(where)).decode("utf-8", errors="replace")
+    else:
+        if fogs is None:
+            raise ConfigError(f"{where}: the cloud broker's ACL is generated from the fleet's topology: set topology "
+                              "= \"<file>\" (or pass --topology) listing every fog and its devices")
+        try:
+            acl_json = render_dynsec(FleetSpec.of(fleet, fogs), name)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: cannot generate the ACL: {exc}") from None
+    tls = BrokerTls(ca=files["ca"], cert=files["cert"], key=files["key"], crl=files["crl"],
+                    acl=acl_path if acl_path is not None else Path(LISTENER_FILES["acl"]),
+                    probe=TlsSettings(ca=files["ca"], cert=files["cert"], key=files["key"]))
+    return tls, acl_json
+
+
+def _fleet_devices(role: str, name: str, fleet: str, cfg: Any, topology: Path | None,
+                   where: str) -> dict[str, list[str]] | None:
+    """``{fog: devices}`` the ACL is generated from: a fog's own ``[fog] devices`` (checked against the topology
+    when one is given), or every fog of the cloud from the topology (None without one)."""
+    topo = None
+    if topology is not None:
+        from broker_config.topology import load_topology
+
+        try:
+            topo = load_topology(topology)
+        except HffmError as exc:
+            raise ConfigError(f"{where}: topology: {exc}") from None
+        if topo.fleet != fleet:
+            raise ConfigError(f"{where}: topology {str(topology)!r} is fleet {topo.fleet!r}, the config {fleet!r}")
+    if role == "fog":
+        devices = list(cfg.fog.devices)
+        if topo is not None:
+            listed = sorted(topo.devices_of(name)) if name in topo.fogs else None
+            if listed != sorted(devices):
+                raise ConfigError(f"{where}: topology {str(topology)!r} gives fog {name!r} the devices {listed}, "
+                                  f"its [fog] devices are {sorted(devices)}")
+        return {name: devices}
+    if topo is None:
+        return None
+    missing = sorted(set(cfg.cloud.fogs) - set(topo.fogs))
+    if missing:
+        raise ConfigError(f"{where}: topology {str(topology)!r} lacks the fog(s) {missing} of [cloud] fogs")
+    return {fog: sorted(topo.devices_of(fog)) for fog in cfg.cloud.fogs}
+
+
+def _peer_bridges(get: _Getter, fog: str, fleet: str, topology: Path | None, insecure: bool,
+                  where: str) -> list[PeerBridgeSpec]:
+    """The bridges to neighbour fogs with a higher id, from the topology; ``peers`` gives their ``host:port``."""
+    peers_table = get._get("peers", dict, {})
+    if topology is None:
+        if peers_table:
+            raise ConfigError(f"{where}: peers needs the topology that makes them neighbours (topology = ...)")
+        return []
+    from broker_config.topology import load_topology
+
+    links = [high for low, high in load_topology(topology).fog_links() if low == fog]
+    if links and not insecure:
+        raise ConfigError(f"{where}: fog {fog!r} has neighbour fogs {links} in the topology, but fog-to-fog bridges "
+                          "are plain MQTT only today (no TLS identity in the ACL); drop the neighbours or set "
+                          "insecure = true on a trusted network")
+    specs = []
+    for neighbour in links:
+        address = peers_table.get(neighbour)
+        host, sep, port = str(address).rpartition(":") if isinstance(address, str) else ("", "", "")
+        if not sep or not port.isdigit():
+            raise ConfigError(f"{where}: peers: give neighbour fog {neighbour!r}'s broker as \"host:port\", got "
+                              f"{address!r}")
+        specs.append(_build(PeerBridgeSpec, where, fleet=fleet, fog=fog, neighbour=neighbour, host=host,
+                            port=int(port)))
+    return specs
+
+
+def _read(path: Path, source: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read {str(path)!r} for the broker: {exc.strerror or exc}") from None
+
+
+def _owner(user: str | None) -> tuple[int, int] | None:
+    """(uid, gid) to hand the data dir to: only when running as root (else the files stay ours)."""
+    if os.geteuid() != 0:
+        return None
+    for name in (user or "mosquitto", "nobody"):
+        try:
+            entry = pwd.getpwnam(name)
+            return entry.pw_uid, entry.pw_gid
+        except KeyError:
+            if user:
+                raise ConfigError(f"[mosquitto] user {user!r} does not exist on this host") from None
+    return None
+
+
+def _write_if_changed(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> bool:
+    """Write ``data`` atomically with ``mode`` (a key is never readable by others, not even briefly); False when
+    the file already had that content, mode and owner."""
+    try:
+        st = path.stat()
+        same = (path.read_bytes() == data and (st.st_mode & 0o777) == mode
+                and (owner is None or (st.st_uid, st.st_gid) == owner))
+    except FileNotFoundError:
+        same = False
+    if same:
+        return False
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(tmp, mode)  # the umask may have narrowed it
+    if owner is not None:
+        os.chown(tmp, *owner)
+    os.replace(tmp, path)
+    return True
+

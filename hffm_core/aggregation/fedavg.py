@@ -1,0 +1,56 @@
+"""FedAvg as a running sample-weighted sum: memory O(model), not O(devices)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from hffm_core.aggregation.base import Aggregator
+from hffm_core.errors import AggregationError
+
+
+class FedAvg(Aggregator):
+    """sum_i w_i * delta_i / sum_i w_i, accumulated in float64 as each delta arrives."""
+
+    name = "fedavg"
+
+    def __init__(self) -> None:
+        self._sum: dict[str, np.ndarray] = {}
+        self._weight = 0.0
+        self._count = 0
+
+    def add(self, delta: Mapping[str, np.ndarray], weight: float) -> None:
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
+            raise AggregationError(f"weight must be a finite number > 0, got {weight!r}")
+        if self._sum:
+            if set(delta) != set(self._sum):
+                missing, extra = sorted(set(self._sum) - set(delta)), sorted(set(delta) - set(self._sum))
+                raise AggregationError(f"tensor names differ from the first delta: missing {missing}, extra {extra}")
+            for name, arr in delta.items():
+                if arr.shape != self._sum[name].shape:
+                    raise AggregationError(
+                        f"tensor {name!r}: shape {arr.shape} differs from the first delta's {self._sum[name].shape}"
+                    )
+        for name, arr in delta.items():
+            acc = self._sum.get(name)
+            if acc is None:
+                self._sum[name] = arr.astype(np.float64) * weight
+            else:
+                acc += arr.astype(np.float64) * weight
+        self._weight += float(weight)
+        self._count += 1
+
+    def result(self) -> dict[str, np.ndarray]:
+        if self._count == 0:
+            raise AggregationError("no delta was added to this aggregate")
+        return {name: (acc / self._weight).astype(np.float32) for name, acc in self._sum.items()}
+
+    @property
+    def total_weight(self) -> float:
+        return self._weight
+
+    @property
+    def count(self) -> int:
+        return self._count

@@ -1,0 +1,382 @@
+"""The codec: message dataclass <-> msgpack bytes. The only module that calls msgpack.
+
+On the wire a message is a positional msgpack array: ``[TYPE, schema, <value of each further field>]``, the wire
+name followed by the value of every dataclass field in ``dataclasses.fields()`` order (``schema`` is the first field
+of every wire type, so it is item 1 and is written once). Field names are not sent: the field order of a wire type
+is part of its schema version, and changing it, or adding or removing a field, needs a new schema version. Each type
+has its version as the default of its ``schema`` field (:func:`schema_of`): 1 (``SCHEMA_VERSION``) for most, 2
+(``JOB_SCHEMA_VERSION``) for the types that gained a ``job`` field (RoundControl, ModuleVersion, NodeState). A
+payload of another version of its type is refused, by the positional and the map form alike.
+
+Decoding also accepts the older map form ``{"type": ..., "schema": ..., <field name>: <value>, ...}`` (in which
+fields with defaults may be left out). An array is first turned into that map, strictly (item 0 must be the expected
+wire name, item 1 the supported schema, and the item count exactly 1 + the number of fields), and then both forms
+go through the same checks: size limits on every msgpack container, no extension types, the exact field set of the
+expected type, each value checked against the field's annotation, then the type's own ``__post_init__`` invariants
+(tensor sizes, SHA-256, ranges). Anything wrong raises :class:`DecodeError` naming the field and the problem.
+Payloads are never unpickled.
+
+Two values travel in a shorter form than the dataclass holds: SHA-256 digests as 32 raw bytes, and the idempotency
+key of a ``ModuleUpdate`` or ``FogAggregate`` as an empty string when it is the key that the message's own fields
+determine (``default_key``); decoding derives it again. A key that is not the derived one (a D2D relay's) travels
+as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+import types
+import typing
+from typing import Any, TypeVar
+
+import msgpack
+
+from hffm_core.errors import DecodeError
+from hffm_core.protocol.envelope import SignedEnvelope
+from hffm_core.protocol.keys import ModuleKey
+from hffm_core.protocol.messages import (
+    MESSAGE_TYPES,
+    SCHEMA_VERSION,
+    EncodedTensor,
+    FogAggregate,
+    ModuleUpdate,
+    TensorBlob,
+)
+
+T = TypeVar("T")
+
+DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
+_MAX_STR = 64 * 1024
+_MAX_ARRAY = 100_000
+_MAX_MAP = 10_000
+# Every type the codec encodes and decodes: the messages, and the envelope that may carry one of them signed.
+WIRE_TYPES: tuple[type, ...] = (*MESSAGE_TYPES, SignedEnvelope)
+_TYPES_BY_NAME = {cls.TYPE: cls for cls in WIRE_TYPES}  # type: ignore[attr-defined]
+# Every wire type declares ``schema`` first: the positional form relies on it (item 1 is the schema, so a payload of
+# another schema version is told apart before its item count is judged).
+for _cls in WIRE_TYPES:
+    if dataclasses.fields(_cls)[0].name != "schema":  # type: ignore[arg-type]
+        raise RuntimeError(f"{_cls.__name__}: a wire type must declare 'schema' as its first field")
+
+
+def encode(message: object) -> bytes:
+    """Encode a message dataclass to msgpack bytes: the positional array ``[TYPE, schema, <further fields>]``.
+
+    Raises:
+        TypeError: ``message`` is not one of the registered message types.
+    """
+    cls = type(message)
+    if cls not in WIRE_TYPES:
+        raise TypeError(f"not an hffm message type: {cls.__name__}")
+    body: list[Any] = [cls.TYPE]  # type: ignore[attr-defined]
+    body.extend(_digest_to_wire(name, _to_wire(getattr(message, name))) for name in _field_names(cls))
+    derive = _DERIVED_KEY.get(cls)
+    if derive is not None and message.idempotency_key == derive(functools.partial(getattr, message)):  # type: ignore[attr-defined]
+        body[_field_names(cls).index("idempotency_key") + 1] = ""
+    return msgpack.packb(body, use_bin_type=True)
+
+
+# An idempotency key that the message's own fields determine travels empty (about 40 B less per module message)
+# and is derived again on decode; any other key travels as it is. A sent key is never empty (the types check it).
+_DERIVED_KEY: dict[type, Any] = {
+    ModuleUpdate: lambda get: ModuleUpdate.default_key(get("fleet"), get("sender"), get("global_round"),
+                                                       get("cluster_round"), get("key")),
+    FogAggregate: lambda get: FogAggregate.default_key(get("fleet"), get("fog"), get("global_round"),
+                                                       get("cluster_round"), get("key")),
+}
+
+
+def _derive_key(expected: type, kwargs: dict[str, Any]) -> None:
+    """Fill in an empty idempotency key from the other fields of a type that derives it."""
+    derive = _DERIVED_KEY.get(expected)
+    if derive is not None and kwargs.get("idempotency_key") == "":
+        try:
+            kwargs["idempotency_key"] = derive(kwargs.__getitem__)
+        except KeyError:
+            pass  # a field is missing: reported as such by the caller
+
+# SHA-256 fields travel as 32 raw bytes instead of 64 hex characters (32 B less per module message); the message
+# types keep them as hex strings, and decoding also reads the hex form.
+DIGEST_FIELDS = frozenset({"sha256", "payload_sha256"})
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _digest_to_wire(name: str, value: Any) -> Any:
+    if name in DIGEST_FIELDS and isinstance(value, str) and _HEX64.fullmatch(value):
+        return bytes.fromhex(value)
+    return value
+
+
+def _digest_from_wire(name: str, value: Any, path: str) -> Any:
+    if name not in DIGEST_FIELDS or not isinstance(value, bytes):
+        return value
+    if len(value) != 32:
+        raise DecodeError(f"{path}: a binary SHA-256 has 32 bytes, got {len(value)}")
+    return value.hex()
+
+
+def wire_map(payload: Any, expected: type, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> dict[Any, Any]:
+    """The map form ``{"type": ..., "schema": ..., <field name>: <wire value>, ...}`` of an encoded message.
+
+    ``payload`` is the encoded bytes, or an already unpacked array or map. For tests and tools that inspect or
+    tamper with a payload by field name; values stay in their wire forms (a tensor is an array, a key a string).
+    The map packed again with :func:`pack_raw` decodes to the same message. Only the framing is checked here.
+
+    Raises:
+        DecodeError: not msgpack, not an array or map, or an array that is not ``[TYPE, schema, ...]`` of
+            ``expected`` with exactly one item per field.
+    """
+    name = getattr(expected, "TYPE", expected.__name__)
+    raw = _unpack(payload, name, max_payload) if isinstance(payload, (bytes, bytearray, memoryview)) else payload
+    if isinstance(raw, list):
+        return _array_to_map(raw, expected, name)
+    if isinstance(raw, dict):
+        return dict(raw)
+    raise DecodeError(f"{name}: payload must be a msgpack array or map, got {type(raw).__name__}")
+
+
+def wire_array(raw_map: dict[Any, Any], expected: type) -> list[Any]:
+    """The positional form of a map form (the inverse of :func:`wire_map`): ``[raw_map["type"], <each field of
+    expected in order>]``. For tests and tools that tamper with a payload by field name and send it positionally.
+
+    Raises:
+        KeyError: ``raw_map`` lacks ``type`` or a field (the positional form has no way to leave one out).
+    """
+    return [raw_map["type"], *(raw_map[n] for n in _field_names(expected))]
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+
+def _array_to_map(items: list[Any], expected: type, name: str) -> dict[Any, Any]:
+    """The map form of a positional payload, or DecodeError: the type, then the schema, then the item count."""
+    if not items:
+        raise DecodeError(f"expected a {name!r} message, got an empty array")
+    if items[0] != name:
+        raise DecodeError(f"expected a {name!r} message, got type {items[0]!r}")
+    names = _field_names(expected)
+    if len(items) > 1:
+        _check_schema(name, items[1], schema_of(expected))
+    if len(items) != len(names) + 1:
+        raise DecodeError(f"{name}: a positional payload has {len(names) + 1} items (the type and {len(names)} "
+                          f"fields), got {len(items)}")
+    out: dict[Any, Any] = {"type": items[0]}
+    out.update(zip(names, items[1:]))
+    return out
+
+
+@functools.cache
+def schema_of(cls: type) -> int:
+    """The schema version this build writes and reads for wire type ``cls`` (its ``schema`` field's default)."""
+    default = dataclasses.fields(cls)[0].default  # type: ignore[arg-type]
+    return default if isinstance(default, int) else SCHEMA_VERSION
+
+
+def _check_schema(name: str, schema: Any, version: int) -> None:
+    if type(schema) is not int or schema != version:
+        raise DecodeError(f"{name}: unsupported schema {schema!r}; this build reads schema {version}")
+
+
+def pack_raw(structure: Any) -> bytes:
+    """Any msgpack structure as bytes, bypassing the message types: only for building malformed inputs (fuzzing,
+    tamper tests). Raises ``TypeError`` for a value msgpack cannot encode."""
+    return msgpack.packb(structure, use_bin_type=True)
+
+
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, ModuleKey):
+        return str(value)
+    if isinstance(value, TensorBlob):
+        return [value.name, value.dtype, list(value.shape), value.data]
+    if isinstance(value, EncodedTensor):
+        return [value.name, list(value.shape), value.data]
+    if isinstance(value, tuple):
+        return [_to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_wire(v) for k, v in value.items()}
+    return value
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise DecodeError(f"msgpack extension type {code} is not allowed")
+
+
+def decode(payload: bytes, expected: type[T], *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> T:
+    """Decode ``payload`` into an instance of ``expected``.
+
+    Raises:
+        DecodeError: oversized, not msgpack, truncated, trailing bytes, neither an array nor a map, wrong
+            ``type`` or ``schema``, an array of the wrong length, missing or unknown fields, a value of the wrong
+            type, or a violated invariant (e.g. SHA-256 mismatch).
+    """
+    name = getattr(expected, "TYPE", expected.__name__)
+    return from_wire(_unpack(payload, name, max_payload), expected)
+
+
+def _unpack(payload: Any, name: str, max_payload: int) -> Any:
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise DecodeError(f"{name}: payload must be bytes, got {type(payload).__name__}")
+    if len(payload) > max_payload:
+        raise DecodeError(f"{name}: payload of {len(payload)} bytes exceeds the limit of {max_payload}")
+    try:
+        raw = msgpack.unpackb(
+            bytes(payload),
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            ext_hook=_reject_ext,
+            max_bin_len=max_payload,
+            max_str_len=_MAX_STR,
+            max_array_len=_MAX_ARRAY,
+            max_map_len=_MAX_MAP,
+            max_ext_len=0,
+        )
+    except DecodeError:
+        raise
+    except msgpack.ExtraData:
+        raise DecodeError(f"{name}: trailing bytes after the msgpack object") from None
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise DecodeError(f"{name}: not a valid msgpack payload ({type(exc).__name__}: {exc})") from None
+    return raw
+
+
+def from_wire(raw: Any, expected: type[T]) -> T:
+    """Build ``expected`` from an already unpacked msgpack object (a positional array or a map), with every check
+    of :func:`decode`."""
+    name = getattr(expected, "TYPE", expected.__name__)
+    if isinstance(raw, list):
+        raw = _array_to_map(raw, expected, name)
+    if not isinstance(raw, dict):
+        raise DecodeError(f"{name}: payload must be a msgpack array or map, got {type(raw).__name__}")
+    got_type = raw.get("type")
+    if got_type != name:
+        raise DecodeError(f"expected a {name!r} message, got type {got_type!r}")
+    _check_schema(name, raw.get("schema"), schema_of(expected))
+    hints = _hints(expected)
+    fields = {f.name: f for f in dataclasses.fields(expected)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields) - {"type"}, key=repr)
+    if unknown:
+        raise DecodeError(f"{name}: unknown field(s) {unknown}")
+    missing = sorted(n for n, f in fields.items() if n not in raw and _required(f))
+    if missing:
+        raise DecodeError(f"{name}: missing field(s) {missing}")
+    kwargs = {n: _convert(_digest_from_wire(n, raw[n], f"{name}.{n}"), hints[n], f"{name}.{n}")
+              for n in fields if n in raw}
+    _derive_key(expected, kwargs)
+    try:
+        return expected(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise DecodeError(f"{name}: {exc}") from None
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _convert(value: Any, hint: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in args:
+            try:
+                return _convert(value, option, path)
+            except DecodeError as exc:
+                errors.append(str(exc))
+        raise DecodeError(f"{path}: no alternative matched ({'; '.join(errors)})")
+    if hint is type(None):
+        if value is not None:
+            raise DecodeError(f"{path}: expected nil")
+        return None
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise DecodeError(f"{path}: expected an array, got {type(value).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise DecodeError(f"{path}: expected {len(args)} items, got {len(value)}")
+        return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise DecodeError(f"{path}: expected a map, got {type(value).__name__}")
+        return {_convert(k, args[0], f"{path} key"): _convert(v, args[1], f"{path}[{k!r}]") for k, v in value.items()}
+    if hint is ModuleKey:
+        if not isinstance(value, str):
+            raise DecodeError(f"{path}: expected a module key string, got {type(value).__name__}")
+        try:
+            return ModuleKey.parse(value)
+        except ValueError as exc:
+            raise DecodeError(f"{path}: {exc}") from None
+    if hint is TensorBlob:
+        return _tensor(value, path)
+    if hint is EncodedTensor:
+        return _encoded(value, path)
+    return _scalar(value, hint, path)
+
+
+def _scalar(value: Any, hint: Any, path: str) -> Any:
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+            if not math.isfinite(value):
+                raise DecodeError(f"{path}: NaN or Inf is not allowed")
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif hint is bytes:
+        ok = isinstance(value, bytes)
+    else:
+        raise DecodeError(f"{path}: no decoder for {hint!r}")
+    if not ok:
+        raise DecodeError(f"{path}: expected {hint.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _tensor(value: Any, path: str) -> TensorBlob:
+    if not isinstance(value, list) or len(value) != 4:
+        raise DecodeError(f"{path}: a tensor is [name, dtype, shape, bytes]")
+    name, dtype, shape, data = value
+    if not isinstance(name, str) or not isinstance(dtype, str) or not isinstance(data, bytes):
+        raise DecodeError(f"{path}: a tensor is [str name, str dtype, shape, bin data]")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise DecodeError(f"{path}: tensor shape must be an array of ints")
+    try:
+        return TensorBlob(name=name, dtype=dtype, shape=tuple(shape), data=data)
+    except ValueError as exc:
+        raise DecodeError(f"{path}: {exc}") from None
+
+
+def _encoded(value: Any, path: str) -> EncodedTensor:
+    if not isinstance(value, list) or len(value) != 3:
+        raise DecodeError(f"{path}: an encoded tensor is [name, shape, bytes]")
+    name, shape, data = value
+    if not isinstance(name, str) or not isinstance(data, bytes):
+        raise DecodeError(f"{path}: an encoded tensor is [str name, shape, bin data]")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise DecodeError(f"{path}: tensor shape must be an array of ints")
+    try:
+        return EncodedTensor(name=name, shape=tuple(shape), data=data)
+    except ValueError as exc:
+        raise DecodeError(f"{path}: {exc}") from None
+
+
+def message_type(name: str) -> type:
+    """The message class registered under wire name ``name``. Raises ``DecodeError`` if there is none."""
+    try:
+        return _TYPES_BY_NAME[name]
+    except KeyError:
+        raise DecodeError(f"unknown message type {name!r}; expected one of {sorted(_TYPES_BY_NAME)}") from None

@@ -1,0 +1,49 @@
+"""Which message type each topic kind carries, and decoding a (topic, payload) pair in one step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hffm_core.errors import DecodeError
+from hffm_core.protocol import codec, topics
+from hffm_core.protocol.messages import (
+    Ack,
+    Chunk,
+    FogAggregate,
+    FogRoundReport,
+    ModuleUpdate,
+    ModuleVersion,
+    NodeState,
+    ResyncRequest,
+    RoundControl,
+    RoundMetrics,
+)
+
+MESSAGE_FOR_KIND: dict[str, type] = {
+    "up": ModuleUpdate,
+    "cluster": ModuleVersion,
+    "global": ModuleVersion,
+    "fogup": FogAggregate,
+    "fogdone": FogRoundReport,
+    "ctl": RoundControl,
+    "state": NodeState,
+    "metrics": RoundMetrics,
+    "resync": ResyncRequest,
+    "ack": Ack,
+    "chunk": Chunk,
+    "peer": ModuleUpdate,
+    "fogpeer": FogAggregate,
+}
+
+
+def decode_message(topic: str, payload: bytes, *, max_payload: int = codec.DEFAULT_MAX_PAYLOAD) -> tuple[topics.Topic, Any]:
+    """Parse ``topic`` and decode ``payload`` into the type that topic kind carries.
+
+    Raises:
+        DecodeError: a bad topic, a bad payload, or a payload whose fleet disagrees with the topic's.
+    """
+    parsed = topics.parse(topic)
+    message = codec.decode(payload, MESSAGE_FOR_KIND[parsed.kind], max_payload=max_payload)
+    if getattr(message, "fleet", parsed.fleet) != parsed.fleet:
+        raise DecodeError(f"topic {topic!r}: message fleet {message.fleet!r} differs from the topic's")
+    return parsed, message

@@ -1,0 +1,132 @@
+"""Train and evaluate one (modality, task) pair of an :class:`~hffm_model.m3t.M3TModel`.
+
+Training touches only ``encoder[modality]``, ``adapter[(modality, task)]`` and ``head[task]``; the backbone is
+frozen and stays in eval mode, every other module is left bit-identical.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from hffm_core.errors import ModelError
+from hffm_core.protocol.keys import ModuleKey
+from hffm_model.m3t import M3TModel
+
+__all__ = ["evaluate", "train_task", "trained_keys"]
+
+
+def trained_keys(modality: str, task: str) -> list[ModuleKey]:
+    """The modules :func:`train_task` updates for a pair, sorted."""
+    return sorted([ModuleKey.encoder(modality), ModuleKey.adapter(modality, task), ModuleKey.head(task)])
+
+
+def _positive(value: object, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+
+
+def _tensors(
+    model: M3TModel, modality: str, task: str, x: np.ndarray, y: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    model.check_pair(modality, task)
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"no samples for task {task!r}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise ValueError(f"task {task!r}: {len(x)} samples but labels of shape {y.shape}")
+    n_tokens, token_dim = model.modalities[modality]
+    if x.shape[1:] != (n_tokens, token_dim):
+        raise ModelError(
+            f"samples for modality {modality!r} have shape {x.shape}, expected (n, {n_tokens}, {token_dim})"
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"task {task!r}: labels must be integers, got dtype {y.dtype}")
+    num_classes = model.tasks[task][1]
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(f"task {task!r}: labels must lie in [0, {num_classes}), got [{y.min()}, {y.max()}]")
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    yt = torch.from_numpy(y.astype(np.int64, copy=False))
+    return xt, yt
+
+
+def train_task(
+    model: M3TModel,
+    *,
+    modality: str,
+    task: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    epochs: int,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> float:
+    """Train the pair's encoder, adapter and head with a fresh AdamW (weight decay 0) on shuffled mini-batches.
+
+    ``x`` is ``(n, n_tokens, token_dim)``, ``y`` integer labels ``(n,)``. The order of batches depends only on
+    ``seed``. Returns the mean training loss of the last epoch.
+
+    Raises:
+        ModelError: unknown task, a task of another modality, samples of the wrong shape, or a loss that
+            stopped being finite (the modules are then not fit to share).
+        ValueError: no samples, labels that do not match the samples, or non-positive epochs/batch size/lr.
+    """
+    xt, yt = _tensors(model, modality, task, x, y)
+    _positive(epochs, "epochs")
+    _positive(batch_size, "batch_size")
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (0 < lr < math.inf):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    params = [p for key in trained_keys(modality, task) for p in model.module_parameters(key)]
+    model.train()
+    try:
+        model.activate(modality, task)  # peft's set_adapter flips requires_grad: activate before setting it
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        rng = np.random.default_rng(seed)
+        n = len(xt)
+        mean_loss = math.nan
+        for _ in range(epochs):
+            order = torch.from_numpy(rng.permutation(n))
+            total = 0.0
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                loss = F.cross_entropy(model(xt[idx], modality=modality, task=task), yt[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(idx)
+            mean_loss = total / n
+            if not math.isfinite(mean_loss):
+                raise ModelError(f"training task {task!r} diverged (loss {mean_loss}); lower the learning rate")
+    finally:
+        model.eval()
+        for p in params:
+            p.grad = None
+    return mean_loss
+
+
+def evaluate(
+    model: M3TModel, *, modality: str, task: str, x: np.ndarray, y: np.ndarray, batch_size: int = 256
+) -> float:
+    """Accuracy in ``[0, 1]`` of the pair on ``(x, y)``, without gradients.
+
+    Raises:
+        ModelError: unknown task, a task of another modality, or samples of the wrong shape.
+        ValueError: no samples, labels that do not match the samples, or a non-positive batch size.
+    """
+    xt, yt = _tensors(model, modality, task, x, y)
+    _positive(batch_size, "batch_size")
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(xt), batch_size):
+            logits = model(xt[start : start + batch_size], modality=modality, task=task)
+            correct += int((logits.argmax(dim=1) == yt[start : start + batch_size]).sum())
+    return correct / len(xt)
