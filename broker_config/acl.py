@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from broker_config.pki import BRIDGE_PREFIX, BROKER_PREFIX, bridge_id, check_id
-from broker_config.process import bridge_state_topic
+from broker_config.render import bridge_state_topic
 from hffm_core.errors import ConfigError
 from hffm_core.protocol import topics
 

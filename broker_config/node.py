@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from broker_config.broker_tls import BRIDGE_FILES, LISTENER_FILES, BrokerTls
-from broker_config.process import (
+from broker_config.render import (
     BridgeSpec,
     BrokerLimits,
     PeerBridgeSpec,

@@ -47,7 +47,7 @@ class BrokerConfig:
         _positive_seconds(self.connect_timeout_s, "connect_timeout_s")
 
 
-ADAPTER_VARIANTS = ("lora", "ffa_lora")
+ADAPTER_VARIANTS = ("lora", "ffa_lora", "lora-sb")
 
 
 @_frozen

@@ -21,8 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from hffm_core.config import ADAPTER_VARIANTS
 from hffm_core.errors import ModelError
 from hffm_core.protocol.keys import ModuleKey
+from hffm_model import lora_sb
 from hffm_model.backbone import Backbone
 
 __all__ = ["M3TModel", "adapter_name", "module_generator"]
@@ -98,10 +100,12 @@ class M3TModel(nn.Module):
         self.seed = int(seed)
         self.lora_r = _positive_int(lora_r, "lora_r")
         self.lora_alpha = _positive_int(lora_alpha, "lora_alpha")
-        if adapter not in ("lora", "ffa_lora"):
-            raise ModelError(f"unknown adapter {adapter!r}; expected 'lora' or 'ffa_lora'")
+        if adapter not in ADAPTER_VARIANTS:
+            raise ModelError(f"unknown adapter {adapter!r}; expected one of {list(ADAPTER_VARIANTS)}")
         # ffa_lora: every lora_A stays at its seeded initial value (the same on every node), so an adapter module is
         # only its lora_B tensors: half of LoRA's parameters, trained and sent.
+        # lora-sb: A and B are frozen SVD factors of the pretrained weight (the same on every node) and an adapter
+        # module is only one r x r matrix R per LoRA layer (hffm_model/lora_sb.py).
         self.adapter = adapter
         self._modalities = self._check_modalities(backbone, modalities)
         self._tasks = self._check_tasks(tasks, self._modalities)
@@ -189,7 +193,15 @@ class M3TModel(nn.Module):
                 inject_adapter_in_model(config, model, adapter_name=adapter_name(key.modality, key.task))
         for param in model.parameters():
             param.requires_grad_(False)  # peft marks the new adapters trainable; forward() activates one at a time
-        return [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
+        layers = [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
+        if self.adapter == "lora-sb":
+            for key in self._keys:
+                if key.kind == "adapter":
+                    try:
+                        lora_sb.install(layers, adapter_name(key.modality, key.task), self.lora_r)
+                    except ValueError as exc:
+                        raise ModelError(str(exc)) from None
+        return layers
 
     @torch.no_grad()
     def reset_modules(self) -> None:
@@ -201,6 +213,8 @@ class M3TModel(nn.Module):
             elif key.kind == "head":
                 head = self.heads[key.task]
                 _linear_init(head.weight, head.bias, gen)
+            elif self.adapter == "lora-sb":
+                lora_sb.reset(self._lora_layers, adapter_name(key.modality, key.task))  # R = 0, A and B from W
             else:
                 for name, param in self._lora_tensors(key).items():  # A and B, also when A is frozen (ffa_lora)
                     if name.endswith("lora_A.weight"):
@@ -235,6 +249,8 @@ class M3TModel(nn.Module):
             params = dict(self.encoders[key.modality].named_parameters())
         elif key.kind == "head":
             params = dict(self.heads[key.task].named_parameters())
+        elif self.adapter == "lora-sb":
+            params = lora_sb.tensors(self._lora_layers, adapter_name(key.modality, key.task))
         else:
             params = self._lora_tensors(key)
             if self.adapter == "ffa_lora":
@@ -319,6 +335,8 @@ class M3TModel(nn.Module):
             layer.set_adapter(name)  # peft marks the active adapter's A and B trainable
             if self.adapter == "ffa_lora":
                 layer.lora_A[name].weight.requires_grad_(False)
+            elif self.adapter == "lora-sb":
+                layer.lora_B[name].weight.requires_grad_(False)  # only R (inside lora_A) trains
         self._active = name
 
     def forward(self, x: torch.Tensor, *, modality: str, task: str) -> torch.Tensor:

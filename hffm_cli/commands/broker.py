@@ -164,7 +164,8 @@ def _test_start(node: BrokerNode) -> None:
     import dataclasses
 
     from broker_config.broker_tls import BrokerTls
-    from broker_config.process import BridgeSpec, MosquittoProcess, free_port
+    from broker_config.process import MosquittoProcess, free_port
+    from broker_config.render import BridgeSpec
 
     scratch = Path(tempfile.mkdtemp(prefix="hffm-broker-check-"))
     scratch.chmod(0o711)  # mosquitto, started as root, drops to its own user, which must reach the data dir

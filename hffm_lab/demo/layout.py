@@ -49,11 +49,13 @@ def start_layout(layout: str, topology: Topology, run_dir: Path, stack: ExitStac
         BrokerError: a broker or bridge did not come up.
     """
     from broker_config.process import (
-        BridgeSpec,
         MosquittoProcess,
         free_port,
-        peer_bridges_for,
         wait_for_bridge,
+    )
+    from broker_config.render import (
+        BridgeSpec,
+        peer_bridges_for,
     )
 
     if layout not in LAYOUTS:

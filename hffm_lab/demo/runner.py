@@ -46,11 +46,11 @@ def run_demo(opts: DemoOptions, *, console: Console | None = None) -> dict[str, 
         HffmError: a broker or tier process failed, or the job ran past ``opts.time_limit_s``.
     """
     from broker_config.process import (
-        BridgeSpec,
         MosquittoProcess,
         free_port,
         wait_for_bridge,
     )
+    from broker_config.render import BridgeSpec
 
     console = console or Console(stderr=True)
     run_dir = (opts.run_dir or Path("runs") / datetime.now().strftime("demo-%Y%m%d-%H%M%S")).resolve()

@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from broker_config.process import (
-    BridgeSpec,
-    BrokerLimits,
     MosquittoProcess,
     wait_for_bridge,
+)
+from broker_config.render import (
+    BridgeSpec,
+    BrokerLimits,
 )
 from hffm_core.delivery.durable_sum import DurableSums
 from hffm_core.errors import ConfigError, HffmError

@@ -29,11 +29,13 @@ import tomli_w
 import tomllib
 
 from broker_config.process import (
-    BridgeSpec,
-    BrokerLimits,
     MosquittoProcess,
     free_port,
     wait_for_bridge,
+)
+from broker_config.render import (
+    BridgeSpec,
+    BrokerLimits,
 )
 from hffm_core.delivery.outbox import Outbox
 from hffm_core.errors import HffmError

@@ -29,7 +29,8 @@ from typing import Any
 from broker_config.broker_sys import read_sys
 from broker_config.fleet_pki import FleetPki, provision_fleet
 from broker_config.pki import init_ca, issue, revoke
-from broker_config.process import BridgeSpec, MosquittoProcess, wait_for_bridge
+from broker_config.process import MosquittoProcess, wait_for_bridge
+from broker_config.render import BridgeSpec
 from hffm_core.errors import BrokerError, TransportError
 from hffm_core.protocol import topics
 from hffm_core.protocol.keys import ModuleKey

@@ -25,11 +25,11 @@ import tomllib
 from hffm_testing.timing import session_slowdown
 
 from broker_config.process import (
-    BridgeSpec,
     MosquittoProcess,
     free_port,
     wait_for_bridge,
 )
+from broker_config.render import BridgeSpec
 from edge_runtime.config import DeviceConfig
 from hffm_core.config import load_config
 from hffm_core.protocol import modules_for

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from broker_config.process import BrokerLimits, MosquittoProcess
+from broker_config.process import MosquittoProcess
+from broker_config.render import BrokerLimits
 from hffm_core.transport import MqttTransport
 from hffm_lab.faults.proxy import LinkProxy
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from broker_config.process import BridgeSpec, MosquittoProcess, wait_for_bridge
+from broker_config.process import MosquittoProcess, wait_for_bridge
+from broker_config.render import BridgeSpec
 from hffm_core.transport import MqttTransport
 
 FLEET = "itest"

@@ -24,12 +24,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from broker_config.process import (
-    BridgeSpec,
     MosquittoProcess,
     find_mosquitto,
     free_port,
-    render_config,
     wait_for_bridge,
+)
+from broker_config.render import (
+    BridgeSpec,
+    render_config,
 )
 from hffm_core.errors import BrokerError
 from hffm_core.protocol import ModuleKey, topics

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from broker_config.process import (
-    BridgeSpec,
     MosquittoProcess,
     free_port,
     wait_for_bridge,
 )
+from broker_config.render import BridgeSpec
 from cloud.store import VersionStore
 from hffm_lab.demo.plan import FLEET, DemoOptions, write_fleet
 from hffm_lab.demo.processes import ProcessGroup, TierProcess

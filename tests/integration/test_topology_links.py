@@ -18,15 +18,17 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from broker_config.process import (
-    BridgeSpec,
     MosquittoProcess,
-    PeerBridgeSpec,
     find_mosquitto,
     free_port,
-    peer_bridges_for,
-    render_config,
     wait_for_bridge,
     wait_for_peer_bridge,
+)
+from broker_config.render import (
+    BridgeSpec,
+    PeerBridgeSpec,
+    peer_bridges_for,
+    render_config,
 )
 from broker_config.topology import (
     LINK_KINDS,

@@ -14,7 +14,7 @@ from broker_config.broker_tls import (
     BrokerTls,
     install_files,
 )
-from broker_config.process import BridgeSpec, render_config
+from broker_config.render import BridgeSpec, render_config
 from hffm_core.errors import BrokerError, ConfigError
 from broker_config import pki
 from hffm_core.security.tls import TlsSettings, parse_tls, verifying_context
