@@ -18,18 +18,25 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import json
-import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from broker_config.pki_store import (
+    IssuedCert,
+    Pki,
+    atomic_write,
+    load_ca,
+    load_index,
+    load_pki,
+    save_index,
+    write_key,
+)
 from hffm_core.errors import ConfigError
 from hffm_core.protocol.topics import check_segment
 
@@ -64,53 +71,6 @@ DEFAULT_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost")
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
-@dataclass(frozen=True, slots=True)
-class Pki:
-    """Paths of a PKI folder (nothing is read or checked by building one)."""
-
-    root: Path
-
-    @property
-    def ca_cert(self) -> Path:
-        return self.root / "ca.pem"
-
-    @property
-    def ca_key(self) -> Path:
-        return self.root / "ca.key"
-
-    @property
-    def crl(self) -> Path:
-        return self.root / "crl.pem"
-
-    @property
-    def index(self) -> Path:
-        return self.root / "index.json"
-
-    def cert(self, node_id: str) -> Path:
-        return self.root / "issued" / f"{node_id}.pem"
-
-    def key(self, node_id: str) -> Path:
-        return self.root / "issued" / f"{node_id}.key"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class IssuedCert:
-    """One row of ``index.json``. Times are ISO 8601 UTC; ``serial`` is hexadecimal."""
-
-    id: str
-    role: str
-    serial: str
-    not_before: str
-    not_after: str
-    revoked_at: str | None = None
-
-    @property
-    def revoked(self) -> bool:
-        return self.revoked_at is not None
-
-    def as_row(self) -> dict[str, Any]:
-        return {**asdict(self), "revoked": self.revoked}
-
 
 def bridge_id(fog: str) -> str:
     """The certificate id (CN, and so the broker user name) of fog ``fog``'s bridge: ``bridge-<fog>``.
@@ -142,18 +102,6 @@ def check_id(value: str, what: str = "certificate id") -> str:
         raise ConfigError(str(exc)) from None
 
 
-def load_pki(root: Path) -> Pki:
-    """The PKI folder ``root`` after checking that it holds a CA.
-
-    Raises:
-        ConfigError: ``ca.pem`` or ``ca.key`` is missing.
-    """
-    pki = Pki(Path(root))
-    for path in (pki.ca_cert, pki.ca_key):
-        if not path.is_file():
-            raise ConfigError(f"no CA in {str(pki.root)!r} ({path.name} is missing): run 'hffm certs init' first")
-    return pki
-
 
 def init_ca(root: Path, *, name: str = "hffm fleet CA", days: int = DEFAULT_CA_DAYS) -> Pki:
     """Create a PKI folder: a CA key and self-signed certificate, an empty CRL and an empty index.
@@ -184,9 +132,9 @@ def init_ca(root: Path, *, name: str = "hffm fleet CA", days: int = DEFAULT_CA_D
     )
     try:
         (pki.root / "issued").mkdir(parents=True, exist_ok=True)
-        _write_key(pki.ca_key, key)
+        write_key(pki.ca_key, key)
         pki.ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _save_index(pki, [])
+        save_index(pki, [])
     except OSError as exc:
         raise ConfigError(f"cannot create the CA in {str(pki.root)!r}: {exc}") from None
     write_crl(pki.root)
@@ -222,7 +170,7 @@ def issue(
         if (role == prefixed_role) != node_id.startswith(prefix):
             raise ConfigError(f"certificate id {node_id!r}: ids starting with {prefix!r} are for the "
                               f"{prefixed_role} role only, and a {prefixed_role} id must be {prefix}<name>")
-    records = _load_index(pki)
+    records = load_index(pki)
     current = [r for r in records if r.id == node_id and not r.revoked]
     if current:
         raise ConfigError(f"certificate id {node_id!r} already exists (serial {current[0].serial}); revoke it first")
@@ -233,7 +181,7 @@ def issue(
         raise ConfigError(f"certificate {node_id!r}: not_after {end.isoformat()} is not after not_before "
                           f"{start.isoformat()}")
     sans = _subject_alt_names(list(hosts) or (list(DEFAULT_HOSTS) if role == "broker" else []))
-    ca_key, ca_cert = _load_ca(pki)
+    ca_key, ca_cert = load_ca(pki)
     key = ec.generate_private_key(ec.SECP256R1())
     usage = ExtendedKeyUsageOID.SERVER_AUTH if role == "broker" else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (
@@ -259,9 +207,9 @@ def issue(
                         not_before=_iso(start), not_after=_iso(end))
     try:
         pki.key(node_id).unlink(missing_ok=True)  # a revoked predecessor's key
-        _write_key(pki.key(node_id), key)
+        write_key(pki.key(node_id), key)
         pki.cert(node_id).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _save_index(pki, [*records, record])
+        save_index(pki, [*records, record])
     except OSError as exc:
         raise ConfigError(f"cannot write the certificate of {node_id!r} in {str(pki.root)!r}: {exc}") from None
     return record
@@ -277,12 +225,12 @@ def revoke(root: Path, node_id: str, *, crl_days: int = DEFAULT_CRL_DAYS) -> Iss
     """
     pki = load_pki(root)
     check_id(node_id)
-    records = _load_index(pki)
+    records = load_index(pki)
     for i, rec in enumerate(records):
         if rec.id == node_id and not rec.revoked:
             records[i] = IssuedCert(**{**asdict(rec), "revoked_at": _iso(_now())})
             try:
-                _save_index(pki, records)
+                save_index(pki, records)
             except OSError as exc:
                 raise ConfigError(f"cannot update {str(pki.index)!r}: {exc}") from None
             write_crl(pki.root, days=crl_days)
@@ -303,7 +251,7 @@ def write_crl(root: Path, *, days: int = DEFAULT_CRL_DAYS) -> Path:
     """
     pki = load_pki(root)
     _check_days(days, "crl days")
-    ca_key, ca_cert = _load_ca(pki)
+    ca_key, ca_cert = load_ca(pki)
     now = _now()
     builder = (
         x509.CertificateRevocationListBuilder()
@@ -311,7 +259,7 @@ def write_crl(root: Path, *, days: int = DEFAULT_CRL_DAYS) -> Path:
         .last_update(now - _CLOCK_SKEW)
         .next_update(now + dt.timedelta(days=days))
     )
-    for rec in _load_index(pki):
+    for rec in load_index(pki):
         if rec.revoked_at is not None:
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder()
@@ -321,7 +269,7 @@ def write_crl(root: Path, *, days: int = DEFAULT_CRL_DAYS) -> Path:
             )
     crl = builder.sign(ca_key, hashes.SHA256())
     try:
-        _atomic_write(pki.crl, crl.public_bytes(serialization.Encoding.PEM))
+        atomic_write(pki.crl, crl.public_bytes(serialization.Encoding.PEM))
     except OSError as exc:
         raise ConfigError(f"cannot write {str(pki.crl)!r}: {exc}") from None
     return pki.crl
@@ -333,7 +281,7 @@ def list_certs(root: Path) -> list[IssuedCert]:
     Raises:
         ConfigError: no CA, or an unreadable index.
     """
-    return _load_index(load_pki(root))
+    return load_index(load_pki(root))
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
@@ -373,45 +321,3 @@ def _subject_alt_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
             raise ConfigError(f"invalid host {host!r}: expected an IP address or a DNS name")
         names.append(x509.DNSName(host.lower()))
     return names
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    """Write a private key to a new file created with mode 0600 (it is never readable by others, not even
-    briefly). Fails if the file exists."""
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-
-
-def _load_ca(pki: Pki) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    try:
-        key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
-        cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
-    except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError(f"cannot load the CA in {str(pki.root)!r}: {exc}") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ConfigError(f"the CA key in {str(pki.ca_key)!r} is not an EC key")
-    return key, cert
-
-
-def _load_index(pki: Pki) -> list[IssuedCert]:
-    try:
-        raw = json.loads(pki.index.read_text(encoding="utf-8"))
-        return [IssuedCert(**row) for row in raw["certs"]]
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"unreadable certificate index {str(pki.index)!r}: {exc}") from None
-
-
-def _save_index(pki: Pki, records: list[IssuedCert]) -> None:
-    text = json.dumps({"version": 1, "certs": [asdict(r) for r in records]}, indent=1)
-    _atomic_write(pki.index, text.encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
