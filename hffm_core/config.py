@@ -58,6 +58,8 @@ class ModelConfig:
     lora_alpha: int = 16
     # "lora": train and send A and B. "ffa_lora": A stays at its seeded initial value on every node and only B is
     # trained and sent (FFA-LoRA, Sun et al. 2024): half the adapter traffic, and FedAvg of B is exact for B A.
+    # "lora-sb": A and B are frozen SVD factors of the pretrained weight (the same on every node) and only an
+    # lora_r x lora_r matrix R between them is trained and sent (Fed-SB, arXiv 2502.15436): FedAvg of R is exact.
     adapter: str = "lora"
 
     def __post_init__(self) -> None:
