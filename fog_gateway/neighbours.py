@@ -1,5 +1,5 @@
-"""The topology half of the fog gateway (a mixin of :class:`~fog_gateway.service.FogGateway`): D2D relays for its
-devices' groups, the fog-to-fog exchange with its neighbour fogs, and the E_agg schedule (docs/topology.md).
+"""The fog's topology part, an object the gateway holds (docs/topology.md): D2D relays for its devices' groups and
+the fog-to-fog exchange with its neighbour fogs.
 
 - Relays: when a cluster round opens, each D2D group gets a relay per module (fog_gateway/d2d.py), announced in
   ``RoundControl.relays``; an update whose ``covers`` names several devices counts for each of them.
@@ -7,156 +7,134 @@ devices' groups, the fog-to-fog exchange with its neighbour fogs, and the E_agg 
   aggregates on ``fogpeer/{fog}/{module}`` (bridged to its neighbours) and waits, without blocking its loop, for
   theirs (fog_gateway/horizontal.py); it then publishes the mixed cluster versions. Updates that arrive for the
   round while it waits hear ``expired``, as after any close.
-- Schedule: E_agg per global round from fog_gateway/schedule.py, never above the cloud's ``agg_every``.
+
+It reads the round from the :class:`~fog_gateway.round_engine.FogRound` it is handed and publishes through the
+``publish`` callback it was built with (True when the transport took the message).
 """
 
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable, Collection, Mapping, MutableMapping
 from typing import Any
 
 import numpy as np
 
+from fog_gateway.config import FogD2dConfig
 from fog_gateway.d2d import choose_relays, reporters
 from fog_gateway.horizontal import NeighbourMix
-from fog_gateway.schedule import Schedule
+from fog_gateway.round_engine import FogRound
 from hffm_core.compression.module_codec import layout_of, pack, same_layout, unpack
 from hffm_core.errors import DecodeError
-from hffm_core.protocol import FogAggregate, ModuleKey, ModuleUpdate, encode, topics
+from hffm_core.protocol import FogAggregate, ModuleKey, ModuleUpdate, NodeState, encode, topics
 from hffm_core.protocol.topics import Topic
 
 log = logging.getLogger(__name__)
 State = dict[str, np.ndarray]
+Refused = list[tuple[ModuleKey, str, str]]
 
 
-class FogTopology:
-    cfg: Any
-    fleet: str
-    node: str
-    transport: Any
-    round_g: int
-    cluster_c: int
-    in_round: bool
-    modules: list[ModuleKey]
-    start_state: dict[ModuleKey, State]
-    participants: dict[ModuleKey, set[str]]
-    adverts: dict[str, Any]
-    book: Any
-    pub: Any
-    rejected: Any
+def delta_from(state: Mapping[str, np.ndarray], start: Mapping[str, np.ndarray]) -> State:
+    """``state - start`` per tensor, as float32."""
+    return {n: (a - start[n]).astype(np.float32) for n, a in state.items()}
 
-    def _topology_init(self) -> None:
-        d2d = self.cfg.d2d
+
+class FogNeighbours:
+    def __init__(self, *, fleet: str, node: str, d2d: FogD2dConfig, codec_for: Callable[[ModuleKey], Any],
+                 publish: Callable[[str, bytes], bool], rejected: MutableMapping[str, int]) -> None:
+        """``codec_for``: the codec a module's shared aggregate is packed with; ``rejected``: where a duplicate
+        neighbour aggregate is counted."""
+        self.fleet, self.node, self.d2d = fleet, node, d2d
+        self.codec_for, self.publish, self.rejected = codec_for, publish, rejected
         self.groups = [list(g) for g in d2d.groups]
-        self.mix = NeighbourMix(self.node, d2d.neighbours, wait_s=d2d.neighbour_wait_s) if d2d.neighbours else None
+        self.mix = NeighbourMix(node, d2d.neighbours, wait_s=d2d.neighbour_wait_s) if d2d.neighbours else None
         self.relays: dict[str, dict[str, str]] = {}
-        self.mixing: tuple[float, dict[ModuleKey, State]] | None = None
+        # While a closed round waits for the neighbours: (when it closed, its own new states, what it refused).
+        self.mixing: tuple[float, dict[ModuleKey, State], Refused] | None = None
         self.mixed_log: list[str] = []
-        self.refused_at_close: list[tuple[ModuleKey, str, str]] = []
-        sched = self.cfg.schedule
-        self.schedule = Schedule(agg_every=sched.agg_every, adaptive=sched.adaptive, sync_share=sched.sync_share)
-        self.e_agg = 0
-        self.cluster_started = 0.0
-        self.sync_started: float | None = None
 
-    def _topology_subscriptions(self) -> list[str]:
+    def subscriptions(self) -> list[str]:
         return [topics.fogpeer_filter(self.fleet, n) for n in (self.mix.neighbours if self.mix else [])]
 
     # -- D2D relays --------------------------------------------------------------------------------------------
-    def _choose_relays(self) -> None:
-        self.relays = choose_relays(self.groups, self.participants, self.adverts,
-                                    self.cfg.d2d.uplink_rate_bps) if self.groups else {}
+    def choose_relays(self, participants: Mapping[ModuleKey, set[str]], adverts: Mapping[str, NodeState]) -> None:
+        self.relays = choose_relays(self.groups, participants, adverts, self.d2d.uplink_rate_bps) if self.groups \
+            else {}
 
-    def _d2d_reachable(self, device: str) -> bool:
-        """Whether another member of ``device``'s D2D group is online (an offline device may still reach this fog
-        through it, so the open round keeps waiting for it until its deadline)."""
-        online = self.holdings  # type: ignore[attr-defined]
+    def reachable(self, device: str, online: Collection[str]) -> bool:
+        """Whether another member of ``device``'s D2D group is ``online`` (an offline device may still reach this
+        fog through it, so the open round keeps waiting for it until its deadline)."""
         return any(device in g and any(m != device and m in online for m in g) for g in self.groups)
 
-    def _reporters(self, msg: ModuleUpdate) -> tuple[str, ...]:
+    def reporters(self, msg: ModuleUpdate) -> tuple[str, ...]:
         """The devices ``msg`` stands for. Raises DecodeError for covers outside the sender's D2D group."""
         return reporters(msg, self.groups)
 
     # -- neighbour fogs ----------------------------------------------------------------------------------------
-    def _on_fogpeer(self, topic: Topic, msg: FogAggregate) -> None:
+    def on_fogpeer(self, topic: Topic, msg: FogAggregate, rnd: FogRound) -> None:
+        """Keep a neighbour's aggregate of ``rnd``'s global round. Raises DecodeError for one not from a neighbour
+        or whose tensors do not fit the module."""
         if self.mix is None or msg.fog not in self.mix.neighbours or topic.fog != msg.fog or msg.cluster_round < 1:
             raise DecodeError(f"fog aggregate from {msg.fog!r} on {topic} is not from a neighbour of {self.node} "
                               "or not a cluster round's")
-        if msg.global_round != self.round_g or msg.key not in self.start_state:
+        start = rnd.start.get(msg.key)
+        if msg.global_round != rnd.at.g or start is None:
             log.info("fog %s: aggregate of %s from %s for round (%d,%d) not mixed: this fog is at global round %d "
-                     "and %s", self.node, msg.key, msg.fog, msg.global_round, msg.cluster_round, self.round_g,
-                     "holds it" if msg.key in self.start_state else "does not hold it")
+                     "and %s", self.node, msg.key, msg.fog, msg.global_round, msg.cluster_round, rnd.at.g,
+                     "holds it" if start is not None else "does not hold it")
             return
-        delta = unpack(msg, layout_of(self.start_state[msg.key]))
-        if not same_layout(delta, self.start_state[msg.key]):
+        delta = unpack(msg, layout_of(start))
+        if not same_layout(delta, start):
             raise DecodeError(f"aggregate of {msg.key} from {msg.fog} does not match the module's tensors")
         if not self.mix.offer(msg, delta):
             self.rejected["duplicate"] += 1
 
-    def _wants_mix(self) -> bool:
-        return self.mix is not None and self.cluster_c < self._agg_every_now()
+    def wants_mix(self, rnd: FogRound) -> bool:
+        """Whether the closing cluster round is shared with the neighbours first (all but a global round's last)."""
+        return self.mix is not None and rnd.at.c < rnd.agg_every()
 
-    def _own_weight(self, key: ModuleKey) -> float:
-        got = self.book.contributors(key)
-        return float(sum(n for d, n in self.book.round_weight.get(key, {}).items() if d in got))
-
-    def _share(self, new_states: dict[ModuleKey, State]) -> None:
-        """Publish this fog's own aggregates of the closing cluster round for its neighbours, then wait (tick)."""
+    def share(self, new_states: dict[ModuleKey, State], refused: Refused, rnd: FogRound, now: float) -> None:
+        """Publish this fog's own aggregates of the closing cluster round for its neighbours, then wait (``ready``);
+        the round is closed to updates meanwhile."""
+        g, c = rnd.at.g, rnd.at.c
         for key, new in sorted(new_states.items(), key=lambda kv: str(kv[0])):
-            weight = self._own_weight(key)
+            weight = rnd.own_weight(key)
             if weight <= 0:
                 continue
-            delta = {n: (a - self.start_state[key][n]).astype(np.float32) for n, a in new.items()}
             # The fog's uplink codec, without error feedback: what neighbours mix in is not carried over.
-            packed, _sent = pack(delta, self._peer_codec(key), seed=0)
-            agg = FogAggregate(fleet=self.fleet, fog=self.node, key=key, global_round=self.round_g,
-                               cluster_round=self.cluster_c, total_weight=weight,
-                               num_devices=max(1, len(self.book.contributors(key))),
-                               idempotency_key=FogAggregate.default_key(self.fleet, self.node, self.round_g,
-                                                                        self.cluster_c, key),
+            packed, _sent = pack(delta_from(new, rnd.start[key]), self.codec_for(key), seed=0)
+            agg = FogAggregate(fleet=self.fleet, fog=self.node, key=key, global_round=g, cluster_round=c,
+                               total_weight=weight, num_devices=max(1, len(rnd.book.contributors(key))),
+                               idempotency_key=FogAggregate.default_key(self.fleet, self.node, g, c, key),
                                **packed.fields())
-            if not self.transport.try_publish(topics.fogpeer(self.fleet, self.node, key), encode(agg),
-                                              category="fog_to_fog"):
+            if not self.publish(topics.fogpeer(self.fleet, self.node, key), encode(agg)):
                 log.warning("fog %s: aggregate of %s not shared with the neighbours (not connected)", self.node, key)
-        self.mixing = (time.monotonic(), new_states)
-        self.in_round = False  # the round is closed to updates while the neighbours' aggregates come in
+        self.mixing = (now, new_states, refused)
+        rnd.in_round = False
 
-    def _peer_codec(self, key: ModuleKey) -> Any:
-        return self.up_codecs[key.kind]  # type: ignore[attr-defined]
-
-    def _mix_ready(self) -> bool:
+    def ready(self, rnd: FogRound) -> bool:
+        """Whether the neighbours' aggregates of the shared round are in (or their wait is over)."""
         assert self.mix is not None and self.mixing is not None
-        return self.mix.ready(self.round_g, self.cluster_c, self.mixing[0])
+        return self.mix.ready(rnd.at.g, rnd.at.c, self.mixing[0])
 
-    def _mixed(self, new_states: dict[ModuleKey, State]) -> dict[ModuleKey, State]:
-        """Every module of the round mixed with the neighbours' aggregates that came in (those without any stay)."""
-        assert self.mix is not None
+    def mixed(self, rnd: FogRound, true: Mapping[ModuleKey, State]) -> tuple[dict[ModuleKey, State], Refused]:
+        """Every module of the shared round mixed with the neighbours' aggregates that came in (those without any
+        stay as they were), and what the round refused at its close; the wait is over."""
+        assert self.mix is not None and self.mixing is not None
+        _since, new_states, refused = self.mixing
+        self.mixing = None
+        g, c = rnd.at.g, rnd.at.c
         out = dict(new_states)
         mixed = []
-        for key in self.modules:
-            own = new_states.get(key, self.pub.true[key])
-            delta = {n: (a - self.start_state[key][n]).astype(np.float32) for n, a in own.items()}
-            state, used = self.mix.mix(self.round_g, self.cluster_c, key, self.start_state[key], delta,
-                                       self._own_weight(key) if key in new_states else 0.0)
+        for key in rnd.modules:
+            own = new_states.get(key, true[key])
+            state, used = self.mix.mix(g, c, key, rnd.start[key], delta_from(own, rnd.start[key]),
+                                       rnd.own_weight(key) if key in new_states else 0.0)
             if used:
                 out[key] = state
                 mixed.append(key)
-        self.mix.forget_before(self.round_g)
+        self.mix.forget_before(g)
         self.mixed_log = [str(k) for k in mixed]
-        log.info("fog %s: cluster round (%d,%d) mixed %d module(s) with neighbour aggregates", self.node,
-                 self.round_g, self.cluster_c, len(mixed))
-        return out
-
-    # -- schedule ----------------------------------------------------------------------------------------------
-    def _agg_every_now(self) -> int:
-        """This global round's E_agg (the cloud's after a restart, which does not journal the choice)."""
-        plan = getattr(self, "plan", None)
-        return self.e_agg or (plan.agg_every if plan is not None else 1)
-
-    def _pick_agg_every(self, cap: int) -> None:
-        now = time.monotonic()
-        if self.sync_started is not None:
-            self.schedule.observe_sync(now - self.sync_started)
-            self.sync_started = None
-        self.e_agg = self.schedule.pick(cap)
+        log.info("fog %s: cluster round (%d,%d) mixed %d module(s) with neighbour aggregates", self.node, g, c,
+                 len(mixed))
+        return out, refused

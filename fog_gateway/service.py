@@ -10,36 +10,37 @@ Round schedule (see docs/architecture.md):
 4. After E_agg cluster rounds the gateway sends, per module, its delta against the global version with the total
    sample weight behind it (``fogup``), then a round report (``fogdone``).
 
-The round state lives in a journal on disk (round_journal.py): an update is acked only once it is committed there,
-and a gateway restarted after a kill -9 resumes the open round from it (docs/reliability.md).
+The round rules live in :class:`~fog_gateway.round_engine.FogRound` (no MQTT; its policies in policies.py); this
+module decodes, acks, journals and publishes around it, with the objects it holds: the device roster (roster.py),
+the D2D and neighbour-fog part (neighbours.py) and the link to the cloud (uplink.py). The round state lives in a
+journal on disk (round_journal.py): an update is acked only once it is committed there, and a gateway restarted
+after a kill -9 resumes the open round from it (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fog_gateway.config import FogConfig
-from fog_gateway.neighbours import FogTopology
-from fog_gateway.round_book import JournaledRounds
-from fog_gateway.round_journal import RoundJournal, StoredDelta, staleness_weight
+from fog_gateway.journal_keeper import JournalKeeper
+from fog_gateway.metrics import round_gauges
+from fog_gateway.neighbours import FogNeighbours, State
+from fog_gateway.policies import FogRules
+from fog_gateway.round_engine import APPLIED, CONFLICT, DUPLICATE, FogRound
+from fog_gateway.round_journal import RoundJournal
+from fog_gateway.roster import DeviceRoster
+from fog_gateway.schedule import Schedule
+from fog_gateway.uplink import CloudUplink
 from hffm_core.aggregation import make_aggregator
-from hffm_core.compression import ErrorFeedback
-from hffm_core.compression.module_codec import layout_of, pack, same_layout, unpack
+from hffm_core.compression.module_codec import layout_of, same_layout, unpack
 from hffm_core.config import make_codecs, resolve
-from hffm_core.delivery import Outbox, ReliableSender, report_key
 from hffm_core.downlink import JobWatch, ResyncNeeded, VersionReceiver
 from hffm_core.errors import AggregationError, DecodeError
 from hffm_core.observability import Gauge, Histogram, metrics_server_tls
 from hffm_core.protocol import (
-    FogAggregate,
-    FogRoundReport,
     ModuleKey,
     ModuleUpdate,
     ModuleVersion,
@@ -50,18 +51,28 @@ from hffm_core.protocol import (
     topics,
 )
 from hffm_core.protocol.topics import Topic
-from hffm_core.resources import eligible
 from hffm_core.security.wiring import service_security
 from hffm_core.service import Service
 
 log = logging.getLogger(__name__)
 APPLIED_KEYS_KEPT = 100_000  # ~ a few rounds of a large fog; older retransmissions hear "expired"
-GLOBALS_GRACE_S = 60.0
 
 
-class FogGateway(FogTopology, JournaledRounds, Service):
+def _held(part: str, name: str) -> property:
+    """A gateway attribute that lives in one of the objects it holds (read by tests and tools)."""
+    return property(lambda self: getattr(getattr(self, part), name),
+                    lambda self, value: setattr(getattr(self, part), name, value))
+
+
+class FogGateway(Service):
     role = "fog"
     watch_broker = True
+    # Read (and in tests set) on the gateway, held by its parts: the round engine, the journal keeper, the roster.
+    round_g, cluster_c, in_round, plan = (_held("round", n) for n in ("round_g", "cluster_c", "in_round", "plan"))
+    participants, deadline, book, late_folded = (_held("round", n) for n in ("participants", "deadline", "book",
+                                                                             "late_folded"))
+    start_state, pub, job = _held("round", "start"), _held("keeper", "pub"), _held("keeper", "job")
+    holdings, offline_since, adverts = (_held("roster", n) for n in ("holdings", "offline_since", "adverts"))
 
     def __init__(self, cfg: FogConfig) -> None:
         """Raises: RoundJournalError: the round journal in ``state_dir`` cannot be opened or read."""
@@ -69,54 +80,50 @@ class FogGateway(FogTopology, JournaledRounds, Service):
         self.fleet = cfg.fog.fleet
         offline = NodeState(fleet=self.fleet, node=cfg.fog.id, role="fog", fog=cfg.fog.id, online=False)
         metrics = resolve(cfg.base_dir, cfg.metrics_file) if cfg.metrics_file else None
-        security = service_security(cfg, cfg.fog.id, resolve(cfg.base_dir, cfg.state_dir))
+        state_dir = resolve(cfg.base_dir, cfg.state_dir)
+        security = service_security(cfg, cfg.fog.id, state_dir)
         super().__init__(node=cfg.fog.id, host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics,
                          connect_timeout_s=cfg.broker.connect_timeout_s,
                          metrics_listen=cfg.metrics.listen, metrics_insecure=cfg.metrics.insecure,
                          metrics_tls=metrics_server_tls(cfg),
                          will=(topics.state(self.fleet, cfg.fog.id), encode(offline)), **security)
-        self.expected = set(cfg.fog.devices)
-        self.holdings: dict[str, set[ModuleKey]] = {}
-        self.adverts: dict[str, NodeState] = {}
+        self.roster = DeviceRoster(cfg.fog.devices, offline_grace_s=cfg.fog.offline_grace_s)
         self.global_rx = VersionReceiver()  # the global versions, as the cloud published them
         self.up_codecs = make_codecs(cfg.uplink, "uplink")
-        state_dir = resolve(cfg.base_dir, cfg.state_dir)
-        self.residuals_path = state_dir / f"{cfg.fog.id}-residuals.npz"
-        self.residuals_path.parent.mkdir(parents=True, exist_ok=True)
-        self.feedback = ErrorFeedback.load(self.residuals_path) if self.residuals_path.exists() else ErrorFeedback()
-        rel = cfg.reliability
         # Aggregates and round reports wait on disk until the cloud acks them (docs/reliability.md).
-        self.outbox = Outbox(state_dir / f"{cfg.fog.id}-outbox.sqlite", base_s=rel.backoff_base_s,
-                             max_s=rel.backoff_max_s) if rel.outbox else None
-        self.sender = ReliableSender(self.outbox, self.transport, fleet=self.fleet, node=cfg.fog.id, target="cloud",
-                                     category="fog_to_cloud") if self.outbox is not None else None
+        self.uplink = CloudUplink(fleet=self.fleet, node=self.node, state_dir=state_dir, reliability=cfg.reliability,
+                                  codecs=self.up_codecs, transport=self.transport, meter=self.meter)
         self.startup_deadline = time.monotonic() + cfg.fog.startup_timeout_s
         self.rounds_log: list[dict[str, Any]] = []
         self.round_opened_at = time.monotonic()  # when the open cluster round was announced (for its duration)
-        self.late_folded = 0
         make_aggregator(cfg.fog.aggregator, cfg.fog.aggregator_params)  # bad name/params: config error at start
         self.journal = RoundJournal(state_dir / f"{cfg.fog.id}-round.sqlite", kept=APPLIED_KEYS_KEPT)
         self.jobs = JobWatch(f"fog {cfg.fog.id}", self.rejected)  # the job: from the journal, else the cloud's plan
-        self.offline_since: dict[str, float] = {}  # device -> when its advert (or last will) said offline
-        self._topology_init()
-        self.round_via: set[str] = set()  # devices whose update reached this round through a D2D relay
-        self._forget()
-        self._resume(self.journal.load())
+        self.neighbours = FogNeighbours(
+            fleet=self.fleet, node=self.node, d2d=cfg.d2d, codec_for=lambda key: self.up_codecs[key.kind],
+            publish=lambda t, p: self.transport.try_publish(t, p, category="fog_to_fog"), rejected=self.rejected)
+        s = cfg.schedule
+        self.round = FogRound(fleet=self.fleet, node=self.node, rules=FogRules.from_config(cfg), journal=self.journal,
+                              schedule=Schedule(agg_every=s.agg_every, adaptive=s.adaptive, sync_share=s.sync_share))
+        self.keeper = JournalKeeper(self.journal, self.round, downlink=cfg.downlink, publish=self._publish,
+                                    publish_ctl=lambda c: self._publish_ctl(c, final=False))
+        job = self.keeper.resume(self.journal.load(), time.monotonic(), settle_s=cfg.fog.startup_timeout_s)
+        if job is not None:
+            self.jobs.job, self.meter.round = job, self.round.at.g
 
     # -- service hooks -------------------------------------------------------------------------------------------
     def subscriptions(self) -> list[str]:
         subs = [topics.up_filter(self.fleet, self.node), topics.global_filter(self.fleet),
                 topics.ctl(self.fleet, "cloud"), topics.resync_filter(self.fleet, self.node),
-                topics.chunk_filter(self.fleet, self.node)]
-        if self.sender is not None:
-            subs.append(topics.ack_filter(self.fleet, self.node, self.node))
-        return subs + [topics.state(self.fleet, d) for d in sorted(self.expected)] + self._topology_subscriptions()
+                topics.chunk_filter(self.fleet, self.node)] + self.uplink.subscriptions()
+        return subs + [topics.state(self.fleet, d) for d in sorted(self.roster.expected)] + \
+            self.neighbours.subscriptions()
 
     def start(self) -> None:
         self._advertise(online=True, status="running")
-        if self.announce_pending:  # killed between the journal's commit and the publications: publish them again
-            self._announce([self.pub.resync(k) for k in self.modules if k in self.pub.stamps])
-        log.info("fog %s: waiting for devices %s", self.node, sorted(self.expected))
+        if self.keeper.announce_pending:  # killed between the journal's commit and the publications: again
+            self._announce([self.pub.resync(k) for k in self.round.modules if k in self.pub.stamps])
+        log.info("fog %s: waiting for devices %s", self.node, sorted(self.roster.expected))
 
     def handle(self, topic: Topic, message: Any) -> None:
         if topic.kind == "state":
@@ -130,57 +137,37 @@ class FogGateway(FogTopology, JournaledRounds, Service):
         elif topic.kind == "up":
             self._on_update(topic, message)
         elif topic.kind == "fogpeer":
-            self._on_fogpeer(topic, message)
-        elif topic.kind == "ack" and self.sender is not None:
-            if message.sender != "cloud" or message.to != self.node:
-                raise DecodeError(f"ack from {message.sender!r} to {message.to!r} is not the cloud's to {self.node}")
-            self.sender.on_ack(message)
+            self.neighbours.on_fogpeer(topic, message, self.round)
+        elif topic.kind == "ack" and self.uplink.sender is not None:
+            self.uplink.on_ack(message)
         else:
             raise DecodeError(f"fog {self.node} does not take {topic.kind!r} messages")
 
     def tick(self) -> None:
-        if self.book.fatal is not None:  # memory is ahead of the journal: stop rather than ack what is not on disk
-            raise self.book.fatal
-        if self.sender is not None:
-            self.sender.pump()
-        if self.in_round:
+        rnd = self.round
+        if rnd.book.fatal is not None:  # memory is ahead of the journal: stop rather than ack what is not on disk
+            raise rnd.book.fatal
+        self.uplink.pump()
+        if rnd.in_round:
             self._close_if_complete()  # e.g. nobody was eligible: no reason to wait for the deadline
-        if self.in_round:
-            if time.monotonic() > self.deadline:
-                missing = {str(k): sorted(self._expected(k) - self.book.reported[k]) for k in self.modules}
-                log.warning("fog %s: round (%d,%d) deadline passed; missing %s", self.node, self.round_g,
-                            self.cluster_c, {k: v for k, v in missing.items() if v})
+        if rnd.in_round:
+            if time.monotonic() > rnd.deadline:
+                missing = {str(k): sorted(self._expected(k) - rnd.book.reported[k]) for k in rnd.modules}
+                log.warning("fog %s: round %s deadline passed; missing %s", self.node, rnd.at,
+                            {k: v for k, v in missing.items() if v})
                 self._close_cluster_round()
-        elif self.mixing is not None:
-            if self._mix_ready():  # the neighbours' aggregates are in (or their wait is over): finish the close
+        elif self.neighbours.mixing is not None:
+            if self.neighbours.ready(rnd):  # the neighbours' aggregates are in (or their wait is over): close
                 self._close_cluster_round()
         else:
             self._maybe_start_round()
 
     def observe_extra(self) -> list[Gauge | Histogram]:
-        logged = list(self.rounds_log)
-        expected = set().union(*[set(v) for v in list(self.participants.values())]) if self.in_round else set()
-        reporters = set().union(*[set(v) for v in list(self.book.reported.values())]) if self.in_round else set()
-        return [
-            Gauge(name="round", help="The round this tier is in (scope: global or cluster).",
-                  values={(("scope", "global"),): self.round_g, (("scope", "cluster"),): self.cluster_c}),
-            Gauge(name="round_expected", help="Devices selected for the open cluster round.",
-                  values={(): len(expected)}),
-            Gauge(name="round_participants", help="Devices whose update of the open cluster round is in.",
-                  values={(): len(reporters)}),
-            Gauge(name="rounds_closed", help="Cluster rounds closed.", values={(): len(logged)}, counter=True),
-            Gauge(name="updates_aggregated", help="Device updates folded into closed cluster rounds.",
-                  values={(): sum(r["updates"] for r in logged)}, counter=True),
-            Gauge(name="late_updates_folded", help="Updates of a closed round folded into the next one.",
-                  values={(): self.late_folded}, counter=True),
-            Histogram(name="cluster_round_seconds", help="Cluster round durations, from announcement to close.",
-                      observations=tuple(r["seconds"] for r in logged if "seconds" in r)),
-        ]
+        return round_gauges(self.round, self.rounds_log)
 
     def extra_metrics(self) -> dict[str, Any]:
-        return {"rounds": self.rounds_log, "late_updates_folded": self.late_folded,
-                "schedule": self.schedule.report(),
-                "outbox": self.sender.stats() if self.sender is not None else None}
+        return {"rounds": self.rounds_log, "late_updates_folded": self.round.late_folded,
+                "schedule": self.round.schedule.report(), "outbox": self.uplink.stats()}
 
     def finish(self) -> None:
         """On a clean exit the retained advert goes offline (the broker's last will covers crashes)."""
@@ -194,7 +181,7 @@ class FogGateway(FogTopology, JournaledRounds, Service):
         self.transport.publish(topics.state(self.fleet, self.node), encode(advert), category="fog_to_cloud",
                                retain=True)
 
-    # -- handlers ------------------------------------------------------------------------------------------------
+    # -- the job -------------------------------------------------------------------------------------------------
     def _on_plan(self, plan: RoundControl) -> None:
         """The cloud's plan. One of another job than this fog's is either the end of a job this fog is not in
         (ignored: brokers keep the last job's final announcement) or the start of a new job (joined)."""
@@ -206,12 +193,10 @@ class FogGateway(FogTopology, JournaledRounds, Service):
                 self.jobs.ignore(plan.job, "the final round announcement")
                 return
             self._join(plan.job)
-        elif self.job is not None:
-            self._check_job(plan)
-        if self.plan is None or plan.global_round > self.plan.global_round:
-            self.plan, self.plan_seen_at = plan, time.monotonic()
-            if self.sender is not None:  # the cloud closed every earlier round
-                self.sender.expire_rounds_before(plan.global_round)
+        elif self.keeper.job is not None:
+            self.keeper.check_job(plan)
+        if self.round.take_plan(plan, time.monotonic()):
+            self.uplink.expire_rounds_before(plan.global_round)  # the cloud closed every earlier round
 
     def _join(self, job: str) -> None:
         """Be in the cloud's ``job`` from now on: leave any other job's rounds, versions, queued aggregates and
@@ -220,43 +205,36 @@ class FogGateway(FogTopology, JournaledRounds, Service):
         if old is not None:
             log.warning("fog %s: the cloud announces job %r; leaving job %r and starting from scratch", self.node,
                         job, old)
-            self.book.write(self.journal.reset)
-            self._forget()
+            self.keeper.clear()
             self.global_rx = VersionReceiver()
-            if self.sender is not None:
-                self.sender.expire_rounds_before(2**62)
+            self.uplink.expire_rounds_before(2**62)
         else:
             log.info("fog %s: joining job %r", self.node, job)
-        for dev in [d for d, a in self.adverts.items() if a.job not in ("", job)]:
-            del self.adverts[dev]
-            self.holdings.pop(dev, None)
-            self.offline_since.pop(dev, None)
+        self.roster.keep_job(job)
         for version in self.jobs.join(job):
             self._on_global_version(version)
         self.pub.job = job
         self._advertise(online=True, status="running")
 
+    def _announce(self, versions: list[ModuleVersion]) -> None:
+        self.keeper.announce(versions)
+
+    # -- handlers ------------------------------------------------------------------------------------------------
     def _on_state(self, msg: NodeState) -> None:
-        if msg.role != "device" or msg.node not in self.expected:
+        if msg.role != "device" or msg.node not in self.roster.expected:
             raise DecodeError(f"state of {msg.node!r} (role {msg.role}) is not an expected device of {self.node}")
         if msg.fog != self.node:
             raise DecodeError(f"device {msg.node!r} says its fog is {msg.fog!r}, not {self.node!r}")
         if msg.job and self.jobs.job is not None and msg.job != self.jobs.job:
             self.jobs.ignore(msg.job, f"the advert of {msg.node}")  # e.g. its retained advert from the last job
             return
-        self.adverts[msg.node] = msg
-        if msg.online:
-            self.holdings[msg.node] = set(msg.modules)
-            if self.offline_since.pop(msg.node, None) is not None:
-                log.info("fog %s: device %s is online again", self.node, msg.node)
-            if self.in_round and msg.skip == (self.round_g, self.cluster_c) and msg.node not in self.skipped:
-                log.warning("fog %s: device %s sits out round (%d,%d): %s", self.node, msg.node, self.round_g,
-                            self.cluster_c, msg.status)
-                self.skipped.add(msg.node)
-        else:
-            self.offline_since.setdefault(msg.node, time.monotonic())
-            if self.holdings.pop(msg.node, None) is not None:
-                log.warning("fog %s: device %s went offline (%s)", self.node, msg.node, msg.status or "last will")
+        change = self.roster.update(msg, time.monotonic())
+        if change == "back":
+            log.info("fog %s: device %s is online again", self.node, msg.node)
+        elif change == "gone":
+            log.warning("fog %s: device %s went offline (%s)", self.node, msg.node, msg.status or "last will")
+        if msg.online and self.round.sit_out(msg.node, msg.skip):
+            log.warning("fog %s: device %s sits out round %s: %s", self.node, msg.node, self.round.at, msg.status)
         self._close_if_complete()  # a skip, an offline participant, or the last advert a resumed round awaited
 
     def _on_global(self, topic: Topic, msg: ModuleVersion) -> None:
@@ -277,176 +255,78 @@ class FogGateway(FogTopology, JournaledRounds, Service):
                                    category="fog_to_cloud")
 
     def _on_resync(self, topic: Topic, msg: ResyncRequest) -> None:
-        if msg.sender not in self.expected or topic.node != msg.sender or msg.target != self.node:
+        if msg.sender not in self.roster.expected or topic.node != msg.sender or msg.target != self.node:
             raise DecodeError(f"resync request from {msg.sender!r} is not for fog {self.node}")
         for key in msg.modules:
             self.transport.publish(topics.cluster(self.fleet, self.node, key), encode(self.pub.resync(key)),
                                    category="fog_to_device", retain=True)
 
-    def _holders(self, key: ModuleKey) -> set[str]:
-        return {d for d, keys in self.holdings.items() if key in keys}
-
     def _on_update(self, topic: Topic, msg: ModuleUpdate) -> None:
         if (topic.node, topic.module, topic.fog) != (msg.sender, msg.key, msg.fog) or msg.fog != self.node:
             raise DecodeError(f"update header ({msg.sender}, {msg.key}, {msg.fog}) does not match its topic")
-        idem = msg.idempotency_key
-        reporters = self._reporters(msg)  # the sender, or the devices a D2D relay's update covers
-        lag = self.cluster_c - msg.cluster_round if self.in_round and msg.global_round == self.round_g else -1
-        if idem not in self.book.applied:
-            if lag != 0 and not (lag == 1 and self.cfg.fog.late_updates == "next_round" and msg.key in self.book.aggs):
-                self._refuse_stale(msg, lag)
-            if msg.key not in self.book.aggs:
-                raise DecodeError(f"module {msg.key} is not aggregated in this round")
-            chosen = (self.participants if lag == 0 else self.previous).get(msg.key, set())
-            for dev in (d for d in reporters if d not in chosen):
-                if dev not in self._holders(msg.key):
-                    raise DecodeError(f"device {dev!r} is not an advertised holder of {msg.key}")
-                raise DecodeError(f"device {dev!r} was not selected for {msg.key} in round "
-                                  f"({msg.global_round},{msg.cluster_round})")
-        seen = (self.book.late if lag else self.book.reported).get(msg.key, set()) & set(reporters)
-        if seen and idem not in self.book.applied and seen != set(reporters):
-            self.send_ack(self.node, msg.sender, [idem], "rejected")
-            raise DecodeError(f"update {idem} covers {sorted(reporters)}, of which {sorted(seen)} already reported "
-                              "on their own: it cannot be applied in part")
-        applied_digest = self.book.applied.get(idem)
-        if applied_digest is not None and msg.sha256 and msg.sha256.encode() != applied_digest:
-            # Same key, other content: whoever sent first, this copy was not applied, and "applied" would be a lie.
-            self.rejected["conflict"] += 1
-            log.warning("fog %s: update %s conflicts with the update already applied under that key (other "
-                        "content): answered conflict; was a client publishing as %s?", self.node, idem, msg.sender)
-            self.send_ack(self.node, msg.sender, [idem], "conflict")
-            return
-        if idem in self.book.applied or seen:
-            self.rejected["duplicate"] += 1
-            log.info("fog %s: duplicate update %s ignored", self.node, idem)
-            self.send_ack(self.node, msg.sender, [idem])  # its first ack was lost: say so again
-            return
+        # The update counts for its sender, or for the devices a D2D relay's update covers.
+        out = self.round.accept(msg, self.neighbours.reporters(msg), holders=self.roster.holders(msg.key),
+                                decode=lambda: self._delta_of(msg))
+        if out.status in (DUPLICATE, CONFLICT):
+            self.rejected[out.status] += 1
+        if out.ack:  # an applied update only now: it is on disk
+            self.send_ack(self.node, msg.sender, [msg.idempotency_key], out.ack)
+        if out.reason:
+            raise DecodeError(out.reason)
+        if out.status == APPLIED:
+            self._close_if_complete()
+
+    def _delta_of(self, msg: ModuleUpdate) -> State:
+        """The update's delta. Raises DecodeError or AggregationError when it does not fit the module."""
         delta = unpack(msg, layout_of(self.pub.true[msg.key]))
         if not same_layout(delta, self.pub.true[msg.key]):
             raise AggregationError(f"update of {msg.key} from {msg.sender} does not match the module's tensors")
-        stored = StoredDelta(key=idem, module=msg.key, sender=msg.sender, num_samples=msg.num_samples, lag=lag,
-                             weight=staleness_weight(msg.num_samples, self.cfg.fog.staleness_decay, lag), delta=delta,
-                             covers=msg.covers, digest=msg.sha256.encode())
-        self.book.accept(stored, global_round=self.round_g, cluster_round=self.cluster_c)
-        self.round_via.update(d for d in reporters if d != msg.sender)
-        if lag:
-            self.late_folded += 1
-            log.info("fog %s: late update %s folded into round (%d,%d) with lag %d, weight %.4g", self.node, idem,
-                     self.round_g, self.cluster_c, lag, stored.weight)
-        self.send_ack(self.node, msg.sender, [idem])  # only now: the update is on disk
-        self._close_if_complete()
+        return delta
 
-    def _refuse_stale(self, msg: ModuleUpdate, lag: int) -> None:
-        """Raises DecodeError for an update outside the open round; one for a closed round also hears expired."""
-        closed = (msg.global_round, msg.cluster_round) < (self.round_g, self.cluster_c + (not self.in_round))
-        why = ""
-        if closed:
-            self.send_ack(self.node, msg.sender, [msg.idempotency_key], "expired")  # its round closed
-            if self.cfg.fog.late_updates == "next_round":
-                why = (f"; {lag} cluster rounds late (at most 1 is folded in)" if lag > 1 else
-                       f"; {msg.key} is not in the open round" if lag == 1 else
-                       "; its global round's aggregate has already left for the cloud")
-        raise DecodeError(f"stale update {msg.idempotency_key} for round ({msg.global_round},{msg.cluster_round}); "
-                          f"open round is ({self.round_g},{self.cluster_c}) in_round={self.in_round}{why}")
-
+    # -- the round schedule --------------------------------------------------------------------------------------
     def _close_if_complete(self) -> None:
-        if not self.in_round:
-            return
-        if time.monotonic() < self.settle_until and not set().union(*self.participants.values()) <= set(self.adverts):
-            return
-        gone = self._gone()
-        if all(self.book.done(k, expected=self._expected(k),
-                              selected=self.participants.get(k, set()) - self.skipped - gone,
-                              minimum=self.cfg.fog.min_participants) for k in self.modules):
+        if self.round.in_round and self.round.complete(expected=self._expected, gone=self._gone(),
+                                                       advertised=self.roster.adverts, now=time.monotonic()):
             self._close_cluster_round()
 
-    def _offline(self) -> set[str]:
-        """The devices whose advert (or last will) has said offline for longer than ``offline_grace_s``: a new round
-        starts without waiting for them. An online advert brings a device back."""
-        limit = time.monotonic() - self.cfg.fog.offline_grace_s
-        return {d for d, since in self.offline_since.items() if since <= limit}
-
     def _gone(self) -> set[str]:
-        """The offline devices (``_offline``) that no D2D group member may still bring an update of: an open round
-        no longer waits for them to reach ``min_participants`` (and ``_expected`` does not wait for them at all)."""
-        return {d for d in self._offline() if not self._d2d_reachable(d)}
+        """The devices offline for longer than ``offline_grace_s`` that no D2D group member may still bring an
+        update of: an open round no longer waits for them to reach ``min_participants``."""
+        online = self.roster.holdings
+        return {d for d in self.roster.offline(time.monotonic()) if not self.neighbours.reachable(d, online)}
 
     def _expected(self, key: ModuleKey) -> set[str]:
         """Who must still report ``key`` this round: selected, not sitting it out, and still online, or offline for
         less than ``offline_grace_s`` (a device killed and restarted at once resends its update), or in a D2D group
         with a member online (its update may come through that neighbour: docs/topology.md)."""
-        holders, offline = self._holders(key), self._offline()
-        return {d for d in self.participants.get(key, set()) - self.skipped
-                if d in holders or self._d2d_reachable(d) or (d in self.offline_since and d not in offline)}
+        roster = self.roster
+        holders, offline, since = roster.holders(key), roster.offline(time.monotonic()), roster.offline_since
+        return self.round.expected(key, lambda d: d in holders or self.neighbours.reachable(d, roster.holdings)
+                                   or (d in since and d not in offline))
 
-    def _select(self, key: ModuleKey) -> set[str]:
-        """The holders of ``key`` whose advertised resources pass the fog's thresholds, at most N of them (those
-        with the most samples for the module); none when fewer than min_participants pass."""
-        chosen = []
-        for dev in sorted(self._holders(key)):
-            advert = self.adverts.get(dev)
-            ok, reasons = eligible(advert.telemetry if advert and advert.telemetry else None, self.cfg.selection)
-            if ok:
-                chosen.append(dev)
-            else:
-                log.info("fog %s: %s not selected for %s: %s", self.node, dev, key, "; ".join(reasons))
-        cap = self.cfg.fog.max_participants_per_module
-        if cap > 0 and len(chosen) > cap:
-            chosen.sort(key=lambda d: -self._samples_of(d, key))
-            chosen = chosen[:cap]
-        if 0 < len(chosen) < self.cfg.fog.min_participants:
-            log.warning("fog %s: %s left out of round (%d,%d): %d eligible holder(s), min_participants is %d",
-                        self.node, key, self.round_g, self.cluster_c, len(chosen), self.cfg.fog.min_participants)
-            return set()
-        return set(chosen)
-
-    def _samples_of(self, dev: str, key: ModuleKey) -> int:
-        """The device's training samples behind ``key``, from its advert: a task's count for a head or an adapter,
-        the sum over the tasks of that modality (the adapters it advertises for it) for an encoder."""
-        advert = self.adverts.get(dev)
-        if advert is None:
-            return 0
-        counts = advert.num_samples
-        if key.kind == "head" or key.kind == "adapter":
-            return counts.get(key.task, 0)
-        tasks = {k.task for k in advert.modules if k.kind == "adapter" and k.modality == key.modality}
-        return sum(counts.get(t, 0) for t in tasks)
-
-    # -- the round schedule --------------------------------------------------------------------------------------
     def _maybe_start_round(self) -> None:
-        plan = self.plan
-        if plan is None or plan.global_round <= self.round_g:
+        rnd, now = self.round, time.monotonic()
+        if not rnd.due():
             return
-        now = time.monotonic()
         # Wait (up to the start-up timeout) for every device to advertise, but not for one that said it is offline.
-        if not self.expected <= set(self.holdings) | self._offline() and now < self.startup_deadline:
+        if not self.roster.all_in(now) and now < self.startup_deadline:
             return
-        held = set().union(*self.holdings.values()) if self.holdings else set()
-        if plan.final:  # the final versions go out for every module a device of this job holds, online or not:
-            # they are retained, and a device whose link flapped reads them when it is back
-            held |= set().union(*(set(a.modules) for a in self.adverts.values()), set())
-        # Modules this fog sent upward wait (bounded) for the version merged from them; in round 1 every module
-        # waits for its initial version. A module the cloud never published is left out at once after that.
-        stamps = self.global_rx.stamps
-        waiting = {k for k in held & self.sent_last if stamps.get(k, (-1, -1))[0] < plan.global_round - 1}
-        if plan.global_round == 1:
-            waiting |= {k for k in held if k not in stamps}
-        if waiting and now < self.plan_seen_at + GLOBALS_GRACE_S:
+        plan = rnd.plan
+        assert plan is not None
+        # The final versions go out for every module a device of this job holds, online or not: they are retained,
+        # and a device whose link flapped reads them when it is back.
+        held = self.roster.held(everything=plan.final)
+        ready = rnd.ready_modules(held, self.global_rx.stamps, now)
+        if ready is None:
             return
-        ready = {k for k in held if k in stamps} - waiting
         if ready != held:
             log.warning("fog %s: no global version for %s; leaving them out", self.node, sorted(map(str, held - ready)))
-        self.round_g = plan.global_round
+        rnd.start_global(ready, self.global_rx.states, now)
         self.meter.round = plan.global_round
-        self._pick_agg_every(plan.agg_every)
-        self.modules = sorted(ready)
-        self.start_state = {k: self.global_rx.states[k] for k in self.modules}
-        for key in self.modules:
-            self.pub.true[key] = {n: a.copy() for n, a in self.start_state[key].items()}
-        self.book.round_weight = {k: {} for k in self.modules}
-        self.round_updated = set()
+        for key in rnd.modules:
+            self.pub.true[key] = {n: a.copy() for n, a in rnd.start[key].items()}
         # final: full state, so that nobody needs a resync after this gateway exits
-        versions = [self.pub.version(k, (self.round_g, 0), full=plan.final) for k in self.modules]
+        versions = [self.pub.version(k, (rnd.at.g, 0), full=plan.final) for k in rnd.modules]
         if plan.final:
             for version in versions:
                 self._publish(version)
@@ -455,115 +335,56 @@ class FogGateway(FogTopology, JournaledRounds, Service):
             self.done = True
             return
         self._open_cluster_round(1)
-        self._commit(self.modules, start=True)
+        self.keeper.commit(rnd.modules, start=True)
         self._announce(versions)
 
     def _open_cluster_round(self, c: int) -> None:
-        assert self.plan is not None
-        self.cluster_c = c
-        self.book.open(self.modules)
-        self.skipped = set()
-        self.previous = self.participants if c > 1 else {}
-        self.participants = {k: self._select(k) for k in self.modules}
-        self._choose_relays()
-        self.round_via = set()
-        self.cluster_started = time.monotonic()
-        self.deadline = time.monotonic() + min(self.plan.deadline_s, self.cfg.fog.round_deadline_s)
-        self.in_round = True
+        self.round.open_cluster(c, holders=self.roster.holders, adverts=self.roster.adverts, now=time.monotonic())
+        self.neighbours.choose_relays(self.round.participants, self.roster.adverts)
 
     def _close_cluster_round(self) -> None:
-        if self.mixing is None:
-            new_states, refused = self.book.results(self.pub.true, self.cfg.fog.min_participants)
-            for key, counter, why in refused:
+        rnd, nb = self.round, self.neighbours
+        if nb.mixing is None:
+            new_states, refused = rnd.close(self.pub.true, time.monotonic())
+            for _key, counter, _why in refused:
                 self.rejected[counter] += 1
-                log.warning("fog %s: %s not updated in round (%d,%d): %s", self.node, key, self.round_g,
-                            self.cluster_c, why)
-            self.schedule.observe_cluster(time.monotonic() - self.cluster_started)
-            self.mixed_log = []
-            if self._wants_mix():  # share with the neighbour fogs first; tick() comes back here once theirs are in
-                self.refused_at_close = refused
-                self._share(new_states)
+            nb.mixed_log = []
+            if nb.wants_mix(rnd):  # share with the neighbour fogs first; tick() comes back here once theirs are in
+                nb.share(new_states, refused, rnd, time.monotonic())
                 return
         else:
-            new_states, refused = self._mixed(self.mixing[1]), self.refused_at_close
-            self.mixing = None
+            new_states, refused = nb.mixed(rnd, self.pub.true)
         versions = []
         for key, new in new_states.items():
-            self.round_updated.add(key)
             self.pub.true[key] = new
-            versions.append(self.pub.version(key, (self.round_g, self.cluster_c)))
-        self.rounds_log.append({"global_round": self.round_g, "cluster_round": self.cluster_c,
-                                "seconds": round(time.monotonic() - self.round_opened_at, 3),
-                                "modules_updated": len(new_states), "updates": self.book.updates(),
-                                "too_few_participants": [str(k) for k, c, _ in refused if c == "too_few_participants"],
-                                "reporters": sorted(set().union(*self.book.reported.values())),
-                                "via_relay": sorted(self.round_via), "mixed": len(self.mixed_log)})
-        log.info("fog %s: cluster round (%d,%d) closed: %d modules, %d updates, %d B to devices so far",
-                 self.node, self.round_g, self.cluster_c, len(new_states), self.rounds_log[-1]["updates"],
-                 self.meter.total("fog_to_device"))
-        assert self.plan is not None
-        if self.cluster_c < self._agg_every_now():
-            self._open_cluster_round(self.cluster_c + 1)
-        else:
-            self.in_round = False
-            self._send_upward()  # into the outbox first: a kill before the commit below sends the same keys again
-        self._commit(list(new_states))
-        if not self.in_round:
-            self.feedback.save(self.residuals_path)  # after the commit: a resent aggregate is packed the same way
+            versions.append(self.pub.version(key, (rnd.at.g, rnd.at.c)))
+        self.rounds_log.append(rnd.summary(new_states, refused, seconds=time.monotonic() - self.round_opened_at,
+                                           mixed=len(nb.mixed_log)))
+        log.info("fog %s: cluster round %s closed: %d modules, %d updates, %d B to devices so far", self.node,
+                 rnd.at, len(new_states), self.rounds_log[-1]["updates"], self.meter.total("fog_to_device"))
+        if rnd.settle(new_states):
+            self._open_cluster_round(rnd.at.c + 1)
+        else:  # into the outbox first: a kill before the commit below sends the same keys again
+            rnd.sent_upward(self.uplink.send_round(rnd, self.pub.true), time.monotonic())
+        self.keeper.commit(list(new_states))
+        if not rnd.in_round:
+            self.uplink.save_feedback()  # after the commit: a resent aggregate is packed the same way
         self._announce(versions)
-        if self.sender is not None:
-            self.sender.pump()
-
-    def _send_upward(self) -> None:
-        sent: list[ModuleKey] = []
-        devices: set[str] = set()
-        for key in self.modules:
-            weights = self.book.round_weight[key]
-            if not weights or key not in self.round_updated:
-                continue
-            delta = {n: (a - self.start_state[key][n]).astype(np.float32) for n, a in self.pub.true[key].items()}
-            packed, _sent = pack(delta, self.up_codecs[key.kind], feedback=self.feedback, stream=str(key),
-                                 seed=zlib.crc32(f"{self.node}/{self.round_g}/{key}".encode()))
-            agg = FogAggregate(fleet=self.fleet, fog=self.node, key=key, global_round=self.round_g,
-                               total_weight=float(sum(weights.values())), num_devices=len(weights),
-                               idempotency_key=FogAggregate.default_key(self.fleet, self.node, self.round_g, 0, key),
-                               **packed.fields())
-            self._send_up(agg.idempotency_key, topics.fogup(self.fleet, self.node, key), encode(agg))
-            sent.append(key)
-            devices |= set(weights)
-        self.sent_last = set(sent)
-        self.sync_started = time.monotonic()
-        report = FogRoundReport(fleet=self.fleet, fog=self.node, global_round=self.round_g, modules=tuple(sent),
-                                devices=tuple(sorted(devices)), cluster_rounds=self.cluster_c)
-        self._send_up(report_key(self.fleet, self.node, self.round_g), topics.fogdone(self.fleet, self.node),
-                      encode(report))
-        log.info("fog %s: global round %d sent upward: %d modules from %d devices, %d B to cloud so far",
-                 self.node, self.round_g, len(sent), len(devices), self.meter.total("fog_to_cloud"))
-
-    def _send_up(self, key: str, topic: str, payload: bytes) -> None:
-        """Through the outbox (kept until the cloud acks ``key``), or one acknowledged publish without it."""
-        if self.sender is not None and self.plan is not None:
-            # The cloud allows (agg_every + 1) cluster-round deadlines per global round, plus its start-up wait in
-            # round 1: a message still queued after (agg_every + 2) deadlines + 10 min belongs to a closed round.
-            self.sender.expiry_s = math.ceil(self.plan.deadline_s * (self.plan.agg_every + 2)) + 600
-        if self.outbox is not None:
-            self.outbox.put(key, topic, payload, round_=self.round_g)
-        else:
-            self.transport.publish(topic, payload, category="fog_to_cloud")
+        self.uplink.pump()
 
     def _publish(self, version: ModuleVersion) -> None:
         self.transport.publish(topics.cluster(self.fleet, self.node, version.key), encode(version),
                                category="fog_to_device", retain=True)
 
     def _publish_ctl(self, c: int, *, final: bool) -> None:
-        assert self.plan is not None
+        rnd, plan = self.round, self.round.plan
+        assert plan is not None
         # Always name the participants: a device trains and sends only the modules it is listed for this round.
-        participants = {str(k): tuple(sorted(v)) for k, v in self.participants.items()}
-        ctl = RoundControl(fleet=self.fleet, sender=self.node, global_round=self.round_g, cluster_round=c,
-                           total_rounds=self.plan.total_rounds, agg_every=self._agg_every_now(),
-                           local_epochs=self.plan.local_epochs, deadline_s=self.plan.deadline_s, final=final,
-                           participants=participants if not final else {}, relays=self.relays if not final else {},
-                           job=self.plan.job)
+        participants = {str(k): tuple(sorted(v)) for k, v in rnd.participants.items()}
+        ctl = RoundControl(fleet=self.fleet, sender=self.node, global_round=rnd.at.g, cluster_round=c,
+                           total_rounds=plan.total_rounds, agg_every=rnd.agg_every(), local_epochs=plan.local_epochs,
+                           deadline_s=plan.deadline_s, final=final, participants=participants if not final else {},
+                           relays=self.neighbours.relays if not final else {}, job=plan.job)
         self.transport.publish(topics.ctl(self.fleet, self.node), encode(ctl), category="fog_to_device", retain=True)
         self.round_opened_at = time.monotonic()
 

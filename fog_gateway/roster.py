@@ -1,0 +1,56 @@
+"""The fog's devices as their retained adverts describe them: who is online, which modules each holds, and since
+when an offline one has been offline. Pure state (times are passed in), held by the gateway and read by the round
+engine's selection and by the close rules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from hffm_core.protocol import ModuleKey, NodeState
+
+
+class DeviceRoster:
+    def __init__(self, devices: Iterable[str], *, offline_grace_s: float) -> None:
+        self.expected = set(devices)
+        self.offline_grace_s = offline_grace_s
+        self.adverts: dict[str, NodeState] = {}
+        self.holdings: dict[str, set[ModuleKey]] = {}  # online devices -> the modules they hold
+        self.offline_since: dict[str, float] = {}  # device -> when its advert (or last will) said offline
+
+    def update(self, msg: NodeState, now: float) -> str:
+        """Take a device's advert; returns ``"back"`` (online again), ``"gone"`` (it was online, now offline) or
+        ``""``."""
+        self.adverts[msg.node] = msg
+        if msg.online:
+            self.holdings[msg.node] = set(msg.modules)
+            return "back" if self.offline_since.pop(msg.node, None) is not None else ""
+        self.offline_since.setdefault(msg.node, now)
+        return "gone" if self.holdings.pop(msg.node, None) is not None else ""
+
+    def keep_job(self, job: str) -> None:
+        """Forget the adverts of devices in another job than ``job`` (an advert without a job is kept)."""
+        for dev in [d for d, a in self.adverts.items() if a.job not in ("", job)]:
+            del self.adverts[dev]
+            self.holdings.pop(dev, None)
+            self.offline_since.pop(dev, None)
+
+    def holders(self, key: ModuleKey) -> set[str]:
+        """The online devices that hold ``key``."""
+        return {d for d, keys in self.holdings.items() if key in keys}
+
+    def offline(self, now: float) -> set[str]:
+        """The devices whose advert (or last will) has said offline for longer than ``offline_grace_s``: a new round
+        starts without waiting for them. An online advert brings a device back."""
+        limit = now - self.offline_grace_s
+        return {d for d, since in self.offline_since.items() if since <= limit}
+
+    def all_in(self, now: float) -> bool:
+        """Whether every expected device has advertised or has been offline for longer than the grace."""
+        return self.expected <= set(self.holdings) | self.offline(now)
+
+    def held(self, *, everything: bool = False) -> set[ModuleKey]:
+        """The modules the online devices hold; with ``everything``, also those of offline devices' adverts."""
+        held: set[ModuleKey] = set().union(*self.holdings.values()) if self.holdings else set()
+        if everything:
+            held |= set().union(*(set(a.modules) for a in self.adverts.values()), set())
+        return held
