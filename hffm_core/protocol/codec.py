@@ -347,13 +347,7 @@ def _scalar(value: Any, hint: Any, path: str) -> Any:
 
 
 def _tensor(value: Any, path: str) -> TensorBlob:
-    if not isinstance(value, list) or len(value) != 4:
-        raise DecodeError(f"{path}: a tensor is [name, dtype, shape, bytes]")
-    name, dtype, shape, data = value
-    if not isinstance(name, str) or not isinstance(dtype, str) or not isinstance(data, bytes):
-        raise DecodeError(f"{path}: a tensor is [str name, str dtype, shape, bin data]")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise DecodeError(f"{path}: tensor shape must be an array of ints")
+    name, dtype, shape, data = _tensor_items(value, ("name", "dtype", "shape", "bytes"), path)
     try:
         return TensorBlob(name=name, dtype=dtype, shape=tuple(shape), data=data)
     except ValueError as exc:
@@ -361,17 +355,26 @@ def _tensor(value: Any, path: str) -> TensorBlob:
 
 
 def _encoded(value: Any, path: str) -> EncodedTensor:
-    if not isinstance(value, list) or len(value) != 3:
-        raise DecodeError(f"{path}: an encoded tensor is [name, shape, bytes]")
-    name, shape, data = value
-    if not isinstance(name, str) or not isinstance(data, bytes):
-        raise DecodeError(f"{path}: an encoded tensor is [str name, shape, bin data]")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise DecodeError(f"{path}: tensor shape must be an array of ints")
+    name, shape, data = _tensor_items(value, ("name", "shape", "bytes"), path)
     try:
         return EncodedTensor(name=name, shape=tuple(shape), data=data)
     except ValueError as exc:
         raise DecodeError(f"{path}: {exc}") from None
+
+
+def _tensor_items(value: Any, items: tuple[str, ...], path: str) -> list[Any]:
+    """The items of a wire tensor, ``[name, (dtype,) shape, bytes]``, each type-checked (``value[-3]`` is the dtype
+    of a raw tensor and the name of an encoded one: a string either way)."""
+    what = "a tensor" if len(items) == 4 else "an encoded tensor"
+    if not isinstance(value, list) or len(value) != len(items):
+        raise DecodeError(f"{path}: {what} is [{', '.join(items)}]")
+    name, shape, data = value[0], value[-2], value[-1]
+    if not isinstance(name, str) or not isinstance(data, bytes) or not isinstance(value[-3], str):
+        middle = "str dtype, shape" if len(items) == 4 else "shape"
+        raise DecodeError(f"{path}: {what} is [str name, {middle}, bin data]")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise DecodeError(f"{path}: tensor shape must be an array of ints")
+    return value
 
 
 def message_type(name: str) -> type:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
 from typing import ClassVar
 
-from hffm_core.protocol.messages import SCHEMA_VERSION, FogAggregate, FogRoundReport
-from hffm_core.protocol.topics import Topic, check_segment
+from hffm_core.protocol.checks import SCHEMA_VERSION, check, check_segment, wire_type
+from hffm_core.protocol.messages import FogAggregate, FogRoundReport
+from hffm_core.protocol.topic_table import TOPIC_FIELD, TOPIC_SPECS
+from hffm_core.protocol.topics import Topic
 
 SIGNATURE_BYTES = 64  # Ed25519
 MAX_SEQ = 2**63 - 1
@@ -24,15 +25,7 @@ _KEY_ID = re.compile(r"[0-9a-f]{32}")
 # for a signature over anything else made with the same key (a certificate, another protocol, another version).
 DOMAIN = b"hffm/signed-envelope/v1\x00"
 
-_frozen = dataclass(frozen=True, slots=True, kw_only=True)
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ValueError(message)
-
-
-@_frozen
+@wire_type
 class SignedEnvelope:
     """An encoded message (``payload``) sealed by ``signer`` with key ``key_id`` as number ``seq`` of its stream.
 
@@ -50,13 +43,13 @@ class SignedEnvelope:
 
     def __post_init__(self) -> None:
         check_segment(self.signer, "signer")
-        _check(isinstance(self.key_id, str) and _KEY_ID.fullmatch(self.key_id) is not None,
-               f"key_id must be {KEY_ID_HEX} lowercase hex digits, got {self.key_id!r}")
+        check(isinstance(self.key_id, str) and _KEY_ID.fullmatch(self.key_id) is not None,
+              f"key_id must be {KEY_ID_HEX} lowercase hex digits, got {self.key_id!r}")
         seq_ok = isinstance(self.seq, int) and not isinstance(self.seq, bool) and 1 <= self.seq <= MAX_SEQ
-        _check(seq_ok, f"seq must be an int in 1..2**63-1, got {self.seq!r}")
-        _check(isinstance(self.payload, bytes) and len(self.payload) > 0, "payload must be non-empty bytes")
-        _check(isinstance(self.signature, bytes) and len(self.signature) == SIGNATURE_BYTES,
-               f"signature must be {SIGNATURE_BYTES} bytes")
+        check(seq_ok, f"seq must be an int in 1..2**63-1, got {self.seq!r}")
+        check(isinstance(self.payload, bytes) and len(self.payload) > 0, "payload must be non-empty bytes")
+        check(isinstance(self.signature, bytes) and len(self.signature) == SIGNATURE_BYTES,
+              f"signature must be {SIGNATURE_BYTES} bytes")
 
 
 def _field(data: bytes) -> bytes:
@@ -74,19 +67,20 @@ def signed_bytes(*, schema: int, topic: str, signer: str, key_id: str, seq: int,
 
 
 def expected_signer(topic: Topic) -> str:
-    """The node that must sign a message on ``topic``: the device for ``up/…/{device}``, the fog for its
-    ``cluster``, ``fogup`` and ``fogdone`` topics, ``cloud`` for ``global``, the named node for ``ctl``, ``state``
-    and ``metrics``, and the requesting node for ``resync/{target}/{node}``.
+    """The node that must sign a message on ``topic``, by its kind's ``signer`` in the topic table: the device for
+    ``up/…/{device}``, the fog for its ``cluster``, ``fogup``, ``fogpeer`` and ``fogdone`` topics, ``cloud`` for
+    ``global``, the named node for ``ctl``, ``state`` and ``metrics``, the requesting or sending node for
+    ``resync/{target}/{node}`` and ``chunk/{target}/{node}``, and the sender of ``ack`` and ``peer``.
 
     Raises:
-        ValueError: an incomplete topic (no node or fog where its kind needs one).
+        ValueError: an unknown kind, or an incomplete topic (no node or fog where its kind needs one).
     """
-    if topic.kind == "global":
-        return "cloud"
-    if topic.kind in ("cluster", "fogup", "fogdone", "fogpeer"):
-        owner = topic.fog
-    else:  # up, resync, ctl, state, metrics, peer, ack: the node segment names the publisher
-        owner = topic.node
+    spec = TOPIC_SPECS.get(topic.kind)
+    if spec is None:
+        raise ValueError(f"topic {topic!r} has an unknown kind")
+    if spec.signer not in spec.segments:
+        return spec.signer  # a fixed signer (``cloud``)
+    owner = getattr(topic, TOPIC_FIELD[spec.signer])
     if owner is None:
         raise ValueError(f"topic {topic!r} names no publisher")
     return owner

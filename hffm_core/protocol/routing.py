@@ -6,34 +6,10 @@ from typing import Any
 
 from hffm_core.errors import DecodeError
 from hffm_core.protocol import codec, topics
-from hffm_core.protocol.messages import (
-    Ack,
-    Chunk,
-    FogAggregate,
-    FogRoundReport,
-    ModuleUpdate,
-    ModuleVersion,
-    NodeState,
-    ResyncRequest,
-    RoundControl,
-    RoundMetrics,
-)
+from hffm_core.protocol.topic_table import TOPIC_TABLE
 
-MESSAGE_FOR_KIND: dict[str, type] = {
-    "up": ModuleUpdate,
-    "cluster": ModuleVersion,
-    "global": ModuleVersion,
-    "fogup": FogAggregate,
-    "fogdone": FogRoundReport,
-    "ctl": RoundControl,
-    "state": NodeState,
-    "metrics": RoundMetrics,
-    "resync": ResyncRequest,
-    "ack": Ack,
-    "chunk": Chunk,
-    "peer": ModuleUpdate,
-    "fogpeer": FogAggregate,
-}
+# The one message type each topic kind carries (a column of the topic table).
+MESSAGE_FOR_KIND: dict[str, type] = {spec.kind: spec.message for spec in TOPIC_TABLE}
 
 
 def decode_message(topic: str, payload: bytes, *, max_payload: int = codec.DEFAULT_MAX_PAYLOAD) -> tuple[topics.Topic, Any]:

@@ -325,7 +325,7 @@ def test_d2d_topics_and_their_acl_filters() -> None:
     assert not mqtt_matches(topics.d2d_inbox_filter("f1", "ack", "fog-a", "dev-2"), message)
     with pytest.raises(ValueError, match="invalid D2D kind 'up'"):
         topics.d2d_inbox_filter("f1", "up", "fog-a", "dev-1")
-    with pytest.raises(ValueError, match="invalid device"):
+    with pytest.raises(ValueError, match="invalid recipient"):
         topics.peer("f1", "fog-a", "dev/2", "dev-1")
     parsed = topics.parse("hffm/v1/f1/peer/fog-a/dev-2/dev-1")  # peer deltas carry ``ModuleUpdate``
     assert (parsed.kind, parsed.fog, parsed.to, parsed.node) == ("peer", "fog-a", "dev-2", "dev-1")
