@@ -3,8 +3,8 @@ Flower ``Strategy`` is given to its server: the round engine asks them, and know
 
 - :class:`SelectionPolicy` (Flower's ``configure_fit``): which holders of a module take part in a cluster round.
   :class:`ResourceSelection` is the fog's rule: advertised resources within ``[selection]``, at most
-  ``max_participants_per_module`` of them (those with the most samples), none when fewer than
-  ``min_participants`` pass.
+  ``max_participants_per_module`` of them (those with the most samples). The round engine then takes none when
+  fewer than ``min_participants`` were chosen.
 - :class:`LateUpdates` (staleness): whether an update for the cluster round that just closed is folded into the open
   one, and with what weight (``num_samples * staleness_decay ** lag``).
 - ``min_participants`` (:class:`FogRules`): fewer contributors than this leave a module as it was.
@@ -25,12 +25,11 @@ from hffm_core.resources import ResourceThresholds, eligible
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """What a selection policy chose for one module: the participants, the holders it passed over with the
-    reasons, and (when it chose nobody because too few passed) how many had passed."""
+    """What a selection policy chose for one module: the participants, and the holders it passed over with the
+    reasons."""
 
     chosen: frozenset[str]
     passed_over: tuple[tuple[str, str], ...] = ()
-    too_few: int = 0
 
 
 class SelectionPolicy(Protocol):
@@ -68,7 +67,6 @@ class ResourceSelection:
 
     thresholds: ResourceThresholds = field(default_factory=ResourceThresholds)
     max_per_module: int = 0  # 0: every eligible holder
-    min_participants: int = 1
 
     def select(self, key: ModuleKey, holders: Iterable[str], adverts: Mapping[str, NodeState]) -> Selection:
         chosen: list[str] = []
@@ -84,8 +82,6 @@ class ResourceSelection:
         if cap > 0 and len(chosen) > cap:
             chosen.sort(key=lambda d: -samples_of(adverts.get(d), key))
             chosen = chosen[:cap]
-        if 0 < len(chosen) < self.min_participants:
-            return Selection(frozenset(), tuple(passed_over), too_few=len(chosen))
         return Selection(frozenset(chosen), tuple(passed_over))
 
 
@@ -119,7 +115,7 @@ class FogRules:
 
     selection: SelectionPolicy = field(default_factory=ResourceSelection)
     late: LateUpdates = field(default_factory=LateUpdates)
-    min_participants: int = 1
+    min_participants: int = 1  # fewer chosen or contributing devices than this: the module is left as it was
     aggregator: str = "fedavg"
     aggregator_params: Mapping[str, object] = field(default_factory=dict)
     round_deadline_s: float = 600.0  # a cluster round's deadline: this or the cloud's, whichever is shorter
@@ -127,8 +123,7 @@ class FogRules:
     @classmethod
     def from_config(cls, cfg: FogConfig) -> FogRules:
         f = cfg.fog
-        return cls(selection=ResourceSelection(thresholds=cfg.selection, max_per_module=f.max_participants_per_module,
-                                               min_participants=f.min_participants),
+        return cls(selection=ResourceSelection(thresholds=cfg.selection, max_per_module=f.max_participants_per_module),
                    late=LateUpdates(mode=f.late_updates, decay=f.staleness_decay),
                    min_participants=f.min_participants, aggregator=f.aggregator,
                    aggregator_params=dict(f.aggregator_params), round_deadline_s=f.round_deadline_s)

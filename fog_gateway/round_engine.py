@@ -153,12 +153,14 @@ class FogRound:
         self.in_round = True
 
     def _select(self, key: ModuleKey, holders: set[str], adverts: Mapping[str, NodeState]) -> set[str]:
+        """The selection policy's choice; none when it is below min_participants."""
         picked = self.rules.selection.select(key, holders, adverts)
         for dev, why in picked.passed_over:
             log.info("fog %s: %s not selected for %s: %s", self.node, dev, key, why)
-        if picked.too_few:
+        if 0 < len(picked.chosen) < self.rules.min_participants:
             log.warning("fog %s: %s left out of round %s: %d eligible holder(s), min_participants is %d",
-                        self.node, key, self.at, picked.too_few, self.rules.min_participants)
+                        self.node, key, self.at, len(picked.chosen), self.rules.min_participants)
+            return set()
         return set(picked.chosen)
 
     def sit_out(self, device: str, skip: tuple[int, int] | None) -> bool:
