@@ -1,7 +1,8 @@
 """Broker access control generated from the fleet's topology: each identity may touch only its own topics.
 
 Brokers run with ``use_identity_as_username``, so the user name an ACL names is the certificate's CN, the node id
-(:mod:`broker_config.pki`). Every pattern comes from :mod:`hffm_core.protocol.topics`. Anything not
+(:mod:`broker_config.pki`). Every rule comes from the topic table (:mod:`hffm_core.protocol.topic_table`): each
+kind's grants per role, and for a bridge its cloud-bridge routes. Anything not
 granted is denied: a refused PUBLISH gets PUBACK 0x87 and reaches no one; a refused SUBSCRIBE gets SUBACK 0x87.
 
 | Identity | Connects to | May publish | May read |
@@ -32,6 +33,7 @@ from broker_config.pki import BRIDGE_PREFIX, BROKER_PREFIX, bridge_id, check_id
 from broker_config.render import bridge_state_topic
 from hffm_core.errors import ConfigError
 from hffm_core.protocol import topics
+from hffm_core.protocol.topic_table import TOPIC_TABLE, Role
 
 __all__ = ["CLOUD_BROKER", "AclRule", "FleetSpec", "acl_users", "render_acl", "render_dynsec", "write_acl",
            "write_dynsec"]
@@ -93,86 +95,60 @@ class FleetSpec:
         raise ConfigError(f"unknown fog {fog!r}; fleet {self.fleet!r} has {list(self.fog_ids)}")
 
 
-def device_rules(fleet: str, fog: str, device: str) -> list[AclRule]:
-    """What device ``device`` of fog ``fog`` may do on its fog's broker."""
-    rules: list[AclRule] = [
-        ("write", topics.device_up_filter(fleet, fog, device)),
-        ("write", topics.state(fleet, device)),
-        ("write", topics.resync(fleet, fog, device)),
-        ("write", topics.chunk(fleet, fog, device)),  # updates above the packet limit (docs/reliability.md)
-        ("read", topics.cluster_filter(fleet, fog)),
-        ("read", topics.ctl(fleet, fog)),
-        ("read", topics.global_filter(fleet)),
-    ]
-    for kind in topics.RESERVED_KINDS:
-        rules += [("write", topics.d2d_sent_filter(fleet, kind, fog, device)),
-                  ("read", topics.d2d_inbox_filter(fleet, kind, fog, device))]
+def _granted(fleet: str, role: Role, *, self_id: str, fogs: Sequence[str]) -> list[AclRule]:
+    """The rules the topic table grants ``role`` (identity ``self_id``), with ``{fog}`` taking each of ``fogs`` in
+    turn (a device's or fog's own fog; every fog for the cloud); in table order, each rule once."""
+    rules: list[AclRule] = []
+    for spec in TOPIC_TABLE:
+        for grant in spec.grants:
+            if grant.role != role:
+                continue
+            for fog in fogs:
+                rule: AclRule = (grant.access, _topic(fleet, spec.kind, grant.pattern.format(self=self_id, fog=fog)))
+                if rule not in rules:
+                    rules.append(rule)
     return rules
+
+
+def _topic(fleet: str, kind: str, pattern: str) -> str:
+    return f"{topics.ROOT}/{fleet}/{kind}/{pattern}"
+
+
+def device_rules(fleet: str, fog: str, device: str) -> list[AclRule]:
+    """What device ``device`` of fog ``fog`` may do on its fog's broker (its grants in the topic table): publish
+    its own updates, advert, resync requests, chunks and D2D messages; read its fog's cluster versions and round
+    announcements, the global versions and its D2D inbox."""
+    return _granted(fleet, "device", self_id=device, fogs=(fog,))
 
 
 def fog_rules(spec: FleetSpec, fog: str) -> list[AclRule]:
-    """What fog gateway ``fog`` may do on its own broker."""
-    f = spec.fleet
-    rules: list[AclRule] = [
-        ("write", topics.cluster_filter(f, fog)),
-        ("write", topics.ctl(f, fog)),
-        ("write", topics.fogup_filter(f, fog)),
-        ("write", topics.fogdone(f, fog)),
-        ("write", topics.state(f, fog)),
-        ("write", topics.resync(f, CLOUD_BROKER, fog)),
-        ("write", topics.chunk(f, CLOUD_BROKER, fog)),
-        ("write", topics.d2d_sent_filter(f, "ack", fog, fog)),  # acks to its devices (docs/reliability.md)
-        ("read", topics.up_filter(f, fog)),
-        ("read", topics.chunk_filter(f, fog)),
-        ("read", topics.ack_filter(f, fog, fog)),  # the cloud's acks, bridged in
-        ("read", topics.resync_filter(f, fog)),
-        ("read", topics.global_filter(f)),
-        ("read", topics.ctl(f, CLOUD_BROKER)),
-        ("read", SYS_FILTER),
-        # Every advert on its own broker (its devices' and its own; the bridge carries no other fog's in): the
-        # operators' ``hffm fleet status -c fog.toml`` and the Ansible upgrade's health check read them as the fog.
-        ("read", topics.state_filter(f)),
-    ]
-    return rules
+    """What fog gateway ``fog`` may do on its own broker: its grants in the topic table (among them every advert
+    on its broker, which the operators' ``hffm fleet status -c fog.toml`` and the Ansible upgrade's health check
+    read as the fog; the bridge carries no other fog's in), and its broker's ``$SYS`` topics."""
+    return [*_granted(spec.fleet, "fog", self_id=fog, fogs=(fog,)), ("read", SYS_FILTER)]
 
 
 def bridge_rules(spec: FleetSpec, fog: str) -> list[AclRule]:
-    """What fog ``fog``'s bridge may do on the cloud broker: exactly what broker_config/fog.conf.tmpl forwards,
-    narrowed to that fog (``state/#`` out becomes the states of the fog and of its devices)."""
-    f = spec.fleet
-    rules: list[AclRule] = [
-        ("write", topics.fogup_filter(f, fog)),
-        ("write", topics.fogdone(f, fog)),
-        ("write", topics.resync(f, CLOUD_BROKER, fog)),
-        ("write", topics.state(f, fog)),
-        *(("write", topics.state(f, d)) for d in spec.devices(fog)),
-        ("write", bridge_state_topic(f, fog)),
-        ("write", topics.chunk(f, CLOUD_BROKER, fog)),
-        ("read", topics.ack(f, fog, fog, CLOUD_BROKER)),
-        ("read", topics.global_filter(f)),
-        ("read", topics.ctl(f, CLOUD_BROKER)),
-        ("read", topics.metrics_filter(f)),
-    ]
-    return rules
+    """What fog ``fog``'s bridge may do on the cloud broker: the topic table's cloud-bridge routes (what
+    broker_config/fog.conf.tmpl forwards; ``out`` is a write, ``in`` a read), narrowed to that fog (``state/#`` out
+    becomes the states of the fog and of its devices), and its own ``$SYS`` connection state."""
+    rules: list[AclRule] = []
+    for kind_spec in TOPIC_TABLE:
+        for route in kind_spec.bridges:
+            if route.link != "cloud":
+                continue
+            access: Access = "write" if route.direction == "out" else "read"
+            for pattern in route.acl or (route.pattern,):
+                names = spec.devices(fog) if "{device}" in pattern else ("",)
+                rules += [(access, _topic(spec.fleet, kind_spec.kind, pattern.format(fog=fog, device=name)))
+                          for name in names]
+    return [*rules, ("write", bridge_state_topic(spec.fleet, fog))]
 
 
 def cloud_rules(spec: FleetSpec) -> list[AclRule]:
-    """What the cloud service may do on the cloud broker (it also serves as the operators' reader there)."""
-    f = spec.fleet
-    return [
-        ("write", topics.global_filter(f)),
-        ("write", topics.ctl(f, CLOUD_BROKER)),
-        ("write", topics.metrics(f, CLOUD_BROKER)),
-        ("read", topics.fogup_filter(f)),
-        ("read", topics.fogdone_filter(f)),
-        ("read", topics.resync_filter(f, CLOUD_BROKER)),
-        ("read", topics.chunk_filter(f, CLOUD_BROKER)),
-        *(("write", topics.ack(f, fog, fog, CLOUD_BROKER)) for fog in spec.fog_ids),  # acks to each fog
-        ("read", topics.state_filter(f)),
-        ("read", topics.metrics_filter(f)),
-        ("read", topics.ctl_filter(f)),  # its own announcements, for ``hffm job status -c cloud.toml``
-        ("read", SYS_FILTER),
-    ]
+    """What the cloud service may do on the cloud broker: its grants in the topic table (acks to each fog; it also
+    serves as the operators' reader there: every advert, announcement and metric), and the broker's ``$SYS``."""
+    return [*_granted(spec.fleet, "cloud", self_id=spec.cloud, fogs=spec.fog_ids), ("read", SYS_FILTER)]
 
 
 def acl_users(spec: FleetSpec, broker: str) -> dict[str, list[AclRule]]:
