@@ -21,6 +21,7 @@ import numpy as np
 
 from hffm_core.delivery.outbox import OutboxError
 from hffm_core.errors import AggregationError
+from hffm_core.sqlite import open_sqlite, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS applied (
@@ -67,17 +68,14 @@ class DurableSums:
     """Weighted sums per bucket plus the keys applied, committed atomically (SQLite, WAL)."""
 
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
-        """Raises: OutboxError: the file cannot be opened (reused error: same storage layer)."""
+        """Raises:
+            ConfigError: ``synchronous`` is neither FULL nor NORMAL.
+            OutboxError: the file cannot be opened (reused error: same storage layer).
+        """
         self.path = Path(path)
         self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={'NORMAL' if synchronous == 'NORMAL' else 'FULL'}")
-            self._db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise OutboxError(f"cannot open aggregation state {str(self.path)!r}: {exc}") from None
+        self._db = open_sqlite(self.path, synchronous=synchronous, schema=_SCHEMA, what="aggregation state",
+                               error=OutboxError)
 
     def close(self) -> None:
         with self._lock:
@@ -98,18 +96,8 @@ class DurableSums:
         if not all(np.isfinite(a).all() for a in arrays.values()):
             raise AggregationError(f"delta for {key!r} holds NaN or Inf")
         layout = _layout(arrays)
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    outcome = self._add_locked(bucket, key, arrays, layout, float(weight))
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise OutboxError(f"aggregation state {str(self.path)!r}: {exc}") from None
-        return outcome
+        with self._lock, transaction(self._db, what="aggregation state", path=self.path, error=OutboxError):
+            return self._add_locked(bucket, key, arrays, layout, float(weight))
 
     def _add_locked(self, bucket: str, key: str, arrays: State, layout: str, weight: float) -> str:
         if self._db.execute("SELECT 1 FROM applied WHERE key = ?", (key,)).fetchone() is not None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hffm_core.errors import ConfigError, StorageError
+from hffm_core.sqlite import open_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_at);
 """
-_SYNC_MODES = ("FULL", "NORMAL")
 
 
 class OutboxError(StorageError):
@@ -72,21 +72,12 @@ class Outbox:
         """
         if not (0 < base_s <= max_s) or max_s > 3600:
             raise ConfigError(f"outbox backoff must satisfy 0 < base_s <= max_s <= 3600, got {base_s!r}, {max_s!r}")
-        if synchronous not in _SYNC_MODES:
-            raise ConfigError(f"unknown outbox synchronous mode {synchronous!r}; expected one of {list(_SYNC_MODES)}")
         self.path = Path(path)
         self.base_s = base_s
         self.max_s = max_s
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise OutboxError(f"cannot open outbox {str(self.path)!r}: {exc}") from None
+        self._db = open_sqlite(self.path, synchronous=synchronous, schema=_SCHEMA, what="outbox", error=OutboxError)
         pending = self.pending()
         if pending:
             log.info("outbox %s: %d unacknowledged messages reloaded; resending them", self.path.name, pending)
