@@ -46,6 +46,8 @@ class DemoOptions:
     secure: bool = False
     # Extra [model] keys for devices and cloud, e.g. {"adapter": "ffa_lora", "lora_r": 4} (hffm bench compression).
     model: dict[str, object] = field(default_factory=dict)
+    # Extra top-level device config keys, e.g. {"telemetry_interval_s": 600} (hffm bench compression's advert cadence).
+    device: dict[str, object] = field(default_factory=dict)
     attackers_per_fog: int = 0
     attack: dict[str, object] = field(default_factory=dict)
     aggregator: str = "fedavg"
@@ -147,6 +149,7 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
             "state_dir": str(run_dir / "state"),
             "metrics_file": str(plan.metrics_file(dev)),
         }
+        cfg.update(opts.device)
         if dev in attackers:
             cfg["attack"] = dict(opts.attack)
         cfg.update((node_tables or {}).get(dev, {}))
