@@ -4,6 +4,9 @@ Per global round g: fold each fog's aggregate into the module's running weighted
 idempotency key); close when every expected fog sent its round report, or at the deadline; apply the averaged delta
 to the global version, store it (SQLite), publish it retained, evaluate the global model on the held-out test files
 and publish the metrics; then announce round g+1 (or the end of the job) on ``ctl/cloud``.
+
+The round rules (accept, reports, close, merge, versions) live in :class:`~cloud.round_engine.CloudRound`, without
+MQTT; this service decodes, acks, stores and publishes around it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 
 from cloud.config import CloudConfig
 from cloud.job import choose_job
+from cloud.round_engine import APPLIED, DUPLICATE, CloudRound, CloudSchedule, Outcome
 from cloud.round_state import CloudRoundState
 from cloud.store import VersionStore
 from hffm_core.compression.module_codec import layout_of, same_layout, unpack
@@ -82,12 +86,11 @@ class CloudService(Service):
         # The job: the one this state_dir holds (resumed), or a new one (cloud/job.py); named in every announcement.
         self.job, self.resumable = choose_job(resolve(cfg.base_dir, cfg.state_dir), c.job_id)
         self.pub.job = self.job
-        self.expected_fogs = set(c.fogs)
-        self.round_g = 0
         # The open round on disk: partial sums, applied keys, reports (a killed cloud resumes it; cloud/round_state.py).
-        self.rs = CloudRoundState(resolve(cfg.base_dir, cfg.state_dir), aggregator=cfg.cloud.aggregator,
-                                  aggregator_params=cfg.cloud.aggregator_params)
-        self.deadline = 0.0
+        state = CloudRoundState(resolve(cfg.base_dir, cfg.state_dir), aggregator=cfg.cloud.aggregator,
+                                aggregator_params=cfg.cloud.aggregator_params)
+        self.round = CloudRound(fogs=c.fogs, keys=self.keys, schedule=CloudSchedule.from_section(c), state=state)
+        self.expected_fogs = self.round.expected_fogs
         self.history: list[dict[str, Any]] = []
 
     def subscriptions(self) -> list[str]:
@@ -96,17 +99,21 @@ class CloudService(Service):
 
     @property
     def reported(self) -> set[str]:
-        return self.rs.reported
+        return self.round.reported
+
+    @property
+    def round_g(self) -> int:
+        return self.round.round_g
 
     def start(self) -> None:
-        saved = self.rs.load() if self.resumable else 0
+        saved = self.round.state.load() if self.resumable else 0
         latest = self.store.latest_versions(self.job) if saved else {}
         if saved and latest:
             log.info("cloud: resuming job %s", self.job)
             self._resume(saved, latest)
             return
         # A new job: its versions and announcement replace, retained, whatever an earlier job left on the brokers.
-        self.rs.reset()
+        self.round.state.reset()
         self.meter.round = 1
         for key in self.keys:
             self._publish_global(key, version=0)
@@ -128,12 +135,12 @@ class CloudService(Service):
             log.warning("cloud: round %d was merged before the restart; opening round %d", saved, top + 1)
             self._open_round(top + 1)
             return
-        settled = self.rs.settle_promised()
+        settled = self.round.resume()
         log.warning("cloud: resuming round %d after a restart: %d aggregates already applied, fogs reported %s "
                     "(%s counted now: their reports were saved and all their aggregates applied before the restart)",
-                    saved, len(self.rs.sums.keys()), sorted(self.reported), sorted(settled) or "none")
+                    saved, len(self.round.state.sums.keys()), sorted(self.reported), sorted(settled) or "none")
         self._open_round(saved, resume=True)
-        if self.reported >= self.expected_fogs:
+        if self.round.complete():
             self._close_round()
 
     def handle(self, topic: Topic, message: Any) -> None:
@@ -147,14 +154,14 @@ class CloudService(Service):
             raise DecodeError(f"the cloud does not take {topic.kind!r} messages")
 
     def tick(self) -> None:
-        if time.monotonic() > self.deadline:
+        if time.monotonic() > self.round.deadline:
             log.warning("cloud: round %d deadline passed; fogs reported: %s of %s", self.round_g,
                         sorted(self.reported), sorted(self.expected_fogs))
             self._close_round()
 
     def finish(self) -> None:
         self.store.close()
-        self.rs.close_files()
+        self.round.state.close_files()
 
     def extra_metrics(self) -> dict[str, Any]:
         return {"job": self.job, "rounds": self.history}
@@ -181,30 +188,27 @@ class CloudService(Service):
     def _on_aggregate(self, topic: Topic, msg: FogAggregate) -> None:
         if (topic.fog, topic.module) != (msg.fog, msg.key):
             raise DecodeError(f"aggregate header ({msg.fog}, {msg.key}) does not match its topic")
-        if msg.fog not in self.expected_fogs:
-            raise DecodeError(f"fog {msg.fog!r} is not one of {sorted(self.expected_fogs)}")
-        if msg.global_round < self.round_g:
-            self.send_ack(msg.fog, msg.fog, [msg.idempotency_key], "expired")  # the fog drops it from its outbox
-        if msg.global_round != self.round_g:
-            raise DecodeError(f"stale aggregate for round {msg.global_round}; open round is {self.round_g}")
-        if self.rs.seen(msg.idempotency_key):
+        out = self.round.accept(msg, lambda: self._delta_of(msg))  # committed before the ack
+        self._answer(msg.fog, msg.idempotency_key, out)
+        if out.status == APPLIED:
+            self._check_reported(msg.fog)
+
+    def _delta_of(self, msg: FogAggregate) -> State:
+        """The aggregate's delta. Raises DecodeError or AggregationError when it does not fit the module."""
+        true = self.pub.true[msg.key]
+        delta = unpack(msg, layout_of(true))
+        if not same_layout(delta, true):
+            raise AggregationError(f"aggregate of {msg.key} from {msg.fog} does not match the module's tensors")
+        return delta
+
+    def _answer(self, fog: str, key: str, out: Outcome) -> None:
+        """Ack ``key`` as the round engine says; raise its error (counted by the service loop) after the ack."""
+        if out.status == DUPLICATE:
             self.rejected["duplicate"] += 1
-            log.info("cloud: duplicate aggregate %s ignored", msg.idempotency_key)
-            self.send_ack(msg.fog, msg.fog, [msg.idempotency_key])  # its first ack was lost: say so again
-            return
-        try:
-            if msg.key not in self.pub.true:
-                raise DecodeError(f"unknown module {msg.key}")
-            delta = unpack(msg, layout_of(self.pub.true[msg.key]))
-            if not same_layout(delta, self.pub.true[msg.key]):
-                raise AggregationError(f"aggregate of {msg.key} from {msg.fog} does not match the module's tensors")
-            self.rs.add(msg.key, msg.idempotency_key, delta, msg.total_weight, fog=msg.fog)  # committed before the ack
-        except (DecodeError, AggregationError):
-            self.rs.refuse(msg.idempotency_key)  # a report naming it need not wait for it
-            self.send_ack(msg.fog, msg.fog, [msg.idempotency_key], "rejected")
-            raise
-        self.send_ack(msg.fog, msg.fog, [msg.idempotency_key])
-        self._check_reported(msg.fog)
+        if out.ack:
+            self.send_ack(fog, fog, [key], out.ack)
+        if out.error is not None:
+            raise out.error
 
     def _on_resync(self, topic: Topic, msg: ResyncRequest) -> None:
         if msg.sender not in self.expected_fogs or topic.node != msg.sender or msg.target != "cloud":
@@ -214,71 +218,49 @@ class CloudService(Service):
                                    category="cloud_to_fog", retain=True)
 
     def _on_report(self, topic: Topic, msg: FogRoundReport) -> None:
-        if msg.fog not in self.expected_fogs or topic.fog != msg.fog:
+        if topic.fog != msg.fog:
             raise DecodeError(f"round report from unexpected fog {msg.fog!r}")
-        key = report_key(self.fleet, msg.fog, msg.global_round)
-        if msg.global_round < self.round_g:
-            self.send_ack(msg.fog, msg.fog, [key], "expired")
-        if msg.global_round != self.round_g:
-            raise DecodeError(f"stale round report for round {msg.global_round}; open round is {self.round_g}")
-        # The report counts once every aggregate it names is here (or refused): with retransmissions, an
-        # aggregate may arrive after the report that names it.
-        self.rs.report(msg.fog, {f"{self.fleet}/{msg.fog}/{msg.global_round}/{k}" for k in msg.modules})
-        self.send_ack(msg.fog, msg.fog, [key])
+        out = self.round.report(msg, self.fleet)
+        self._answer(msg.fog, report_key(self.fleet, msg.fog, msg.global_round), out)
         self._check_reported(msg.fog)
 
     def _check_reported(self, fog: str) -> None:
-        if self.rs.check_reported(fog) and self.reported >= self.expected_fogs:
+        if self.round.counted(fog):
             self._close_round()
 
     # -- the round schedule --------------------------------------------------------------------------------------
     def _open_round(self, g: int, *, resume: bool = False) -> None:
         c = self.cfg.cloud
-        self.round_g = g
         self.meter.round = min(g, c.rounds)
-        if not resume:  # keys of this round only; older rounds are refused as stale anyway
-            self.rs.open(g)
-        # round_deadline_s bounds one cluster round at the fogs; a global round is agg_every of them plus the
-        # fogs' own start-up wait for devices (round 1) and slack for the upward hop.
-        allowance = c.round_deadline_s * (c.agg_every + 1) + (c.startup_timeout_s if g == 1 else 0.0)
-        self.deadline = time.monotonic() + allowance
+        final = self.round.open(g, time.monotonic(), resume=resume)
         ctl = RoundControl(fleet=self.fleet, sender="cloud", global_round=g, cluster_round=0, total_rounds=c.rounds,
                            agg_every=c.agg_every, local_epochs=c.local_epochs, deadline_s=c.round_deadline_s,
-                           final=g > c.rounds, job=self.job)
+                           final=final, job=self.job)
         self.transport.publish(topics.ctl(self.fleet, "cloud"), encode(ctl), category="cloud_to_fog", retain=True)
-        if ctl.final:
+        if final:
             self.done = True
 
     def _close_round(self) -> None:
-        g = self.round_g
-        merged = []
-        deltas = self.rs.results(self.keys)
-        if self.rs.merge_refused:  # logged by the round state
-            self.rejected["aggregation_refused"] += len(self.rs.merge_refused)
-        for key, delta in sorted(deltas.items()):
-            new = {n: (a + delta[n]).astype(np.float32) for n, a in self.pub.true[key].items()}
-            if not all(np.isfinite(a).all() for a in new.values()):
-                self.rejected["aggregation_refused"] += 1
-                log.warning("cloud: %s not updated in round %d: the merge overflows to NaN/Inf", key, g)
-                continue
-            self.pub.true[key] = new
-            merged.append(key)
+        g = self.round.round_g
+        merge = self.round.merge(self.pub.true)
+        if merge.refused:
+            self.rejected["aggregation_refused"] += merge.refused
+        self.pub.true.update(merge.states)
         self.meter.round = min(g + 1, self.cfg.cloud.rounds)
-        last = g >= self.cfg.cloud.rounds
-        for key in merged:  # the last round goes out as full state: nobody will answer a resync after it
-            self._publish_global(key, version=g, full=last)
+        for key in merge.states:  # the last round goes out as full state: nobody will answer a resync after it
+            self._publish_global(key, version=merge.version, full=merge.last)
         accuracy = self.evaluate()
-        self.rs.close(self.keys)
-        self.store.put_round(g, accuracy, sorted(self.reported), len(deltas))
+        self.round.close()
+        self.store.put_round(g, accuracy, sorted(self.reported), merge.modules_updated)
         metrics = RoundMetrics(fleet=self.fleet, global_round=g, total_rounds=self.cfg.cloud.rounds,
                                accuracy=accuracy, fogs_reported=tuple(sorted(self.reported)),
-                               modules_updated=len(deltas))
+                               modules_updated=merge.modules_updated)
         self.transport.publish(topics.metrics(self.fleet), encode(metrics), category="cloud_to_fog", retain=True)
         self.history.append({"round": g, "accuracy": accuracy, "fogs": sorted(self.reported),
-                             "modules_updated": len(deltas)})
+                             "modules_updated": merge.modules_updated})
         mean = sum(accuracy.values()) / len(accuracy) if accuracy else float("nan")
         log.info("cloud: round %d merged %d modules from fogs %s; mean accuracy %.3f; %d B down so far", g,
-                 len(merged), sorted(self.reported), mean, self.meter.total("cloud_to_fog"))
+                 len(merge.states), sorted(self.reported), mean, self.meter.total("cloud_to_fog"))
         self._open_round(g + 1)
 
     def _publish_global(self, key: ModuleKey, *, version: int, full: bool = False) -> None:

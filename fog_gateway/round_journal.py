@@ -144,14 +144,10 @@ def _keys(mapping: Mapping[str, Any]) -> dict[ModuleKey, Any]:
     return {ModuleKey.parse(k): v for k, v in mapping.items()}
 
 
-# The gateway's attributes that make up its place in the schedule (Position has a field for each).
-SCHEDULE = ("round_g", "cluster_c", "in_round", "modules", "participants", "previous", "round_updated", "sent_last",
-            "plan")
-
-
 @dataclass(slots=True, kw_only=True)
 class Position:
-    """Where the gateway is in the schedule (see the module docstring); ``plan`` is the cloud's RoundControl."""
+    """Where the gateway is in the schedule, as journaled (see the module docstring; the round engine's
+    ``FogRound.position()`` writes it and ``FogRound.restore()`` reads it); ``plan`` is the cloud's RoundControl."""
 
     round_g: int = 0  # global round g
     cluster_c: int = 0  # cluster round c
