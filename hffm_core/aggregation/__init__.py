@@ -15,6 +15,7 @@ from hffm_core.aggregation.fedavg import FedAvg
 from hffm_core.aggregation.krum import Krum
 from hffm_core.aggregation.median import CoordinateMedian
 from hffm_core.aggregation.norm_bound import NormBounded
+from hffm_core.aggregation.params import float_param, like_default
 from hffm_core.aggregation.trimmed_mean import TrimmedMean
 from hffm_core.errors import ConfigError
 
@@ -51,23 +52,14 @@ def make_aggregator(name: str, params: Mapping[str, Any] | None = None) -> Aggre
     if params is not None and not isinstance(params, Mapping):
         raise ConfigError(f"aggregator {name!r}: parameters must be a mapping, got {type(params).__name__}")
     kwargs = dict(params or {})
-    bound = kwargs.pop("norm_bound", 0.0)
-    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not (0 <= bound < float("inf")):
-        raise ConfigError(f"aggregator {name!r}: parameter 'norm_bound' must be a finite number >= 0 (0 = off), "
-                          f"got {bound!r}")
+    bound = float_param(name, "norm_bound", kwargs.pop("norm_bound", 0.0), low=0.0, note=" (0 = off)")
     unknown = sorted(set(kwargs) - set(defaults), key=str)
     if unknown:
         raise ConfigError(f"aggregator {name!r}: unknown parameter(s) {unknown}; expected some of "
                           f"{sorted([*defaults, 'norm_bound'])}")
-    for key, value in kwargs.items():
-        default = defaults[key]
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            kwargs[key] = value = float(value)
-        if type(value) is not type(default):
-            raise ConfigError(f"aggregator {name!r}: parameter {key!r} must be {type(default).__name__}, "
-                              f"got {value!r}")
+    kwargs = {key: like_default(name, key, value, defaults[key]) for key, value in kwargs.items()}
     rule = AGGREGATORS[name](**kwargs)
-    return NormBounded(rule, float(bound)) if bound > 0 else rule
+    return NormBounded(rule, bound) if bound > 0 else rule
 
 
 for _cls in (FedAvg, CoordinateMedian, TrimmedMean, Krum):

@@ -1,4 +1,4 @@
-"""Shared by the robust rules: a bounded store of one round's deltas, and checks for the rules' parameters.
+"""Shared by the robust rules: a bounded store of one round's deltas (their checks are in :mod:`.params`).
 
 FedAvg folds each delta into a running sum, but a robust rule (median, trimmed mean, Krum) must compare every
 device's delta with every other's, so it has to keep them all until the round closes: memory is
@@ -10,35 +10,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 import numpy as np
 
 from hffm_core.aggregation.base import Aggregator
-from hffm_core.errors import AggregationError, ConfigError
+from hffm_core.aggregation.params import check_like_first, check_weight, int_param
+from hffm_core.errors import AggregationError
 
 # 1024 devices x a 1M-parameter module is 4 GiB of float32; the cap keeps a fog's memory bounded by config.
 MAX_UPDATES = 1024
 _FIRST_ROWS = 8
 # Median and trimmed mean partition a copy of the column block they work on; this bounds that copy.
 _BLOCK_BYTES = 32 << 20
-
-
-def int_param(rule: str, key: str, value: Any, *, low: int, high: int | None = None) -> int:
-    """``value`` as an int in ``[low, high]``. Raises ``ConfigError`` quoting it (a bool is not an int here)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"aggregator {rule!r}: parameter {key!r} must be int, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ConfigError(f"aggregator {rule!r}: parameter {key!r} must be {bound}, got {value!r}")
-    return value
-
-
-def check_weight(weight: Any) -> float:
-    """``weight`` as a float. Raises ``AggregationError`` unless it is a finite number > 0 (as FedAvg)."""
-    if isinstance(weight, bool) or not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
-        raise AggregationError(f"weight must be a finite number > 0, got {weight!r}")
-    return float(weight)
 
 
 class DeltaStack:
@@ -90,9 +73,7 @@ class DeltaStack:
     def _checked(self, delta: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not isinstance(delta, Mapping) or not delta:
             raise AggregationError("a delta must be a non-empty mapping of tensor names to arrays")
-        if self._shapes and set(delta) != set(self._shapes):
-            missing, extra = sorted(set(self._shapes) - set(delta)), sorted(set(delta) - set(self._shapes), key=str)
-            raise AggregationError(f"tensor names differ from the first delta: missing {missing}, extra {extra}")
+        check_like_first(self._shapes, delta)
         flat: dict[str, np.ndarray] = {}
         for name, arr in delta.items():
             if not isinstance(name, str):
@@ -100,10 +81,6 @@ class DeltaStack:
             if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
                 raise AggregationError(f"tensor {name!r}: expected a real-valued numpy array, "
                                        f"got {getattr(arr, 'dtype', type(arr).__name__)}")
-            if self._shapes and arr.shape != self._shapes[name]:
-                raise AggregationError(
-                    f"tensor {name!r}: shape {arr.shape} differs from the first delta's {self._shapes[name]}"
-                )
             with np.errstate(over="ignore"):
                 row = arr.astype(np.float32).reshape(-1)
             if not np.isfinite(row).all():

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import numpy as np
 
 from hffm_core.aggregation.base import Aggregator
+from hffm_core.aggregation.params import check_like_first, check_weight
 from hffm_core.errors import AggregationError
 
 
@@ -22,17 +22,8 @@ class FedAvg(Aggregator):
         self._count = 0
 
     def add(self, delta: Mapping[str, np.ndarray], weight: float) -> None:
-        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
-            raise AggregationError(f"weight must be a finite number > 0, got {weight!r}")
-        if self._sum:
-            if set(delta) != set(self._sum):
-                missing, extra = sorted(set(self._sum) - set(delta)), sorted(set(delta) - set(self._sum))
-                raise AggregationError(f"tensor names differ from the first delta: missing {missing}, extra {extra}")
-            for name, arr in delta.items():
-                if arr.shape != self._sum[name].shape:
-                    raise AggregationError(
-                        f"tensor {name!r}: shape {arr.shape} differs from the first delta's {self._sum[name].shape}"
-                    )
+        weight = check_weight(weight)
+        check_like_first({name: acc.shape for name, acc in self._sum.items()}, delta)
         for name, arr in delta.items():
             acc = self._sum.get(name)
             if acc is None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hffm_core.aggregation._stack import MAX_UPDATES, StackedAggregator, int_param
+from hffm_core.aggregation._stack import MAX_UPDATES, StackedAggregator
+from hffm_core.aggregation.params import int_param
 from hffm_core.errors import AggregationError
 
 

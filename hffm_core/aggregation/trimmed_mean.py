@@ -7,12 +7,11 @@ kept until it closes (see :mod:`._stack`).
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import numpy as np
 
 from hffm_core.aggregation._stack import MAX_UPDATES, StackedAggregator
-from hffm_core.errors import AggregationError, ConfigError
+from hffm_core.aggregation.params import float_param
+from hffm_core.errors import AggregationError
 
 
 class TrimmedMean(StackedAggregator):
@@ -33,7 +32,7 @@ class TrimmedMean(StackedAggregator):
         """Raises ``ConfigError`` for ``trim_fraction`` outside ``[0, 0.5)`` or ``max_updates`` outside
         ``[1, 1024]``."""
         super().__init__(max_updates=max_updates)
-        self.trim_fraction = _fraction(self.name, trim_fraction)
+        self.trim_fraction = float_param(self.name, "trim_fraction", trim_fraction, low=0.0, below=0.5)
 
     def trim_count(self, n: int) -> int:
         """How many values are dropped from each side of each coordinate when ``n`` deltas arrived."""
@@ -68,10 +67,3 @@ class TrimmedMean(StackedAggregator):
             out[name] = flat
         return self._stack.unflatten(out)
 
-
-def _fraction(rule: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"aggregator {rule!r}: parameter 'trim_fraction' must be float, got {value!r}")
-    if not 0.0 <= value < 0.5:
-        raise ConfigError(f"aggregator {rule!r}: parameter 'trim_fraction' must be in [0, 0.5), got {value!r}")
-    return float(value)
