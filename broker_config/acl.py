@@ -192,11 +192,14 @@ def write_acl(spec: FleetSpec, broker: str, path: Path) -> Path:
     Raises:
         ConfigError: an unknown broker, or the file cannot be written.
     """
-    text = render_acl(spec, broker)
+    return _write(render_acl(spec, broker), path, "ACL file")
+
+
+def _write(text: str, path: Path, what: str) -> Path:
     try:
         Path(path).write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot write ACL file {str(path)!r}: {exc}") from None
+        raise ConfigError(f"cannot write {what} {str(path)!r}: {exc}") from None
     return Path(path)
 
 
@@ -233,9 +236,4 @@ def write_dynsec(spec: FleetSpec, broker: str, path: Path) -> Path:
     Raises:
         ConfigError: an unknown broker, or the file cannot be written.
     """
-    text = render_dynsec(spec, broker)
-    try:
-        Path(path).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot write dynamic-security file {str(path)!r}: {exc}") from None
-    return Path(path)
+    return _write(render_dynsec(spec, broker), path, "dynamic-security file")

@@ -210,6 +210,18 @@ def metrics_filter(fleet: str) -> str:
     return f"{_base(fleet, 'metrics')}/#"
 
 
+def matches(filter_: str, topic: str) -> bool:
+    """Whether MQTT topic filter ``filter_`` (``+``: one level, ``#``: the rest) matches the topic ``topic``, as a
+    broker applies a subscription or an ACL pattern."""
+    f_levels, t_levels = filter_.split("/"), topic.split("/")
+    for i, level in enumerate(f_levels):
+        if level == "#":
+            return True
+        if i >= len(t_levels) or (level != "+" and level != t_levels[i]):
+            return False
+    return len(f_levels) == len(t_levels)
+
+
 def build(topic: Topic) -> str:
     """Build the string of a parsed :class:`Topic` (inverse of :func:`parse`).
 

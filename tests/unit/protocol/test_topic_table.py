@@ -56,16 +56,6 @@ def template_topics(name: str, **values: str) -> list[tuple[str, str, int]]:
     return found
 
 
-def mqtt_matches(filter_: str, topic: str) -> bool:
-    f_levels, t_levels = filter_.split("/"), topic.split("/")
-    for i, level in enumerate(f_levels):
-        if level == "#":
-            return True
-        if i >= len(t_levels) or (level != "+" and level != t_levels[i]):
-            return False
-    return len(f_levels) == len(t_levels)
-
-
 def test_the_table_names_every_kind_once_and_matches_the_topic_kind_literal() -> None:
     kinds = [spec.kind for spec in TOPIC_TABLE]
     assert len(kinds) == len(set(kinds)) == len(BUILT)
@@ -113,7 +103,7 @@ def test_the_bridge_acl_is_the_template_narrowed_to_its_fog() -> None:
         if pattern.startswith("$SYS/"):
             continue
         direction = "out" if access == "write" else "in"
-        assert any(d == direction and mqtt_matches(line, pattern.replace("+", "x").replace("#", "x"))
+        assert any(d == direction and topics.matches(line, pattern.replace("+", "x").replace("#", "x"))
                    for line, d, _ in lines), (access, pattern)
     assert {d for _, d, _ in lines} == {"in", "out"}
     assert ("write", topics.state(FLEET, "dev-3")) not in rules  # another fog's device

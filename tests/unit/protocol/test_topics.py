@@ -243,14 +243,7 @@ def assert_valid_filter(text: str) -> None:
             assert level == "+", text
 
 
-def mqtt_matches(filter_: str, topic: str) -> bool:
-    f_levels, t_levels = filter_.split("/"), topic.split("/")
-    for i, level in enumerate(f_levels):
-        if level == "#":
-            return True
-        if i >= len(t_levels) or (level != "+" and level != t_levels[i]):
-            return False
-    return len(f_levels) == len(t_levels)
+mqtt_matches = topics.matches
 
 
 FILTERS = {
