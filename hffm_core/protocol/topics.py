@@ -236,6 +236,19 @@ def build(topic: Topic) -> str:
     return _topic(topic.kind, topic.fleet, *values)
 
 
+def _parse_plan(segments: tuple[str, ...]) -> tuple[tuple[tuple[str, int], ...], tuple[int, int, int] | None]:
+    """(Topic field, index) of each plain segment, and the indices of (modality, task, kind) or None."""
+    named = tuple((TOPIC_FIELD[name], i) for i, name in enumerate(segments) if name not in MODULE_SEGMENTS)
+    if MODULE_SEGMENTS[0] not in segments:
+        return named, None
+    m, t, k = (segments.index(name) for name in MODULE_SEGMENTS)
+    return named, (m, t, k)
+
+
+# Per kind, from the table once: where parse() finds each field (it runs on every message received).
+_PARSE_PLAN = {kind: _parse_plan(spec.segments) for kind, spec in TOPIC_SPECS.items()}
+
+
 def parse(topic: str) -> Topic:
     """Parse and validate a concrete (wildcard-free) hffm topic.
 
@@ -256,10 +269,11 @@ def parse(topic: str) -> Topic:
         check_segment(fleet, "fleet")
         for seg in rest:
             check_segment(seg, "segment")
-        values = dict(zip(spec.segments, rest))
-        fields = {TOPIC_FIELD[name]: value for name, value in values.items() if name not in MODULE_SEGMENTS}
-        if spec.has_module:
-            fields["module"] = ModuleKey(kind=values["kind"], modality=values["modality"], task=values["task"])
+        named, module_at = _PARSE_PLAN[kind]
+        fields = {name: rest[i] for name, i in named}
+        if module_at is not None:
+            m, t, k = module_at
+            fields["module"] = ModuleKey(kind=rest[k], modality=rest[m], task=rest[t])
         return Topic(fleet=fleet, kind=kind, **fields)
     except ValueError as exc:
         raise DecodeError(f"topic {topic!r}: {exc}") from None
