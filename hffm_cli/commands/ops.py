@@ -116,8 +116,8 @@ def edge_export(config: Path, *, task: str, out: Path, modules: Path | None, sou
     Raises:
         ConfigError: the device does not run ``task``. DataError: no module snapshot yet. ModelError: export failed.
     """
-    from edge_runtime.agent import load_local_data
     from edge_runtime.export import export_task, parity
+    from edge_runtime.local_data import load_local_data
     from hffm_model.factory import build_m3t
     from hffm_model.snapshot import load_modules
 

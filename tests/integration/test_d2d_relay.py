@@ -1,5 +1,5 @@
 """The relay side of D2D on a real D2D broker: members publish their coded deltas on ``peer/{fog}/{relay}/{member}``,
-the relay (the agent's D2D half, edge_runtime/d2d/device.py, around a stub of the agent without a model) averages
+the relay (the device's D2D object, edge_runtime/d2d/device.py, with a stub of its uplink to the fog) averages
 them with its own, and the update it sends equals the sample-weighted mean computed directly; each member is acked
 on the D2D broker, and a resent delta is acked again but never sent twice."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import queue
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 
 from broker_config.process import MosquittoProcess, free_port
 from edge_runtime.config import D2dConfig
-from edge_runtime.d2d.device import D2dDevice
+from edge_runtime.d2d.device import DeviceD2d
 from edge_runtime.d2d.link import PeerLink
 from hffm_core.compression import make_codec
 from hffm_core.compression.module_codec import pack, unpack
@@ -36,36 +37,30 @@ FLEET, FOG = "demo", "fog-1"
 SHAPES = {"lora_a": (4, 8), "lora_b": (8, 4)}
 
 
-class _Model:
-    def get_module_state(self, key: ModuleKey) -> dict[str, np.ndarray]:
-        return {n: np.zeros(s, np.float32) for n, s in SHAPES.items()}
+class StubUplink:
+    """The device's way to its fog, without torch or a broker: updates sent to the fog are recorded."""
 
+    connected = True
 
-class StubRelay(D2dDevice):
-    """The agent's attributes the D2D half uses, without torch: sends to the fog are recorded."""
-
-    def __init__(self, node: str, link: PeerLink, state_dir: Path) -> None:
-        self.node, self.fog, self.fleet, self.d2d = node, FOG, FLEET, link
-        self.keys, self.model = [KEY], _Model()
-        self.transport, self.outbox, self.feedback = None, None, None
-        self.residuals_path, self.rejected, self.cfg = state_dir / "r.npz", {}, None
+    def __init__(self, node: str) -> None:
+        self.node = node
         self.sent: list[ModuleUpdate] = []
-        self.ctl: RoundControl | None = None
 
-    def _to_fog(self, update: ModuleUpdate, payload: bytes | None = None) -> int:
-        self.sent.append(update)
-        return 0
-
-    def _build_update(self, key: ModuleKey, delta: dict[str, np.ndarray], samples: int, loss: float, g: int,
-                      c: int, *, covers: tuple[str, ...] = ()) -> ModuleUpdate:
+    def build(self, key: ModuleKey, delta: dict[str, np.ndarray], samples: int, loss: float, g: int, c: int, *,
+              covers: tuple[str, ...] = ()) -> ModuleUpdate:
         packed, _ = pack(delta, make_codec("fp32"))
         return ModuleUpdate(fleet=FLEET, sender=self.node, fog=FOG, key=key, global_round=g, cluster_round=c,
                             base=(0, 0), num_samples=samples, train_loss=loss, covers=covers,
                             idempotency_key=f"{FLEET}/{self.node}/{g}.{c}/{key}", **packed.fields())
 
+    def send(self, update: ModuleUpdate, payload: bytes | None = None) -> int:
+        self.sent.append(update)
+        return 0
 
-class _Saver:
-    def save(self, path: Path) -> None:
+    def resend(self, key: str, topic: str, payload: bytes, round_: int) -> None:
+        raise AssertionError(f"no fallback expected, got one for {key}")
+
+    def save_feedback(self) -> None:
         pass
 
 
@@ -86,9 +81,9 @@ def test_relay_sends_the_weighted_mean_of_its_groups_deltas(tmp_path: Path) -> N
         link = PeerLink(D2dConfig(port=port, group=group, wait_s=30.0), fleet=FLEET, fog=FOG, node="dev-1",
                         state_dir=tmp_path, meter=TrafficMeter("dev-1"),
                         on_message=lambda t, p, _r: inbox.put((t, p)))
-        relay = StubRelay("dev-1", link, tmp_path)
-        relay.feedback = _Saver()
-        link.connect()
+        uplink = StubUplink("dev-1")
+        relay = DeviceD2d(link, uplink=uplink, layouts={KEY: SHAPES}, rejected=Counter())
+        relay.connect()
         members = {}
         for dev in ("dev-2", "dev-3"):
             members[dev] = MqttTransport(client_id=f"test-{dev}", host="127.0.0.1", port=port,
@@ -96,22 +91,22 @@ def test_relay_sends_the_weighted_mean_of_its_groups_deltas(tmp_path: Path) -> N
             members[dev].connect()
             members[dev].subscribe([topics.ack_filter(FLEET, FOG, dev)])
         try:
-            relay.ctl = RoundControl(fleet=FLEET, sender=FOG, global_round=1, cluster_round=1, total_rounds=1,
+            relay.on_round(RoundControl(fleet=FLEET, sender=FOG, global_round=1, cluster_round=1, total_rounds=1,
                                      agg_every=1, local_epochs=1, deadline_s=60.0,
-                                     relays={str(KEY): {"dev-2": "dev-1", "dev-3": "dev-1"}})
+                                     relays={str(KEY): {"dev-2": "dev-1", "dev-3": "dev-1"}}))
             rng = np.random.default_rng(zlib.crc32(b"d2d"))
             deltas = {d: {n: rng.normal(size=s).astype(np.float32) for n, s in SHAPES.items()} for d in group}
             samples = {"dev-1": 40, "dev-2": 25, "dev-3": 7}
-            link.desk.open_bucket((1, 1, KEY), deltas["dev-1"], samples["dev-1"], 0.5, {"dev-2", "dev-3"})
+            relay.hold((1, 1, KEY), deltas["dev-1"], samples["dev-1"], 0.5, {"dev-2", "dev-3"})
             payloads = {d: encode(_member_update(d, deltas[d], samples[d])) for d in ("dev-2", "dev-3")}
             for dev, payload in payloads.items():
                 members[dev].publish(topics.peer(FLEET, FOG, "dev-1", dev), payload, category="device_to_device")
             for _ in range(2):
                 topic, payload = inbox.get(timeout=10)
                 parsed, message = decode_message(topic, payload)
-                relay._on_peer(parsed, message)
-            relay._d2d_tick()
-            (update,) = relay.sent
+                relay.on_peer(parsed, message)
+            relay.tick()
+            (update,) = uplink.sent
             assert update.covers == ("dev-1", "dev-2", "dev-3") and update.num_samples == 72
             got = unpack(update, {n: s for n, s in SHAPES.items()})
             total = sum(samples.values())
@@ -124,9 +119,9 @@ def test_relay_sends_the_weighted_mean_of_its_groups_deltas(tmp_path: Path) -> N
             members["dev-2"].publish(topics.peer(FLEET, FOG, "dev-1", "dev-2"), payloads["dev-2"],
                                      category="device_to_device")
             parsed, message = decode_message(*inbox.get(timeout=10))
-            relay._on_peer(parsed, message)
-            relay._d2d_tick()
-            assert len(relay.sent) == 1 and acks.get(timeout=10).to == "dev-2"
+            relay.on_peer(parsed, message)
+            relay.tick()
+            assert len(uplink.sent) == 1 and acks.get(timeout=10).to == "dev-2"
         finally:
             for transport in members.values():
                 transport.close()

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.agent import EdgeAgent
+from edge_runtime.device_report import read_job_file
 from hffm_cli.commands.ops import _check_process
 from hffm_core.delivery import Outbox, ReliableSender
 from hffm_core.downlink import JobWatch, VersionReceiver
@@ -67,7 +68,8 @@ def _agent(tmp_path: Path, job: str | None = None) -> EdgeAgent:
     agent.__dict__.update(
         node=DEV, fog=FOG, fleet=FLEET, keys=[HEAD], model=Model(), rx=VersionReceiver(), rejected=Counter(),
         jobs=JobWatch(f"device {DEV}", Counter(), job=job), advert_job="", job_path=tmp_path / "job.json",
-        sender=None, outbox=None, d2d=None, ctl=None, last_done=(0, 0), pending=None, pending_since=0.0,
+        sender=None, outbox=None, d2d=None, uplink=SimpleNamespace(reset_feedback=lambda: None), last_done=(0, 0),
+        pending=None, pending_since=0.0,
         next_advert=float("inf"), crash_reason=None, stale_modules=[], state_text="idle", decision=None,
         final_accuracy={}, data=SimpleNamespace(test={}, modality_of={}), modules_path=tmp_path / "m.npz",
         status_path=tmp_path / "status.json", transport=SimpleNamespace(connected=True, connections=1), advertised_on=1,
@@ -96,7 +98,7 @@ def test_a_fresh_device_ignores_the_last_jobs_end_and_joins_the_next(tmp_path: P
     assert agent.jobs.job == "J2" and agent.advert_job == "J2" and agent.rx.stamps == {HEAD: (1, 0)}
     assert agent.pending is not None and agent.pending.global_round == 1
     assert json.loads(agent.job_path.read_text()) == {"job": "J2"}  # a restart still knows its job
-    assert _agent(tmp_path, job=agent._load_job()).jobs.job == "J2"
+    assert _agent(tmp_path, job=read_job_file(agent.job_path, DEV)).jobs.job == "J2"
     _deliver(agent, _version(1, 1, 2.0, "J2"))
     assert agent.rx.stamps == {HEAD: (1, 1)}
 
