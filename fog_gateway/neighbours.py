@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Mapping, MutableMapping
-from typing import Any
 
 import numpy as np
 
@@ -24,6 +23,7 @@ from fog_gateway.config import FogD2dConfig
 from fog_gateway.d2d import choose_relays, reporters
 from fog_gateway.horizontal import NeighbourMix
 from fog_gateway.round_engine import FogRound
+from hffm_core.compression import Codec
 from hffm_core.compression.module_codec import layout_of, pack, same_layout, unpack
 from hffm_core.errors import DecodeError
 from hffm_core.protocol import FogAggregate, ModuleKey, ModuleUpdate, NodeState, encode, topics
@@ -40,7 +40,7 @@ def delta_from(state: Mapping[str, np.ndarray], start: Mapping[str, np.ndarray])
 
 
 class FogNeighbours:
-    def __init__(self, *, fleet: str, node: str, d2d: FogD2dConfig, codec_for: Callable[[ModuleKey], Any],
+    def __init__(self, *, fleet: str, node: str, d2d: FogD2dConfig, codec_for: Callable[[ModuleKey], Codec],
                  publish: Callable[[str, bytes], bool], rejected: MutableMapping[str, int]) -> None:
         """``codec_for``: the codec a module's shared aggregate is packed with; ``rejected``: where a duplicate
         neighbour aggregate is counted."""

@@ -14,21 +14,23 @@ from typing import Any
 
 from fog_gateway.neighbours import State, delta_from
 from fog_gateway.round_engine import FogRound
-from hffm_core.compression import ErrorFeedback
+from hffm_core.compression import Codec, ErrorFeedback
 from hffm_core.compression.module_codec import pack
 from hffm_core.config import ReliabilityConfig
 from hffm_core.delivery import Outbox, ReliableSender, report_key
 from hffm_core.errors import DecodeError
 from hffm_core.protocol import Ack, FogAggregate, FogRoundReport, ModuleKey, encode, topics
-from hffm_core.transport import TrafficMeter
+from hffm_core.service import SealingTransport
+from hffm_core.transport import MqttTransport, TrafficMeter
 
 log = logging.getLogger(__name__)
 
 
 class CloudUplink:
     def __init__(self, *, fleet: str, node: str, state_dir: Path, reliability: ReliabilityConfig,
-                 codecs: Mapping[str, Any], transport: Any, meter: TrafficMeter) -> None:
-        """``codecs``: module kind -> the uplink codec; ``transport``: the service's (publish, try_publish)."""
+                 codecs: Mapping[str, Codec], transport: MqttTransport | SealingTransport,
+                 meter: TrafficMeter) -> None:
+        """``codecs``: module kind -> the uplink codec; ``transport``: the service's."""
         self.fleet, self.node, self.codecs, self.transport, self.meter = fleet, node, codecs, transport, meter
         self.residuals_path = state_dir / f"{node}-residuals.npz"
         self.residuals_path.parent.mkdir(parents=True, exist_ok=True)
