@@ -23,7 +23,7 @@ BUSY_TIMEOUT_S = 5.0
 def open_sqlite(path: Path, *, synchronous: str = "FULL", schema: str = "", what: str = "state file",
                 error: type[StorageError] = StorageError,
                 setup: Callable[[sqlite3.Connection], None] | None = None,
-                busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
+                busy_timeout_s: float = BUSY_TIMEOUT_S, hint: str = "") -> sqlite3.Connection:
     """Open (or create) the SQLite file ``path``: WAL, ``synchronous``, a busy timeout, then ``setup`` (checks of a
     file that already existed, e.g. its format) and ``schema`` (``CREATE ... IF NOT EXISTS`` statements).
 
@@ -31,7 +31,7 @@ def open_sqlite(path: Path, *, synchronous: str = "FULL", schema: str = "", what
         ConfigError: ``synchronous`` is not one of :data:`SYNC_MODES`.
         StorageError: (``error``, a subclass) the folder or file cannot be created or opened, is not an SQLite
             database, or ``setup`` or ``schema`` failed with an SQLite or OS error; the message names ``what``
-            and the path. An ``error`` raised by ``setup`` itself passes through.
+            and the path, then ``hint`` (what the operator can do). An ``error`` raised by ``setup`` passes through.
     """
     if synchronous not in SYNC_MODES:
         raise ConfigError(f"unknown {what} synchronous mode {synchronous!r}; expected one of {list(SYNC_MODES)}")
@@ -48,7 +48,7 @@ def open_sqlite(path: Path, *, synchronous: str = "FULL", schema: str = "", what
     except (sqlite3.Error, OSError) as exc:
         if db is not None:
             db.close()
-        raise error(f"cannot open {what} {str(path)!r}: {exc}") from None
+        raise error(f"cannot open {what} {str(path)!r}: {exc}{hint}") from None
     except BaseException:
         if db is not None:
             db.close()

@@ -30,8 +30,9 @@ def test_refuses_an_unknown_sync_mode(tmp_path: Path) -> None:
 def test_a_file_that_is_not_sqlite_raises_the_callers_error(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     path.write_bytes(b"not a database, just bytes" * 100)
-    with pytest.raises(_OwnError, match="cannot open the journal"):
-        open_sqlite(path, schema="CREATE TABLE t (x INTEGER);", what="the journal", error=_OwnError)
+    with pytest.raises(_OwnError, match="cannot open the journal .*; move it away"):
+        open_sqlite(path, schema="CREATE TABLE t (x INTEGER);", what="the journal", error=_OwnError,
+                    hint="; move it away")
 
 
 def test_an_error_raised_by_setup_passes_through(tmp_path: Path) -> None:
