@@ -14,14 +14,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hffm_core.errors import ConfigError, StorageError
+from hffm_core.errors import ConfigError, HffmError, StorageError
 
 SYNC_MODES = ("FULL", "NORMAL")
 BUSY_TIMEOUT_S = 5.0
 
 
 def open_sqlite(path: Path, *, synchronous: str = "FULL", schema: str = "", what: str = "state file",
-                error: type[StorageError] = StorageError,
+                error: type[HffmError] = StorageError,
                 setup: Callable[[sqlite3.Connection], None] | None = None,
                 busy_timeout_s: float = BUSY_TIMEOUT_S, hint: str = "") -> sqlite3.Connection:
     """Open (or create) the SQLite file ``path``: WAL, ``synchronous``, a busy timeout, then ``setup`` (checks of a
@@ -58,7 +58,7 @@ def open_sqlite(path: Path, *, synchronous: str = "FULL", schema: str = "", what
 
 @contextmanager
 def transaction(db: sqlite3.Connection, *, what: str, path: Path,
-                error: type[StorageError] = StorageError) -> Iterator[sqlite3.Connection]:
+                error: type[HffmError] = StorageError) -> Iterator[sqlite3.Connection]:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` around the block, rolled back when the block raises (the exception then
     passes through). The caller holds the connection's lock.
 
