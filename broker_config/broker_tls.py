@@ -17,7 +17,8 @@ from pathlib import Path
 from hffm_core.errors import BrokerError, ConfigError
 from hffm_core.security.tls import TlsSettings
 
-__all__ = ["BRIDGE_FILES", "LISTENER_FILES", "BrokerTls", "find_dynsec_plugin", "install_files", "probe_context"]
+__all__ = ["BRIDGE_FILES", "LISTENER_FILES", "BrokerTls", "find_dynsec_plugin", "install_files", "peer_bridge_files",
+           "probe_context"]
 
 _DYNSEC = "mosquitto_dynamic_security.so"
 _DYNSEC_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib/arm-linux-gnueabihf",
@@ -27,6 +28,12 @@ LISTENER_FILES: dict[str, str] = {
     "ca": "tls-ca.pem", "cert": "tls-server.pem", "key": "tls-server.key", "crl": "tls-crl.pem", "acl": "dynsec.json",
 }
 BRIDGE_FILES: dict[str, str] = {"ca": "tls-bridge-ca.pem", "cert": "tls-bridge.pem", "key": "tls-bridge.key"}
+
+
+def peer_bridge_files(neighbour: str) -> dict[str, str]:
+    """The data-dir names of the TLS files of a fog's peer bridge to ``neighbour`` (peer_bridge_tls.conf.tmpl)."""
+    return {"ca": f"tls-peer-{neighbour}-ca.pem", "cert": f"tls-peer-{neighbour}.pem",
+            "key": f"tls-peer-{neighbour}.key"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,9 +58,11 @@ class BrokerTls:
                 object.__setattr__(self, name, Path(value))
 
 
-def install_files(data_dir: Path, listener: BrokerTls | None, bridge: TlsSettings | None) -> None:
-    """Copy the listener's and the bridge's TLS files into ``data_dir`` under :data:`LISTENER_FILES` and
-    :data:`BRIDGE_FILES` names (keys as new 0600 files). Run before the data dir is handed to the broker's user.
+def install_files(data_dir: Path, listener: BrokerTls | None, bridge: TlsSettings | None,
+                  peers: dict[str, TlsSettings] | None = None) -> None:
+    """Copy the listener's, the bridge's and the peer bridges' (``{neighbour: tls}``) TLS files into ``data_dir``
+    under :data:`LISTENER_FILES`, :data:`BRIDGE_FILES` and :func:`peer_bridge_files` names (keys as new 0600 files).
+    Run before the data dir is handed to the broker's user.
 
     Raises:
         BrokerError: a source file is missing or unreadable, or a copy cannot be written.
@@ -63,6 +72,8 @@ def install_files(data_dir: Path, listener: BrokerTls | None, bridge: TlsSetting
         pairs += [(getattr(listener, name), target, name == "key") for name, target in LISTENER_FILES.items()]
     if bridge is not None:
         pairs += [(getattr(bridge, name), target, name == "key") for name, target in BRIDGE_FILES.items()]
+    for neighbour, tls in (peers or {}).items():
+        pairs += [(getattr(tls, name), target, name == "key") for name, target in peer_bridge_files(neighbour).items()]
     for source, target, private in pairs:
         try:
             data = Path(source).read_bytes()

@@ -159,7 +159,8 @@ class MosquittoProcess:
         exe = find_mosquitto()
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            install_files(self.data_dir, self.tls, self.bridge.tls if self.bridge else None)
+            install_files(self.data_dir, self.tls, self.bridge.tls if self.bridge else None,
+                          {p.neighbour: p.tls for p in self.peer_bridges if p.tls is not None})
             run_as = _prepare_data_dir(self.data_dir)
         except OSError as exc:
             raise BrokerError(f"cannot prepare data dir {str(self.data_dir)!r}: {exc}") from None

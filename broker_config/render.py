@@ -6,9 +6,10 @@ bridge to its neighbour fogs (:class:`PeerBridgeSpec`, ``fog_peer_bridge.conf.tm
 pair runs the bridge), and a ``d2d`` broker (``d2d.conf.tmpl``) carries one D2D group's peer traffic on the group's
 hub device. :func:`render_config` takes any address; the loopback rule is the harness's.
 
-With ``tls`` (:class:`BrokerTls`) a broker gets a mutual-TLS listener with a CRL and access control generated from
-the fleet's topology (Mosquitto's dynamic-security plugin), and with ``BridgeSpec.tls`` a fog's bridge
-authenticates to the cloud with its own certificate (docs/security.md).
+With ``tls`` (:class:`BrokerTls`) a broker (cloud, fog or D2D) gets a mutual-TLS listener with a CRL and access
+control generated from the fleet's topology (Mosquitto's dynamic-security plugin); with ``BridgeSpec.tls`` a fog's
+bridge authenticates to the cloud with its own certificate, and with ``PeerBridgeSpec.tls`` a fog-to-fog bridge to its
+neighbour with the fog's peer-bridge certificate (docs/security.md). A TLS fog broker takes TLS peer bridges only.
 """
 
 from __future__ import annotations
@@ -136,14 +137,17 @@ class PeerBridgeSpec:
 
     One bridge serves a pair in both directions, so only the broker of the lower fog id runs it: ``fog`` must sort
     before ``neighbour``. Validates itself: topic-safe ids, an IP address or DNS name, a real port (the harness also
-    requires a loopback host). Plain MQTT only (a fog
-    broker with TLS refuses peer bridges; see broker_config/README.md)."""
+    requires a loopback host).
+
+    ``tls``: the bridge's own certificate and key (role ``bridge``, CN ``bridge-peer-<fog>``) and the CA that signed
+    the neighbour broker's certificate; None for a plain bridge (refused on a TLS fog broker)."""
 
     fleet: str
     fog: str
     neighbour: str
     host: str
     port: int
+    tls: TlsSettings | None = None
 
     def __post_init__(self) -> None:
         _check_segment(self.fleet, "fleet")
@@ -156,6 +160,8 @@ class PeerBridgeSpec:
         if not self.fog < self.neighbour:
             raise BrokerError(f"the bridge between fogs {self.neighbour!r} and {self.fog!r} runs on the broker of the "
                               f"lower id, {self.neighbour!r}, not on {self.fog!r}'s")
+        if self.tls is not None and not isinstance(self.tls, TlsSettings):
+            raise BrokerError(f"peer bridge tls must be TlsSettings, got {type(self.tls).__name__}")
 
     @property
     def connection(self) -> str:
@@ -172,9 +178,10 @@ class PeerBridgeSpec:
 
 
 def peer_bridges_for(topology: Topology, fog: str, ports: Mapping[str, int],
-                     host: str = "127.0.0.1") -> list[PeerBridgeSpec]:
+                     host: str = "127.0.0.1", tls: TlsSettings | None = None) -> list[PeerBridgeSpec]:
     """The fog-to-fog bridges that fog ``fog``'s broker runs: one to each neighbour with a higher id (the other
-    neighbours run theirs to it). ``ports`` maps each fog id to its broker's port on ``host``.
+    neighbours run theirs to it). ``ports`` maps each fog id to its broker's port on ``host``; ``tls``: the fog's
+    peer-bridge identity (``FleetPki.peer_bridge(fog)``), for every one of them.
 
     Raises:
         BrokerError: ``fog`` is not a fog of the topology, or a neighbour has no port in ``ports``.
@@ -187,7 +194,8 @@ def peer_bridges_for(topology: Topology, fog: str, ports: Mapping[str, int],
             continue
         if high not in ports:
             raise BrokerError(f"no broker port given for fog {high!r}, neighbour of {fog!r}")
-        specs.append(PeerBridgeSpec(fleet=topology.fleet, fog=fog, neighbour=high, host=host, port=ports[high]))
+        specs.append(PeerBridgeSpec(fleet=topology.fleet, fog=fog, neighbour=high, host=host, port=ports[high],
+                                    tls=tls))
     return specs
 
 
@@ -225,7 +233,8 @@ def render_config(
     """Render ``broker_config/<role>.conf.tmpl``, with ``listener_tls.conf.tmpl`` when ``tls`` is given (else
     ``listener_anonymous.conf.tmpl``) and, for a fog, ``bridge_tls.conf.tmpl`` when ``bridge.tls`` is given
     (else ``bridge_plain.conf.tmpl``). The TLS files are referenced under their installed names in ``data_dir``.
-    For a fog, each of ``peer_bridges`` appends one ``connection`` section from ``fog_peer_bridge.conf.tmpl``.
+    For a fog, each of ``peer_bridges`` appends one ``connection`` section from ``fog_peer_bridge.conf.tmpl``, with
+    ``peer_bridge_tls.conf.tmpl`` when its ``tls`` is given (else ``peer_bridge_plain.conf.tmpl``).
 
     ``run_as`` renders a ``user`` line (the harness passes ``"root"`` only when the data dir is unreachable for
     the user mosquitto would drop to); ``None`` keeps mosquitto's default. For a fog, ``bridge.fleet`` is the
@@ -235,8 +244,8 @@ def render_config(
         BrokerError: unknown role, a fog without a bridge (or a cloud or d2d broker with one), a host that is not
             an IP address or DNS name (any address: the loopback rule is the harness's, :class:`MosquittoProcess`), a
             bad port, fleet, user or data dir (relative, or with whitespace), a broken template;
-            peer bridges on a broker that is not a fog, with TLS, of another fog or fleet, or twice to one
-            neighbour; a d2d broker with TLS.
+            peer bridges on a broker that is not a fog, without TLS on a TLS broker, of another fog or fleet, or
+            twice to one neighbour.
     """
     if role not in _ROLES:
         raise BrokerError(f"unknown broker role {role!r}; expected one of {list(_ROLES)}")
@@ -247,9 +256,6 @@ def render_config(
         raise BrokerError("a fog broker needs a BridgeSpec to the cloud broker")
     if role != "fog" and bridge is not None:
         raise BrokerError(f"a {role} broker takes no bridge")
-    if role == "d2d" and tls is not None:
-        raise BrokerError("a d2d broker has a plain loopback listener only: TLS is not supported for D2D brokers "
-                          "(their access control is not generated)")
     _check_peer_bridges(role, bridge, tls, peer_bridges)
     if bridge is not None and fleet not in (DEFAULT_FLEET, bridge.fleet):
         raise BrokerError(f"fleet {fleet!r} does not match the bridge's fleet {bridge.fleet!r}")
@@ -275,9 +281,12 @@ def render_config(
         values["dynsec_plugin"] = find_dynsec_plugin()
     values["listener_security"] = _render_template("listener_tls" if tls else "listener_anonymous", values)
     text = _render_template(role, values)
-    sections = [_render_template("fog_peer_bridge", values | {"neighbour": peer.neighbour, "peer_host": peer.host,
-                                                                "peer_port": str(peer.port)})
-                for peer in peer_bridges]
+    sections = []
+    for peer in peer_bridges:
+        peer_values = values | {"neighbour": peer.neighbour, "peer_host": peer.host, "peer_port": str(peer.port)}
+        peer_values["peer_bridge_security"] = _render_template(
+            "peer_bridge_tls" if peer.tls else "peer_bridge_plain", peer_values)
+        sections.append(_render_template("fog_peer_bridge", peer_values))
     return text + "".join(f"\n{section}\n" for section in sections)
 
 
@@ -287,13 +296,13 @@ def _check_peer_bridges(role: str, bridge: BridgeSpec | None, tls: BrokerTls | N
         return
     if role != "fog" or bridge is None:
         raise BrokerError(f"only a fog broker runs fog-to-fog bridges, not a {role} broker")
-    if tls is not None:
-        raise BrokerError("fog-to-fog bridges are plain MQTT only: a fog broker with TLS cannot run peer bridges "
-                          "(the access control has no peer-bridge identity); leave peer_bridges empty or drop TLS")
     seen: set[str] = set()
     for peer in peer_bridges:
         if not isinstance(peer, PeerBridgeSpec):
             raise BrokerError(f"peer bridges must be PeerBridgeSpec, got {type(peer).__name__}")
+        if tls is not None and peer.tls is None:
+            raise BrokerError(f"peer bridge {peer.connection!r} is plain MQTT on a TLS fog broker: its neighbour "
+                              f"refuses it; give it the fog's peer-bridge certificate (PeerBridgeSpec.tls)")
         if (peer.fleet, peer.fog) != (bridge.fleet, bridge.fog):
             raise BrokerError(f"peer bridge {peer.connection!r} (fleet {peer.fleet!r}) does not start at this broker's "
                               f"fog {bridge.fog!r} (fleet {bridge.fleet!r})")

@@ -13,7 +13,12 @@ which topics each role may publish and read on its broker. Derived from it:
 
 Patterns (the part of a topic after ``{kind}/``) may hold MQTT wildcards and these placeholders: ``{self}``, the
 identity the rule is for; ``{fog}``, its fog (a fog's own id; for the cloud, each fog of the fleet in turn);
-``{device}``, each device of the fog (bridge rules only); ``{neighbour}``, the neighbour fog (peer bridges).
+``{device}``, each device of the fog (bridge rules only); ``{neighbour}``, the neighbour fog (peer bridges), or each
+neighbour fog in turn (a fog's grants); ``{peer}``, each other member of the device's D2D group (grants on the D2D
+group's broker).
+
+A grant holds on the role's own broker (``home``: a device's and a fog's is the fog broker, the cloud's the cloud
+broker) or, for a device, on its D2D group's broker (``d2d``, written ``device@d2d`` in the compact rows).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from hffm_core.protocol.messages import FogAggregate, FogRoundReport, ModuleUpda
 Role = Literal["device", "fog", "cloud"]
 Access = Literal["read", "write"]
 Link = Literal["cloud", "peer"]
+Scope = Literal["home", "d2d"]
 Direction = Literal["out", "in"]
 ROLES: tuple[Role, ...] = ("device", "fog", "cloud")
 CLOUD = "cloud"  # the target segment that stands for the cloud (``ctl/cloud``, ``resync/cloud/{fog}``...)
@@ -38,11 +44,13 @@ TOPIC_FIELD = {"fog": "fog", "target": "fog", "node": "node", "device": "node", 
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """Role ``role`` may ``access`` topics ``{kind}/{pattern}`` on its own broker."""
+    """Role ``role`` may ``access`` topics ``{kind}/{pattern}`` on its own broker (``scope`` ``home``) or on its D2D
+    group's broker (``d2d``: devices only)."""
 
     role: Role
     access: Access
     pattern: str
+    scope: Scope = "home"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +92,15 @@ class TopicSpec:
 def _spec(kind: str, segments: str, message: type, publishers: str, signer: str, *, retain: bool = False,
           bridges: tuple[Route, ...] = (), grants: str = "") -> TopicSpec:
     """A row from compact text: ``segments`` and ``publishers`` space-separated, ``grants`` as
-    ``role:access:pattern`` words."""
-    rules = tuple(Grant(*word.split(":", 2)) for word in grants.split())  # type: ignore[arg-type]
+    ``role[@scope]:access:pattern`` words."""
+    rules = []
+    for word in grants.split():
+        who, access, pattern = word.split(":", 2)
+        role, _, scope = who.partition("@")
+        rules.append(Grant(role, access, pattern, scope or "home"))  # type: ignore[arg-type]
     return TopicSpec(kind=kind, segments=tuple(segments.split()), message=message,
                      publishers=tuple(publishers.split()), signer=signer, retain=retain,  # type: ignore[arg-type]
-                     bridges=bridges, grants=rules)
+                     bridges=bridges, grants=tuple(rules))
 
 
 _MODULE = "fog modality task kind"
@@ -113,19 +125,24 @@ TOPIC_TABLE: tuple[TopicSpec, ...] = (
     _spec("resync", "target node", ResyncRequest, "device fog", "node",
           bridges=(Route("cloud", "out", "cloud/{fog}"),),
           grants="device:write:{fog}/{self} fog:write:cloud/{self} fog:read:{fog}/+ cloud:read:cloud/+"),
+    # On the D2D broker a relay acks its group's members only (``{peer}``), and each member reads only its own acks.
     _spec("ack", "fog recipient sender", Ack, "device fog cloud", "sender",
           bridges=(Route("cloud", "in", "{fog}/{fog}/cloud"),),
           grants="device:write:{fog}/+/{self} device:read:{fog}/{self}/+ fog:write:{fog}/+/{fog} "
-                 "fog:read:{fog}/{fog}/+ cloud:write:{fog}/{fog}/cloud"),
+                 "fog:read:{fog}/{fog}/+ cloud:write:{fog}/{fog}/cloud "
+                 "device@d2d:write:{fog}/{peer}/{self} device@d2d:read:{fog}/{self}/+"),
     _spec("chunk", "target node", Chunk, "device fog", "node", bridges=(Route("cloud", "out", "cloud/{fog}"),),
           grants="device:write:{fog}/{self} fog:write:cloud/{self} fog:read:{fog}/+ cloud:read:cloud/+"),
-    # D2D: a member's update for the relay device of its group, on the group's D2D broker (never bridged).
+    # D2D: a member's update for the relay device of its group, on the group's D2D broker (never bridged): a member
+    # sends only as itself and only to another member of its group, and reads only its own inbox.
     _spec("peer", "fog recipient sender", ModuleUpdate, "device", "sender",
-          grants="device:write:{fog}/+/{self} device:read:{fog}/{self}/+"),
-    # A fog's cluster aggregate for its neighbours, over plain fog-to-fog bridges only (a TLS fog broker refuses
-    # them, so no identity is granted it).
+          grants="device:write:{fog}/+/{self} device:read:{fog}/{self}/+ "
+                 "device@d2d:write:{fog}/{peer}/{self} device@d2d:read:{fog}/{self}/+"),
+    # A fog's cluster aggregate for its neighbours, over the fog-to-fog bridges: a fog publishes only its own and
+    # reads its neighbours'; a peer bridge's identity gets the peer routes on the neighbour's broker (acl.py).
     _spec("fogpeer", _MODULE, FogAggregate, "fog", "fog",
-          bridges=(Route("peer", "out", "{fog}/#"), Route("peer", "in", "{neighbour}/#"))),
+          bridges=(Route("peer", "out", "{fog}/#"), Route("peer", "in", "{neighbour}/#")),
+          grants="fog:write:{fog}/# fog:read:{neighbour}/#"),
 )
 TOPIC_SPECS: dict[str, TopicSpec] = {spec.kind: spec for spec in TOPIC_TABLE}
 

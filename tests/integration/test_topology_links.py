@@ -283,17 +283,28 @@ def test_render_config_refuses_bad_peer_bridges(tmp_path: Path) -> None:
         peer_bridges_for(generate_topology(2, 1, fog_ring=True, fleet=FLEET), "fog-1", {"fog-1": 1})
 
 
-def test_tls_is_refused_for_peer_bridges_and_d2d(tmp_path: Path) -> None:
+def test_tls_peer_bridges_and_d2d_brokers_render(tmp_path: Path) -> None:
+    """A TLS fog broker's peer bridges present the fog's peer-bridge certificate; a plain one there is refused; a D2D
+    broker renders with the mutual-TLS listener and its group's access control."""
     from broker_config.fleet_pki import provision_fleet
 
-    pki = provision_fleet(tmp_path / "pki", FLEET, {"fog-1": ["fog-1-dev-1"]})
+    pki = provision_fleet(tmp_path / "pki", FLEET, {"fog-1": ["fog-1-dev-1", "fog-1-dev-2"], "fog-2": ["fog-2-dev-1"]},
+                          groups=[("fog-1-dev-1", "fog-1-dev-2")], links=[("fog-1", "fog-2")])
     bridge = BridgeSpec(fleet=FLEET, fog="fog-1", cloud_host="127.0.0.1", cloud_port=1883)
-    peer = PeerBridgeSpec(fleet=FLEET, fog="fog-1", neighbour="fog-2", host="127.0.0.1", port=1884)
-    with pytest.raises(BrokerError, match="plain MQTT only"):
-        render_config("fog", host="127.0.0.1", port=1885, data_dir=tmp_path, bridge=bridge, peer_bridges=[peer],
+    plain = PeerBridgeSpec(fleet=FLEET, fog="fog-1", neighbour="fog-2", host="127.0.0.1", port=1884)
+    with pytest.raises(BrokerError, match="plain MQTT on a TLS fog broker"):
+        render_config("fog", host="127.0.0.1", port=1885, data_dir=tmp_path, bridge=bridge, peer_bridges=[plain],
                       tls=pki.broker("fog-1"))
-    with pytest.raises(BrokerError, match="TLS is not supported for D2D brokers"):
-        render_config("d2d", host="127.0.0.1", port=1885, data_dir=tmp_path, fleet=FLEET, tls=pki.broker("fog-1"))
+    secured = PeerBridgeSpec(fleet=FLEET, fog="fog-1", neighbour="fog-2", host="127.0.0.1", port=1884,
+                             tls=pki.peer_bridge("fog-1"))
+    conf = render_config("fog", host="127.0.0.1", port=1885, data_dir=tmp_path, bridge=bridge, peer_bridges=[secured],
+                         tls=pki.broker("fog-1"))
+    lines = conf.splitlines()
+    assert f"bridge_certfile {tmp_path}/tls-peer-fog-2.pem" in lines and "bridge_insecure false" in lines
+    assert f"bridge_cafile {tmp_path}/tls-peer-fog-2-ca.pem" in lines
+    d2d = render_config("d2d", host="127.0.0.1", port=1886, data_dir=tmp_path, fleet=FLEET,
+                        tls=pki.broker("d2d-fog-1-dev-1")).splitlines()
+    assert "require_certificate true" in d2d and "allow_anonymous false" in d2d and "use_identity_as_username true" in d2d
 
 
 # --- counting proxies ------------------------------------------------------------------------------------------
