@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,16 @@ from edge_runtime.config import D2dConfig
 from edge_runtime.d2d.relay import RelayDesk
 from hffm_core.delivery import Outbox, ReliableSender, round_tag
 from hffm_core.errors import TransportError
-from hffm_core.protocol import ModuleKey, ModuleUpdate, RoundControl, encode, topics
+from hffm_core.protocol import (
+    Ack,
+    ModuleKey,
+    ModuleUpdate,
+    RoundControl,
+    encode,
+    topics,
+)
 from hffm_core.transport import MqttTransport, TrafficMeter
+from hffm_core.transport.mqtt import MessageHandler
 
 log = logging.getLogger(__name__)
 CATEGORY = "device_to_device"
@@ -32,8 +41,9 @@ class PeerLink:
     """The D2D side of one device (see the module docstring)."""
 
     def __init__(self, cfg: D2dConfig, *, fleet: str, fog: str, node: str, state_dir: Path, meter: TrafficMeter,
-                 on_message: Any, wrap: Any = None, outbox: bool = True, backoff: tuple[float, float] = (2.0, 30.0)
-                 ) -> None:
+                 on_message: MessageHandler, wrap: Callable[[MqttTransport], Any] | None = None, outbox: bool = True,
+                 backoff: tuple[float, float] = (2.0, 30.0)) -> None:
+        """``wrap``: seals every publish (the agent's SealingTransport around the raw D2D transport), or None."""
         self.cfg = cfg
         self.fleet, self.fog, self.node = fleet, fog, node
         self.peers = [d for d in cfg.group if d != node]
@@ -100,7 +110,7 @@ class PeerLink:
             self.fallback[update.idempotency_key] = (time.monotonic() + self.cfg.fallback_s, fallback_topic, payload,
                                                      round_)
 
-    def on_ack(self, message: Any) -> None:
+    def on_ack(self, message: Ack) -> None:
         for key in message.keys:
             self.fallback.pop(key, None)
         if self.sender is not None:
@@ -131,8 +141,6 @@ class PeerLink:
     # -- relay side ------------------------------------------------------------------------------------------
     def ack_members(self, updates: list[ModuleUpdate] | tuple[ModuleUpdate, ...], *, count: bool = True) -> None:
         """Tell each member its delta is on its way to the fog (in this device's outbox)."""
-        from hffm_core.protocol.messages import Ack
-
         for msg in updates:
             ack = Ack(fleet=self.fleet, sender=self.node, to=msg.sender, keys=(msg.idempotency_key,),
                       status="applied")
