@@ -1,8 +1,10 @@
 """The authentication and authorization matrix, run against real brokers: who may connect, publish, subscribe.
 
-:func:`run_auth_matrix` provisions a small fleet (:func:`~broker_config.fleet_pki.provision_fleet`),
-starts a TLS cloud broker and one TLS fog broker bridged to it (with the broker harness, on loopback), and runs
-every case in :data:`CASES`. Every wait is bounded; only the brokers started here are stopped.
+:func:`run_auth_matrix` provisions a small fleet (:func:`~broker_config.fleet_pki.provision_fleet`) with a D2D
+group and a fog-to-fog link, starts a TLS cloud broker, two TLS fog brokers bridged to it (fog-a also bridged to
+fog-b over TLS with its peer-bridge certificate) and the group's TLS D2D broker (with the broker harness, on
+loopback), and runs every case in :data:`CASES` (the D2D, fog-to-fog, ``chunk/`` and ``ack/`` cases are in
+:mod:`hffm_lab.security.auth_links`). Every wait is bounded; only the brokers started here are stopped.
 
 "Not delivered" is checked without sleeping: after a denied publish, the same kind of message is published on an
 allowed topic, and once it arrives the denied one cannot arrive any more (the broker decided before it sent the
@@ -29,20 +31,24 @@ from typing import Any
 from broker_config.broker_sys import read_sys
 from broker_config.fleet_pki import FleetPki, provision_fleet
 from broker_config.pki import init_ca, issue, revoke
-from broker_config.process import MosquittoProcess, wait_for_bridge
-from broker_config.render import BridgeSpec
+from broker_config.acl import d2d_broker_name
+from broker_config.process import MosquittoProcess, wait_for_bridge, wait_for_peer_bridge
+from broker_config.render import BridgeSpec, PeerBridgeSpec
 from hffm_core.errors import BrokerError, TransportError
 from hffm_core.protocol import topics
 from hffm_core.protocol.keys import ModuleKey
 from hffm_core.security.tls import TlsSettings, verifying_context
 from hffm_core.transport.mqtt import MqttRefusedError, MqttTransport
+from hffm_lab.security import auth_links
 
 __all__ = ["CASES", "run_auth_matrix"]
 
 log = logging.getLogger(__name__)
 
 FLEET = "authm"
-FOGS = {"fog-a": ["dev-1", "dev-2", "dev-old", "dev-gone"], "fog-b": ["dev-3"]}
+FOGS = {"fog-a": ["dev-1", "dev-2", "dev-old", "dev-gone", "dev-4", "dev-5"], "fog-b": ["dev-3"], "fog-c": ["dev-6"]}
+GROUPS = [auth_links.GROUP]  # on fog-a; dev-5 stays outside it
+LINKS = [("fog-a", "fog-b")]  # fog-c has no link: fog-a's peer bridge must not speak for it
 KEY = ModuleKey(kind="head", modality="_", task="demand")
 WAIT_S = 5.0
 CONNECT_S = 3.0  # retrying an unreachable broker for longer only delays the verdict: the brokers are on loopback
@@ -63,6 +69,7 @@ CASES: tuple[str, ...] = (
     "bridge carries fogup out and global in over mutual TLS",
     "bridge identity cannot publish outside its fog's prefix (0x87, not delivered)",
     "fog gateway publishes its own cluster topic but not another fog's",
+    *auth_links.CASES,
 )
 
 
@@ -91,8 +98,14 @@ class _Client:
 
 
 class _Matrix:
-    def __init__(self, fleet: FleetPki, other_ca: Path, cloud: MosquittoProcess, fog: MosquittoProcess) -> None:
+    """The cases' handle on the fleet and its brokers: ``fog`` (fog-a's), ``peer`` (fog-b's, reached by fog-a's peer
+    bridge) and ``d2d`` (the D2D group's); ``peer`` and ``d2d`` default to ``fog`` (tests with one fake broker)."""
+
+    def __init__(self, fleet: FleetPki, other_ca: Path, cloud: MosquittoProcess, fog: MosquittoProcess, *,
+                 peer: MosquittoProcess | None = None, d2d: MosquittoProcess | None = None) -> None:
         self.fleet, self.other_pki, self.cloud, self.fog = fleet, other_ca, cloud, fog
+        self.peer = peer if peer is not None else fog
+        self.d2d = d2d if d2d is not None else fog
         self.clients: list[MqttTransport] = []
 
     def connect(self, name: str, broker: MosquittoProcess, tls: TlsSettings) -> _Client:
@@ -255,7 +268,7 @@ def _publish_code(client: _Client, topic: str) -> str:
 
 def _provision(workdir: Path) -> tuple[FleetPki, Path]:
     now = dt.datetime.now(dt.timezone.utc)
-    fleet = provision_fleet(workdir / "fleet", FLEET, FOGS,
+    fleet = provision_fleet(workdir / "fleet", FLEET, FOGS, groups=GROUPS, links=LINKS,
                             validity={"dev-old": (now - dt.timedelta(days=30), now - dt.timedelta(days=1))})
     revoke(fleet.pki.root, "dev-gone")
     other = workdir / "other-ca"
@@ -280,17 +293,28 @@ def run_auth_matrix(workdir: Path) -> dict[str, Any]:
     fleet, other_ca = _provision(workdir)
     cloud = MosquittoProcess(name="authm-cloud", role="cloud", data_dir=workdir / "cloud", fleet=FLEET,
                              tls=fleet.broker("cloud"))
-    bridge = BridgeSpec(fleet=FLEET, fog="fog-a", cloud_host=cloud.host, cloud_port=cloud.port,
-                        tls=fleet.bridge("fog-a"))
-    fog = MosquittoProcess(name="authm-fog-a", role="fog", data_dir=workdir / "fog-a", bridge=bridge,
-                           tls=fleet.broker("fog-a"))
-    with cloud, fog:
-        cloud.start()
-        fog.start()
+    fog_b = MosquittoProcess(name="authm-fog-b", role="fog", data_dir=workdir / "fog-b", tls=fleet.broker("fog-b"),
+                             bridge=_bridge(fleet, "fog-b", cloud))
+    peer = PeerBridgeSpec(fleet=FLEET, fog="fog-a", neighbour="fog-b", host=fog_b.host, port=fog_b.port,
+                          tls=fleet.peer_bridge("fog-a"))
+    fog = MosquittoProcess(name="authm-fog-a", role="fog", data_dir=workdir / "fog-a", tls=fleet.broker("fog-a"),
+                           bridge=_bridge(fleet, "fog-a", cloud), peer_bridges=[peer])
+    hub = d2d_broker_name(auth_links.GROUP[0])
+    d2d = MosquittoProcess(name=f"authm-{hub}", role="d2d", data_dir=workdir / hub, fleet=FLEET,
+                           tls=fleet.broker(hub))
+    with cloud, fog_b, fog, d2d:
+        for broker in (cloud, fog_b, fog, d2d):
+            broker.start()
         wait_for_bridge(fog)
-        results = run_cases(lambda: _Matrix(fleet, other_ca, cloud, fog))
+        wait_for_bridge(fog_b)
+        wait_for_peer_bridge(fog, "fog-b")
+        results = run_cases(lambda: _Matrix(fleet, other_ca, cloud, fog, peer=fog_b, d2d=d2d))
     return {"passed": sum(r["passed"] for r in results), "total": len(results), "control_passed": results[0]["passed"],
             "cases": results}
+
+
+def _bridge(fleet: FleetPki, fog: str, cloud: MosquittoProcess) -> BridgeSpec:
+    return BridgeSpec(fleet=FLEET, fog=fog, cloud_host=cloud.host, cloud_port=cloud.port, tls=fleet.bridge(fog))
 
 
 def run_cases(make: Callable[[], _Matrix]) -> list[dict[str, Any]]:
@@ -317,4 +341,5 @@ def run_cases(make: Callable[[], _Matrix]) -> list[dict[str, Any]]:
 def _case_methods() -> list[Callable[[_Matrix], tuple[str, str]]]:
     m = _Matrix
     return [m.valid, m.other_ca, m.no_cert, m.plain, m.expired, m.revoked, m.own_topic, m.other_device_topic,
-            m.peer_subscribe, m.foreign_device, m.bridge_carries, m.bridge_prefix, m.fog_cluster]
+            m.peer_subscribe, m.foreign_device, m.bridge_carries, m.bridge_prefix, m.fog_cluster,
+            *auth_links.CASE_FUNCTIONS]

@@ -74,7 +74,8 @@ def test_refusals_pass_only_after_the_control_connected(monkeypatch: pytest.Monk
     monkeypatch.setattr(auth_matrix._Matrix, "connect", connect)
     monkeypatch.setattr(auth_matrix._Matrix, "_probe", lambda self, ctx: "refused: SSLEOFError: EOF")
     monkeypatch.setattr(auth_matrix, "_case_methods", lambda: [
-        auth_matrix._Matrix.valid, auth_matrix._Matrix.expired, auth_matrix._Matrix.revoked, *[_fine] * 10])
+        auth_matrix._Matrix.valid, auth_matrix._Matrix.expired, auth_matrix._Matrix.revoked,
+        *[_fine] * (len(CASES) - 3)])
     results = run_cases(lambda: auth_matrix._Matrix(_Fleet(), None, None, _Broker()))  # type: ignore[arg-type]
     control, expired, revoked = results[:3]  # run as valid, expired, revoked (names follow CASES' order)
     assert control["passed"] and expired["passed"] and expired["observed"].startswith("refused: ")
