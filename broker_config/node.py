@@ -1,6 +1,7 @@
 """A node's own Mosquitto broker, as ``hffm broker render|run|check`` builds it: the ``[mosquitto]`` table of a fog
-or cloud config, plus the fleet's topology, rendered through :func:`broker_config.process.render_config` from
-the templates in ``broker_config/`` (the same code the test harness and the Ansible roles use).
+or cloud config (or of the hub device of a D2D group: its group's D2D broker), plus the fleet's topology, rendered
+through :func:`broker_config.process.render_config` from the templates in ``broker_config/`` (the same code the test
+harness and the Ansible roles use).
 
 ```toml
 [mosquitto]
@@ -16,12 +17,18 @@ cloud_host = "192.168.0.10"        # a fog: the cloud broker its bridge connects
 cloud_port = 1883
 bridge_cert = "pki/bridge-fog-1.pem"   # a fog: the bridge's client certificate (CN bridge-<fog>)
 bridge_key = "pki/bridge-fog-1.key"
+peer_bridge_cert = "pki/bridge-peer-fog-1.pem"   # a fog with a higher neighbour: its fog-to-fog bridges' certificate
+peer_bridge_key = "pki/bridge-peer-fog-1.key"    # (CN bridge-peer-<fog>)
+peers = {fog-2 = "192.168.0.12:1883"}  # a fog: its higher neighbours' brokers (from the topology's fog links)
 topology = "topology.toml"         # the fleet (who is in which fog): the cloud's ACL needs it
 insecure = false                   # true: plain MQTT, anonymous (refused off loopback without --allow-insecure)
 ```
 
 TLS, the CRL and the dynamic-security ACL generated from the fleet (:mod:`broker_config.acl`) are on unless
-``insecure = true``. Relative paths are taken from the config's ``base_dir``.
+``insecure = true``; a TLS fog's bridges to its neighbours use TLS too. Relative paths are taken from the config's
+``base_dir``. On a device, the table describes its D2D group's broker (only the hub, the group's first member, runs
+one): the listener defaults to the ``[d2d]`` host and port, the certificate is ``broker-d2d-<hub>``'s, and the ACL
+grants the ``[d2d] group`` its D2D topics.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker_config.broker_tls import BRIDGE_FILES, LISTENER_FILES, BrokerTls
+from broker_config.broker_tls import BRIDGE_FILES, LISTENER_FILES, BrokerTls, peer_bridge_files
 from broker_config.render import (
     BridgeSpec,
     BrokerLimits,
@@ -48,7 +55,7 @@ __all__ = ["MOSQUITTO_KEYS", "BrokerNode", "RenderResult", "broker_node_from", "
 
 MOSQUITTO_KEYS: tuple[str, ...] = (
     "listen_host", "port", "data_dir", "user", "insecure", "ca", "cert", "key", "crl", "acl", "topology",
-    "cloud_host", "cloud_port", "bridge_cert", "bridge_key", "peers",
+    "cloud_host", "cloud_port", "bridge_cert", "bridge_key", "peer_bridge_cert", "peer_bridge_key", "peers",
     "max_queued_messages", "message_size_limit", "max_packet_size",
 )
 _TLS_FILES = ("ca", "cert", "key", "crl")
@@ -59,8 +66,8 @@ _BRIDGE_TLS = ("bridge_cert", "bridge_key")
 class BrokerNode:
     """Everything one node's broker config is rendered from (built by :func:`broker_node_from`)."""
 
-    role: str  # "cloud" or "fog"
-    name: str  # "cloud" or the fog id
+    role: str  # "cloud", "fog" or "d2d"
+    name: str  # "cloud", the fog id or "d2d-<hub>"
     fleet: str
     listen_host: str
     port: int
@@ -95,13 +102,14 @@ class BrokerNode:
 
 def broker_node_from(cfg: Any, *, role: str, name: str, fleet: str, config: Path, topology: Path | None = None,
                      allow_insecure: bool = False) -> BrokerNode:
-    """A :class:`BrokerNode` from a loaded fog or cloud config (``role`` "fog" or "cloud"; the CLI loads it:
-    ``hffm_cli/commands/broker.py``) and its ``[mosquitto]`` table; ``config`` is the file it came from.
+    """A :class:`BrokerNode` from a loaded fog, cloud or device config (``role`` "fog", "cloud" or "d2d": a hub
+    device's D2D broker, ``name`` ``d2d-<hub>``; the CLI loads it: ``hffm_cli/commands/broker.py``) and its
+    ``[mosquitto]`` table; ``config`` is the file it came from.
 
     Raises:
         ConfigError: an unknown or bad key, a missing TLS file, a cloud without a topology (its ACL needs every
             fog's devices), a topology that disagrees with the config, ``insecure`` on a non-loopback listener
-            without ``allow_insecure``, or fog-to-fog bridges with TLS.
+            without ``allow_insecure``, or a device that is not its D2D group's hub.
     """
     table = dict(cfg.mosquitto)
     where = f"{config}: [mosquitto]"
@@ -110,17 +118,18 @@ def broker_node_from(cfg: Any, *, role: str, name: str, fleet: str, config: Path
         raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(MOSQUITTO_KEYS)}")
     get = _Getter(table, where, Path(cfg.base_dir))
     insecure = get.boolean("insecure", False)
-    listen_host = get.string("listen_host", cfg.broker.host)
-    port = get.integer("port", cfg.broker.port)
+    listener = (cfg.d2d.host, cfg.d2d.port) if role == "d2d" else (cfg.broker.host, cfg.broker.port)
+    listen_host = get.string("listen_host", listener[0])
+    port = get.integer("port", listener[1])
     if insecure and not is_loopback(listen_host) and not allow_insecure:
         raise ConfigError(f"{where}: insecure = true on listener {listen_host}:{port}, which is not loopback: anyone "
                           "who reaches it can read and publish every topic; remove insecure (TLS, CRL and ACL "
                           "are the default) or pass --allow-insecure")
     topo_path = topology if topology is not None else get.path("topology", None)
-    fogs = _fleet_devices(role, name, fleet, cfg, topo_path, where)
+    spec = _fleet_spec(role, name, fleet, cfg, topo_path, where)
     tls, acl_json = None, None
     if not insecure:
-        tls, acl_json = _listener_tls(get, cfg, role, name, fleet, fogs, where)
+        tls, acl_json = _listener_tls(get, cfg, name, spec, where)
     bridge, peers = None, ()
     if role == "fog":
         bridge_tls = None
@@ -129,7 +138,7 @@ def broker_node_from(cfg: Any, *, role: str, name: str, fleet: str, config: Path
                                      key=get.file("bridge_key", required=True))
         bridge = _build(BridgeSpec, where, fleet=fleet, fog=name, cloud_host=get.string("cloud_host", None),
                         cloud_port=get.integer("cloud_port", 1883), tls=bridge_tls)
-        peers = _peer_bridges(get, name, fleet, topo_path, insecure, where)
+        peers = _peer_bridges(get, name, fleet, topo_path, None if insecure else tls.ca, where)  # type: ignore[union-attr]
     limits = _build(BrokerLimits, where, **{k: get.integer(k, getattr(BrokerLimits(), k))
                                            for k in ("max_queued_messages", "message_size_limit", "max_packet_size")})
     user = get.string("user", "") or None
@@ -163,6 +172,10 @@ def rendered_files(node: BrokerNode) -> dict[str, tuple[bytes, bool]]:
     if node.bridge is not None and node.bridge.tls is not None:
         for field, target in BRIDGE_FILES.items():
             files[target] = (_read(getattr(node.bridge.tls, field), node.source), field == "key")
+    for peer in node.peer_bridges:
+        if peer.tls is not None:
+            for field, target in peer_bridge_files(peer.neighbour).items():
+                files[target] = (_read(getattr(peer.tls, field), node.source), field == "key")
     return files
 
 
@@ -244,9 +257,8 @@ def _build(cls: Any, where: str, **kwargs: Any) -> Any:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _listener_tls(get: _Getter, cfg: Any, role: str, name: str, fleet: str,
-                  fogs: dict[str, list[str]] | None, where: str) -> tuple[BrokerTls, str]:
-    from broker_config.acl import FleetSpec, render_dynsec
+def _listener_tls(get: _Getter, cfg: Any, name: str, spec: Any, where: str) -> tuple[BrokerTls, str]:
+    from broker_config.acl import render_dynsec
 
     node_ca = Path(cfg.tls["ca"]) if isinstance(cfg.tls, dict) and isinstance(cfg.tls.get("ca"), str) else None
     if node_ca is not None and not node_ca.is_absolute():
@@ -256,11 +268,11 @@ def _listener_tls(get: _Getter, cfg: Any, role: str, name: str, fleet: str,
     if acl_path is not None:
         acl_json = _read(acl_path, Path(where)).decode("utf-8", errors="replace")
     else:
-        if fogs is None:
+        if spec is None:
             raise ConfigError(f"{where}: the cloud broker's ACL is generated from the fleet's topology: set topology "
                               "= \"<file>\" (or pass --topology) listing every fog and its devices")
         try:
-            acl_json = render_dynsec(FleetSpec.of(fleet, fogs), name)
+            acl_json = render_dynsec(spec, name)
         except ConfigError as exc:
             raise ConfigError(f"{where}: cannot generate the ACL: {exc}") from None
     tls = BrokerTls(ca=files["ca"], cert=files["cert"], key=files["key"], crl=files["crl"],
@@ -269,39 +281,65 @@ def _listener_tls(get: _Getter, cfg: Any, role: str, name: str, fleet: str,
     return tls, acl_json
 
 
-def _fleet_devices(role: str, name: str, fleet: str, cfg: Any, topology: Path | None,
-                   where: str) -> dict[str, list[str]] | None:
-    """``{fog: devices}`` the ACL is generated from: a fog's own ``[fog] devices`` (checked against the topology
-    when one is given), or every fog of the cloud from the topology (None without one)."""
-    topo = None
-    if topology is not None:
-        from broker_config.topology import load_topology
+def _load_topology(topology: Path | None, fleet: str, where: str) -> Any:
+    if topology is None:
+        return None
+    from broker_config.topology import load_topology
 
-        try:
-            topo = load_topology(topology)
-        except HffmError as exc:
-            raise ConfigError(f"{where}: topology: {exc}") from None
-        if topo.fleet != fleet:
-            raise ConfigError(f"{where}: topology {str(topology)!r} is fleet {topo.fleet!r}, the config {fleet!r}")
-    if role == "fog":
-        devices = list(cfg.fog.devices)
-        if topo is not None:
+    try:
+        topo = load_topology(topology)
+    except HffmError as exc:
+        raise ConfigError(f"{where}: topology: {exc}") from None
+    if topo.fleet != fleet:
+        raise ConfigError(f"{where}: topology {str(topology)!r} is fleet {topo.fleet!r}, the config {fleet!r}")
+    return topo
+
+
+def _fleet_spec(role: str, name: str, fleet: str, cfg: Any, topology: Path | None, where: str) -> Any:
+    """The :class:`~broker_config.acl.FleetSpec` the ACL is generated from (None: a cloud without a topology).
+
+    - a fog: the whole topology when given (its fog links give its neighbours' peer bridges their rights; its own
+      ``[fog] devices`` must match the topology's), else its own fog and devices;
+    - the cloud: the topology's ``[cloud] fogs`` and their devices;
+    - a D2D broker (a hub device): its ``[d2d] group``, which must be the topology's group when one is given."""
+    from broker_config.acl import FleetSpec
+
+    topo = _load_topology(topology, fleet, where)
+    try:
+        if role == "fog":
+            devices = list(cfg.fog.devices)
+            if topo is None:
+                return FleetSpec.of(fleet, {name: devices})
             listed = sorted(topo.devices_of(name)) if name in topo.fogs else None
             if listed != sorted(devices):
                 raise ConfigError(f"{where}: topology {str(topology)!r} gives fog {name!r} the devices {listed}, "
                                   f"its [fog] devices are {sorted(devices)}")
-        return {name: devices}
-    if topo is None:
-        return None
-    missing = sorted(set(cfg.cloud.fogs) - set(topo.fogs))
-    if missing:
-        raise ConfigError(f"{where}: topology {str(topology)!r} lacks the fog(s) {missing} of [cloud] fogs")
-    return {fog: sorted(topo.devices_of(fog)) for fog in cfg.cloud.fogs}
+            return FleetSpec.from_topology(topo)
+        if role == "d2d":
+            group = tuple(cfg.d2d.group)
+            if len(group) < 2 or group[0] != cfg.device.id:
+                raise ConfigError(f"{where}: device {cfg.device.id!r} runs no D2D broker: only the hub, the first "
+                                  f"member of its [d2d] group, does (group {list(group)})")
+            if topo is not None and topo.group_of(cfg.device.id) != group:
+                raise ConfigError(f"{where}: [d2d] group {list(group)} is not the topology's group of "
+                                  f"{cfg.device.id!r}: {topo.group_of(cfg.device.id)}")
+            return FleetSpec.of(fleet, {cfg.device.fog: group}, groups=[group])
+        if topo is None:
+            return None
+        missing = sorted(set(cfg.cloud.fogs) - set(topo.fogs))
+        if missing:
+            raise ConfigError(f"{where}: topology {str(topology)!r} lacks the fog(s) {missing} of [cloud] fogs")
+        return FleetSpec.of(fleet, {fog: sorted(topo.devices_of(fog)) for fog in cfg.cloud.fogs})
+    except HffmError as exc:
+        if isinstance(exc, ConfigError) and str(exc).startswith(where):
+            raise
+        raise ConfigError(f"{where}: {exc}") from None
 
 
-def _peer_bridges(get: _Getter, fog: str, fleet: str, topology: Path | None, insecure: bool,
+def _peer_bridges(get: _Getter, fog: str, fleet: str, topology: Path | None, ca: Path | None,
                   where: str) -> list[PeerBridgeSpec]:
-    """The bridges to neighbour fogs with a higher id, from the topology; ``peers`` gives their ``host:port``."""
+    """The bridges to neighbour fogs with a higher id, from the topology; ``peers`` gives their ``host:port``. With
+    ``ca`` (a TLS broker) they present ``peer_bridge_cert``/``peer_bridge_key`` and check the neighbour against it."""
     peers_table = get._get("peers", dict, {})
     if topology is None:
         if peers_table:
@@ -310,10 +348,10 @@ def _peer_bridges(get: _Getter, fog: str, fleet: str, topology: Path | None, ins
     from broker_config.topology import load_topology
 
     links = [high for low, high in load_topology(topology).fog_links() if low == fog]
-    if links and not insecure:
-        raise ConfigError(f"{where}: fog {fog!r} has neighbour fogs {links} in the topology, but fog-to-fog bridges "
-                          "are plain MQTT only today (no TLS identity in the ACL); drop the neighbours or set "
-                          "insecure = true on a trusted network")
+    tls = None
+    if links and ca is not None:
+        tls = TlsSettings(ca=ca, cert=get.file("peer_bridge_cert", required=True),
+                          key=get.file("peer_bridge_key", required=True))
     specs = []
     for neighbour in links:
         address = peers_table.get(neighbour)
@@ -322,7 +360,7 @@ def _peer_bridges(get: _Getter, fog: str, fleet: str, topology: Path | None, ins
             raise ConfigError(f"{where}: peers: give neighbour fog {neighbour!r}'s broker as \"host:port\", got "
                               f"{address!r}")
         specs.append(_build(PeerBridgeSpec, where, fleet=fleet, fog=fog, neighbour=neighbour, host=host,
-                            port=int(port)))
+                            port=int(port), tls=tls))
     return specs
 
 
