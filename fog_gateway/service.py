@@ -217,6 +217,7 @@ class FogGateway(Service):
         self._advertise(online=True, status="running")
 
     def _announce(self, versions: list[ModuleVersion]) -> None:
+        """Publish what the journaled position announces, then record it (JournalKeeper.announce)."""
         self.keeper.announce(versions)
 
     # -- handlers ------------------------------------------------------------------------------------------------
