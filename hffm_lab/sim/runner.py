@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +137,10 @@ class SimRun:
             broker.stop()
 
 
-def run_sim(opts: SimOptions) -> dict[str, Any]:
+def run_sim(opts: SimOptions, *, after: Callable[[SimRun], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run the simulated fleet once; returns the report (``problems`` empty when everything was applied).
+    ``after``: called once every process has exited, while the brokers still run (a benchmark measures the same
+    broker there); what it returns is the report's ``after``.
 
     Raises:
         HffmError: the brokers or tiers could not be started.
@@ -152,5 +155,7 @@ def run_sim(opts: SimOptions) -> dict[str, Any]:
         run.sampler.stop()
         assert run.fleet is not None and run.clock is not None
         report = summarize(opts, run.fleet, clock=run.clock, usage=run.sampler.report(), problems=problems)
+        if after is not None:
+            report["after"] = after(run)
     report["wall_s"] = round(time.monotonic() - started, 1)
     return report

@@ -1,0 +1,239 @@
+"""``hffm bench scale``: how hffm's round time, fan-in and memory grow with the number of devices K, side by side
+with a naive paho round loop and a Flower simulation of the same K and payload, in one run.
+
+Per K (default 10, 50, 200, 500, 1000; 1000 and above over ``fogs_from_1000`` fogs):
+- **hffm**: ``hffm sim --mode noop`` (``hffm_lab/sim``): K virtual devices with the real module layouts against real
+  ``hffm fog run`` / ``hffm cloud run`` processes over real bridged Mosquitto. Cluster round = the fog's own
+  announcement-to-close time; global round = between the cloud's announcements; fan-in = deltas a fog applied in a
+  cluster round / that round's time; RSS and CPU of each process by psutil; the fogs' round journal on disk (peak).
+- **paho**: on the same fog broker once the job is over: the pub->sub ceiling for the mean update size, and the
+  naive round loop (``scale_paho.py``): K clients each send the same messages a device sends per cluster round.
+- **Flower**: ``scale_flower.py`` run by an interpreter with ``flwr[simulation]`` (this one, else
+  ``--flower-python`` / ``$HFFM_FLOWER_PYTHON``): K no-op clients returning the same arrays. Where there is none,
+  the column says ``not installed``, never a figure.
+
+Medians are over the measured rounds (all but the first, which includes start-up). A K whose hffm run lost a delta,
+applied fewer than planned, or lost a process is a FAILED row, and the command exits non-zero after saving the
+report. The plot (round time and RSS vs K) goes next to the report as ``scale.png`` when matplotlib is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from hffm_lab.bench import fail_if, save_report
+from hffm_lab.bench.scale_paho import ceiling, naive_rounds
+from hffm_lab.sim import SimOptions, run_sim
+from hffm_lab.sim.runner import SimRun
+
+DEFAULT_KS = (10, 50, 200, 500, 1000)
+FLOWER_SCRIPT = Path(__file__).with_name("scale_flower.py")
+
+
+def flower_python(explicit: str | None) -> str | None:
+    """The interpreter that runs the Flower column, or None when no flwr is installed anywhere we look."""
+    if explicit:
+        return explicit
+    if importlib.util.find_spec("flwr") is not None and importlib.util.find_spec("ray") is not None:
+        return sys.executable
+    env = os.environ.get("HFFM_FLOWER_PYTHON", "")
+    return env or None
+
+
+def _after(run: SimRun, k: int, naive_rounds_n: int) -> dict[str, Any]:
+    """On the fog-1 broker of the finished job: the pub->sub ceiling and the naive paho round loop."""
+    assert run.fleet is not None
+    results = []
+    for i in range(len(run.fleet.worker_specs)):
+        try:
+            results.append(json.loads(run.fleet.metrics_file(f"sim-worker-{i}").read_text())["totals"])
+        except (OSError, ValueError, KeyError):
+            pass
+    queued = sum(r.get("queued", 0) for r in results)
+    rounds_sent = sum(r.get("rounds_sent", 0) for r in results)
+    size = sum(r.get("bytes_queued", 0) for r in results) // max(1, queued)
+    msgs = max(1, round(queued / max(1, rounds_sent)))
+    port = run.brokers["fog-1"].port
+    out: dict[str, Any] = {"update_bytes": size, "msgs_per_device": msgs}
+    try:
+        out["ceiling"] = ceiling(port, size=max(size, 1), messages=max(200, min(2000, 4 * k)))
+        out["naive"] = naive_rounds(port, clients=k, msgs=msgs, size=max(size, 1), rounds=naive_rounds_n,
+                                    work=run.run_dir / "naive")
+    except Exception as exc:  # noqa: BLE001 - a failed baseline is reported in its column, not a crash
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def _flower(python: str | None, k: int, rounds: int, floats: list[int], work: Path) -> dict[str, Any]:
+    if python is None:
+        return {"round_s": None, "status": "not installed"}
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / f"flower-K{k}.log"
+    env = dict(os.environ, RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1")
+    try:
+        with open(log, "wb") as err:
+            done = subprocess.run([python, str(FLOWER_SCRIPT), str(k), str(rounds), ",".join(map(str, floats)), "1"],
+                                  stdout=subprocess.PIPE, stderr=err, timeout=1800, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        return {"round_s": None, "status": f"timed out (log {log})"}
+    except OSError as exc:
+        return {"round_s": None, "status": f"not installed ({exc})"}
+    lines = [ln for ln in done.stdout.decode(errors="replace").splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        return {"round_s": None, "status": f"failed with exit {done.returncode} (log {log})"}
+    got = json.loads(lines[-1])
+    measured = [r["seconds"] for r in got["rounds"][1:]] or [r["seconds"] for r in got["rounds"]]
+    return {"round_s": round(statistics.median(measured), 3), "rounds": got["rounds"], "flwr": got["flwr"],
+            "wall_s": got["wall_s"], "status": "ok"}
+
+
+def run_k(k: int, *, fogs: int, rounds: int, agg_every: int, backbone: str, per_process: int, work: Path,
+          flower: str | None, console: Console) -> dict[str, Any]:
+    """One K: the hffm sim, then paho on its broker, then Flower; returns the report row."""
+    opts = SimOptions(devices=k, fogs=fogs, rounds=rounds, agg_every=agg_every, backbone=backbone,
+                      per_process=per_process, run_dir=work / f"K{k}", time_limit_s=max(900.0, 3.0 * k))
+    console.print(f"K={k}: hffm sim over {fogs} fog(s) ...")
+    sim = run_sim(opts, after=lambda run: _after(run, k, rounds * agg_every + 1))
+    after = sim.get("after", {})
+    procs = sim["resources"]
+    fog_names = [f"fog-{i}" for i in range(1, fogs + 1)]
+    hffm = {"cluster_round_s": sim["cluster_round_s"], "global_round_s": sim["global_round_s"],
+            "fanin_per_s": sim["fanin_per_s"], "fanin_mb_per_s": sim["fanin_mb_per_s"],
+            "fog_rss_mb": sim["fog_rss_mb"], "cloud_rss_mb": sim["cloud_rss_mb"],
+            "broker_rss_mb": max((procs.get(f"broker-{f}", {}).get("rss_peak_mb", 0.0) for f in fog_names), default=0),
+            "fog_cpu_s": sum(procs.get(f, {}).get("cpu_s", 0.0) for f in fog_names),
+            "cloud_cpu_s": procs.get("cloud", {}).get("cpu_s"),
+            "broker_cpu_s": sum(procs.get(f"broker-{f}", {}).get("cpu_s", 0.0) for f in fog_names),
+            "sim_cpu_s": procs.get("workers", {}).get("cpu_s"), "sim_rss_mb": procs.get("workers", {}).get("rss_peak_mb"),
+            "journal_peak_bytes": sum(sim["journal_peak_bytes"].values()),
+            "update_bytes": sim["update_bytes"], "device_bytes_per_round": sim["device_bytes_per_round"],
+            "lost": sim["deltas"]["lost"], "applied": sim["deltas"]["applied_by_fogs"],
+            "planned": sim["deltas"]["expected_without_faults"], "retransmitted": sim["deltas"]["retransmitted"],
+            "processes": sim["processes"], "wall_s": sim["wall_s"]}
+    ceil, naive = after.get("ceiling", {}), after.get("naive", {})
+    paho = {"round_s": naive.get("round_s"), "rounds": naive.get("rounds"), "fanin_per_s": naive.get("fanin_per_s"),
+            "fanin_ceiling_per_s": ceil.get("per_s"), "ceiling_mb_per_s": ceil.get("mb_per_s"),
+            "msgs_per_device": after.get("msgs_per_device"), "error": after.get("error")}
+    problems = list(sim["problems"]) + ([f"paho baseline: {after['error']}"] if after.get("error") else [])
+    # The same payload as the devices': per client as many fp32 arrays as a device sends updates per round, each
+    # of the mean update's size.
+    msgs, size = int(after.get("msgs_per_device") or 0), int(after.get("update_bytes") or 0)
+    floats = [max(1, size // 4)] * msgs if msgs and size else []
+    console.print(f"K={k}: Flower simulation ...")
+    flower_row = _flower(flower, k, rounds * agg_every + 1, floats, work / "flower") if floats else \
+        {"round_s": None, "status": "no payload"}
+    return {"K": k, "fogs": fogs, "hffm": hffm, "paho": paho, "flower": flower_row,
+            "status": "FAILED" if sim["problems"] else "ok", "problems": problems, "run_dir": sim["run_dir"]}
+
+
+
+def run_scale_bench(*, ks: tuple[int, ...] = DEFAULT_KS, rounds: int = 3, agg_every: int = 2, backbone: str = "minilm",
+                    per_process: int = 100, fogs_from_1000: int = 2, report: Path | None = None,
+                    work: Path = Path("runs/bench-scale"), flower_python_path: str | None = None,
+                    console: Console | None = None) -> dict[str, Any]:
+    """Run every K, print the table, save the report and the plot.
+
+    Raises:
+        HffmError: a K's hffm run FAILED (a process died, a delta was lost, fewer applied than planned); the report
+            is saved first.
+    """
+    console = console or Console(width=200)
+    flower = flower_python(flower_python_path)
+    if flower is None:
+        console.print("Flower: not installed (pip install 'hffm[bench]', or pass --flower-python); its column "
+                      "says so")
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    runs = []
+    for k in ks:
+        row = run_k(k, fogs=fogs_from_1000 if k >= 1000 else 1, rounds=rounds, agg_every=agg_every,
+                    backbone=backbone, per_process=per_process, work=work, flower=flower, console=console)
+        runs.append(row)
+        console.print(one_line(row))
+    out = {"runs": runs, "machine": machine(load_before), "rounds": rounds, "agg_every": agg_every,
+           "backbone": backbone, "wall_s": round(time.monotonic() - started, 1), "command": " ".join(sys.argv),
+           "date": time.strftime("%Y-%m-%d")}
+    console.print(table(runs))
+    folder = (report.parent if report else work)
+    out["plot"] = plot(runs, folder / "scale.png", console)
+    save_report(out, report, console)
+    fail_if([f"K={r['K']}: {p}" for r in runs if r["status"] == "FAILED" for p in r["problems"]], "bench scale",
+            console)
+    return out
+
+
+def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version(),
+            "mem_total_gb": round(psutil.virtual_memory().total / 1e9, 1), "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg()}
+
+
+def one_line(r: dict[str, Any]) -> str:
+    h, p, f = r["hffm"], r["paho"], r["flower"]
+    return (f"K={r['K']} ({r['fogs']} fog): {r['status']}; hffm cluster {h['cluster_round_s']} s, global "
+            f"{h['global_round_s']} s, fan-in {h['fanin_per_s']}/s (ceiling {p['fanin_ceiling_per_s']}/s), fog RSS "
+            f"{h['fog_rss_mb']} MB, lost {h['lost']}; paho {p['round_s']} s; Flower {f['round_s'] or f['status']}")
+
+
+def table(runs: list[dict[str, Any]]) -> Table:
+    t = Table(title="hffm bench scale: medians over measured rounds (all but the first)")
+    for col in ("K", "fogs", "cluster s", "global s", "fan-in /s", "MB/s", "ceiling /s", "fog RSS MB",
+                "cloud RSS MB", "broker RSS MB", "journal MB", "lost", "paho s", "Flower s", "status"):
+        t.add_column(col, justify="right")
+    for r in runs:
+        h, p, f = r["hffm"], r["paho"], r["flower"]
+        t.add_row(str(r["K"]), str(r["fogs"]), str(h["cluster_round_s"]), str(h["global_round_s"]),
+                  str(h["fanin_per_s"]), str(h["fanin_mb_per_s"]), str(p["fanin_ceiling_per_s"]),
+                  str(h["fog_rss_mb"]), str(h["cloud_rss_mb"]), str(h["broker_rss_mb"]),
+                  f"{h['journal_peak_bytes'] / 1e6:.0f}", str(h["lost"]), str(p["round_s"]),
+                  str(f["round_s"]) if f["round_s"] is not None else f["status"], r["status"])
+    return t
+
+
+def plot(runs: list[dict[str, Any]], path: Path, console: Console) -> str:
+    """Round time and RSS vs K as a PNG; returns its path, or why there is none."""
+    if importlib.util.find_spec("matplotlib") is None:
+        console.print("plot: skipped (matplotlib is not installed; pip install 'hffm[bench]')")
+        return "skipped: matplotlib not installed"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [r["K"] for r in runs]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, get in (("hffm cluster round", lambda r: r["hffm"]["cluster_round_s"]),
+                       ("hffm global round", lambda r: r["hffm"]["global_round_s"]),
+                       ("naive paho loop", lambda r: r["paho"]["round_s"]),
+                       ("Flower simulation", lambda r: r["flower"]["round_s"])):
+        pts = [(k, get(r)) for k, r in zip(ks, runs, strict=True) if get(r) is not None]
+        if pts:
+            ax1.plot(*zip(*pts, strict=True), marker="o", label=label)
+    ax1.set(xscale="log", yscale="log", xlabel="devices K", ylabel="seconds per round", title="Round time")
+    for label, key in (("fog", "fog_rss_mb"), ("cloud", "cloud_rss_mb"), ("fog broker", "broker_rss_mb")):
+        pts = [(k, r["hffm"][key]) for k, r in zip(ks, runs, strict=True) if r["hffm"].get(key)]
+        if pts:
+            ax2.plot(*zip(*pts, strict=True), marker="o", label=label)
+    ax2.set(xscale="log", xlabel="devices K", ylabel="peak RSS (MB)", title="Memory (peak RSS per process)")
+    for ax in (ax1, ax2):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    console.print(f"plot: {path}")
+    return str(path)
