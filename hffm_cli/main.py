@@ -13,6 +13,7 @@ from hffm_cli.commands.broker import broker_app
 from hffm_cli.commands.certs import certs_app
 from hffm_cli.commands.fleet import dashboard, fleet_app, job_app
 from hffm_cli.commands.lab import bench_app, demo
+from hffm_cli.commands.scale import bench_scale, sim
 from hffm_cli.commands.tiers import cloud_app, config_app, edge_app, fog_app
 from hffm_core.errors import ALL_ERRORS
 
@@ -30,6 +31,8 @@ app.add_typer(certs_app, name="certs")
 app.add_typer(broker_app, name="broker")
 app.command("dashboard")(dashboard)
 app.command("demo")(demo)
+app.command("sim")(sim)
+bench_app.command("scale")(bench_scale)
 
 
 def main() -> None:
