@@ -64,7 +64,8 @@ class VirtualDevice:
 
     def __init__(self, spec: dict[str, Any], *, fleet: str, modality_of: dict[str, str], state_dir: Path,
                  deliver: Callable[[VirtualDevice, str, bytes, bool], None], codecs: dict[str, Any], synth: Synth,
-                 telemetry_interval_s: float) -> None:
+                 telemetry_interval_s: float, transport_factory: Callable[..., Any] = MqttTransport) -> None:
+        self.transport_factory = transport_factory  # MqttTransport; unit tests pass a fake
         self.node, self.fog, self.port = spec["id"], spec["fog"], int(spec["port"])
         self.fleet = fleet
         self.tasks: list[str] = list(spec["tasks"])
@@ -78,7 +79,7 @@ class VirtualDevice:
         self.state_dir = state_dir
         self.outbox = Outbox(state_dir / f"{self.node}-outbox.sqlite")
         self.stats: Counter[str] = Counter()
-        self.transport: MqttTransport | None = None
+        self.transport: Any = None  # an MqttTransport while connected
         self.sender: ReliableSender | None = None
         self.uplink: Uplink | None = None
         self.job: str | None = None  # kept across a crash (the real device's job file)
@@ -105,7 +106,7 @@ class VirtualDevice:
             TransportError: the fog broker could not be reached within the connect timeout.
         """
         offline = NodeState(fleet=self.fleet, node=self.node, role="device", fog=self.fog, online=False)
-        transport = MqttTransport(client_id=self.node, host="127.0.0.1", port=self.port, persistent=True,
+        transport = self.transport_factory(client_id=self.node, host="127.0.0.1", port=self.port, persistent=True,
                                   on_message=lambda t, p, r: self.deliver(self, t, p, r), timeout_s=60.0,
                                   will=(topics.state(self.fleet, self.node), encode(offline)), connect_timeout_s=120.0)
         transport.connect()
@@ -277,13 +278,14 @@ class VirtualDevice:
             self.delayed.append((now + float(self.fault["seconds"]), ctl))  # type: ignore[index]
             self.stats["slowed"] += 1
             return
-        self._send_round(ctl)
-        if self._fault_now("crash", at) and not self.stats["crashed"]:
+        crash = self._fault_now("crash", at) and not self.stats["crashed"]
+        self._send_round(ctl, pump=not crash)
+        if crash:
             self.crash(now, float(self.fault["seconds"]))  # type: ignore[index]
 
-    def _send_round(self, ctl: RoundControl) -> None:
-        """Queue one synthetic update per selected module in the outbox; the sender pumps them (unless a crash
-        comes first)."""
+    def _send_round(self, ctl: RoundControl, *, pump: bool = True) -> None:
+        """Queue one synthetic update per selected module in the outbox and (unless a crash comes first) hand
+        them to the broker at once, as the real device does."""
         if self.uplink is None or self.sender is None:
             return
         g, c = ctl.global_round, ctl.cluster_round
@@ -304,7 +306,9 @@ class VirtualDevice:
                 self.stats["queued"] += 1
                 self.stats["bytes_queued"] += len(payload)
         self.stats["rounds_sent"] += 1
-        self.next_pump = 0.0
+        if pump:
+            self.sender.pump()
+            self.next_pump = time.monotonic() + PUMP_EVERY_S
 
     def _samples(self, key: ModuleKey) -> int:
         if key.kind == "encoder":
