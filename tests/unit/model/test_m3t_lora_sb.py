@@ -103,3 +103,18 @@ def test_rank_too_large_and_config() -> None:
     assert build(ModelConfig, {"adapter": "lora-sb", "lora_r": 8}, "m").adapter == "lora-sb"
     with pytest.raises(ConfigError, match="unknown adapter 'vera'"):
         build(ModelConfig, {"adapter": "vera"}, "m")
+
+
+def test_onnx_export_merges_lora_sb(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from edge_runtime.export import export_task, parity
+
+    model = build_model()
+    rng = np.random.default_rng(2)
+    for key in model.module_keys():
+        model.load_module_state(key, {n: rng.normal(0, 0.2, v.shape).astype(np.float32)
+                                      for n, v in model.get_module_state(key).items()})
+    path = export_task(model, modality="image", task="digit", path=tmp_path / "digit.onnx")
+    check = parity(model, modality="image", task="digit", path=path, x=rng.random((4, 8, 8), dtype=np.float32))
+    assert check["max_abs_diff"] < 1e-4 and check["argmax_agreement"] == 1.0
