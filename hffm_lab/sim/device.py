@@ -24,6 +24,7 @@ import numpy as np
 
 from edge_runtime.uplink import Uplink
 from hffm_core.compression import ErrorFeedback
+from hffm_core.config import ReliabilityConfig
 from hffm_core.delivery import Outbox, ReliableSender, round_tag
 from hffm_core.downlink import JobWatch, ResyncNeeded, VersionReceiver
 from hffm_core.errors import DecodeError
@@ -77,7 +78,9 @@ class VirtualDevice:
         self.deliver, self.codecs, self.synth = deliver, codecs, synth
         self.telemetry_interval_s = telemetry_interval_s
         self.state_dir = state_dir
-        self.outbox = Outbox(state_dir / f"{self.node}-outbox.sqlite")
+        rel = ReliabilityConfig()  # the real device's defaults: first resend after 2 s, doubling to 30 s
+        self.outbox = Outbox(state_dir / f"{self.node}-outbox.sqlite", base_s=rel.backoff_base_s,
+                             max_s=rel.backoff_max_s)
         self.stats: Counter[str] = Counter()
         self.transport: Any = None  # an MqttTransport while connected
         self.sender: ReliableSender | None = None
