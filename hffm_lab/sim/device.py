@@ -65,8 +65,10 @@ class VirtualDevice:
 
     def __init__(self, spec: dict[str, Any], *, fleet: str, modality_of: dict[str, str], state_dir: Path,
                  deliver: Callable[[VirtualDevice, str, bytes, bool], None], codecs: dict[str, Any], synth: Synth,
-                 telemetry_interval_s: float, transport_factory: Callable[..., Any] = MqttTransport) -> None:
+                 telemetry_interval_s: float, transport_factory: Callable[..., Any] = MqttTransport,
+                 trainer: Any = None) -> None:
         self.transport_factory = transport_factory  # MqttTransport; unit tests pass a fake
+        self.trainer = trainer  # train mode: the process's SharedTrainer (train.py); None: synthetic deltas
         self.node, self.fog, self.port = spec["id"], spec["fog"], int(spec["port"])
         self.fleet = fleet
         self.tasks: list[str] = list(spec["tasks"])
@@ -293,16 +295,20 @@ class VirtualDevice:
             return
         g, c = ctl.global_round, ctl.cluster_round
         self.sender.expiry_s = math.ceil(ctl.deadline_s) + STALE_SLACK_S
-        for key in self.keys:
-            if ctl.participants and self.node not in ctl.participants.get(str(key), ()):
-                continue
-            state = self.rx.states.get(key)
-            if state is None:
-                self.stats["no_base_version"] += 1
-                log.warning("device %s: no version of %s to shape a delta on; not sending it", self.node, key)
-                continue
-            delta = self.synth.delta(state, f"{self.node}/{g}.{c}/{key}")
-            update = self.uplink.build(key, delta, self._samples(key), 0.0, g, c)
+        selected = [k for k in self.keys if not ctl.participants or self.node in ctl.participants.get(str(k), ())]
+        missing = [k for k in selected if k not in self.rx.states]
+        if missing:
+            self.stats["no_base_version"] += len(missing)
+            log.warning("device %s: no version of %s to start from; not sending them", self.node, missing)
+        selected = [k for k in selected if k in self.rx.states]
+        trained = self.trainer.deltas(self.node, self.tasks, ctl, selected, dict(self.rx.states)) \
+            if self.trainer is not None else None
+        for key in selected:
+            if trained is not None:
+                delta, loss = trained[key]
+            else:
+                delta, loss = self.synth.delta(self.rx.states[key], f"{self.node}/{g}.{c}/{key}"), 0.0
+            update = self.uplink.build(key, delta, self._samples(key), loss, g, c)
             payload = encode(update)
             if self.outbox.put(update.idempotency_key, topics.up(self.fleet, self.fog, key, self.node), payload,
                                round_=round_tag(g, c)):

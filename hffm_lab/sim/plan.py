@@ -99,6 +99,13 @@ def write_sim(opts: SimOptions, run_dir: Path, *, cloud_port: int, fog_ports: di
     fog_of = device_ids(opts)
     devices = sorted(fog_of)
     device_tasks, modality_of = holdings(devices, opts.seed)
+    data_dir = run_dir / "data"
+    samples: dict[str, dict[str, int]] = {}
+    if opts.mode == "train":  # real shards: a device holds the tasks it got samples of
+        from hffm_lab.sim.train import write_train_data
+
+        samples = write_train_data(devices, seed=opts.seed, alpha=0.5, data_dir=data_dir)
+        device_tasks = {d: sorted(samples[d]) for d in devices}
     tasks = sorted({t for ts in device_tasks.values() for t in ts})
     modalities = sorted({modality_of[t] for t in tasks})
     fogs = sorted(fog_ports)
@@ -118,7 +125,8 @@ def write_sim(opts: SimOptions, run_dir: Path, *, cloud_port: int, fog_ports: di
                        "startup_timeout_s": opts.round_deadline_s, "db": str(run_dir / "cloud.sqlite")},
              "broker": {"host": "127.0.0.1", "port": cloud_port}, "model": {"backbone": opts.backbone,
                                                                            "seed": opts.seed},
-             "eval": {}, "state_dir": str(run_dir / "state"), "metrics_file": str(run_dir / "metrics" / "cloud.json")}
+             "eval": {t: str(data_dir / "test" / f"{t}.npz") for t in tasks} if opts.mode == "train" else {},
+             "state_dir": str(run_dir / "state"), "metrics_file": str(run_dir / "metrics" / "cloud.json")}
     cloud_config = _write_toml(configs / "cloud.toml", cloud)
     specs = []
     for w, start in enumerate(range(0, len(devices), opts.per_process)):
@@ -127,10 +135,11 @@ def write_sim(opts: SimOptions, run_dir: Path, *, cloud_port: int, fog_ports: di
             "worker": w, "fleet": FLEET, "mode": opts.mode, "seed": opts.seed, "codec": opts.uplink_codec,
             "state_dir": str(run_dir / "state"), "result": str(run_dir / "metrics" / f"sim-worker-{w}.json"),
             "time_limit_s": opts.time_limit_s, "telemetry_interval_s": opts.telemetry_interval_s,
-            "modality_of": {t: modality_of[t] for t in tasks},
+            "modality_of": {t: modality_of[t] for t in tasks}, "backbone": opts.backbone,
+            "data_dir": str(data_dir), "rounds": opts.rounds, "agg_every": opts.agg_every,
             "devices": [{"id": d, "fog": fog_of[d], "port": fog_ports[fog_of[d]], "tasks": device_tasks[d],
                          "modalities": sorted({modality_of[t] for t in device_tasks[d]}),
-                         "samples": {t: rng.randint(20, 400) for t in device_tasks[d]},
+                         "samples": samples.get(d) or {t: rng.randint(20, 400) for t in device_tasks[d]},
                          "fault": faults[d].to_json() if d in faults else None} for d in chunk]}
         path = configs / f"sim-worker-{w}.json"
         path.write_text(json.dumps(spec, indent=1))

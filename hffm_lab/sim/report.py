@@ -75,7 +75,9 @@ def summarize(opts: SimOptions, fleet: SimFleet, *, clock: RoundClock, usage: di
     update_bytes = totals["bytes_queued"] / queued if queued else 0.0
     fanin = [r["updates"] / r["seconds"] for r in measured if r["updates"]]
     device_rounds = max(1, totals["rounds_sent"])
+    accuracy = _accuracy(fleet, workers) if opts.mode == "train" else None
     return {
+        "accuracy": accuracy,
         "K": opts.devices, "fogs": opts.fogs, "mode": opts.mode, "rounds": opts.rounds, "agg_every": opts.agg_every,
         "processes": len(fleet.worker_specs), "per_process": opts.per_process, "backbone": opts.backbone,
         "faults": asdict(opts.faults),
@@ -97,3 +99,21 @@ def summarize(opts: SimOptions, fleet: SimFleet, *, clock: RoundClock, usage: di
         "worker_connect_s": [w.get("connect_s") for w in workers if w],
         "problems": problems, "run_dir": str(fleet.run_dir),
     }
+
+
+def _accuracy(fleet: SimFleet, workers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Train mode: the final global model's accuracy per task (the cloud's evaluation on the held-out test files)
+    next to the local-only baseline (per task, the mean over the devices that hold it)."""
+    rounds = _read(fleet.metrics_file("cloud")).get("rounds", [])
+    federated = rounds[-1]["accuracy"] if rounds else {}
+    per_task: dict[str, list[float]] = {}
+    for w in workers:
+        for accs in w.get("local_only", {}).values():
+            for task, acc in accs.items():
+                per_task.setdefault(task, []).append(acc)
+    local = {t: round(statistics.mean(v), 4) for t, v in sorted(per_task.items())}
+    fed_mean = statistics.mean(federated.values()) if federated else None
+    local_mean = statistics.mean(local.values()) if local else None
+    return {"federated": federated, "local_only": local, "federated_mean": fed_mean, "local_only_mean": local_mean,
+            "per_round": [{"round": r["round"], "accuracy": r["accuracy"]} for r in rounds],
+            "beats_local_only": None if fed_mean is None or local_mean is None else fed_mean > local_mean}

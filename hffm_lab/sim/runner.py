@@ -26,7 +26,6 @@ from typing import Any
 
 from broker_config.process import MosquittoProcess, free_port, wait_for_bridge
 from broker_config.render import BridgeSpec
-from hffm_core.errors import HffmError
 from hffm_lab.demo.processes import TierProcess
 from hffm_lab.sim.observer import RoundClock, Sampler
 from hffm_lab.sim.plan import FLEET, SimFleet, SimOptions, write_sim
@@ -145,8 +144,6 @@ def run_sim(opts: SimOptions, *, after: Callable[[SimRun], dict[str, Any]] | Non
     Raises:
         HffmError: the brokers or tiers could not be started.
     """
-    if opts.mode != "noop":
-        raise HffmError(f"hffm sim --mode {opts.mode}: not implemented yet (only noop); see docs/scaling.md")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = (opts.run_dir or Path("runs") / f"sim-{stamp}").resolve()
     started = time.monotonic()

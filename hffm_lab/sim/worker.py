@@ -5,7 +5,8 @@ Run as ``python -m hffm_lab.sim.worker SPEC.json``. It raises its soft RLIMIT_NO
 device holds a socket, paho's wake-up pair and its outbox's SQLite files), connects its devices, and runs until
 every device has finished the job, dropped out for good, or the time limit passed. It then writes its result JSON
 (``spec["result"]``: per-device counters and totals) and exits 0, or 1 when the time ran out or a device could not
-connect. The torch-free ``noop`` mode is the only one here; ``train`` is refused with a clear message.
+connect. ``noop`` imports no torch; ``train`` builds one model per process (``train.py``) and, after the job, the
+local-only baseline of each of its devices.
 """
 
 from __future__ import annotations
@@ -43,9 +44,13 @@ def raise_nofile() -> int:
 
 class Worker:
     def __init__(self, spec: dict[str, Any]) -> None:
-        if spec["mode"] != "noop":
-            raise HffmError(f"sim worker: mode {spec['mode']!r} is not implemented in this process (noop only)")
         self.spec = spec
+        self.trainer = None
+        if spec["mode"] == "train":  # one frozen backbone for every device of this process
+            from hffm_lab.sim.train import SharedTrainer
+
+            self.trainer = SharedTrainer(backbone=spec["backbone"], seed=int(spec["seed"]),
+                                         modality_of=spec["modality_of"], data_dir=Path(spec["data_dir"]))
         self.inbox: queue.SimpleQueue[tuple[VirtualDevice, str, bytes, bool]] = queue.SimpleQueue()
         codecs = make_codecs({k: CodecSpec(codec=spec["codec"]) for k in ("encoder", "adapter", "head")}
                              if spec["codec"] != "fp32" else {}, "sim uplink")
@@ -54,7 +59,8 @@ class Worker:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.devices = [VirtualDevice(d, fleet=spec["fleet"], modality_of=spec["modality_of"], state_dir=state_dir,
                                       deliver=self._deliver, codecs=codecs, synth=synth,
-                                      telemetry_interval_s=float(spec["telemetry_interval_s"]))
+                                      telemetry_interval_s=float(spec["telemetry_interval_s"]),
+                                      trainer=self.trainer)
                         for d in spec["devices"]]
         self.bad_messages: Counter[str] = Counter()
 
@@ -105,6 +111,13 @@ class Worker:
                 next_tick = now + TICK_S
         return True
 
+    def local_only(self) -> dict[str, dict[str, float]]:
+        """Train mode, after the job: each device alone for the job's sessions, accuracy on the test files."""
+        if self.trainer is None:
+            return {}
+        sessions = int(self.spec["rounds"]) * int(self.spec["agg_every"])
+        return {d.node: self.trainer.local_only(d.node, d.tasks, d.keys, sessions, 1) for d in self.devices}
+
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
@@ -117,6 +130,7 @@ def main(argv: list[str]) -> int:
     connected_s = time.monotonic() - started
     ok = worker.run(float(spec["time_limit_s"])) if not errors else False
     devices = {d.node: d.close() for d in worker.devices}
+    local_only = worker.local_only() if ok else {}
     totals: Counter[str] = Counter()
     for counters in devices.values():
         totals.update({k: v for k, v in counters.items() if isinstance(v, int)})
@@ -124,6 +138,7 @@ def main(argv: list[str]) -> int:
     write_json(Path(spec["result"]), {"worker": spec["worker"], "ok": ok and not unfinished, "nofile": nofile,
                                       "connect_s": round(connected_s, 3), "errors": errors, "unfinished": unfinished,
                                       "bad_messages": dict(worker.bad_messages), "totals": dict(totals),
+                                      "local_only": local_only,
                                       "devices": devices})
     return 0 if ok and not unfinished else 1
 
