@@ -19,8 +19,9 @@ def sim(
     fogs: Annotated[int, typer.Option(min=1, max=64, help="Fogs (one Mosquitto + hffm fog run each).")] = 2,
     rounds: Annotated[int, typer.Option(min=1, max=1000, help="Global rounds.")] = 3,
     agg_every: Annotated[int, typer.Option(min=1, max=50, help="Cluster rounds per global round (E_agg).")] = 2,
-    mode: Annotated[str, typer.Option(help="noop: real module layouts, synthetic deltas, no torch (train: not yet "
-                                           "implemented).")] = "noop",
+    mode: Annotated[str, typer.Option(help="noop: real module layouts, synthetic deltas, no torch; train: one "
+                                           "frozen backbone per process, each device trains on its M3T-Bench "
+                                           "shard, then the local-only baseline.")] = "noop",
     backbone: Annotated[str, typer.Option(help="The cloud's backbone, which fixes the module layouts (minilm, "
                                                "tiny).")] = "minilm",
     per_process: Annotated[int, typer.Option(min=1, max=150, help="Virtual devices per simulator process.")] = 100,
@@ -53,6 +54,10 @@ def sim(
                f"{out['global_round_s']} s, fan-in {out['fanin_per_s']} deltas/s per fog; deltas queued "
                f"{d['queued']}, applied {d['applied_by_fogs']}, lost {d['lost']}; fog RSS {out['fog_rss_mb']} MB; "
                f"devices {out['devices']}; run folder {out['run_dir']}")
+    if out.get("accuracy"):
+        acc = out["accuracy"]
+        typer.echo(f"accuracy: federated {acc['federated_mean']}, local-only {acc['local_only_mean']} "
+                   f"(beats local-only: {acc['beats_local_only']})")
     if out["problems"]:
         raise HffmError("sim FAILED: " + "; ".join(out["problems"]))
 
