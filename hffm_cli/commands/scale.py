@@ -28,6 +28,9 @@ def sim(
     faults: Annotated[str, typer.Option(help="Shares of devices that fail, e.g. 'drop=0.02,slow=0.05,crash=0.02,"
                                              "skip=0.02,slow_s=2,rejoin_s=3' (seeded).")] = "",
     seed: Annotated[int, typer.Option(help="Seed of holdings, sample counts and faults.")] = 0,
+    backoff: Annotated[float, typer.Option(min=0, max=3600, help="Devices' first outbox resend after this many "
+                                                                 "seconds, doubling (0: the real default, 2 s to "
+                                                                 "30 s).")] = 0.0,
     codec: Annotated[str, typer.Option(help="Device uplink codec for every module kind (fp32, fp16, int8, ...).")]
     = "fp32",
     run_dir: Annotated[Path | None, typer.Option(help="Folder for the run (default runs/sim-<time>; wiped first).")]
@@ -43,7 +46,8 @@ def sim(
 
     opts = SimOptions(devices=devices, fogs=fogs, rounds=rounds, agg_every=agg_every, mode=mode, backbone=backbone,
                       seed=seed, per_process=per_process, faults=FaultRates.parse(faults), uplink_codec=codec,
-                      run_dir=run_dir, report=report, time_limit_s=time_limit)
+                      run_dir=run_dir, report=report, time_limit_s=time_limit, backoff_base_s=backoff,
+                      backoff_max_s=backoff)
     out = run_sim(opts)
     text = json.dumps(out, indent=1)
     if report is not None:
@@ -71,6 +75,9 @@ def bench_scale(
     backbone: Annotated[str, typer.Option(help="The cloud's backbone (fixes the module layouts).")] = "minilm",
     per_process: Annotated[int, typer.Option(min=1, max=150, help="Virtual devices per simulator process.")] = 100,
     fogs_from_1000: Annotated[int, typer.Option(min=2, max=16, help="Fogs for K >= 1000 (one below).")] = 2,
+    backoff: Annotated[float, typer.Option(min=0, max=3600, help="Devices' first outbox resend after this many "
+                                                                 "seconds (0: the real default, 2 s doubling to "
+                                                                 "30 s).")] = 0.0,
     flower_python: Annotated[str | None, typer.Option(help="Interpreter with flwr[simulation] for the Flower "
                                                            "column (default: this one if it has flwr, else "
                                                            "$HFFM_FLOWER_PYTHON).")] = None,
@@ -91,4 +98,4 @@ def bench_scale(
         raise ConfigError(f"--k needs at least one size >= 1, got {ks!r}")
     run_scale_bench(ks=k_list, rounds=rounds, agg_every=agg_every, backbone=backbone, per_process=per_process,
                     fogs_from_1000=fogs_from_1000, report=report, work=work.resolve(),
-                    flower_python_path=flower_python)
+                    flower_python_path=flower_python, backoff_s=backoff)

@@ -66,7 +66,7 @@ class VirtualDevice:
     def __init__(self, spec: dict[str, Any], *, fleet: str, modality_of: dict[str, str], state_dir: Path,
                  deliver: Callable[[VirtualDevice, str, bytes, bool], None], codecs: dict[str, Any], synth: Synth,
                  telemetry_interval_s: float, transport_factory: Callable[..., Any] = MqttTransport,
-                 trainer: Any = None) -> None:
+                 trainer: Any = None, backoff: dict[str, float] | None = None) -> None:
         self.transport_factory = transport_factory  # MqttTransport; unit tests pass a fake
         self.trainer = trainer  # train mode: the process's SharedTrainer (train.py); None: synthetic deltas
         self.node, self.fog, self.port = spec["id"], spec["fog"], int(spec["port"])
@@ -80,7 +80,8 @@ class VirtualDevice:
         self.deliver, self.codecs, self.synth = deliver, codecs, synth
         self.telemetry_interval_s = telemetry_interval_s
         self.state_dir = state_dir
-        rel = ReliabilityConfig()  # the real device's defaults: first resend after 2 s, doubling to 30 s
+        # The real device's [reliability] (default: first resend after 2 s, doubling to 30 s), or the run's.
+        rel = ReliabilityConfig(**backoff) if backoff else ReliabilityConfig()
         self.outbox = Outbox(state_dir / f"{self.node}-outbox.sqlite", base_s=rel.backoff_base_s,
                              max_s=rel.backoff_max_s)
         self.stats: Counter[str] = Counter()

@@ -45,6 +45,9 @@ class SimOptions:
     round_deadline_s: float = 600.0
     offline_grace_s: float = 10.0
     telemetry_interval_s: float = 60.0
+    # The devices' outbox resend backoff ([reliability] backoff_base_s / backoff_max_s); 0: the real defaults.
+    backoff_base_s: float = 0.0
+    backoff_max_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -137,6 +140,9 @@ def write_sim(opts: SimOptions, run_dir: Path, *, cloud_port: int, fog_ports: di
             "time_limit_s": opts.time_limit_s, "telemetry_interval_s": opts.telemetry_interval_s,
             "modality_of": {t: modality_of[t] for t in tasks}, "backbone": opts.backbone,
             "data_dir": str(data_dir), "rounds": opts.rounds, "agg_every": opts.agg_every,
+            "backoff": {"backoff_base_s": opts.backoff_base_s, "backoff_max_s": max(opts.backoff_max_s,
+                                                                                    opts.backoff_base_s)}
+            if opts.backoff_base_s else None,
             "devices": [{"id": d, "fog": fog_of[d], "port": fog_ports[fog_of[d]], "tasks": device_tasks[d],
                          "modalities": sorted({modality_of[t] for t in device_tasks[d]}),
                          "samples": samples.get(d) or {t: rng.randint(20, 400) for t in device_tasks[d]},
