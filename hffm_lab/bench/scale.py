@@ -169,12 +169,46 @@ def run_scale_bench(*, ks: tuple[int, ...] = DEFAULT_KS, rounds: int = 3, agg_ev
            "device_backoff_s": backoff_s or "real default (2 s doubling to 30 s)",
            "backbone": backbone, "wall_s": round(time.monotonic() - started, 1), "command": " ".join(sys.argv),
            "date": time.strftime("%Y-%m-%d")}
+    out["goals"] = goals(runs)
     console.print(table(runs))
+    for g in out["goals"]:
+        console.print(f"goal {g['goal']}: {g['value']} -> {'met' if g['met'] else 'NOT met'}")
     folder = (report.parent if report else work)
     out["plot"] = plot(runs, folder / "scale.png", console)
     save_report(out, report, console)
     fail_if([f"K={r['K']}: {p}" for r in runs if r["status"] == "FAILED" for p in r["problems"]], "bench scale",
             console)
+    return out
+
+
+def goals(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 17's 'done when' figures that one run can show (None where a K or a column is missing)."""
+    by_k = {r["K"]: r for r in runs}
+    out: list[dict[str, Any]] = []
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 2) if a is not None and b else None
+
+    def add(goal: str, value: float | None, limit: float, above: bool = False) -> None:
+        out.append({"goal": goal, "value": value,
+                    "met": value is not None and (value >= limit if above else value <= limit)})
+
+    if 50 in by_k:
+        h, p, f = by_k[50]["hffm"], by_k[50]["paho"], by_k[50]["flower"]
+        add("K=50 cluster round / naive paho round <= 1.3", ratio(h["cluster_round_s"], p["round_s"]), 1.3)
+        add("K=50 cluster round / Flower round <= 0.6", ratio(h["cluster_round_s"], f["round_s"]), 0.6)
+        add("K=50 fan-in / paho ceiling >= 0.8", ratio(h["fanin_per_s"], p["fanin_ceiling_per_s"]), 0.8, above=True)
+    if 10 in by_k and 1000 in by_k:
+        add("fog RSS K=1000 / K=10 <= 1.5", ratio(by_k[1000]["hffm"]["fog_rss_mb"], by_k[10]["hffm"]["fog_rss_mb"]),
+            1.5)
+    if 1000 in by_k:
+        add("K=1000: deltas lost == 0", by_k[1000]["hffm"]["lost"], 0)
+    ks = sorted(k for k in by_k if by_k[k]["hffm"]["cluster_round_s"])
+    if len(ks) >= 2:  # per fog, a cluster round should grow no faster than 1.2x linear in the devices it serves
+        lo, hi = by_k[ks[0]], by_k[ks[-1]]
+        per_fog = [(r["K"] / r["fogs"], r["hffm"]["cluster_round_s"]) for r in (lo, hi)]
+        add(f"cluster round K={ks[-1]} vs K={ks[0]}, per fog, / linear <= 1.2",
+            ratio(per_fog[1][1] / per_fog[0][1], per_fog[1][0] / per_fog[0][0]), 1.2)
     return out
 
 

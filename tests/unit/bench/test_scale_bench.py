@@ -1,0 +1,50 @@
+"""hffm bench scale's report side, without running anything: the Flower column without Flower, the goals of issue
+17 computed from rows, the table and the plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from hffm_lab.bench import scale
+
+
+def _row(k: int, fogs: int, cluster: float, rss: float, *, paho: float = 1.0, flower: float | None = 2.0,
+         lost: int = 0) -> dict[str, Any]:
+    hffm = {"cluster_round_s": cluster, "global_round_s": 2 * cluster + 1, "fanin_per_s": 7 * k / cluster,
+            "fanin_mb_per_s": 1.0, "fog_rss_mb": rss, "cloud_rss_mb": 400.0, "broker_rss_mb": 10.0,
+            "journal_peak_bytes": 5_000_000, "lost": lost}
+    return {"K": k, "fogs": fogs, "hffm": hffm, "status": "ok", "problems": [],
+            "paho": {"round_s": paho, "fanin_ceiling_per_s": 1000.0},
+            "flower": {"round_s": flower, "status": "ok" if flower else "not installed"}}
+
+
+def test_flower_column_says_not_installed_and_never_a_figure(tmp_path: Path) -> None:
+    assert scale._flower(None, 10, 3, [100], tmp_path) == {"round_s": None, "status": "not installed"}
+    assert scale.flower_python("/opt/flower/bin/python") == "/opt/flower/bin/python"
+
+
+def test_goals_from_the_rows() -> None:
+    runs = [_row(10, 1, 0.5, 80.0), _row(50, 1, 1.2, 90.0, paho=1.0, flower=2.5), _row(1000, 2, 12.0, 100.0)]
+    got = {g["goal"]: (g["value"], g["met"]) for g in scale.goals(runs)}
+    assert got["K=50 cluster round / naive paho round <= 1.3"] == (1.2, True)
+    assert got["K=50 cluster round / Flower round <= 0.6"] == (0.48, True)
+    assert got["K=50 fan-in / paho ceiling >= 0.8"] == (0.29, False)
+    assert got["fog RSS K=1000 / K=10 <= 1.5"] == (1.25, True)
+    assert got["K=1000: deltas lost == 0"] == (0, True)
+    # per fog: 10 -> 500 devices (x50), 0.5 -> 12 s (x24): 0.48 of linear
+    assert got["cluster round K=1000 vs K=10, per fog, / linear <= 1.2"] == (0.48, True)
+
+
+def test_table_and_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    runs = [_row(10, 1, 0.5, 80.0), _row(50, 1, 1.2, 90.0, flower=None)]
+    console = Console(width=250, record=True)
+    console.print(scale.table(runs))
+    text = console.export_text()
+    assert "not installed" in text and "0.5" in text
+    path = scale.plot(runs, tmp_path / "scale.png", console)
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
