@@ -22,6 +22,7 @@ from edge_runtime.device_report import (
     read_job_file,
     status_record,
 )
+from edge_runtime.pending import PendingRound
 from edge_runtime.local_data import (
     baseline_from_config,
     evaluate_tasks,
@@ -57,7 +58,6 @@ from hffm_core.service import Service
 __all__ = ["EdgeAgent", "baseline_from_config", "run_edge"]  # the local-only baseline stays importable from here
 
 log = logging.getLogger(__name__)
-BASE_WAIT_S = 30.0
 D2D_RESEND_S = 10.0  # first resend of a member's delta to its relay (docs/topology.md)
 ADVERT_RETRY_S = 3.0  # an advert that could not be handed to the broker (not connected) is retried this soon
 STALE_SLACK_S = 60  # message expiry of an update: its round's deadline plus this
@@ -123,8 +123,7 @@ class EdgeAgent(Service):
                              feedback=feedback, residuals_path=residuals_path, outbox=self.outbox,
                              transport=self.transport, base_of=lambda key: self.rx.stamps.get(key, (0, 0)))
         self.last_done = (0, 0)
-        self.pending: RoundControl | None = None
-        self.pending_since = 0.0
+        self.pending: PendingRound | None = None  # the announcement to act on once its versions are in
         self.final_accuracy: dict[str, float] = {}
         self.rounds_log: list[dict[str, Any]] = []
         self.d2d = self._d2d(state_dir, layouts) if cfg.d2d.port else None
@@ -176,7 +175,7 @@ class EdgeAgent(Service):
             if self.d2d is not None:
                 self.d2d.on_round(message)
             if message.final or (message.global_round, message.cluster_round) > self.last_done:
-                self.pending, self.pending_since = message, time.monotonic()
+                self.pending = PendingRound(message)
         elif topic.kind == "ack" and self.d2d is not None and message.sender in self.d2d.peers:
             if message.to != self.node:
                 raise DecodeError(f"ack from {message.sender!r} is for {message.to!r}, not {self.node!r}")
@@ -279,13 +278,13 @@ class EdgeAgent(Service):
             self.next_advert = 0.0
         if time.monotonic() > self.next_advert:
             self.advertise(self.state_text)
-        ctl = self.pending
-        if ctl is None:
+        if self.pending is None:
             return
+        ctl = self.pending.ctl
         floor = (ctl.global_round, 0)
         in_round = [k for k in self.keys if ctl.final or not ctl.participants or str(k) in ctl.participants]
         behind = [k for k in in_round if self.rx.stamps.get(k, (-1, -1)) < floor]
-        if behind and time.monotonic() - self.pending_since < BASE_WAIT_S:
+        if self.pending.still_waiting(behind, connected=self.transport.connected, ask=self._ask_resync):
             return  # the round's base versions are published before the announcement; give them time to arrive
         if behind:
             log.warning("device %s: no base version for %s; training from what it holds", self.node,
@@ -315,12 +314,17 @@ class EdgeAgent(Service):
             state = self.rx.apply(msg)
         except ResyncNeeded as exc:
             log.info("device %s: %s; asking %s for the full state", self.node, exc, self.fog)
-            request = ResyncRequest(fleet=self.fleet, sender=self.node, target=self.fog, modules=(msg.key,))
-            self.transport.publish(topics.resync(self.fleet, self.fog, self.node), encode(request),
-                                   category="device_to_fog")
+            self._ask_resync([msg.key])
             return
         if state is not None:
             self.model.load_module_state(msg.key, state)
+
+    def _ask_resync(self, keys: list[ModuleKey]) -> None:
+        """Ask the fog for the full state of ``keys`` (it answers on their cluster topics)."""
+        log.info("device %s: asking %s for the full state of %s", self.node, self.fog, [str(k) for k in keys])
+        request = ResyncRequest(fleet=self.fleet, sender=self.node, target=self.fog, modules=tuple(keys))
+        self.transport.publish(topics.resync(self.fleet, self.fog, self.node), encode(request),
+                               category="device_to_fog")
 
     def _train_and_send(self, ctl: RoundControl) -> None:
         g, c = ctl.global_round, ctl.cluster_round

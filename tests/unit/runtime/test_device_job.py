@@ -69,10 +69,11 @@ def _agent(tmp_path: Path, job: str | None = None) -> EdgeAgent:
         node=DEV, fog=FOG, fleet=FLEET, keys=[HEAD], model=Model(), rx=VersionReceiver(), rejected=Counter(),
         jobs=JobWatch(f"device {DEV}", Counter(), job=job), advert_job="", job_path=tmp_path / "job.json",
         sender=None, outbox=None, d2d=None, uplink=SimpleNamespace(reset_feedback=lambda: None), last_done=(0, 0),
-        pending=None, pending_since=0.0,
+        pending=None,
         next_advert=float("inf"), crash_reason=None, stale_modules=[], state_text="idle", decision=None,
         final_accuracy={}, data=SimpleNamespace(test={}, modality_of={}), modules_path=tmp_path / "m.npz",
-        status_path=tmp_path / "status.json", transport=SimpleNamespace(connected=True, connections=1), advertised_on=1,
+        status_path=tmp_path / "status.json", transport=SimpleNamespace(connected=True, connections=1, sent=[],
+                                  publish=lambda topic, payload, **_: agent.transport.sent.append(topic)), advertised_on=1,
         cfg=SimpleNamespace(broker=SimpleNamespace(host="127.0.0.1", port=1883)), done=False)
     agent.jobs.rejected = agent.rejected
     agent.advertise = lambda state, **_: setattr(agent, "state_text", state)  # type: ignore[method-assign]
@@ -96,7 +97,7 @@ def test_a_fresh_device_ignores_the_last_jobs_end_and_joins_the_next(tmp_path: P
     assert agent.rx.stamps == {}
     _deliver(agent, _ctl(1, 1, "J2"))
     assert agent.jobs.job == "J2" and agent.advert_job == "J2" and agent.rx.stamps == {HEAD: (1, 0)}
-    assert agent.pending is not None and agent.pending.global_round == 1
+    assert agent.pending is not None and agent.pending.ctl.global_round == 1
     assert json.loads(agent.job_path.read_text()) == {"job": "J2"}  # a restart still knows its job
     assert _agent(tmp_path, job=read_job_file(agent.job_path, DEV)).jobs.job == "J2"
     _deliver(agent, _version(1, 1, 2.0, "J2"))
@@ -112,14 +113,14 @@ def test_a_device_leaves_its_job_for_the_one_the_fog_announces(tmp_path: Path) -
     assert agent.rejected["other_job"] == 1 and agent.rx.stamps == {HEAD: (2, 1)}
     _deliver(agent, _ctl(1, 1, "J2"))  # below J1's round: only the job id tells it is new
     assert agent.jobs.job == "J2" and agent.rx.stamps == {HEAD: (1, 0)} and agent.last_done == (0, 0)
-    assert agent.pending is not None and (agent.pending.global_round, agent.pending.cluster_round) == (1, 1)
+    assert agent.pending is not None and (agent.pending.ctl.global_round, agent.pending.ctl.cluster_round) == (1, 1)
 
 
 def test_the_end_of_the_own_job_without_its_final_version_is_an_error(tmp_path: Path) -> None:
     agent = _agent(tmp_path, job="J1")
     _deliver(agent, _version(2, 1, 5.0, "J1"))
     _deliver(agent, _ctl(3, 0, "J1", final=True))
-    agent.pending_since -= 3600  # the final version never came
+    agent.pending.since -= 3600  # the final version never came
     with pytest.raises(StaleModelError, match=r"job 'J1' finished at version \(3, 0\).*stale modules"):
         agent.tick()
     assert agent.stale_modules == [str(HEAD)] and not agent.done
