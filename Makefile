@@ -12,6 +12,9 @@ STAMP := $(VENV)/.hffm-installed
 TORCH_PIP_ARGS ?=
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+# `make test` runs the suite on this many pytest-xdist workers, a test file per worker at a time (most tests wait on
+# brokers and subprocesses; deadlines scale with the slowdown each worker measures at its start).
+TEST_WORKERS ?= 2
 # What `make test-stress` runs beside two CPU busy loops (the fault suite: green under load, not only when idle).
 STRESS_TESTS ?= tests/faults
 
@@ -51,7 +54,7 @@ lint: setup
 	$(VENV)/bin/ruff check --select F,E9 hffm_core hffm_model edge_runtime fog_gateway cloud broker_config hffm_lab hffm_cli tests
 
 test: setup lint chromium
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The fault suite beside two `python -c "while True: pass"` loops that tests/hffm_testing/stress.py starts and stops
 # by PID; deadlines in the tests scale with the slowdown measured at session start (tests/conftest.py).
