@@ -92,6 +92,7 @@ class VirtualDevice:
         self.finished = self.gone = False
         self.rejoin_at: float | None = None
         self.delayed: list[tuple[float, RoundControl]] = []
+        self.sent_at: dict[str, float] = {}
         self._reset_memory()
 
     # -- connection ----------------------------------------------------------------------------------------------
@@ -316,6 +317,7 @@ class VirtualDevice:
                 self.stats["queued"] += 1
                 self.stats["bytes_queued"] += len(payload)
         self.stats["rounds_sent"] += 1
+        self.sent_at[f"{self.fog}/{g}.{c}"] = time.time()  # when this round's updates went to the broker (or the outbox)
         if pump:
             self.sender.pump()
             self.next_pump = time.monotonic() + PUMP_EVERY_S

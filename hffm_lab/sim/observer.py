@@ -20,6 +20,7 @@ from hffm_core.transport import MqttTransport
 @dataclass(slots=True)
 class Announcement:
     at: float  # time.monotonic() when it arrived
+    wall: float  # time.time() then (to compare with other processes' clocks)
     node: str  # "cloud" or the fog
     g: int
     c: int
@@ -50,7 +51,8 @@ class RoundClock:
             with self._lock:
                 if retain and not any(a.node == node for a in self.seen):
                     return  # a previous job's announcement, delivered at subscribe time
-                self.seen.append(Announcement(now, node, ctl.global_round, ctl.cluster_round, ctl.final))
+                self.seen.append(Announcement(now, time.time(), node, ctl.global_round, ctl.cluster_round,
+                                              ctl.final))
         return handler
 
     def global_rounds(self) -> list[dict[str, Any]]:
@@ -61,6 +63,11 @@ class RoundClock:
         for a in cloud:
             first.setdefault(a.g, a.at)
         return [{"round": g, "seconds": round(first[g + 1] - first[g], 3)} for g in sorted(first) if g + 1 in first]
+
+    def announced(self, node: str, g: int, c: int) -> float | None:
+        """Wall time (time.time()) of ``node``'s first announcement of round (g, c), if seen."""
+        with self._lock:
+            return next((a.wall for a in self.seen if a.node == node and (a.g, a.c) == (g, c)), None)
 
     def close(self) -> None:
         for client in self.clients:

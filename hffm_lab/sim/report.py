@@ -69,6 +69,15 @@ def summarize(opts: SimOptions, fleet: SimFleet, *, clock: RoundClock, usage: di
         problems.append(f"the fogs applied {applied} deltas but the devices hold {acked} 'applied' acks")
     if not opts.faults.any and applied < expected:
         problems.append(f"fewer deltas applied than planned: {applied} of {expected}")
+    sent_at: dict[str, list[float]] = {}
+    for w in workers:
+        for at, (lo, hi) in w.get("sent_at", {}).items():
+            old = sent_at.get(at, [lo, hi])
+            sent_at[at] = [min(old[0], lo), max(old[1], hi)]
+    for r in cluster:  # how long the devices took to hand the round's updates over, from the fog's announcement
+        opened = clock.announced(r["fog"], r["global_round"], r["cluster_round"])
+        window = sent_at.get(f"{r['fog']}/{r['global_round']}.{r['cluster_round']}")
+        r["devices_sent_by_s"] = round(window[1] - opened, 3) if opened and window else None
     measured = [r for r in cluster if (r["global_round"] or 0) >= first and r["seconds"]]
     globals_ = clock.global_rounds()
     procs = usage.get("processes", {})
@@ -82,6 +91,7 @@ def summarize(opts: SimOptions, fleet: SimFleet, *, clock: RoundClock, usage: di
         "processes": len(fleet.worker_specs), "per_process": opts.per_process, "backbone": opts.backbone,
         "faults": asdict(opts.faults),
         "cluster_round_s": median([r["seconds"] for r in measured]),
+        "devices_sent_by_s": median([r["devices_sent_by_s"] for r in measured if r["devices_sent_by_s"] is not None]),
         "global_round_s": median([g["seconds"] for g in globals_ if g["round"] >= first]),
         "fanin_per_s": median(fanin),
         "fanin_mb_per_s": round(median(fanin) * update_bytes / 1e6, 1) if fanin else None,

@@ -131,6 +131,11 @@ def main(argv: list[str]) -> int:
     ok = worker.run(float(spec["time_limit_s"])) if not errors else False
     devices = {d.node: d.close() for d in worker.devices}
     local_only = worker.local_only() if ok else {}
+    sent: dict[str, list[float]] = {}
+    for d in worker.devices:
+        for at, t in d.sent_at.items():
+            lo, hi = sent.get(at, [t, t])
+            sent[at] = [min(lo, t), max(hi, t)]
     totals: Counter[str] = Counter()
     for counters in devices.values():
         totals.update({k: v for k, v in counters.items() if isinstance(v, int)})
@@ -138,7 +143,7 @@ def main(argv: list[str]) -> int:
     write_json(Path(spec["result"]), {"worker": spec["worker"], "ok": ok and not unfinished, "nofile": nofile,
                                       "connect_s": round(connected_s, 3), "errors": errors, "unfinished": unfinished,
                                       "bad_messages": dict(worker.bad_messages), "totals": dict(totals),
-                                      "local_only": local_only,
+                                      "local_only": local_only, "sent_at": sent,
                                       "devices": devices})
     return 0 if ok and not unfinished else 1
 
