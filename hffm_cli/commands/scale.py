@@ -31,6 +31,9 @@ def sim(
     backoff: Annotated[float, typer.Option(min=0, max=3600, help="Devices' first outbox resend after this many "
                                                                  "seconds, doubling (0: the real default, 2 s to "
                                                                  "30 s).")] = 0.0,
+    outbox_sync: Annotated[str, typer.Option(help="Devices' outbox commits: FULL (a real device's: fsync each) or "
+                                                  "NORMAL (no fsync; a process's devices share one disk).")]
+    = "FULL",
     codec: Annotated[str, typer.Option(help="Device uplink codec for every module kind (fp32, fp16, int8, ...).")]
     = "fp32",
     run_dir: Annotated[Path | None, typer.Option(help="Folder for the run (default runs/sim-<time>; wiped first).")]
@@ -47,7 +50,7 @@ def sim(
     opts = SimOptions(devices=devices, fogs=fogs, rounds=rounds, agg_every=agg_every, mode=mode, backbone=backbone,
                       seed=seed, per_process=per_process, faults=FaultRates.parse(faults), uplink_codec=codec,
                       run_dir=run_dir, report=report, time_limit_s=time_limit, backoff_base_s=backoff,
-                      backoff_max_s=backoff)
+                      backoff_max_s=backoff, outbox_sync=outbox_sync.upper())
     out = run_sim(opts)
     text = json.dumps(out, indent=1)
     if report is not None:
@@ -78,6 +81,8 @@ def bench_scale(
     backoff: Annotated[float, typer.Option(min=0, max=3600, help="Devices' first outbox resend after this many "
                                                                  "seconds (0: the real default, 2 s doubling to "
                                                                  "30 s).")] = 0.0,
+    outbox_sync: Annotated[str, typer.Option(help="Devices' outbox commits: FULL (a real device's) or NORMAL (no "
+                                                  "fsync; the simulated devices share one disk).")] = "FULL",
     flower_python: Annotated[str | None, typer.Option(help="Interpreter with flwr[simulation] for the Flower "
                                                            "column (default: this one if it has flwr, else "
                                                            "$HFFM_FLOWER_PYTHON).")] = None,
@@ -98,4 +103,4 @@ def bench_scale(
         raise ConfigError(f"--k needs at least one size >= 1, got {ks!r}")
     run_scale_bench(ks=k_list, rounds=rounds, agg_every=agg_every, backbone=backbone, per_process=per_process,
                     fogs_from_1000=fogs_from_1000, report=report, work=work.resolve(),
-                    flower_python_path=flower_python, backoff_s=backoff)
+                    flower_python_path=flower_python, backoff_s=backoff, outbox_sync=outbox_sync.upper())

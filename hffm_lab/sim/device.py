@@ -66,7 +66,8 @@ class VirtualDevice:
     def __init__(self, spec: dict[str, Any], *, fleet: str, modality_of: dict[str, str], state_dir: Path,
                  deliver: Callable[[VirtualDevice, str, bytes, bool], None], codecs: dict[str, Any], synth: Synth,
                  telemetry_interval_s: float, transport_factory: Callable[..., Any] = MqttTransport,
-                 trainer: Any = None, backoff: dict[str, float] | None = None) -> None:
+                 trainer: Any = None, backoff: dict[str, float] | None = None,
+                 outbox_sync: str = "FULL") -> None:
         self.transport_factory = transport_factory  # MqttTransport; unit tests pass a fake
         self.trainer = trainer  # train mode: the process's SharedTrainer (train.py); None: synthetic deltas
         self.node, self.fog, self.port = spec["id"], spec["fog"], int(spec["port"])
@@ -82,8 +83,10 @@ class VirtualDevice:
         self.state_dir = state_dir
         # The real device's [reliability] (default: first resend after 2 s, doubling to 30 s), or the run's.
         rel = ReliabilityConfig(**backoff) if backoff else ReliabilityConfig()
+        # FULL as on a real device; NORMAL (no fsync per commit, survives a process crash) keeps a process's
+        # devices from queueing behind one another's fsyncs on the one disk they share.
         self.outbox = Outbox(state_dir / f"{self.node}-outbox.sqlite", base_s=rel.backoff_base_s,
-                             max_s=rel.backoff_max_s)
+                             max_s=rel.backoff_max_s, synchronous=outbox_sync)
         self.stats: Counter[str] = Counter()
         self.transport: Any = None  # an MqttTransport while connected
         self.sender: ReliableSender | None = None

@@ -48,6 +48,7 @@ class SimOptions:
     # The devices' outbox resend backoff ([reliability] backoff_base_s / backoff_max_s); 0: the real defaults.
     backoff_base_s: float = 0.0
     backoff_max_s: float = 0.0
+    outbox_sync: str = "FULL"  # the devices' outbox: FULL (a real device's) or NORMAL (no fsync per commit)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -57,6 +58,8 @@ class SimOptions:
         if not 1 <= self.per_process <= MAX_PER_PROCESS:
             raise ConfigError(f"--per-process must be in 1..{MAX_PER_PROCESS} (descriptors below 1024 per "
                               f"process), got {self.per_process}")
+        if self.outbox_sync not in ("FULL", "NORMAL"):
+            raise ConfigError(f"outbox sync must be FULL or NORMAL, got {self.outbox_sync!r}")
         if self.rounds < 1 or self.agg_every < 1:
             raise ConfigError("rounds and agg_every must be >= 1")
 
@@ -142,7 +145,7 @@ def write_sim(opts: SimOptions, run_dir: Path, *, cloud_port: int, fog_ports: di
             "data_dir": str(data_dir), "rounds": opts.rounds, "agg_every": opts.agg_every,
             "backoff": {"backoff_base_s": opts.backoff_base_s, "backoff_max_s": max(opts.backoff_max_s,
                                                                                     opts.backoff_base_s)}
-            if opts.backoff_base_s else None,
+            if opts.backoff_base_s else None, "outbox_sync": opts.outbox_sync,
             "devices": [{"id": d, "fog": fog_of[d], "port": fog_ports[fog_of[d]], "tasks": device_tasks[d],
                          "modalities": sorted({modality_of[t] for t in device_tasks[d]}),
                          "samples": samples.get(d) or {t: rng.randint(20, 400) for t in device_tasks[d]},

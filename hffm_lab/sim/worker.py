@@ -60,7 +60,8 @@ class Worker:
         self.devices = [VirtualDevice(d, fleet=spec["fleet"], modality_of=spec["modality_of"], state_dir=state_dir,
                                       deliver=self._deliver, codecs=codecs, synth=synth,
                                       telemetry_interval_s=float(spec["telemetry_interval_s"]),
-                                      trainer=self.trainer, backoff=spec.get("backoff"))
+                                      trainer=self.trainer, backoff=spec.get("backoff"),
+                                      outbox_sync=spec.get("outbox_sync", "FULL"))
                         for d in spec["devices"]]
         self.bad_messages: Counter[str] = Counter()
 
