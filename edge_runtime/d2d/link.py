@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.config import D2dConfig
 from edge_runtime.d2d.relay import RelayDesk
@@ -32,6 +32,9 @@ from hffm_core.protocol import (
 from hffm_core.transport import MqttTransport, TrafficMeter
 from hffm_core.transport.mqtt import MessageHandler
 
+if TYPE_CHECKING:
+    from hffm_core.security.tls import TlsSettings
+
 log = logging.getLogger(__name__)
 CATEGORY = "device_to_device"
 RECONNECT_EVERY_S = 10.0
@@ -42,13 +45,14 @@ class PeerLink:
 
     def __init__(self, cfg: D2dConfig, *, fleet: str, fog: str, node: str, state_dir: Path, meter: TrafficMeter,
                  on_message: MessageHandler, wrap: Callable[[MqttTransport], Any] | None = None, outbox: bool = True,
-                 backoff: tuple[float, float] = (2.0, 30.0)) -> None:
-        """``wrap``: seals every publish (the agent's SealingTransport around the raw D2D transport), or None."""
+                 backoff: tuple[float, float] = (2.0, 30.0), tls: TlsSettings | None = None) -> None:
+        """``wrap``: seals every publish (the agent's SealingTransport around the raw D2D transport), or None.
+        ``tls``: mutual TLS to the D2D broker (the device's own ``[tls]`` identity), or None for plain MQTT."""
         self.cfg = cfg
         self.fleet, self.fog, self.node = fleet, fog, node
         self.peers = [d for d in cfg.group if d != node]
         raw = MqttTransport(client_id=f"hffm-d2d-{node}", host=cfg.host, port=cfg.port, on_message=on_message,
-                            meter=meter, persistent=True)
+                            meter=meter, persistent=True, tls=tls)
         self.transport = wrap(raw) if wrap is not None else raw
         self.outbox = Outbox(state_dir / f"{node}-d2d-outbox.sqlite", base_s=backoff[0], max_s=backoff[1]) \
             if outbox else None
