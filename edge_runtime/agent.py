@@ -52,6 +52,7 @@ from hffm_core.protocol import (
 )
 from hffm_core.protocol.topics import Topic
 from hffm_core.resources import Decision, decide
+from hffm_core.security.tls import TlsSettings
 from hffm_core.security.wiring import service_security
 from hffm_core.service import Service
 
@@ -126,9 +127,11 @@ class EdgeAgent(Service):
         self.pending: PendingRound | None = None  # the announcement to act on once its versions are in
         self.final_accuracy: dict[str, float] = {}
         self.rounds_log: list[dict[str, Any]] = []
-        self.d2d = self._d2d(state_dir, layouts) if cfg.d2d.port else None
+        # The D2D link presents the device's own [tls] identity to its group's broker too.
+        self.d2d = self._d2d(state_dir, layouts, security["tls"]) if cfg.d2d.port else None
 
-    def _d2d(self, state_dir: Path, layouts: dict[ModuleKey, dict[str, tuple[int, ...]]]) -> DeviceD2d:
+    def _d2d(self, state_dir: Path, layouts: dict[ModuleKey, dict[str, tuple[int, ...]]],
+             tls: TlsSettings | None) -> DeviceD2d:
         from edge_runtime.d2d.link import PeerLink
         from hffm_core.service import SealingTransport
 
@@ -138,7 +141,8 @@ class EdgeAgent(Service):
                         # A relay acks once it has sent the group's average (after its own training and its
                         # members'): resending sooner than ~10 s would only repeat the same bytes on the D2D link.
                         backoff=(max(rel.backoff_base_s, D2D_RESEND_S), max(rel.backoff_max_s, D2D_RESEND_S)),
-                        wrap=(lambda t: SealingTransport(t, self.signer)) if self.signer is not None else None)
+                        wrap=(lambda t: SealingTransport(t, self.signer)) if self.signer is not None else None,
+                        tls=tls)
         return DeviceD2d(link, uplink=self.uplink, layouts=layouts, rejected=self.rejected)
 
     def subscriptions(self) -> list[str]:

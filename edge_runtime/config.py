@@ -109,6 +109,7 @@ class DeviceConfig:
     signing: dict[str, Any] = field(default_factory=dict)  # [signing]: Ed25519 envelopes (security/signing_config.py)
     privacy: dict[str, Any] = field(default_factory=dict)  # [privacy.<kind>]: client-side DP (privacy/dp.py)
     d2d: D2dConfig = field(default_factory=D2dConfig)  # [d2d]: the device's D2D group and its broker
+    mosquitto: dict[str, Any] = field(default_factory=dict)  # [mosquitto]: a hub's D2D broker (hffm broker, node.py)
     state_dir: str = "state"  # residuals, module snapshot and status file live here
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  # [metrics] listen: Prometheus /metrics
     metrics_file: str = ""
