@@ -1,4 +1,5 @@
-"""``hffm broker render|run|check``: a fog's or the cloud's own Mosquitto broker, from that node's config.
+"""``hffm broker render|run|check``: a fog's or the cloud's own Mosquitto broker (or a D2D group's, on its hub
+device), from that node's config.
 
 The model (the ``[mosquitto]`` table, the fleet, TLS and the generated ACL) is :mod:`broker_config.node`; the
 text comes from ``broker_config/`` through :func:`broker_config.process.render_config`, as for the test harness
@@ -27,12 +28,12 @@ from hffm_core.errors import BrokerError, ConfigError
 if TYPE_CHECKING:
     from broker_config.node import BrokerNode
 
-broker_app = typer.Typer(help="A fog's or the cloud's own Mosquitto broker, rendered from the node's config "
-                              "(its mosquitto table) and the fleet's topology: mutual TLS, CRL and generated ACL "
-                              "unless insecure.", no_args_is_help=True)
+broker_app = typer.Typer(help="A fog's, the cloud's or a D2D group hub's own Mosquitto broker, rendered from the "
+                              "node's config (its mosquitto table) and the fleet's topology: mutual TLS, CRL and "
+                              "generated ACL unless insecure.", no_args_is_help=True)
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The fog's or the cloud's TOML config (its "
-                                                                "mosquitto table, see examples/).")]
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The fog's, the cloud's or a D2D hub device's TOML "
+                                                                "config (its mosquitto table, see examples/).")]
 TopologyOpt = Annotated[Path | None, typer.Option(help="The fleet's topology TOML (overrides the mosquitto table's "
                                                        "topology); the cloud's ACL needs it.")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Where to write mosquitto.conf (default: "
@@ -202,10 +203,10 @@ def _format(fmt: str) -> str:
 
 
 def load_broker_node(config: Path, *, topology: Path | None = None, allow_insecure: bool = False) -> BrokerNode:
-    """Read a fog or cloud config and its ``[mosquitto]`` table into a ``broker_config.node.BrokerNode``.
+    """Read a fog, cloud or hub device config and its ``[mosquitto]`` table into a ``broker_config.node.BrokerNode``.
 
     Raises:
-        ConfigError: not a fog or cloud config, or what :func:`broker_config.node.broker_node_from` raises.
+        ConfigError: not a fog, cloud or device config, or what :func:`broker_config.node.broker_node_from` raises.
     """
     from broker_config.node import broker_node_from
     from cloud.config import CloudConfig
@@ -219,8 +220,14 @@ def load_broker_node(config: Path, *, topology: Path | None = None, allow_insecu
     elif "cloud" in raw:
         cfg = load_config(config, CloudConfig)
         role, name, fleet = "cloud", "cloud", cfg.cloud.fleet
+    elif "device" in raw:  # the hub of a D2D group runs the group's broker
+        from broker_config.acl import d2d_broker_name
+        from edge_runtime.config import DeviceConfig
+
+        cfg = load_config(config, DeviceConfig)
+        role, name, fleet = "d2d", d2d_broker_name(cfg.device.id), cfg.device.fleet
     else:
-        raise ConfigError(f"{config}: not a fog or cloud config (no [fog] or [cloud] table); only fogs and the cloud "
-                          "run an hffm broker")
+        raise ConfigError(f"{config}: not a fog, cloud or device config (no [fog], [cloud] or [device] table); only "
+                          "fogs, the cloud and a D2D group's hub device run an hffm broker")
     return broker_node_from(cfg, role=role, name=name, fleet=fleet, config=config, topology=topology,
                             allow_insecure=allow_insecure)
