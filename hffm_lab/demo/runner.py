@@ -107,16 +107,19 @@ def _run_layout(opts: DemoOptions, run_dir: Path, console: Console, started: flo
     from broker_config.topology import generate_topology, load_topology
     from hffm_lab.demo.layout import link_report, start_layout
 
-    if opts.secure:
-        raise HffmError("--secure with a topology layout is not supported yet (docs/topology.md); run one or the other")
+    if opts.secure and opts.layout == "star":
+        raise HffmError("--secure runs the hierarchical and hierarchical_d2d layouts, not star (its gateway sits on "
+                        "the cloud broker, outside the fleet's access control)")
     topology = load_topology(opts.topology) if opts.topology is not None else generate_topology(
         opts.fogs, opts.devices_per_fog, d2d_group_size=opts.devices_per_fog, fog_ring=True, fleet=FLEET)
     if topology.fleet != FLEET:
         raise HffmError(f"the demo runs fleet {FLEET!r}; the topology is for fleet {topology.fleet!r}")
+    security = SecureFleet.provision(run_dir / "security", sorted(topology.fogs), opts, topology=topology,
+                                     d2d=opts.layout == "hierarchical_d2d") if opts.secure else None
     per_round: list[dict[str, int]] = []
     with ExitStack() as stack, _progress(console) as progress:
         step = progress.add_task(f"starting the {opts.layout} layout: brokers, bridges, link proxies", total=None)
-        layout = start_layout(opts.layout, topology, run_dir, stack)
+        layout = start_layout(opts.layout, topology, run_dir, stack, security=security)
         nodes = ["cloud", *layout.fog_ports, *layout.fog_of]
         plan = write_fleet(opts, run_dir, cloud_port=layout.cloud_port, fog_ports=layout.fog_ports,
                            node_tables=_with_metrics(opts, layout.node_tables, nodes), fog_of=layout.fog_of,
@@ -128,7 +131,8 @@ def _run_layout(opts: DemoOptions, run_dir: Path, console: Console, started: flo
             before = {k: sum(r[k] for r in per_round) for k in now}
             per_round.append({k: now[k] - before[k] for k in now})
 
-        history = _run_federation(opts, plan, layout.cloud_port, progress, stack, on_round=on_round)
+        history = _run_federation(opts, plan, layout.cloud_port, progress, stack, on_round=on_round,
+                                  tls=security.pki.identity("cloud") if security else None)
         links = link_report(layout, per_round)
         baseline = _run_baseline(opts, plan, progress) if opts.baseline else {}
     report = build_report(opts, plan, history, baseline, wall_s=time.monotonic() - started)

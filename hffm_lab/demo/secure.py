@@ -1,10 +1,13 @@
 """``hffm demo --secure``: certificates, access control and signing keys for the demo fleet.
 
 Every node gets a certificate from a fresh fleet CA (its CN is its id, which the brokers take as the user name), every
-broker a server certificate, each fog's bridge its own certificate, and each broker the access control generated
-from the fleet (security/fleet_pki.py). Every node also gets an Ed25519 signing key; the public keys of the whole
-fleet are enrolled in one folder that every node reads, and each envelope must be signed by the node the topic names
-(security/signing.py), so enrolling every key gives no node another's rights.
+broker a server certificate (D2D group brokers included), each fog's bridge and fog-to-fog bridge its own
+certificate, and each broker the access control generated from the fleet (broker_config/fleet_pki.py). A device
+reaches its D2D broker with its own [tls] identity.
+
+Every node also gets an Ed25519 signing key; the public keys of the whole fleet are enrolled in one folder that every
+node reads, and each envelope must be signed by the node the topic names (security/signing.py), so enrolling every key
+gives no node another's rights.
 """
 
 from __future__ import annotations
@@ -24,19 +27,30 @@ class SecureFleet:
     node_tables: dict[str, dict[str, Any]]  # node id -> {"tls": {...}, "signing": {...}}
 
     @classmethod
-    def provision(cls, folder: Path, fog_ids: list[str], opts: DemoOptions) -> SecureFleet:
+    def provision(cls, folder: Path, fog_ids: list[str], opts: DemoOptions, *, topology: Any = None,
+                  d2d: bool = False) -> SecureFleet:
         """Create the CA, certificates, access control and signing keys under ``folder`` (replacing an old one).
+        ``topology`` (a ``broker_config.topology.Topology``): the fleet's fogs and devices come from it, and with
+        ``d2d`` its D2D groups and fog links too (their brokers' and bridges' certificates and ACLs).
 
         Raises:
-            ConfigError: a file cannot be written.
+            ConfigError: a file cannot be written, or a bad topology.
         """
         from broker_config.fleet_pki import provision_fleet
         from hffm_core.security.signing import generate_signing_key
 
         shutil.rmtree(folder, ignore_errors=True)  # provisioning refuses an existing CA: a new run, a new fleet
-        fog_of = fleet_ids(opts)
+        groups: list[tuple[str, ...]] = []
+        links: list[tuple[str, str]] = []
+        if topology is None:
+            fog_of = fleet_ids(opts)
+        else:
+            fog_of = {d: node.fog for d, node in topology.devices.items()}
+            if d2d:
+                groups = [g for fog in fog_ids for g in topology.d2d_groups(fog)]
+                links = list(topology.fog_links())
         fogs = {fog: sorted(d for d, f in fog_of.items() if f == fog) for fog in fog_ids}
-        pki = provision_fleet(folder, FLEET, fogs)
+        pki = provision_fleet(folder, FLEET, fogs, groups=groups, links=links)
         keys, enrolled = folder / "signing", folder / "enrolled"
         try:
             enrolled.mkdir(parents=True, exist_ok=True)
