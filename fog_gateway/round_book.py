@@ -1,7 +1,9 @@
 """The fog gateway's open round in memory, kept in step with its journal (round_journal.py).
 
 :class:`RoundBook` holds the updates accepted into the open cluster round: an update is folded into its module's
-aggregator, committed to the journal, counted, and only then acked by the gateway. It also decides, at the close,
+aggregator, counted and staged; :meth:`RoundBook.flush` commits the staged updates to the journal in one
+transaction (group commit), and the gateway acks them only after that. A FedAvg module journals its running sum
+(summed.py), a robust rule's module every delta. It also decides, at the close,
 which modules are updated (min_participants, refusing robust rules) and, for an early close, whether a module is
 done. The round engine (fog_gateway/round_engine.py) holds one per job.
 """
@@ -13,8 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fog_gateway.round_journal import Position, RoundJournalError, Snapshot, Stamp, State, StoredDelta
-from hffm_core.aggregation import make_aggregator
+from fog_gateway.round_journal import Position, RoundJournalError, RoundSum, Snapshot, Stamp, State, StoredDelta
+from fog_gateway.summed import make_round_aggregator, summed
 from hffm_core.errors import AggregationError
 from hffm_core.protocol import ModuleKey
 
@@ -25,7 +27,8 @@ class RoundLog(Protocol):
 
     kept: int  # how many applied keys are remembered
 
-    def add(self, delta: StoredDelta, *, global_round: int, cluster_round: int) -> None: ...
+    def add_batch(self, deltas: list[StoredDelta], *, global_round: int, cluster_round: int,
+                  sums: Mapping[ModuleKey, RoundSum] | None = None) -> None: ...
 
     def advance(self, position: Position, states: Mapping[str, Mapping[ModuleKey, State]],
                 stamps: Mapping[ModuleKey, Stamp], *, job: Mapping[str, Any] | None = None) -> None: ...
@@ -50,11 +53,19 @@ class RoundBook:
         self.fatal: RoundJournalError | None = None
         self.applied: dict[str, bytes | None] = {}  # key -> the applied update's digest (None: not known)
         self.round_weight: dict[ModuleKey, dict[str, int]] = {}
+        self.pending: list[StoredDelta] = []  # accepted, not yet committed (nor acked)
+        self.at = (0, 0)  # the cluster round the pending updates belong to
+        self.aggs: dict[ModuleKey, Any] = {}
         self.open([])
 
     def open(self, modules: list[ModuleKey]) -> None:
-        """Fresh aggregators for a new cluster round of ``modules``."""
-        self.aggs = {k: make_aggregator(*self.rule) for k in modules}
+        """Fresh aggregators for a new cluster round of ``modules``; what is staged is committed first.
+
+        Raises:
+            RoundJournalError: that commit failed.
+        """
+        self.flush()
+        self.aggs = {k: make_round_aggregator(*self.rule) for k in modules}
         self.reported: dict[ModuleKey, set[str]] = {k: set() for k in modules}
         self.late: dict[ModuleKey, set[str]] = {k: set() for k in modules}
 
@@ -63,22 +74,55 @@ class RoundBook:
         deltas again in the order they were accepted (so every rule, robust ones too, gives the same result)."""
         self.applied = {k: snap.digests.get(k) for k in snap.applied}
         self.round_weight = {k: dict(v) for k, v in snap.position.round_weight.items()}
+        self.pending = []
         self.open(snap.position.modules if snap.position.in_round else [])
+        for key, got in snap.sums.items():
+            running = summed(self.aggs[key])
+            if running is None:
+                raise RoundJournalError(f"the journal holds a running sum of {key}, but rule {self.rule[0]!r} needs "
+                                        "every delta; move the journal away to start the job from scratch")
+            running.load(got.sums, got.weight, got.count)
         for stored in snap.deltas:
-            self.aggs[stored.module].add(stored.delta, stored.weight)
+            if stored.delta:
+                self.aggs[stored.module].add(stored.delta, stored.weight)
+            elif stored.module not in snap.sums:
+                raise RoundJournalError(f"update {stored.key} was journaled without its delta or a sum")
             self._count(stored)
 
     def accept(self, stored: StoredDelta, *, global_round: int, cluster_round: int) -> None:
-        """Fold ``stored`` into its module's aggregator, commit it to the journal, then count it (the caller acks
-        after this returns).
+        """Fold ``stored`` into its module's aggregator, count it and stage it for the next :meth:`flush`; the
+        caller acks it only after that commit.
 
         Raises:
-            AggregationError: the aggregator refused the delta (nothing was stored).
-            RoundJournalError: the commit failed (also kept in ``fatal``).
+            AggregationError: the aggregator refused the delta (nothing was staged).
         """
         self.aggs[stored.module].add(stored.delta, stored.weight)
-        self.write(self.journal.add, stored, global_round=global_round, cluster_round=cluster_round)
+        if summed(self.aggs[stored.module]) is not None:  # the sum is journaled, not the delta
+            stored = StoredDelta(key=stored.key, module=stored.module, sender=stored.sender,
+                                 num_samples=stored.num_samples, weight=stored.weight, lag=stored.lag, delta={},
+                                 covers=stored.covers, digest=stored.digest)
+        self.at = (global_round, cluster_round)
+        self.pending.append(stored)
         self._count(stored)
+
+    def flush(self) -> int:
+        """Commit the staged updates, with the running sums of the modules they touched, in one transaction;
+        returns how many were committed.
+
+        Raises:
+            RoundJournalError: the commit failed (also kept in ``fatal``: memory is ahead of the disk).
+        """
+        if not self.pending:
+            return 0
+        batch, sums = self.pending, {}
+        for key in {d.module for d in batch}:
+            running = summed(self.aggs[key])
+            if running is not None:
+                total, weight, count = running.state()
+                sums[key] = RoundSum(sums=total, weight=weight, count=count)
+        self.write(self.journal.add_batch, batch, global_round=self.at[0], cluster_round=self.at[1], sums=sums)
+        self.pending = []
+        return len(batch)
 
     def _count(self, stored: StoredDelta) -> None:
         reporters = stored.reporters  # a D2D relay's update counts for each device it covers

@@ -3,8 +3,9 @@ adverts, classifies each update (applied / duplicate / stale / conflict / refuse
 close and what the close yields, and says what goes upward after E_agg cluster rounds.
 
 The rules themselves are policy objects (fog_gateway/policies.py), given like a Flower strategy; the durable side
-is the journal it is handed (the ``RoundLog`` hooks: an update is committed by :meth:`FogRound.accept` before it
-returns "applied", a position by :meth:`FogRound.commit`). Times are passed in. The gateway
+is the journal it is handed (the ``RoundLog`` hooks: an update that :meth:`FogRound.accept` calls "applied" is
+staged and committed by :meth:`FogRound.flush`, several per transaction, and acked by the gateway only after that;
+a position is committed by :meth:`FogRound.commit`). Times are passed in. The gateway
 (fog_gateway/service.py) decodes, acks, publishes and calls this; tests drive it without a broker.
 """
 
@@ -174,11 +175,11 @@ class FogRound:
     def accept(self, msg: ModuleUpdate, reporters: tuple[str, ...], *, holders: Collection[str],
                decode: Callable[[], State]) -> Outcome:
         """Classify ``msg`` (counting for ``reporters``: its sender, or the devices a D2D relay covers) and fold a
-        new one in, journaled, before returning APPLIED. ``decode`` gives its delta (only a new update is decoded).
+        new one in, staged for the journal: its ``applied`` ack (and any ack while updates are staged) must wait for
+        :meth:`flush`. ``decode`` gives its delta (only a new update is decoded).
 
         Raises:
             AggregationError: the delta does not fit the module or the rule refused it (nothing was stored).
-            RoundJournalError: the journal commit failed (the book keeps it as ``fatal``).
         """
         idem, key, book = msg.idempotency_key, msg.key, self.book
         lag = self.at.c - msg.cluster_round if self.in_round and msg.global_round == self.at.g else -1
@@ -284,6 +285,14 @@ class FogRound:
         self.sync_started = now
 
     # -- the journal ---------------------------------------------------------------------------------------------
+    def flush(self) -> int:
+        """Commit the updates accepted since the last flush in one transaction (group commit); returns how many.
+
+        Raises:
+            RoundJournalError: the commit failed (the book keeps it as ``fatal``).
+        """
+        return self.book.flush()
+
     def position(self) -> Position:
         return Position(round_g=self.at.g, cluster_c=self.at.c, in_round=self.in_round, modules=self.modules,
                         participants=self.participants, previous=self.previous, round_weight=self.book.round_weight,
@@ -294,6 +303,7 @@ class FogRound:
         """Journal the position and the states of ``keys`` in one transaction; the closed round's deltas go. With
         ``start`` (a new global round) also the job and the states the round starts from."""
         assert self.plan is not None
+        self.book.flush()  # the accepted updates first: the position below drops the round's rows
         states = {"true": true, "published": published, **({"start": self.start} if start else {})}
         self.book.write(self.journal.advance, self.position(), {r: {k: v[k] for k in keys} for r, v in states.items()},
                         stamps, job=job_of(self.fleet, self.node, self.plan) if start else None)

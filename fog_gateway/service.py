@@ -1,20 +1,12 @@
-"""The fog gateway: per-module aggregation among the holders of a module, E_agg cluster rounds per global round.
-
-Round schedule (see docs/architecture.md):
-1. The cloud announces global round g on ``ctl/cloud`` after publishing the global versions of round g-1.
-2. Once every expected device has advertised (or the startup timeout passed) and the global versions are here, the
-   gateway publishes them as cluster stage 0 (retained) and announces cluster round 1 on ``ctl/{fog}``.
-3. Devices train and send one delta per module. Each delta is folded into the module's running weighted sum as it
-   arrives. The cluster round closes when every holder of every module has reported, or at the deadline; updated
-   modules are published as cluster stage c (retained) and round c+1 is announced.
-4. After E_agg cluster rounds the gateway sends, per module, its delta against the global version with the total
-   sample weight behind it (``fogup``), then a round report (``fogdone``).
+"""The fog gateway: per-module aggregation among the holders of a module, E_agg cluster rounds per global round
+(the schedule: docs/architecture.md, "Round engines").
 
 The round rules live in :class:`~fog_gateway.round_engine.FogRound` (no MQTT; its policies in policies.py); this
 module decodes, acks, journals and publishes around it, with the objects it holds: the device roster (roster.py),
 the D2D and neighbour-fog part (neighbours.py) and the link to the cloud (uplink.py). The round state lives in a
-journal on disk (round_journal.py): an update is acked only once it is committed there, and a gateway restarted
-after a kill -9 resumes the open round from it (docs/reliability.md).
+journal on disk (round_journal.py): the updates of a batch of messages are committed there together (FedAvg: the
+running sum) and acked only after that commit (acks.py), and a gateway restarted after a kill -9 resumes the open
+round from it (docs/reliability.md). The broker holds any backlog: MQTT 5 Receive Maximum and a bounded inbox.
 """
 
 from __future__ import annotations
@@ -24,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fog_gateway.acks import HeldAcks
 from fog_gateway.config import FogConfig
 from fog_gateway.journal_keeper import JournalKeeper
 from fog_gateway.metrics import round_gauges
@@ -67,6 +60,8 @@ def _held(part: str, name: str) -> property:
 class FogGateway(Service):
     role = "fog"
     watch_broker = True
+    receive_maximum = 16  # ~16 x 1.2 MB in the inbox at most, however many devices report at once
+    batch_max = 64  # updates per journal transaction at most (group commit)
     # Read (and in tests set) on the gateway, held by its parts: the round engine, the journal keeper, the roster.
     round_g, cluster_c, in_round, plan = (_held("round", n) for n in ("round_g", "cluster_c", "in_round", "plan"))
     participants, deadline, book, late_folded = (_held("round", n) for n in ("participants", "deadline", "book",
@@ -95,6 +90,7 @@ class FogGateway(Service):
                                   codecs=self.up_codecs, transport=self.transport, meter=self.meter)
         self.startup_deadline = time.monotonic() + cfg.fog.startup_timeout_s
         self.rounds_log: list[dict[str, Any]] = []
+        self.acks = HeldAcks(lambda dev, keys, status: self.send_ack(self.node, dev, keys, status))
         self.round_opened_at = time.monotonic()  # when the open cluster round was announced (for its duration)
         make_aggregator(cfg.fog.aggregator, cfg.fog.aggregator_params)  # bad name/params: config error at start
         self.journal = RoundJournal(state_dir / f"{cfg.fog.id}-round.sqlite", kept=APPLIED_KEYS_KEPT)
@@ -169,8 +165,14 @@ class FogGateway(Service):
         return {"rounds": self.rounds_log, "late_updates_folded": self.round.late_folded,
                 "schedule": self.round.schedule.report(), "outbox": self.uplink.stats()}
 
+    def flush(self) -> None:
+        """After a batch of messages: commit its accepted updates (one transaction), then release their acks."""
+        self.round.flush()
+        self.acks.release()
+
     def finish(self) -> None:
         """On a clean exit the retained advert goes offline (the broker's last will covers crashes)."""
+        self.flush()
         if self.transport.connected:
             self._advertise(online=False, status="stopped")
         self.journal.close()
@@ -188,6 +190,7 @@ class FogGateway(Service):
         if plan.sender != "cloud" or plan.global_round > plan.total_rounds + 1:
             raise DecodeError(f"round announcement from {plan.sender!r} for round {plan.global_round} "
                               f"of {plan.total_rounds} is not a valid cloud plan")
+        self.flush()  # what was accepted is committed and acked before a plan may clear the round
         if plan.job != self.jobs.job:
             if plan.final:
                 self.jobs.ignore(plan.job, "the final round announcement")
@@ -216,8 +219,7 @@ class FogGateway(Service):
         self.pub.job = job
         self._advertise(online=True, status="running")
 
-    def _announce(self, versions: list[ModuleVersion]) -> None:
-        """Publish what the journaled position announces, then record it (JournalKeeper.announce)."""
+    def _announce(self, versions: list[ModuleVersion]) -> None:  # publish, then record it (JournalKeeper)
         self.keeper.announce(versions)
 
     # -- handlers ------------------------------------------------------------------------------------------------
@@ -270,8 +272,8 @@ class FogGateway(Service):
                                 decode=lambda: self._delta_of(msg))
         if out.status in (DUPLICATE, CONFLICT):
             self.rejected[out.status] += 1
-        if out.ack:  # an applied update only now: it is on disk
-            self.send_ack(self.node, msg.sender, [msg.idempotency_key], out.ack)
+        if out.ack:  # an applied update's only once it is on disk (flush)
+            self.acks.put(msg.sender, msg.idempotency_key, out.ack, staged=bool(self.round.book.pending))
         if out.reason:
             raise DecodeError(out.reason)
         if out.status == APPLIED:

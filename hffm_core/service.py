@@ -1,5 +1,10 @@
 """The event loop every tier runs: MQTT messages go onto a queue and are handled one at a time in the main thread.
 
+Backpressure (``receive_maximum`` > 0, the fog gateway): MQTT 5 Receive Maximum n with each QoS 1 message PUBACKed
+once handled, and an inbox bounded to n + INBOX_SLACK, so the broker holds the backlog of a burst. Messages ready at
+once are handled as a batch (``batch_max``, ``batch_s``), then :meth:`Service.flush` runs (the fog commits the
+batch's updates in one transaction and only then sends their application-level acks).
+
 Handling is guarded: a message that fails to parse, decode or validate is logged and counted under a reason and
 dropped; nothing already accepted is touched. Deadlines are driven by :meth:`Service.tick`, called between messages.
 With a signer, every publish is sealed in a signed envelope; with a verifier, every delivery must be one, from the
@@ -38,13 +43,15 @@ from hffm_core.protocol.messages import Ack, Chunk
 from hffm_core.protocol.routing import decode_message
 from hffm_core.protocol.topics import Topic
 from hffm_core.transport import MqttTransport, TrafficMeter
+from hffm_core.transport.sealing import SealingTransport  # re-exported: the tiers import it from here
 
 if TYPE_CHECKING:  # cryptography is imported only by nodes that sign
     from hffm_core.security.signing import Signer, Verifier
     from hffm_core.security.tls import TlsSettings
 
 log = logging.getLogger(__name__)
-
+INBOX_SLACK = 256  # room beside the Receive Maximum's QoS 1 messages (QoS 0 $SYS counters, a non-compliant broker)
+Delivery = tuple[str, bytes, bool, "tuple[int, int] | None"]  # topic, payload, retained, PUBACK token
 
 def check_sender(expected: str, message: object) -> None:
     """Raises ``WrongSenderError`` when ``message`` names a sender other than ``expected``."""
@@ -55,8 +62,6 @@ def check_sender(expected: str, message: object) -> None:
 
 def _topic_publisher(topic: Topic) -> str:
     """The node that publishes on ``topic``. Raises ``DecodeError`` for a topic that names none."""
-    from hffm_core.protocol.envelope import expected_signer
-
     try:
         return expected_signer(topic)
     except ValueError as exc:
@@ -71,31 +76,14 @@ def process_started() -> float:
     return time.monotonic() - age
 
 
-class SealingTransport:
-    """The service's transport with every publish sealed first; the inner transport counts the sealed bytes."""
-
-    def __init__(self, inner: MqttTransport, signer: Signer) -> None:
-        self.inner = inner
-        self.signer = signer
-
-    def publish(self, topic: str, payload: bytes, **kwargs: Any) -> None:
-        """Seal ``payload`` for ``topic`` and publish it. Raises what ``MqttTransport.publish`` raises."""
-        self.inner.publish(topic, self.signer.seal(topic, payload), **kwargs)
-
-    def try_publish(self, topic: str, payload: bytes, **kwargs: Any) -> bool:
-        """Seal ``payload`` (a fresh sequence number on every try, so a retransmission is never a replay) and hand
-        it to ``MqttTransport.try_publish``."""
-        return self.inner.try_publish(topic, self.signer.seal(topic, payload), **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
 class Service:
     """Base of the edge agent, fog gateway and cloud service."""
 
     role = "service"
     watch_broker = False  # subscribe to the broker's dropped-message count and alert on it (needs $SYS read access)
+    receive_maximum = 0  # > 0: MQTT 5 Receive Maximum, PUBACK after handling, a bounded inbox (see the docstring)
+    batch_max = 1  # messages handled back to back before flush() and tick()
+    batch_s = 0.1  # ... or for at most this long
 
     def __init__(self, *, node: str, host: str, port: int, metrics_file: Path | None = None,
                  will: tuple[str, bytes] | None = None, signer: Signer | None = None,
@@ -105,34 +93,44 @@ class Service:
         """``metrics_listen``: serve Prometheus ``/metrics`` there while running (``[metrics] listen``; off when
         empty); off loopback over mutual TLS with ``metrics_tls`` (a server certificate, and the CA of the scrapers')
         unless ``metrics_insecure`` (hffm_core/observability.py)."""
-        self.node = node
-        self.signer = signer
-        self.verifier = verifier
+        self.node, self.signer, self.verifier = node, signer, verifier
         self.meter = TrafficMeter(node)
         self.rejected: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()
-        self.metrics_file = metrics_file
-        self.connect_timeout_s = connect_timeout_s
+        self.metrics_file, self.connect_timeout_s = metrics_file, connect_timeout_s
         self.received: dict[str, list[int]] = {}  # topic kind -> [bytes, messages] delivered (for /metrics)
         self._metrics_args = (metrics_listen, metrics_tls, metrics_insecure)
         self.metrics_server: MetricsServer | None = None
         self.crash: str | None = None  # why the loop ended with an error, once it has
-        self.done = False
-        self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
+        self.done, self.inbox_dropped = False, 0  # inbox_dropped: QoS 0 messages a full inbox dropped
+        self._inbox: queue.Queue[Delivery] = queue.Queue()
+        self._inbox_limit = self.receive_maximum + INBOX_SLACK if self.receive_maximum else 0
+        self._room = threading.Condition()  # signalled when the main thread takes a message off a bounded inbox
         if signer is not None and will is not None:
             # Sealed now with the number taken now: receivers accept it while it is inside their replay window.
             will = (will[0], signer.seal(will[0], will[1]))
         transport = MqttTransport(
             client_id=f"hffm-{self.role}-{node}", host=host, port=port, on_message=self._enqueue,
             meter=self.meter, will=will, tls=tls, persistent=True, connect_timeout_s=connect_timeout_s,
+            receive_maximum=self.receive_maximum,
         )
-        self.reassembler = Reassembler()  # payloads that arrive as chunks (above the broker's packet limit)
-        self.dropped_watch = DroppedWatch(node)
+        # payloads that arrive as chunks (above the broker's packet limit); the broker's dropped-message count
+        self.reassembler, self.dropped_watch = Reassembler(), DroppedWatch(node)
         self.transport: MqttTransport | SealingTransport = (
             transport if signer is None else SealingTransport(transport, signer))
 
-    def _enqueue(self, topic: str, payload: bytes, retain: bool) -> None:
-        self._inbox.put((topic, payload, retain))
+    def _enqueue(self, topic: str, payload: bytes, retain: bool, ack: tuple[int, int] | None = None) -> None:
+        """paho's thread: queue a delivery (``ack``: its PUBACK token). A full bounded inbox makes this thread wait
+        (it stops reading the socket: the broker holds the backlog, also where it does not keep to Receive Maximum),
+        unless the main thread waits for a PUBACK or SUBACK, which this thread must read; QoS 0 is then dropped."""
+        if self._inbox_limit:
+            if (ack is None or ack[1] == 0) and self._inbox.qsize() >= self._inbox_limit:
+                self.inbox_dropped += 1
+                return
+            with self._room:
+                while self._inbox.qsize() >= self._inbox_limit and not self.transport.awaiting_ack:
+                    self._room.wait(0.05)
+        self._inbox.put((topic, payload, retain, ack))
         parts = topic.split("/", 4)  # hffm/v1/{fleet}/{kind}/...; $SYS/... counts under "$SYS"
         counts = self.received.setdefault(parts[3] if len(parts) > 3 and parts[0] == "hffm" else parts[0], [0, 0])
         counts[0] += len(payload)  # only paho's network thread writes; a scrape reads a moment's figure
@@ -180,6 +178,9 @@ class Service:
 
     def tick(self) -> None:
         """Called between messages (at least every ``poll_s``): check deadlines."""
+
+    def flush(self) -> None:
+        """Called after each batch of messages, before :meth:`tick` (the fog commits the batch's updates here)."""
 
     def finish(self) -> None:
         """Called once when the loop ends."""
@@ -303,15 +304,37 @@ class Service:
             if time.monotonic() > end:
                 raise RoundTimeoutError(f"{self.role} {self.node}: job not finished after {time_limit_s:.0f} s")
             try:
-                topic, payload, retain = self._inbox.get(timeout=poll_s)
+                first = self._inbox.get(timeout=poll_s)
             except queue.Empty:
                 pass
             else:
-                self.dispatch(topic, payload, retained=retain)
+                self._handle_batch(first)
             if self.verifier is not None:
                 self.verifier.maybe_flush()
             if not self.done:
                 self.tick()
+
+    def _handle_batch(self, first: Delivery) -> None:
+        """Handle ``first`` and whatever else is ready (up to ``batch_max``, ``batch_s``), then :meth:`flush`."""
+        started, item, count = time.monotonic(), first, 0
+        while True:
+            topic, payload, retain, ack = item
+            if self._inbox_limit:
+                with self._room:
+                    self._room.notify()
+            try:
+                self.dispatch(topic, payload, retained=retain)
+            finally:
+                if ack is not None:  # handled (or failed loudly): the broker may send the next one
+                    self.transport.ack(ack)
+            count += 1
+            if self.done or count >= self.batch_max or time.monotonic() - started > self.batch_s:
+                break
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+        self.flush()
 
     def _stop_cleanly(self) -> None:
         try:

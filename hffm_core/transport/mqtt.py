@@ -1,15 +1,14 @@
 """MQTT 5 transport: the only module that imports paho.
 
-Incoming messages are handed to a callback that must be quick (services put them on a queue); the callback is
-wrapped so that an exception is logged and counted, never raised into paho's network thread. Publishes are QoS 1 by
-default and wait for the broker's PUBACK (bounded), so a service knows the broker took the message and keeps the
-publish order. Payload bytes are counted in a :class:`TrafficMeter` under a category chosen by the caller.
+Incoming messages go to a quick callback (services queue them), wrapped so that an exception is logged and counted,
+never raised into paho's network thread; with ``receive_maximum`` the caller PUBACKs each after handling it.
+Publishes are QoS 1 by default and wait for the broker's PUBACK (bounded), so a service knows the broker took the
+message and keeps the publish order. Payload bytes are counted in a :class:`TrafficMeter` by category.
 
-With ``tls`` (:class:`~hffm_core.security.tls.TlsSettings`) the connection is mutual TLS: the broker's
-certificate must be signed by the fleet CA and name the host, and the client presents its own certificate. A
-broker that refuses the connection (a certificate it does not trust, an expired or revoked one, none at all) makes
-:meth:`MqttTransport.connect` raise a :class:`TransportError` saying so. A PUBACK or SUBACK with an MQTT 5 failure
-reason code (0x87 Not authorized: an ACL denial) raises :class:`MqttRefusedError`, which carries the code.
+With ``tls`` (:class:`~hffm_core.security.tls.TlsSettings`) the connection is mutual TLS (the fleet CA, the host's
+name, the client's own certificate); a broker that refuses it makes :meth:`MqttTransport.connect` raise a
+:class:`TransportError` saying so. A PUBACK or SUBACK with an MQTT 5 failure reason code (0x87 Not authorized: an
+ACL denial) raises :class:`MqttRefusedError`, which carries the code.
 """
 
 from __future__ import annotations
@@ -28,35 +27,17 @@ from paho.mqtt.properties import Properties
 from hffm_core.errors import TransportError
 from hffm_core.security.tls import TlsSettings
 from hffm_core.transport.meter import TrafficMeter
+from hffm_core.transport.refusals import MqttRefusedError, _reason_text, _Unreachable
 
 log = logging.getLogger(__name__)
 
-MessageHandler = Callable[[str, bytes, bool], None]
+# (topic, payload, retained); with a Receive Maximum also ``ack=(mid, qos)``, to hand to MqttTransport.ack
+MessageHandler = Callable[..., None]
 SESSION_EXPIRY_S = 600
 NOT_AUTHORIZED = 0x87
 _MAX_REFUSALS_KEPT = 4096
 _RETRY_FIRST_S = 0.25
 _RETRY_MAX_S = 2.0
-
-
-class _Unreachable(Exception):
-    """A connect attempt that got no answer (refused TCP connect, no CONNACK): worth another try."""
-
-
-class MqttRefusedError(TransportError):
-    """The broker answered a PUBLISH or SUBSCRIBE with an MQTT 5 failure reason code (>= 0x80), for example
-    0x87 Not authorized when its ACL denies the topic. ``reason_code`` is the first failing code."""
-
-    def __init__(self, message: str, *, reason_code: int) -> None:
-        super().__init__(message)
-        self.reason_code = reason_code
-
-
-def _reason_text(code: int, packet: int) -> str:
-    try:
-        return f"0x{code:02x} {mqtt.ReasonCode(packet, identifier=code).getName()}"
-    except Exception:  # noqa: BLE001 - an unknown code still gets reported by number
-        return f"0x{code:02x}"
 
 
 class MqttTransport:
@@ -77,6 +58,7 @@ class MqttTransport:
         persistent: bool = False,
         max_packet_size: int = 0,
         connect_timeout_s: float | None = None,
+        receive_maximum: int = 0,
     ) -> None:
         """``persistent``: connect with clean_start false every time, so a restarted process gets back its
         subscriptions and the QoS 1 messages the broker queued for it (within ``SESSION_EXPIRY_S``); the default
@@ -85,22 +67,19 @@ class MqttTransport:
         when the broker sends one, takes precedence (see :attr:`max_packet_size`).
         ``connect_timeout_s``: how long :meth:`connect` keeps retrying a refused or unanswered first connect
         (default ``timeout_s``).
+        ``receive_maximum`` n > 0: the CONNECT asks for MQTT 5 Receive Maximum n, paho's automatic PUBACK is off, and
+        ``on_message`` gets ``ack=(mid, qos)`` to pass to :meth:`ack` once the message is handled.
 
         Raises: ConfigError: ``tls`` names files that cannot be loaded as a CA, certificate and key."""
-        self.client_id = client_id
-        self.host = host
-        self.port = port
+        self.client_id, self.host, self.port = client_id, host, port
         self.meter = meter if meter is not None else TrafficMeter()
         self.timeout_s = timeout_s
         self.connect_timeout_s = timeout_s if connect_timeout_s is None else connect_timeout_s
         self.connect_attempts = 0
         self.connections = 0  # CONNACKs accepted: the first connect and every automatic reconnect
         self.handler_errors = 0
-        self._on_message = on_message
-        self._keepalive = keepalive
-        self._persistent = persistent
-        self._configured_max_packet = max_packet_size
-        self._connack_max_packet = 0
+        self._on_message, self._keepalive, self._persistent = on_message, keepalive, persistent
+        self._configured_max_packet, self._connack_max_packet = max_packet_size, 0
         self._filters: list[str] = []
         self._connected = threading.Event()
         self._connect_error: str | None = None
@@ -112,8 +91,10 @@ class MqttTransport:
         self._refused_pubs: dict[int, int] = {}  # mid -> failing PUBACK reason code
         self._acked_pubs: dict[int, None] = {}  # mids of PUBACKs for publishes made while disconnected (ordered)
         self._subacks: dict[int, list[int] | None] = {}  # mid -> SUBACK reason codes (None until it arrives)
+        self.receive_maximum, self._awaiting = receive_maximum, 0  # _awaiting: callers waiting for a PUBACK/SUBACK
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, reconnect_on_failure=True
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, reconnect_on_failure=True,
+            manual_ack=receive_maximum > 0,
         )
         self._client.reconnect_delay_set(min_delay=1, max_delay=5)
         self._client.max_queued_messages_set(0)
@@ -166,6 +147,8 @@ class MqttTransport:
         """One connect attempt. Raises _Unreachable (worth retrying) or TransportError (an answer: fail)."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
+        if self.receive_maximum > 0:
+            props.ReceiveMaximum = self.receive_maximum
         self._settled.clear()
         self._connect_error = self._last_error = None
         try:
@@ -229,11 +212,26 @@ class MqttTransport:
         self.meter.add(category, len(payload))
         return True
 
+    def ack(self, token: tuple[int, int]) -> None:
+        """PUBACK a message handed over with ``ack=token``; not connected: the broker resends it on reconnect."""
+        mid, qos = token
+        if qos > 0 and self.receive_maximum > 0:
+            rc = self._client.ack(mid, qos)
+            if rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                log.warning("%s: PUBACK of message %d not sent: %s", self.client_id, mid, mqtt.error_string(rc))
+
+    @property
+    def awaiting_ack(self) -> bool:  # a caller waits for a PUBACK or SUBACK: paho's thread must keep reading
+        return self._awaiting > 0
+
+    def _await(self, step: int) -> None:
+        with self._lock:
+            self._awaiting += step
+
     # -- operations --------------------------------------------------------------------------------------------
     def subscribe(self, filters: list[str], qos: int = 1) -> None:
-        """Subscribe (and remember the filters for resubscription after a reconnect).
-
-        Waits (bounded by ``timeout_s``) for the broker's SUBACK when connected.
+        """Subscribe (and remember the filters for resubscription after a reconnect); waits (bounded by
+        ``timeout_s``) for the broker's SUBACK.
 
         Raises:
             MqttRefusedError: the SUBACK refused a filter (0x87 Not authorized: the broker's ACL denies it); the
@@ -281,10 +279,13 @@ class MqttTransport:
                 self._refused_pubs.pop(info.mid, None)
             self._wait_puback(topic, info.mid)
         elif qos > 0:
+            self._await(1)
             try:
                 info.wait_for_publish(timeout=self.timeout_s)
             except (RuntimeError, ValueError) as exc:
                 raise TransportError(f"publish to {topic!r} failed: {exc}") from None
+            finally:
+                self._await(-1)
             if not info.is_published():
                 raise TransportError(f"broker did not acknowledge publish to {topic!r} within {self.timeout_s} s")
             with self._lock:
@@ -297,8 +298,10 @@ class MqttTransport:
     def _wait_puback(self, topic: str, mid: int) -> None:
         end = time.monotonic() + self.timeout_s
         with self._acks:
+            self._awaiting += 1
             while mid not in self._acked_pubs and mid not in self._refused_pubs and (left := end - time.monotonic()) > 0:
                 self._acks.wait(left)
+            self._awaiting -= 1
             acked = self._acked_pubs.pop(mid, 0) is None
             code = self._refused_pubs.pop(mid, 0)
         if code >= 0x80:
@@ -311,8 +314,10 @@ class MqttTransport:
     def _wait_suback(self, mid: int) -> list[int] | None:
         end = time.monotonic() + self.timeout_s
         with self._acks:
+            self._awaiting += 1
             while self._subacks.get(mid) is None and (left := end - time.monotonic()) > 0:
                 self._acks.wait(left)
+            self._awaiting -= 1
             return self._subacks.pop(mid, None)
 
     # -- paho callbacks (never raise) --------------------------------------------------------------------------
@@ -381,8 +386,14 @@ class MqttTransport:
             log.warning("%s disconnected from %s:%d: %s", self.client_id, self.host, self.port, reason)
 
     def _handle_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        manual = self.receive_maximum > 0
         try:
-            self._on_message(msg.topic, bytes(msg.payload), bool(msg.retain))
+            if manual:
+                self._on_message(msg.topic, bytes(msg.payload), bool(msg.retain), ack=(msg.mid, msg.qos))
+            else:
+                self._on_message(msg.topic, bytes(msg.payload), bool(msg.retain))
         except Exception:  # noqa: BLE001 - a handler bug must not kill paho's network thread
             self.handler_errors += 1
             log.exception("%s: message handler failed for topic %s", self.client_id, msg.topic)
+            if manual:  # nobody will handle it: free its Receive Maximum slot
+                self.ack((msg.mid, msg.qos))

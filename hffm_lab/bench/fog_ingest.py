@@ -10,10 +10,16 @@ arriving (the round closes when all K are folded in). With metrics on, a scraper
 A run FAILS (non-zero exit, after the report is saved) when the fog process died, the aggregate counted fewer than
 K devices, or, with metrics on, no scrape succeeded. The figure a user cares about: ingest with metrics on / off
 (goal >= 0.98).
+
+Beside the fog's rate, each run measures the ceiling on the same broker: the same K payloads published the same way
+to a plain subscriber process (``python -m hffm_lab.bench.fog_ingest ceiling PORT K``, the transport's default
+auto-ack), from the first publish to its last delivery. It also samples the fog's RSS during the ingest (its peak),
+the bytes the fog process wrote to disk meanwhile, and the size of its round journal once the round closed.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -105,6 +111,61 @@ def _scrape(url: str, stop: threading.Event, every_s: float, count: list[int]) -
             return
 
 
+def _sample_rss(pid: int, stop: threading.Event, peak: list[int]) -> None:
+    """Keep the largest RSS of process ``pid`` in ``peak[0]`` until ``stop``."""
+    try:
+        proc = psutil.Process(pid)
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            stop.wait(0.02)
+    except psutil.Error:
+        return
+
+
+def _journal_bytes(state: Path) -> int:
+    """The fog's round journal on disk: the SQLite file and its WAL."""
+    return sum(p.stat().st_size for p in state.glob(f"{FOG}-round.sqlite*") if p.is_file())
+
+
+def _ceiling(port: int, payloads: list[tuple[str, bytes]], client: MqttTransport) -> float | None:
+    """Deliveries per second of ``payloads`` to a plain subscriber process on the same broker (None: it failed)."""
+    child = subprocess.Popen([sys.executable, "-m", "hffm_lab.bench.fog_ingest", "ceiling", str(port),
+                              str(len(payloads))], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        if child.stdout.readline().strip() != "ready":
+            return None
+        started = time.monotonic()
+        for i, (_topic, payload) in enumerate(payloads):
+            client.publish(f"bench/ceiling/{i}", payload, category="other")
+        out, _ = child.communicate(timeout=300)
+        last = float(out.strip().splitlines()[-1])  # its monotonic clock: the same as ours on Linux
+        return len(payloads) / (last - started)
+    except (subprocess.TimeoutExpired, ValueError, IndexError):
+        child.kill()
+        return None
+
+
+def _ceiling_subscriber(port: int, count: int) -> None:
+    """The child of :func:`_ceiling`: count ``count`` deliveries, print when the last one arrived."""
+    got, done, last = [0], threading.Event(), [0.0]
+
+    def on(_topic: str, _payload: bytes, _retain: bool) -> None:
+        got[0] += 1
+        if got[0] >= count:
+            last[0] = time.monotonic()
+            done.set()
+
+    client = MqttTransport(client_id=f"bench-ceiling-{os.getpid()}", host="127.0.0.1", port=port, on_message=on,
+                           timeout_s=30.0)
+    client.connect()
+    client.subscribe(["bench/ceiling/#"])
+    print("ready", flush=True)
+    done.wait(300)
+    client.close()
+    print(last[0], flush=True)
+
+
 def run_once(work: Path, *, devices: int, floats: int, metrics: bool, scrape_every_s: float) -> dict[str, Any]:
     """One ingest run; returns its row (with ``error`` set when it failed)."""
     work.mkdir(parents=True, exist_ok=True)
@@ -151,6 +212,9 @@ def run_once(work: Path, *, devices: int, floats: int, metrics: bool, scrape_eve
                                                          scrape_every_s, scrapes), daemon=True)
         if metrics:
             scraper.start()
+        peak, writes = [0], psutil.Process(proc.pid).io_counters().write_bytes
+        sampler = threading.Thread(target=_sample_rss, args=(proc.pid, stop, peak), daemon=True)
+        sampler.start()
         started = time.monotonic()
         for topic, payload in payloads:
             script.client.publish(topic, payload, category="other")
@@ -159,6 +223,8 @@ def run_once(work: Path, *, devices: int, floats: int, metrics: bool, scrape_eve
         done = time.monotonic()
         stop.set()
         rss = psutil.Process(proc.pid).memory_info().rss if proc.poll() is None else 0
+        written = psutil.Process(proc.pid).io_counters().write_bytes - writes if proc.poll() is None else 0
+        journal = _journal_bytes(work / "state")
         if agg is None:
             row["error"] = f"no aggregate from the fog (exit {proc.poll()}; log {work / 'fog.log'})"
             return row
@@ -166,7 +232,9 @@ def run_once(work: Path, *, devices: int, floats: int, metrics: bool, scrape_eve
         row.update({"seconds": round(seconds, 3), "publish_s": round(published - started, 3),
                     "deltas_per_s": round(devices / seconds, 1),
                     "mb_per_s": round(devices * row["update_bytes"] / seconds / 1e6, 1),
-                    "aggregated": agg.num_devices, "fog_rss_mb": round(rss / 1e6, 1), "scrapes": scrapes[0]})
+                    "aggregated": agg.num_devices, "fog_rss_mb": round(rss / 1e6, 1),
+                    "fog_peak_rss_mb": round(peak[0] / 1e6, 1), "fog_written_mb": round(written / 1e6, 1),
+                    "journal_mb": round(journal / 1e6, 1), "scrapes": scrapes[0]})
         if agg.num_devices != devices:
             row["error"] = f"the aggregate counted {agg.num_devices} of {devices} devices"
         elif metrics and scrapes[0] == 0:
@@ -178,6 +246,14 @@ def run_once(work: Path, *, devices: int, floats: int, metrics: bool, scrape_eve
         final = RoundControl(fleet=FLEET, sender="cloud", global_round=2, cluster_round=0, total_rounds=1,
                              agg_every=1, local_epochs=1, deadline_s=600.0, final=True, job=JOB)
         script.client.publish(topics.ctl(FLEET, "cloud"), encode(final), category="other", retain=True)
+        try:
+            exited = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            exited = None
+        if exited == 0 and not metrics:  # the broker's ceiling on the same payloads, with the fog gone
+            ceiling = _ceiling(broker.port, payloads, script.client)
+            row["ceiling_per_s"] = None if ceiling is None else round(ceiling, 1)
+            row["of_ceiling"] = None if not ceiling else round(row["deltas_per_s"] / ceiling, 3)
         return row
     finally:
         if proc is not None:
@@ -212,16 +288,20 @@ def run_fog_ingest_bench(*, devices: int = 100, floats: int = 300_000, repeats: 
             rows.append(row)
             console.print(f"run {i + 1}/{repeats}, metrics {row['metrics']}: "
                           + (f"FAILED: {row['error']}" if row["error"] else
-                             f"{row['deltas_per_s']} deltas/s, {row['mb_per_s']} MB/s, fog RSS {row['fog_rss_mb']} MB"))
+                             f"{row['deltas_per_s']} deltas/s (ceiling {row.get('ceiling_per_s', '-')}), "
+                             f"{row['mb_per_s']} MB/s, fog RSS {row['fog_rss_mb']} MB (peak "
+                             f"{row['fog_peak_rss_mb']}), journal {row['journal_mb']} MB"))
     ok = [r for r in rows if r["error"] is None]
     rate = {m: [r["deltas_per_s"] for r in ok if r["metrics"] == m] for m in ("off", "on")}
     ratio = (sum(rate["on"]) / len(rate["on"])) / (sum(rate["off"]) / len(rate["off"])) if all(rate.values()) else None
     table = Table(title=f"Fog ingest: {devices} devices x one {rows[0]['update_bytes']:,} B update, real hffm fog run")
-    for col in ("run", "metrics", "s", "deltas/s", "MB/s", "fog RSS MB", "scrapes", "status"):
+    cols = {"s": "seconds", "deltas/s": "deltas_per_s", "MB/s": "mb_per_s", "ceiling/s": "ceiling_per_s",
+            "of ceiling": "of_ceiling", "fog RSS MB": "fog_rss_mb", "peak RSS MB": "fog_peak_rss_mb",
+            "written MB": "fog_written_mb", "journal MB": "journal_mb", "scrapes": "scrapes"}
+    for col in ("run", "metrics", *cols, "status"):
         table.add_column(col, justify="right")
     for i, r in enumerate(rows):
-        table.add_row(str(i // 2 + 1), r["metrics"], str(r.get("seconds", "-")), str(r.get("deltas_per_s", "-")),
-                      str(r.get("mb_per_s", "-")), str(r.get("fog_rss_mb", "-")), str(r.get("scrapes", "-")),
+        table.add_row(str(i // 2 + 1), r["metrics"], *(str(r.get(k, "-")) for k in cols.values()),
                       "FAILED" if r["error"] else "ok")
     console.print(table)
     console.print(f"ingest with metrics on / off: {ratio:.3f} (goal >= 0.98)" if ratio is not None else
@@ -234,3 +314,8 @@ def run_fog_ingest_bench(*, devices: int = 100, floats: int = 300_000, repeats: 
             "bench fog-ingest", console)
     return out
 
+
+
+if __name__ == "__main__":  # the ceiling's subscriber process: python -m hffm_lab.bench.fog_ingest ceiling PORT K
+    if sys.argv[1:2] == ["ceiling"]:
+        _ceiling_subscriber(int(sys.argv[2]), int(sys.argv[3]))

@@ -31,8 +31,9 @@ class MemoryJournal:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
 
-    def add(self, delta: Any, *, global_round: int, cluster_round: int) -> None:
-        self.calls.append(("add", (delta.key, global_round, cluster_round)))
+    def add_batch(self, deltas: Any, *, global_round: int, cluster_round: int, sums: Any = None) -> None:
+        self.calls.append(("add", tuple((d.key, global_round, cluster_round) for d in deltas)))
+        self.sums = sums
 
     def advance(self, position: Any, states: Any, stamps: Any, *, job: Any = None) -> None:
         self.calls.append(("advance", (position.round_g, position.cluster_c, position.in_round, job is not None)))
@@ -101,12 +102,16 @@ def test_accept_applies_once_acks_duplicates_and_refuses_conflicts() -> None:
     r = Round()
     first = r.accept(_update("a", 1.0, 10))
     assert (first.status, first.ack) == (APPLIED, "applied") and first.stored is not None
-    assert r.journal.calls == [("add", (f"{FLEET}/a/1.1/{HEAD}", 1, 1))], "journaled before it reports applied"
+    assert r.journal.calls == [] and r.rnd.book.pending, "staged: committed (and acked) at the next flush"
     again = r.accept(_update("a", 1.0, 10))
     assert (again.status, again.ack, again.reason) == (DUPLICATE, "applied", "")
     other = r.accept(_update("a", 5.0, 10))  # same key, other content
     assert (other.status, other.ack) == (CONFLICT, "conflict")
-    assert r.rnd.book.aggs[HEAD].count == 1 and len(r.journal.calls) == 1
+    assert r.rnd.flush() == 1 and r.rnd.flush() == 0 and not r.rnd.book.pending
+    assert r.journal.calls == [("add", ((f"{FLEET}/a/1.1/{HEAD}", 1, 1),))]
+    running = r.journal.sums[HEAD]  # FedAvg: the running sum goes with the batch, the delta does not
+    assert (running.count, running.weight) == (1, 10.0) and np.all(running.sums["w"] == 10.0)
+    assert r.rnd.book.aggs[HEAD].count == 1
 
 
 def test_stale_updates_hear_expired_only_for_a_closed_round() -> None:
@@ -227,18 +232,25 @@ def test_a_new_global_round_waits_for_the_versions_merged_from_what_it_sent() ->
     assert r.rnd.ready_modules({HEAD}, {HEAD: (0, -1)}, now=100.0) == set(), "after the grace: left out"
 
 
-def test_commit_journals_the_position_and_a_new_round_resumes_from_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("aggregator", ["median", "fedavg"])
+def test_commit_journals_the_position_and_a_new_round_resumes_from_it(tmp_path: Path, aggregator: str) -> None:
     journal = RoundJournal(tmp_path / "round.sqlite")
-    r = Round(journal=journal, aggregator="median")
+    r = Round(journal=journal, aggregator=aggregator)
     r.rnd.commit([HEAD], true=r.true, published=r.true, stamps={HEAD: (1, 0)}, start=True)
     r.accept(_update("a", 1.0, 10))
     r.accept(_update("b", 3.0, 10))
-    again = FogRound(fleet=FLEET, node=FOG, rules=FogRules(aggregator="median"), journal=journal)
+    r.accept(_update("c", 9.0, 10))  # not in the round: refused, never staged
+    assert r.rnd.flush() == 2
+    again = FogRound(fleet=FLEET, node=FOG, rules=FogRules(aggregator=aggregator), journal=journal)
     snap = journal.load()
     assert snap is not None
     again.restore(snap, now=1000.0, settle_s=5.0)
     assert again.at == RoundPosition(1, 1) and again.in_round and again.participants == {HEAD: {"a", "b"}}
     assert again.book.aggs[HEAD].count == 2 and again.deadline == 1060.0 and again.settle_until == 1005.0
+    assert again.book.aggs[HEAD].result()["w"].tobytes() == r.rnd.book.aggs[HEAD].result()["w"].tobytes()
+    assert again.book.round_weight == r.rnd.book.round_weight and again.book.reported == r.rnd.book.reported
     dup = again.accept(_update("a", 1.0, 10), ("a",), holders={"a", "b"}, decode=lambda: _delta(1.0))
     assert dup.status == DUPLICATE
+    stored = journal._db.execute("SELECT COUNT(*), COUNT(data) FROM deltas").fetchone()
+    assert stored == ((2, 2) if aggregator == "median" else (2, 0)), "FedAvg journals its sum, not the deltas"
     journal.close()

@@ -109,6 +109,7 @@ class Fog:
                            num_samples=n, train_loss=0.1, tensors=blobs, sha256=tensors_sha256(blobs),
                            idempotency_key=idem)
         self.gw.dispatch(topics.up(FLEET, FOG, key, dev), encode(msg))
+        self.gw.flush()  # as the service loop does after each batch of messages: commit, then ack
         return idem
 
     def deadline(self) -> None:
@@ -183,9 +184,10 @@ def test_a_failed_journal_write_is_never_acked_and_stops_the_gateway(tmp_path: P
     def full_disk(*_a: object, **_k: object) -> None:
         raise RoundJournalError("fog round journal: database or disk is full")
 
-    monkeypatch.setattr(fog.gw.journal, "add", full_disk)
-    fog.update("a", 1.0, 10)
-    assert fog.acks("a") == [] and fog.gw.rejected["RoundJournalError"] == 1
+    monkeypatch.setattr(fog.gw.journal, "add_batch", full_disk)
+    with pytest.raises(RoundJournalError, match="disk is full"):  # the batch's commit: the service loop stops
+        fog.update("a", 1.0, 10)
+    assert fog.acks("a") == []
     with pytest.raises(RoundJournalError, match="disk is full"):
         fog.gw.tick()
     monkeypatch.undo()

@@ -16,9 +16,12 @@ import numpy as np
 import pytest
 
 from fog_gateway.round_journal import (
+    FORMAT,
     Position,
     RoundJournal,
     RoundJournalError,
+    RoundJournalFormatError,
+    RoundSum,
     StoredDelta,
     job_of,
     pack_state,
@@ -239,3 +242,38 @@ def test_kill9_at_any_instant_leaves_whole_steps(tmp_path: Path) -> None:
         assert [d.key for d in snap.deltas] == [f"{c}/{d}" for d in "abc"[:len(snap.deltas)]]
         assert all(np.all(d.delta["w"] == c) for d in snap.deltas)
         assert snap.applied == [f"{r}/{d}" for r in range(1, c) for d in "abc"] + [d.key for d in snap.deltas]
+
+
+def test_a_fedavg_round_journals_its_running_sum_not_the_deltas(tmp_path: Path) -> None:
+    """A batch commits its updates' rows (no arrays), their keys and the module's float64 sum together; the sum reads
+    back bit for bit, and a sum that does not count the round's updates is refused on load."""
+    journal = RoundJournal(tmp_path / "r.sqlite")
+    _begin(journal)
+    total = {"w": np.linspace(-1, 1, 12, dtype=np.float64).reshape(3, 4) / 3.0}
+    bare = [StoredDelta(key=f"k{i}", module=HEAD, sender=d, num_samples=7, weight=7.0, lag=0, delta={},
+                        digest=b"h%d" % i) for i, d in enumerate("ab")]
+    journal.add_batch(bare, global_round=2, cluster_round=1, sums={HEAD: RoundSum(sums=total, weight=14.0, count=2)})
+    snap = journal.load()
+    assert snap is not None and [d.key for d in snap.deltas] == ["k0", "k1"] and all(not d.delta for d in snap.deltas)
+    assert snap.sums[HEAD].count == 2 and snap.sums[HEAD].weight == 14.0
+    _same(snap.sums[HEAD].sums, total)
+    assert snap.applied == ["k0", "k1"] and snap.digests == {"k0": b"h0", "k1": b"h1"}
+    size = journal._db.execute("SELECT SUM(LENGTH(data)) FROM sums").fetchone()[0]
+    assert size == 12 * 8 and journal._db.execute("SELECT COUNT(data) FROM deltas").fetchone()[0] == 0
+    journal.add_batch([StoredDelta(key="k2", module=HEAD, sender="c", num_samples=7, weight=7.0, lag=0, delta={})],
+                      global_round=2, cluster_round=1)  # its sum was not written with it
+    with pytest.raises(RoundJournalError, match="counts 2 update"):
+        journal.load()
+    journal.advance(_position(2), {"true": {HEAD: _state(99)}, "published": {HEAD: _state(98)}}, {HEAD: (2, 1)})
+    snap = journal.load()
+    assert snap is not None and snap.sums == {} and snap.deltas == []
+
+
+def test_a_journal_of_the_previous_format_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    RoundJournal(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = 'hffm-fog-round/2' WHERE name = 'format'")
+    with pytest.raises(RoundJournalFormatError, match="has format 'hffm-fog-round/2', not 'hffm-fog-round/3'.*move"):
+        RoundJournal(path)
+    assert issubclass(RoundJournalFormatError, RoundJournalError) and FORMAT == "hffm-fog-round/3"
