@@ -16,11 +16,16 @@ class DeviceRoster:
         self.adverts: dict[str, NodeState] = {}
         self.holdings: dict[str, set[ModuleKey]] = {}  # online devices -> the modules they hold
         self.offline_since: dict[str, float] = {}  # device -> when its advert (or last will) said offline
+        # device -> the modules its last advert that listed any named: a last will is written before the device
+        # knows its modules, so an offline device's will must not make the fog forget what it holds
+        self.known: dict[str, frozenset[ModuleKey]] = {}
 
     def update(self, msg: NodeState, now: float) -> str:
         """Take a device's advert; returns ``"back"`` (online again), ``"gone"`` (it was online, now offline) or
         ``""``."""
         self.adverts[msg.node] = msg
+        if msg.modules:
+            self.known[msg.node] = frozenset(msg.modules)
         if msg.online:
             self.holdings[msg.node] = set(msg.modules)
             return "back" if self.offline_since.pop(msg.node, None) is not None else ""
@@ -31,6 +36,7 @@ class DeviceRoster:
         """Forget the adverts of devices in another job than ``job`` (an advert without a job is kept)."""
         for dev in [d for d, a in self.adverts.items() if a.job not in ("", job)]:
             del self.adverts[dev]
+            self.known.pop(dev, None)
             self.holdings.pop(dev, None)
             self.offline_since.pop(dev, None)
 
@@ -49,8 +55,9 @@ class DeviceRoster:
         return self.expected <= set(self.holdings) | self.offline(now)
 
     def held(self, *, everything: bool = False) -> set[ModuleKey]:
-        """The modules the online devices hold; with ``everything``, also those of offline devices' adverts."""
+        """The modules the online devices hold; with ``everything``, also those an offline device last advertised
+        (its last will names none)."""
         held: set[ModuleKey] = set().union(*self.holdings.values()) if self.holdings else set()
         if everything:
-            held |= set().union(*(set(a.modules) for a in self.adverts.values()), set())
+            held |= set().union(*self.known.values(), set())
         return held
