@@ -23,11 +23,8 @@ from edge_runtime.device_report import (
     status_record,
 )
 from edge_runtime.pending import PendingRound
-from edge_runtime.local_data import (
-    baseline_from_config,
-    evaluate_tasks,
-    load_local_data,
-)
+from edge_runtime.local_data import baseline_from_config, evaluate_tasks, load_local_data
+from edge_runtime.personal_device import make_personal
 from edge_runtime.privacy.dp import privacy_settings
 from edge_runtime.round_step import RoundTrainer, load_privacy_ledger
 from edge_runtime.telemetry import sample
@@ -94,6 +91,7 @@ class EdgeAgent(Service):
         layouts = {k: layout_of(self.model.get_module_state(k)) for k in self.keys}
         self.rx = VersionReceiver(layouts=layouts)
         state_dir = resolve(cfg.base_dir, cfg.state_dir)
+        self.data, self.personal = make_personal(cfg, self.model, self.keys, self.data, state_dir)  # [personalization]
         self.trainer = RoundTrainer(node=dev.id, model=self.model, data=self.data, keys=self.keys,
                                     training=cfg.training, attack=cfg.attack, dp=dp,
                                     privacy=privacy, privacy_path=privacy_path)
@@ -306,7 +304,7 @@ class EdgeAgent(Service):
 
     def extra_metrics(self) -> dict[str, Any]:
         return device_report(final_accuracy=self.final_accuracy, rounds_log=self.rounds_log, job=self.jobs.job,
-                             stale_modules=self.stale_modules,
+                             stale_modules=self.stale_modules, **self.personal.metrics(),
                              outbox=self.sender.stats() if self.sender is not None else None,
                              d2d=self.d2d.stats() if self.d2d is not None else None, privacy=self.trainer.privacy)
 
@@ -347,6 +345,7 @@ class EdgeAgent(Service):
         self.advertise(f"training round ({g},{c})", publish=False)  # local status only: spare the uplink
         if self.sender is not None:  # the broker drops an update still queued after its round's deadline
             self.sender.expiry_s = math.ceil(ctl.deadline_s) + STALE_SLACK_S
+        self.personal.before_training(self.rx.states, g, c)
         trained = self.trainer.train(ctl, selected, self.decision.fraction, self.rx.states)
         self._save_modules(local=True)  # the personalised modules, as trained here
         sent = 0
@@ -362,6 +361,7 @@ class EdgeAgent(Service):
         self.uplink.save_feedback()
         if self.sender is not None:
             self.sender.pump()
+        self.personal.after_training(self.rx.states, (g - 1) * ctl.agg_every + (c - 1), ctl.local_epochs)
         self._save_modules()
         losses, train_s = trained.losses, trained.train_s
         self.rounds_log.append({"global_round": g, "cluster_round": c, "train_s": round(train_s, 3),
@@ -384,6 +384,7 @@ class EdgeAgent(Service):
         for key, state in self.rx.states.items():  # evaluate what the fleet was sent, as every device holds it
             self.model.load_module_state(key, state)
         self.final_accuracy.update(evaluate_tasks(self.model, self.data))
+        self.personal.finish(self.rx.states, ctl.global_round)  # the global model on the own test split, then personal
         log.info("device %s: job finished; test accuracy %s", self.node,
                  {t: round(a, 3) for t, a in self.final_accuracy.items()})
         self._save_modules()

@@ -37,6 +37,47 @@ class TrainingConfig:
 class TaskData:
     train: str
     test: str = ""
+    own_test: str = ""  # a test split drawn from this device's own label mix (per-device evaluation)
+
+
+PERSONALIZATION_MODES = ("none", "replace", "replace+distill")
+
+
+@_frozen
+class PersonalizationConfig:
+    """[personalization] (docs/personalization.md): TAP-style personal modules. ``mode``: none (the device ends
+    with the global model only), replace (a personal copy of each module, replaced by an arriving version only
+    when that improves validation accuracy by more than ``margin[kind]``), replace+distill (then, after the last
+    round, the final global model distilled into it). ``val_fraction`` of each task's training data is held out
+    for the validation metric (only when mode is not none)."""
+
+    mode: str = "none"
+    val_fraction: float = 0.15
+    margin: dict[str, float] = field(default_factory=lambda: {"encoder": 0.01, "adapter": 0.01, "head": 0.02})
+    distill_epochs: int = 2
+    distill_weight: float = 1.0  # weight of the KL term next to the cross-entropy on the device's own labels
+    temperature: float = 2.0
+    distill_lr: float = 5e-4
+
+    def __post_init__(self) -> None:
+        if self.mode not in PERSONALIZATION_MODES:
+            raise ValueError(f"[personalization] mode must be one of {list(PERSONALIZATION_MODES)}, "
+                             f"got {self.mode!r}")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ValueError(f"[personalization] val_fraction must lie in (0, 0.5), got {self.val_fraction!r}")
+        bad = sorted(set(self.margin) - {"encoder", "adapter", "head"})
+        if bad:
+            raise ValueError(f"[personalization] margin has unknown module kinds {bad}; expected encoder, "
+                             "adapter, head")
+        if any(not 0.0 <= float(v) < 1.0 for v in self.margin.values()):
+            raise ValueError(f"[personalization] margins must lie in [0, 1), got {self.margin}")
+        if self.distill_epochs < 1 or not self.distill_weight >= 0 or not self.temperature > 0 \
+                or not self.distill_lr > 0:
+            raise ValueError("[personalization] distill_epochs must be >= 1, distill_weight >= 0, temperature "
+                             "and distill_lr > 0")
+
+    def margin_of(self, kind: str) -> float:
+        return float(self.margin.get(kind, 0.01))
 
 
 @_frozen
@@ -110,6 +151,7 @@ class DeviceConfig:
     privacy: dict[str, Any] = field(default_factory=dict)  # [privacy.<kind>]: client-side DP (privacy/dp.py)
     d2d: D2dConfig = field(default_factory=D2dConfig)  # [d2d]: the device's D2D group and its broker
     mosquitto: dict[str, Any] = field(default_factory=dict)  # [mosquitto]: a hub's D2D broker (hffm broker, node.py)
+    personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)  # personal modules
     state_dir: str = "state"  # residuals, module snapshot and status file live here
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  # [metrics] listen: Prometheus /metrics
     metrics_file: str = ""

@@ -48,10 +48,16 @@ def device_gauges(*, last_done: tuple[int, int], rounds_log: Sequence[Mapping[st
 
 def device_report(*, final_accuracy: dict[str, float], rounds_log: list[dict[str, Any]], job: str | None,
                   stale_modules: list[str], outbox: dict[str, Any] | None, d2d: dict[str, Any] | None,
-                  privacy: PrivacyLedger | None) -> dict[str, Any]:
-    """The device's sections of the metrics file (``d2d`` and ``privacy`` only where the device has them)."""
+                  privacy: PrivacyLedger | None, own_accuracy: dict[str, float] | None = None,
+                  personal: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The device's sections of the metrics file (``d2d``, ``privacy``, ``own_accuracy`` (the global model on the
+    device's own test split) and ``personalization`` only where the device has them)."""
     out: dict[str, Any] = {"final_accuracy": final_accuracy, "rounds": rounds_log, "job": job,
                            "stale_modules": stale_modules, "outbox": outbox}
+    if own_accuracy:
+        out["own_accuracy"] = own_accuracy
+    if personal is not None:
+        out["personalization"] = personal
     if d2d is not None:
         out["d2d"] = d2d
     if privacy is not None:

@@ -17,7 +17,7 @@ from hffm_core.errors import ModelError
 from hffm_core.protocol.keys import ModuleKey
 from hffm_model.m3t import M3TModel
 
-__all__ = ["evaluate", "train_task", "trained_keys"]
+__all__ = ["distill_task", "evaluate", "predict_logits", "train_task", "trained_keys"]
 
 
 def trained_keys(modality: str, task: str) -> list[ModuleKey]:
@@ -130,3 +130,80 @@ def evaluate(
             logits = model(xt[start : start + batch_size], modality=modality, task=task)
             correct += int((logits.argmax(dim=1) == yt[start : start + batch_size]).sum())
     return correct / len(xt)
+
+
+def predict_logits(
+    model: M3TModel, *, modality: str, task: str, x: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """The pair's logits on ``x`` (float32 ``(n, num_classes)``), without gradients; the teacher's side of
+    :func:`distill_task`.
+
+    Raises:
+        ModelError: unknown task, a task of another modality, or samples of the wrong shape.
+    """
+    y = np.zeros(len(x), dtype=np.int64)
+    xt, _ = _tensors(model, modality, task, x, y)
+    model.eval()
+    with torch.no_grad():
+        out = [model(xt[s : s + batch_size], modality=modality, task=task) for s in range(0, len(xt), batch_size)]
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+def distill_task(
+    model: M3TModel,
+    *,
+    modality: str,
+    task: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    teacher_logits: np.ndarray,
+    epochs: int,
+    weight: float = 1.0,
+    temperature: float = 2.0,
+    batch_size: int = 32,
+    lr: float = 5e-4,
+    seed: int = 0,
+) -> float:
+    """Train the pair's modules on ``cross_entropy(y) + weight * T^2 * KL(teacher || student)`` at temperature
+    ``T`` (Hinton et al. 2015): the device's own labels plus the teacher's soft predictions on the same samples.
+    Returns the mean loss of the last epoch.
+
+    Raises:
+        ModelError: as :func:`train_task`; ValueError: teacher logits that do not match the samples.
+    """
+    xt, yt = _tensors(model, modality, task, x, y)
+    _positive(epochs, "epochs")
+    teacher = torch.from_numpy(np.ascontiguousarray(teacher_logits, dtype=np.float32))
+    if teacher.shape != (len(xt), model.tasks[task][1]):
+        raise ValueError(f"task {task!r}: teacher logits of shape {tuple(teacher.shape)} for {len(xt)} samples")
+    params = [p for key in trained_keys(modality, task) for p in model.module_parameters(key)]
+    model.train()
+    try:
+        model.activate(modality, task)
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        rng = np.random.default_rng(seed)
+        mean_loss = math.nan
+        for _ in range(epochs):
+            order = torch.from_numpy(rng.permutation(len(xt)))
+            total = 0.0
+            for start in range(0, len(xt), batch_size):
+                idx = order[start : start + batch_size]
+                logits = model(xt[idx], modality=modality, task=task)
+                soft = F.kl_div(F.log_softmax(logits / temperature, dim=1),
+                                F.log_softmax(teacher[idx] / temperature, dim=1), log_target=True,
+                                reduction="batchmean")
+                loss = F.cross_entropy(logits, yt[idx]) + weight * temperature**2 * soft
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(idx)
+            mean_loss = total / len(xt)
+            if not math.isfinite(mean_loss):
+                raise ModelError(f"distilling task {task!r} diverged (loss {mean_loss}); lower distill_lr")
+    finally:
+        model.eval()
+        for p in params:
+            p.grad = None
+    return mean_loss

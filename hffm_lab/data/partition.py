@@ -196,3 +196,36 @@ def _repair(shares: list[list[int]], min_samples: int, rng: np.random.Generator)
             return
         donor = shares[large]
         shares[small].append(donor.pop(int(rng.integers(len(donor)))))
+
+
+def own_test_splits(
+    bench: Mapping[str, TaskData], shards: Mapping[str, DeviceShard], *, seed: int, ratio: float = 3 / 7,
+    min_samples: int = 20,
+) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Each device's own test split: for every task it holds, samples of the task's held-out TEST split (which no
+    device trains on) in the label proportions of the device's training share, ``ratio`` times its size (at least
+    ``min_samples``; at most the class's test samples). Devices draw independently, so two devices' splits may
+    share samples; none shares a sample with any training data. Seeded by ``seed``, task and device.
+
+    Raises:
+        DataError: a shard holds a task the bench does not have.
+    """
+    seed = check_seed(seed)
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for device in sorted(shards):
+        out[device] = {}
+        for task, (_x, y_train) in sorted(shards[device].data.items()):
+            if task not in bench:
+                raise DataError(f"device {device!r} holds task {task!r}, which the bench does not have")
+            td = bench[task]
+            rng = rng_for(seed, "own_test", task, device)
+            want = max(min_samples, math.ceil(ratio * len(y_train)))
+            labels, counts = np.unique(y_train, return_counts=True)
+            picked: list[np.ndarray] = []
+            for label, count in zip(labels, counts, strict=True):
+                pool = np.flatnonzero(td.y_test == label)
+                n = min(len(pool), max(1, int(round(want * count / len(y_train)))))
+                picked.append(rng.choice(pool, size=n, replace=False))
+            idx = np.sort(np.concatenate(picked))
+            out[device][task] = (td.x_test[idx], td.y_test[idx])
+    return out
