@@ -94,6 +94,33 @@ def bench_security(
                        backbone=backbone)
 
 
+@bench_app.command("personalization")
+@friendly_errors
+def bench_personalization(
+    alphas: Annotated[str, typer.Option(help="Comma-separated Dirichlet alphas.")] = "0.1,0.5",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; means and spread over them.")] = "0,1,2",
+    rounds: Annotated[int, typer.Option(min=1, max=100, help="Global rounds (demo default).")] = 4,
+    agg_every: Annotated[int, typer.Option(min=1, max=50, help="Cluster rounds per global round.")] = 2,
+    backbone: Annotated[str, typer.Option(help="Backbone (demo default: minilm).")] = "minilm",
+    workers: Annotated[int, typer.Option(min=1, max=8, help="Cases run at a time, one process each.")] = 1,
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Per device: local-only vs global vs personal modules (replace, replace+distill) on each device's own test
+    split, 2 fogs x 3 devices on skewed M3T-Bench partitions (docs/personalization.md)."""
+    setup_logging(log_level)
+    from hffm_lab.bench.personalization import (
+        PersonalizationOptions,
+        parse_floats,
+        parse_ints,
+        run_personalization_bench,
+    )
+
+    run_personalization_bench(PersonalizationOptions(alphas=parse_floats(alphas), seeds=parse_ints(seeds),
+                                                     rounds=rounds, agg_every=agg_every, backbone=backbone),
+                              report=report, workers=workers)
+
+
 @bench_app.command("agent")
 @friendly_errors
 def bench_agent(
