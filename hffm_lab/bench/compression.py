@@ -83,9 +83,10 @@ def _lowrank_int4(encoder: int = 2, head: int = 2, **adapter: str) -> dict[str, 
             "head": {"codec": "lowrank", "params": {"rank": head, "loadings": "int4"}}}
 
 
-def _sb_model(r: int) -> dict[str, Any]:
-    """LoRA-SB adapters (hffm_model/lora_sb.py): only an r x r matrix R per LoRA layer is trained and sent."""
-    return {"adapter": "lora-sb", "lora_r": r, "lora_alpha": 2 * r}
+def _sb_model(r: int, alpha: int | None = None) -> dict[str, Any]:
+    """LoRA-SB adapters (hffm_model/lora_sb.py): only an r x r matrix R per LoRA layer is trained and sent;
+    ``alpha`` (default ``2 r``, LoRA's usual) sets the scaling ``alpha / r`` of ``B R A``."""
+    return {"adapter": "lora-sb", "lora_r": r, "lora_alpha": alpha or 2 * r}
 
 
 def _sb_sign(encoder: int = 4, head: int = 4) -> dict[str, dict[str, Any]]:
@@ -132,11 +133,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lora-sb8-lowrank2-eh4", {**_sb_sign(), "adapter": {"codec": "lowrank", "params": {"rank": 2}}},
             _all("int8"), _all("int8"), _sb_model(8)),
     Setting("lora-sb8-sign-eh6", _sb_sign(6, 6), _all("int8"), _all("int8"), _sb_model(8)),
+    Setting("lora-sb8a64-sign-eh4", _sb_sign(), _all("int8"), _all("int8"), _sb_model(8, 64)),
+    Setting("lora-sb8a256-sign-eh4", _sb_sign(), _all("int8"), _all("int8"), _sb_model(8, 256)),
     Setting("lora-sb12-sign-eh4", _sb_sign(), _all("int8"), _all("int8"), _sb_model(12)),
     Setting("fp32+lora-sb8", {}, {}, {}, _sb_model(8)),
 )
 # The setting the README headlines (`--headline` runs fp32 and it, and marks it "headline": true in the report).
-HEADLINE = "lora-sb8-sign-eh4"
+HEADLINE = "lora-sb8a256-sign-eh4"
 
 # The default run (nine jobs, about 25 min on 2 idle CPU cores); --only picks any of SETTINGS.
 DEFAULT_SETTINGS: tuple[Setting, ...] = tuple(
