@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.agent import EdgeAgent
+from edge_runtime.personal_device import NoPersonal
 from edge_runtime.device_report import read_job_file
 from hffm_cli.commands.ops import _check_process
 from hffm_core.delivery import Outbox, ReliableSender
@@ -71,7 +72,8 @@ def _agent(tmp_path: Path, job: str | None = None) -> EdgeAgent:
         sender=None, outbox=None, d2d=None, uplink=SimpleNamespace(reset_feedback=lambda: None), last_done=(0, 0),
         pending=None,
         next_advert=float("inf"), crash_reason=None, stale_modules=[], state_text="idle", decision=None,
-        final_accuracy={}, data=SimpleNamespace(test={}, modality_of={}), modules_path=tmp_path / "m.npz",
+        final_accuracy={}, data=SimpleNamespace(test={}, own={}, modality_of={}), modules_path=tmp_path / "m.npz",
+        personal=NoPersonal(None, SimpleNamespace(test={}, own={}, modality_of={})),
         status_path=tmp_path / "status.json", transport=SimpleNamespace(connected=True, connections=1, sent=[],
                                   publish=lambda topic, payload, **_: agent.transport.sent.append(topic)), advertised_on=1,
         cfg=SimpleNamespace(broker=SimpleNamespace(host="127.0.0.1", port=1883)), done=False)
