@@ -3,7 +3,8 @@
 Brokers run with ``use_identity_as_username``, so the user name an ACL names is the certificate's CN, the node id
 (:mod:`broker_config.pki`). Every rule comes from the topic table (:mod:`hffm_core.protocol.topic_table`): each
 kind's grants per role (on the role's own broker, or a device's on its D2D group's broker), and for a bridge its
-routes (cloud bridge or fog-to-fog bridge). Anything not granted is denied: a refused PUBLISH gets PUBACK 0x87 and reaches no one; a refused SUBSCRIBE gets SUBACK 0x87.
+routes (cloud bridge or fog-to-fog bridge). Anything not granted is denied: a refused PUBLISH gets PUBACK 0x87
+and reaches no one; a refused SUBSCRIBE gets SUBACK 0x87.
 
 | Identity | Connects to | May publish | May read |
 |---|---|---|---|

@@ -97,7 +97,8 @@ def test_the_peer_bridge_identity_has_only_fogpeer_rights() -> None:
     rules = acl_users(spec, "fog-2")[peer_bridge_id("fog-1")]
     kinds = {pattern.split("/")[3] for _access, pattern in rules if not pattern.startswith("$SYS")}
     assert kinds == {"fogpeer"}
-    assert ("write", f"hffm/v1/{FLEET}/fogpeer/fog-1/#") in rules and ("read", f"hffm/v1/{FLEET}/fogpeer/fog-2/#") in rules
+    assert ("write", f"hffm/v1/{FLEET}/fogpeer/fog-1/#") in rules
+    assert ("read", f"hffm/v1/{FLEET}/fogpeer/fog-2/#") in rules
     assert peer_bridge_id("fog-3") not in acl_users(spec, "fog-2")  # fog-2 runs its own bridge to fog-3
     assert set(acl_users(spec, "fog-3")) >= {peer_bridge_id("fog-1"), peer_bridge_id("fog-2")}
 
