@@ -124,6 +124,23 @@ def _dimension(d: Any) -> int:
     return operator.index(d)
 
 
+def unpack_floats(data: bytes, count: int, codec: str, dtype: str) -> np.ndarray:
+    """``count`` little-endian floats of ``dtype`` (``"<f2"`` or ``"<f4"``) from exactly ``itemsize * count`` bytes,
+    as a new float32 1-d array.
+
+    Raises:
+        DecodeError: the length is not ``itemsize * count``, or a value is NaN or Inf.
+    """
+    width = np.dtype(dtype).itemsize
+    if len(data) != width * count:
+        raise DecodeError(f"codec {codec!r}: expected {width * count} bytes for {count} float{8 * width} values, "
+                          f"got {len(data)}")
+    values = np.frombuffer(data, dtype=dtype).astype(np.float32)
+    if not np.isfinite(values).all():
+        raise DecodeError(f"codec {codec!r}: payload holds NaN or Inf")
+    return values
+
+
 def as_buffer(data: Any, codec: str) -> bytes:
     """``data`` (bytes, bytearray or memoryview) as bytes. Raises ``DecodeError`` for anything else."""
     if isinstance(data, bytes):

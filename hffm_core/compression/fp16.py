@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hffm_core.compression.base import Codec, as_buffer, check_input, decode_shape
-from hffm_core.errors import DecodeError
+from hffm_core.compression.base import Codec, as_buffer, check_input, decode_shape, unpack_floats
 
 FP16_MAX = 65504.0
 # Rounding to nearest half: at most half an ulp, i.e. |x| * 2**-11 for normal halves and 2**-25 (half the
@@ -25,23 +24,8 @@ def pack_fp16(values: np.ndarray) -> bytes:
     return values.astype("<f2").tobytes()
 
 
-def unpack_fp16(data: bytes, count: int, codec: str) -> np.ndarray:
-    """``count`` float16 values from exactly ``2 * count`` bytes, widened to a new float32 1-d array.
-
-    Raises:
-        DecodeError: the length is not ``2 * count``, or a value is NaN or Inf.
-    """
-    if len(data) != 2 * count:
-        raise DecodeError(f"codec {codec!r}: expected {2 * count} bytes for {count} float16 values, "
-                          f"got {len(data)}")
-    values = np.frombuffer(data, dtype="<f2").astype(np.float32)
-    if not np.isfinite(values).all():
-        raise DecodeError(f"codec {codec!r}: payload holds NaN or Inf")
-    return values
-
-
 def fp16_error_bound(values: np.ndarray) -> float:
-    """The largest error :func:`pack_fp16` then :func:`unpack_fp16` may make on ``values``: the clipping error of
+    """The largest error :func:`pack_fp16` then decoding may make on ``values``: the clipping error of
     the largest magnitude, or the rounding error of the largest unclipped one, whichever is larger."""
     if values.size == 0:
         return 0.0
@@ -61,7 +45,7 @@ class Fp16Codec(Codec):
 
     def decode(self, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
         dims, count = decode_shape(shape, self.name)
-        return unpack_fp16(as_buffer(data, self.name), count, self.name).reshape(dims)
+        return unpack_floats(as_buffer(data, self.name), count, self.name, "<f2").reshape(dims)
 
     def error_bound(self, x: np.ndarray) -> float:
         return fp16_error_bound(check_input(x, self.name))
