@@ -8,8 +8,11 @@ so fog gateways and the cloud can read the spec without installing sktime.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 from hffm_core.errors import DataError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,16 +73,20 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+def _lookup(table: dict[str, T], name: str, what: str) -> T:
+    try:
+        return table[name]
+    except (KeyError, TypeError):
+        raise DataError(f"unknown {what} {name!r}; expected one of {sorted(table)}") from None
+
+
 def modality_spec(modality: str) -> ModalitySpec:
     """The spec of ``modality``.
 
     Raises:
         DataError: ``modality`` is not one of :data:`MODALITIES`; the message lists the known ones.
     """
-    try:
-        return MODALITIES[modality]
-    except (KeyError, TypeError):
-        raise DataError(f"unknown modality {modality!r}; expected one of {sorted(MODALITIES)}") from None
+    return _lookup(MODALITIES, modality, "modality")
 
 
 def task_spec(task: str) -> TaskSpec:
@@ -88,10 +95,7 @@ def task_spec(task: str) -> TaskSpec:
     Raises:
         DataError: ``task`` is not one of :data:`TASKS`; the message lists the known ones.
     """
-    try:
-        return TASKS[task]
-    except (KeyError, TypeError):
-        raise DataError(f"unknown task {task!r}; expected one of {sorted(TASKS)}") from None
+    return _lookup(TASKS, task, "task")
 
 
 def tasks_of(modality: str) -> list[str]:
