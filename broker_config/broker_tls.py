@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hffm_core.errors import BrokerError, ConfigError
-from hffm_core.security.tls import TlsSettings
+from hffm_core.security.tls import TlsSettings, paths_as_path
 
 __all__ = ["BRIDGE_FILES", "LISTENER_FILES", "BrokerTls", "find_dynsec_plugin", "install_files", "peer_bridge_files",
            "probe_context"]
@@ -52,10 +52,7 @@ class BrokerTls:
     probe: TlsSettings
 
     def __post_init__(self) -> None:
-        for name in LISTENER_FILES:
-            value = getattr(self, name)
-            if not isinstance(value, Path):
-                object.__setattr__(self, name, Path(value))
+        paths_as_path(self, LISTENER_FILES)
 
 
 def install_files(data_dir: Path, listener: BrokerTls | None, bridge: TlsSettings | None,

@@ -5,7 +5,8 @@ The CLI catches :class:`HffmError` once and prints one line; anything else is a 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 
 class HffmError(Exception):
@@ -95,6 +96,25 @@ def storage_error(exc: OSError, what: str = "") -> StorageError:
     cause = causes.get(exc.errno or 0, exc.strerror or str(exc))
     where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
     return StorageError(f"{what + ': ' if what else ''}cannot write{where}: {cause}")
+
+
+def check_table_keys(table: Any, where: str, problems: list[str], *, allowed: Sequence[str],
+                     required: Sequence[str] = ()) -> bool:
+    """Check a config table's keys, appending each problem (naming ``where``) to ``problems``: keys not in
+    ``allowed`` (listed in the message in ``allowed``'s order) and keys of ``required`` that are absent.
+
+    Returns False when ``table`` is not a table at all (then nothing else about it can be checked). Raises nothing.
+    """
+    if not isinstance(table, dict):
+        problems.append(f"{where}: expected a table, got {type(table).__name__}")
+        return False
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        problems.append(f"{where}: unknown key(s) {unknown}; expected some of {list(allowed)}")
+    missing = [k for k in required if k not in table]
+    if missing:
+        problems.append(f"{where}: missing key(s) {missing}")
+    return True
 
 
 ALL_ERRORS: tuple[type[HffmError], ...] = (

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from hffm_core.errors import ConfigError, ModelError
+from hffm_core.errors import ConfigError, ModelError, check_table_keys
 from hffm_core.protocol.keys import MODULE_KINDS
 
 # Rényi orders searched for the best conversion: Opacus' defaults plus larger ones, which the optimum reaches when
@@ -59,16 +59,9 @@ def _number(value: object) -> bool:
 def parse_dp(table: Any, where: str, problems: list[str]) -> DpSettings | None:
     """Validate one ``[privacy.<kind>]`` table (keys ``clip``, ``noise_multiplier``, ``delta``), appending each
     problem to ``problems``. Returns the settings, or None when there was any problem. Raises nothing."""
-    if not isinstance(table, dict):
-        problems.append(f"{where}: expected a table, got {type(table).__name__}")
-        return None
-    unknown = sorted(set(table) - set(_KEYS))
-    if unknown:
-        problems.append(f"{where}: unknown key(s) {unknown}; expected some of {list(_KEYS)}")
-    missing = [k for k in ("clip", "noise_multiplier") if k not in table]
-    if missing:
-        problems.append(f"{where}: missing key(s) {missing}")
-    if unknown or missing:
+    before = len(problems)
+    if (not check_table_keys(table, where, problems, allowed=_KEYS, required=("clip", "noise_multiplier"))
+            or len(problems) > before):
         return None
     try:
         return DpSettings(**table)

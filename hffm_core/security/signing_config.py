@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hffm_core.errors import check_table_keys
 from hffm_core.protocol.topics import check_segment
 from hffm_core.security.replay import DEFAULT_WINDOW, MAX_WINDOW
 
@@ -54,16 +55,9 @@ def parse_signing(table: Any, where: str, problems: list[str], *, base_dir: str 
 
     Returns the settings, or None when there was any problem. Raises nothing.
     """
-    if not isinstance(table, dict):
-        problems.append(f"{where}: expected a table, got {type(table).__name__}")
-        return None
     before = len(problems)
-    unknown = sorted(set(table) - set(_KEYS))
-    if unknown:
-        problems.append(f"{where}: unknown key(s) {unknown}; expected some of {sorted(_KEYS)}")
-    missing = [k for k in ("key", "enrolled") if k not in table]
-    if missing:
-        problems.append(f"{where}: missing key(s) {missing}")
+    if not check_table_keys(table, where, problems, allowed=sorted(_KEYS), required=("key", "enrolled")):
+        return None
     key_file = _path(table, "key", where, problems, base_dir, want_dir=False)
     enrolled = _path(table, "enrolled", where, problems, base_dir, want_dir=True)
     if enrolled is not None and not any(enrolled.glob("*.pub")):

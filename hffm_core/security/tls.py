@@ -11,13 +11,14 @@ key = "pki/issued/dev-1.key"
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hffm_core.errors import ConfigError
+from hffm_core.errors import ConfigError, check_table_keys
 
-__all__ = ["TLS_KEYS", "TlsSettings", "parse_tls", "verifying_context"]
+__all__ = ["TLS_KEYS", "TlsSettings", "parse_tls", "paths_as_path", "verifying_context"]
 
 TLS_KEYS: tuple[str, ...] = ("ca", "cert", "key")
 
@@ -32,10 +33,7 @@ class TlsSettings:
     key: Path
 
     def __post_init__(self) -> None:
-        for name in TLS_KEYS:
-            value = getattr(self, name)
-            if not isinstance(value, Path):
-                object.__setattr__(self, name, Path(value))
+        paths_as_path(self, TLS_KEYS)
 
     def client_context(self) -> ssl.SSLContext:
         """An SSL context that verifies the broker against ``ca`` (and its host name) and presents ``cert``.
@@ -50,6 +48,15 @@ class TlsSettings:
             raise ConfigError(f"cannot load the TLS certificate {str(self.cert)!r} with key {str(self.key)!r}: "
                               f"{exc}") from None
         return context
+
+
+def paths_as_path(settings: object, names: Iterable[str]) -> None:
+    """Turn each of the frozen dataclass ``settings``' fields ``names`` into a :class:`Path` (a config may give
+    strings)."""
+    for name in names:
+        value = getattr(settings, name)
+        if not isinstance(value, Path):
+            object.__setattr__(settings, name, Path(value))
 
 
 def verifying_context(ca: Path) -> ssl.SSLContext:
@@ -79,16 +86,9 @@ def parse_tls(table: Any, where: str, problems: list[str], *, base_dir: str | Pa
     """
     if table is None or table == {}:
         return None
-    if not isinstance(table, dict):
-        problems.append(f"{where}: expected a table, got {type(table).__name__}")
-        return None
     before = len(problems)
-    unknown = sorted(set(table) - set(TLS_KEYS))
-    if unknown:
-        problems.append(f"{where}: unknown key(s) {unknown}; expected some of {list(TLS_KEYS)}")
-    missing = [name for name in TLS_KEYS if name not in table]
-    if missing:
-        problems.append(f"{where}: missing key(s) {missing}")
+    if not check_table_keys(table, where, problems, allowed=TLS_KEYS, required=TLS_KEYS):
+        return None
     paths: dict[str, Path] = {}
     for name in TLS_KEYS:
         if name not in table:
