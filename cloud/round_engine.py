@@ -93,8 +93,11 @@ class CloudRound:
         self.deadline = now + self.schedule.allowance(g)
         return g > self.schedule.rounds
 
-    def _stale(self, what: str, g: int) -> Outcome | None:
-        """None for the open round; else STALE (an older round's also hears expired: the fog drops it)."""
+    def _admit(self, fog: str, g: int, what: str, unexpected: str) -> Outcome | None:
+        """None for a message of an expected fog in the open round; else REJECTED (``unexpected`` says why) for
+        another fog, or STALE (an older round's also hears expired: the fog drops it) for another round."""
+        if fog not in self.expected_fogs:
+            return Outcome(REJECTED, error=DecodeError(unexpected))
         if g == self.round_g:
             return None
         return Outcome(STALE, ack="expired" if g < self.round_g else "",
@@ -104,11 +107,10 @@ class CloudRound:
         """Fold a fog's aggregate into the open round, committed before APPLIED is returned. ``decode`` gives its
         delta, raising DecodeError or AggregationError when it does not fit the module (then it is refused, so
         that a report naming it need not wait for it)."""
-        if msg.fog not in self.expected_fogs:
-            return Outcome(REJECTED, error=DecodeError(f"fog {msg.fog!r} is not one of {sorted(self.expected_fogs)}"))
-        stale = self._stale("aggregate", msg.global_round)
-        if stale is not None:
-            return stale
+        refused = self._admit(msg.fog, msg.global_round, "aggregate",
+                              f"fog {msg.fog!r} is not one of {sorted(self.expected_fogs)}")
+        if refused is not None:
+            return refused
         if self.state.seen(msg.idempotency_key):
             log.info("cloud: duplicate aggregate %s ignored", msg.idempotency_key)
             return Outcome(DUPLICATE, ack="applied")  # its first ack was lost: say so again
@@ -124,11 +126,10 @@ class CloudRound:
     def report(self, msg: FogRoundReport, fleet: str) -> Outcome:
         """A fog's round report: it counts once every aggregate it names is here or refused (with retransmissions
         an aggregate may arrive after the report that names it)."""
-        if msg.fog not in self.expected_fogs:
-            return Outcome(REJECTED, error=DecodeError(f"round report from unexpected fog {msg.fog!r}"))
-        stale = self._stale("round report", msg.global_round)
-        if stale is not None:
-            return stale
+        refused = self._admit(msg.fog, msg.global_round, "round report",
+                              f"round report from unexpected fog {msg.fog!r}")
+        if refused is not None:
+            return refused
         self.state.report(msg.fog, {f"{fleet}/{msg.fog}/{msg.global_round}/{k}" for k in msg.modules})
         return Outcome(APPLIED, ack="applied")
 
