@@ -24,6 +24,8 @@ def sim(
                                            "shard, then the local-only baseline.")] = "noop",
     backbone: Annotated[str, typer.Option(help="The cloud's backbone, which fixes the module layouts (minilm, "
                                                "tiny).")] = "minilm",
+    adapter: Annotated[str, typer.Option(help="The cloud's [model] adapter: lora (r=8 A and B), ffa_lora or "
+                                              "lora-sb (an r x r matrix per layer).")] = "lora",
     per_process: Annotated[int, typer.Option(min=1, max=150, help="Virtual devices per simulator process.")] = 100,
     faults: Annotated[str, typer.Option(help="Shares of devices that fail, e.g. 'drop=0.02,slow=0.05,crash=0.02,"
                                              "skip=0.02,slow_s=2,rejoin_s=3' (seeded).")] = "",
@@ -48,6 +50,7 @@ def sim(
     from hffm_lab.sim import FaultRates, SimOptions, run_sim
 
     opts = SimOptions(devices=devices, fogs=fogs, rounds=rounds, agg_every=agg_every, mode=mode, backbone=backbone,
+                      adapter=adapter,
                       seed=seed, per_process=per_process, faults=FaultRates.parse(faults), uplink_codec=codec,
                       run_dir=run_dir, report=report, time_limit_s=time_limit, backoff_base_s=backoff,
                       backoff_max_s=backoff, outbox_sync=outbox_sync.upper())
@@ -76,6 +79,7 @@ def bench_scale(
     = 3,
     agg_every: Annotated[int, typer.Option(min=1, max=10, help="Cluster rounds per global round.")] = 2,
     backbone: Annotated[str, typer.Option(help="The cloud's backbone (fixes the module layouts).")] = "minilm",
+    adapter: Annotated[str, typer.Option(help="The cloud's [model] adapter: lora, ffa_lora or lora-sb.")] = "lora",
     per_process: Annotated[int, typer.Option(min=1, max=150, help="Virtual devices per simulator process.")] = 100,
     fogs_from_1000: Annotated[int, typer.Option(min=2, max=16, help="Fogs for K >= 1000 (one below).")] = 2,
     backoff: Annotated[float, typer.Option(min=0, max=3600, help="Devices' first outbox resend after this many "
@@ -103,4 +107,5 @@ def bench_scale(
         raise ConfigError(f"--k needs at least one size >= 1, got {ks!r}")
     run_scale_bench(ks=k_list, rounds=rounds, agg_every=agg_every, backbone=backbone, per_process=per_process,
                     fogs_from_1000=fogs_from_1000, report=report, work=work.resolve(),
-                    flower_python_path=flower_python, backoff_s=backoff, outbox_sync=outbox_sync.upper())
+                    flower_python_path=flower_python, backoff_s=backoff, outbox_sync=outbox_sync.upper(),
+                    adapter=adapter)

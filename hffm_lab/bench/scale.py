@@ -101,10 +101,10 @@ def _flower(python: str | None, k: int, rounds: int, floats: list[int], work: Pa
 
 
 def run_k(k: int, *, fogs: int, rounds: int, agg_every: int, backbone: str, per_process: int, work: Path,
-          flower: str | None, console: Console, backoff_s: float = 0.0, outbox_sync: str = "FULL"
-          ) -> dict[str, Any]:
+          flower: str | None, console: Console, backoff_s: float = 0.0, outbox_sync: str = "FULL",
+          adapter: str = "lora") -> dict[str, Any]:
     """One K: the hffm sim, then paho on its broker, then Flower; returns the report row."""
-    opts = SimOptions(devices=k, fogs=fogs, rounds=rounds, agg_every=agg_every, backbone=backbone,
+    opts = SimOptions(devices=k, fogs=fogs, rounds=rounds, agg_every=agg_every, backbone=backbone, adapter=adapter,
                       per_process=per_process, run_dir=work / f"K{k}", time_limit_s=max(900.0, 3.0 * k),
                       backoff_base_s=backoff_s, backoff_max_s=backoff_s, outbox_sync=outbox_sync)
     console.print(f"K={k}: hffm sim over {fogs} fog(s) ...")
@@ -145,7 +145,7 @@ def run_k(k: int, *, fogs: int, rounds: int, agg_every: int, backbone: str, per_
 def run_scale_bench(*, ks: tuple[int, ...] = DEFAULT_KS, rounds: int = 3, agg_every: int = 2, backbone: str = "minilm",
                     per_process: int = 100, fogs_from_1000: int = 2, report: Path | None = None,
                     work: Path = Path("runs/bench-scale"), flower_python_path: str | None = None,
-                    backoff_s: float = 0.0, outbox_sync: str = "FULL",
+                    backoff_s: float = 0.0, outbox_sync: str = "FULL", adapter: str = "lora",
                     console: Console | None = None) -> dict[str, Any]:
     """Run every K, print the table, save the report and the plot.
 
@@ -164,10 +164,12 @@ def run_scale_bench(*, ks: tuple[int, ...] = DEFAULT_KS, rounds: int = 3, agg_ev
     for k in ks:
         row = run_k(k, fogs=fogs_from_1000 if k >= 1000 else 1, rounds=rounds, agg_every=agg_every,
                     backbone=backbone, per_process=per_process, work=work, flower=flower, console=console,
-                    backoff_s=backoff_s, outbox_sync=outbox_sync)
+                    backoff_s=backoff_s, outbox_sync=outbox_sync, adapter=adapter)
         runs.append(row)
         console.print(one_line(row))
+        save_report({"runs": runs, "partial": True}, report, Console(quiet=True))  # a later K may never end
     out = {"runs": runs, "machine": machine(load_before), "rounds": rounds, "agg_every": agg_every,
+           "adapter": adapter,
            "device_backoff_s": backoff_s or "real default (2 s doubling to 30 s)", "device_outbox_sync": outbox_sync,
            "backbone": backbone, "wall_s": round(time.monotonic() - started, 1), "command": " ".join(sys.argv),
            "date": time.strftime("%Y-%m-%d")}

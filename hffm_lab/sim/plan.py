@@ -35,6 +35,7 @@ class SimOptions:
     agg_every: int = 2
     mode: str = "noop"
     backbone: str = "minilm"
+    adapter: str = "lora"  # the cloud's [model] adapter: lora, ffa_lora or lora-sb (fixes the adapters' layouts)
     seed: int = 0
     per_process: int = 100
     faults: FaultRates = field(default_factory=FaultRates)
@@ -129,8 +130,8 @@ def write_sim(opts: SimOptions, run_dir: Path, *, cloud_port: int, fog_ports: di
     cloud = {"cloud": {"fleet": FLEET, "fogs": fogs, "modalities": modalities, "tasks": tasks, "rounds": opts.rounds,
                        "agg_every": opts.agg_every, "local_epochs": 1, "round_deadline_s": opts.round_deadline_s,
                        "startup_timeout_s": opts.round_deadline_s, "db": str(run_dir / "cloud.sqlite")},
-             "broker": {"host": "127.0.0.1", "port": cloud_port}, "model": {"backbone": opts.backbone,
-                                                                           "seed": opts.seed},
+             "broker": {"host": "127.0.0.1", "port": cloud_port},
+             "model": {"backbone": opts.backbone, "seed": opts.seed, "adapter": opts.adapter},
              "eval": {t: str(data_dir / "test" / f"{t}.npz") for t in tasks} if opts.mode == "train" else {},
              "state_dir": str(run_dir / "state"), "metrics_file": str(run_dir / "metrics" / "cloud.json")}
     cloud_config = _write_toml(configs / "cloud.toml", cloud)
@@ -141,7 +142,7 @@ def write_sim(opts: SimOptions, run_dir: Path, *, cloud_port: int, fog_ports: di
             "worker": w, "fleet": FLEET, "mode": opts.mode, "seed": opts.seed, "codec": opts.uplink_codec,
             "state_dir": str(run_dir / "state"), "result": str(run_dir / "metrics" / f"sim-worker-{w}.json"),
             "time_limit_s": opts.time_limit_s, "telemetry_interval_s": opts.telemetry_interval_s,
-            "modality_of": {t: modality_of[t] for t in tasks}, "backbone": opts.backbone,
+            "modality_of": {t: modality_of[t] for t in tasks}, "backbone": opts.backbone, "adapter": opts.adapter,
             "data_dir": str(data_dir), "rounds": opts.rounds, "agg_every": opts.agg_every,
             "backoff": {"backoff_base_s": opts.backoff_base_s, "backoff_max_s": max(opts.backoff_max_s,
                                                                                     opts.backoff_base_s)}

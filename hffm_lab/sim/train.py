@@ -56,7 +56,8 @@ def session_seed(seed: int, device: str, session: int) -> int:
 class SharedTrainer:
     """One frozen backbone and every module, shared by a process's devices (see the module docstring)."""
 
-    def __init__(self, *, backbone: str, seed: int, modality_of: dict[str, str], data_dir: Path) -> None:
+    def __init__(self, *, backbone: str, seed: int, modality_of: dict[str, str], data_dir: Path,
+                 adapter: str = "lora") -> None:
         import torch
 
         from hffm_core.config import ModelConfig
@@ -66,7 +67,7 @@ class SharedTrainer:
         self.seed, self.modality_of, self.data_dir = seed, modality_of, data_dir
         tasks = sorted(modality_of)
         modalities = sorted(set(modality_of.values()))
-        self.model = build_m3t(ModelConfig(backbone=backbone, seed=seed), modalities, tasks)
+        self.model = build_m3t(ModelConfig(backbone=backbone, seed=seed, adapter=adapter), modalities, tasks)
         keys = modules_for({m: [t for t in tasks if modality_of[t] == m] for m in modalities})
         self.initial = {k: self.model.get_module_state(k) for k in keys}  # version 0 (seeded, as the cloud's)
         self._data: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}

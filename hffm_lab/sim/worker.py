@@ -50,7 +50,8 @@ class Worker:
             from hffm_lab.sim.train import SharedTrainer
 
             self.trainer = SharedTrainer(backbone=spec["backbone"], seed=int(spec["seed"]),
-                                         modality_of=spec["modality_of"], data_dir=Path(spec["data_dir"]))
+                                         modality_of=spec["modality_of"], data_dir=Path(spec["data_dir"]),
+                                         adapter=spec.get("adapter", "lora"))
         self.inbox: queue.SimpleQueue[tuple[VirtualDevice, str, bytes, bool]] = queue.SimpleQueue()
         codecs = make_codecs({k: CodecSpec(codec=spec["codec"]) for k in ("encoder", "adapter", "head")}
                              if spec["codec"] != "fp32" else {}, "sim uplink")
