@@ -112,8 +112,8 @@ def _warn(node: BrokerNode) -> None:
 
 
 def _check_tls_files(node: BrokerNode) -> None:
-    """The listener's and the bridge's certificates: each matches its key, is signed by the CA and valid now; the
-    CRL is signed by the CA and current.
+    """The listener's, the bridge's and the peer bridges' certificates: each matches its key, is signed by the CA and
+    valid now; the CRL is signed by the CA and current.
 
     Raises:
         ConfigError: naming the file and the problem.
@@ -139,6 +139,9 @@ def _check_tls_files(node: BrokerNode) -> None:
     bridge = node.bridge
     if bridge is not None and bridge.tls is not None:
         pairs.append(("bridge_cert", bridge.tls.cert, bridge.tls.key))
+    peer = next((p.tls for p in node.peer_bridges if p.tls is not None), None)  # one identity for all of them
+    if peer is not None:
+        pairs.append(("peer_bridge_cert", peer.cert, peer.key))
     for key, cert_path, key_path in pairs:
         try:
             ssl.create_default_context().load_cert_chain(str(cert_path), str(key_path))
