@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -112,21 +113,17 @@ def merged_task_module(model: M3TModel, *, modality: str, task: str) -> TaskGrap
 
 def _export(graph: TaskGraph, example: torch.Tensor, path: Path, opset: int | None) -> str:
     """Export with the dynamo exporter, or the TorchScript one if dynamo fails; returns which one worked."""
+
+    def run(**options: Any) -> None:
+        with _quiet_exporter():
+            torch.onnx.export(graph, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              **options)
+
     try:
         batch = torch.export.Dim("batch", min=1)
-        with _quiet_exporter():
-            torch.onnx.export(
-                graph,
-                (example,),
-                str(path),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
-                dynamo=True,
-                external_data=False,  # one self-contained file
-                dynamic_shapes={"x": {0: batch}},  # keyed by TaskGraph.forward's argument name
-                verbose=False,
-            )
+        run(opset_version=opset, dynamo=True, verbose=False,
+            external_data=False,  # one self-contained file
+            dynamic_shapes={"x": {0: batch}})  # keyed by TaskGraph.forward's argument name
         return "dynamo"
     except Exception as exc:  # noqa: BLE001 - any exporter failure: try the other exporter, then report both
         first_line = str(exc).splitlines()[0] if str(exc) else ""
@@ -134,17 +131,8 @@ def _export(graph: TaskGraph, example: torch.Tensor, path: Path, opset: int | No
                     type(exc).__name__, first_line)
         dynamo_error = exc
     try:
-        with _quiet_exporter():
-            torch.onnx.export(
-                graph,
-                (example,),
-                str(path),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=opset if opset is not None else 17,
-                dynamo=False,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            )
+        run(opset_version=opset if opset is not None else 17, dynamo=False,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
         return "torchscript"
     except Exception as exc:  # noqa: BLE001
         raise ModelError(
