@@ -98,6 +98,15 @@ def show_fleet(target: BrokerTarget, *, timeout_s: float, fmt: str) -> None:
         print_fleet(rows, Console())
 
 
+def read_advert(payload: bytes) -> NodeState | None:
+    """The advert in a ``state/{node}`` payload, or None when it does not decode. A signed fleet seals its adverts;
+    status only displays them, so the envelope is opened unchecked."""
+    try:
+        return decode(unwrap_unverified(payload), NodeState)
+    except DecodeError:
+        return None
+
+
 def read_fleet(host: str, port: int, fleet: str, *, timeout_s: float = 3.0, quiet_s: float = 0.5,
                tls: TlsSettings | None = None) -> list[NodeState]:
     """Collect the retained adverts of ``fleet`` (bounded: at most ``timeout_s``; ends early ``quiet_s`` after the
@@ -120,10 +129,8 @@ def read_fleet(host: str, port: int, fleet: str, *, timeout_s: float = 3.0, quie
                 payload = inbox.get(timeout=0.1)
             except queue.Empty:
                 continue
-            try:
-                # A signed fleet seals its adverts; status only displays them, so the envelope is opened unchecked.
-                state = decode(unwrap_unverified(payload), NodeState)
-            except DecodeError:
+            state = read_advert(payload)
+            if state is None:
                 continue
             states[state.node] = state
             last = time.monotonic()

@@ -13,8 +13,8 @@ import time
 from rich.console import Console
 from rich.live import Live
 
-from hffm_core.errors import ConfigError, DecodeError
-from hffm_core.protocol import NodeState, decode, topics
+from hffm_core.errors import ConfigError
+from hffm_core.protocol import NodeState, topics
 from hffm_core.security.signing import unwrap_unverified
 from hffm_core.security.tls import TlsSettings
 from hffm_core.transport import MqttTransport
@@ -28,7 +28,7 @@ def watch_fleet(host: str, port: int, fleet: str, *, interval_s: float, count: i
     Raises:
         TransportError: the broker cannot be reached.
     """
-    from hffm_cli.fleet_status import fleet_rows, fleet_table
+    from hffm_cli.fleet_status import fleet_rows, fleet_table, read_advert
 
     inbox: queue.Queue[bytes] = queue.Queue()
     client = MqttTransport(client_id=f"hffm-watch-{os.getpid()}", host=host, port=port, timeout_s=5.0,
@@ -42,11 +42,9 @@ def watch_fleet(host: str, port: int, fleet: str, *, interval_s: float, count: i
                 payload = inbox.get_nowait()
             except queue.Empty:
                 return
-            try:
-                state = decode(unwrap_unverified(payload), NodeState)
-            except DecodeError:
-                continue
-            states[state.node] = state
+            state = read_advert(payload)
+            if state is not None:
+                states[state.node] = state
 
     def view() -> object:
         rows = fleet_rows([states[n] for n in sorted(states)])
