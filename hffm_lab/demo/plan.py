@@ -109,6 +109,7 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
         partition,
         save_task_file,
     )
+    from hffm_lab.data.partition import own_test_splits
 
     fog_of = dict(fog_of) if fog_of is not None else fleet_ids(opts)
     devices = sorted(fog_of)
@@ -117,6 +118,7 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
     assignment = assign_modalities(devices, modalities=modalities, per_device=opts.modalities_per_device,
                                    seed=opts.seed)
     shards = partition(bench, assignment, alpha=opts.alpha, seed=opts.seed)
+    own_test = own_test_splits(bench, shards, seed=opts.seed)  # per-device evaluation (docs/personalization.md)
     tasks = sorted(t for t in bench if any(t in s.data for s in shards.values()))
     if not tasks:
         raise ConfigError("no task has a device holding it; use more devices")
@@ -137,7 +139,11 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
             x, y = shard.data[task]
             path = data_dir / dev / f"{task}.npz"
             save_task_file(path, modality=TASKS[task].modality, task=task, x=x, y=y)
-            entries[task] = {"train": str(path), "test": str(data_dir / "test" / f"{task}.npz")}
+            own = data_dir / dev / f"{task}-own-test.npz"
+            save_task_file(own, modality=TASKS[task].modality, task=task, x=own_test[dev][task][0],
+                           y=own_test[dev][task][1])
+            entries[task] = {"train": str(path), "test": str(data_dir / "test" / f"{task}.npz"),
+                             "own_test": str(own)}
         cfg = {
             "device": {"id": dev, "fleet": FLEET, "fog": fog_of[dev],
                        "modalities": sorted({TASKS[t].modality for t in dev_tasks}), "tasks": dev_tasks},

@@ -119,7 +119,7 @@ def build_report(opts: DemoOptions, plan: FleetPlan, history: list[RoundMetrics]
     devices = {
         dev: {"fog": plan.fog_of[dev], "tasks": plan.device_tasks[dev],
               "final_accuracy": nodes.get(dev, {}).get("final_accuracy", {}),
-              "local_only_accuracy": baseline.get(dev, {})}
+              "local_only_accuracy": {t: a for t, a in baseline.get(dev, {}).items() if not t.startswith("own:")}}
         for dev in sorted(plan.fog_of)
     }
     rejected = {node: m.get("rejected", {}) for node, m in nodes.items() if m.get("rejected")}
@@ -131,6 +131,7 @@ def build_report(opts: DemoOptions, plan: FleetPlan, history: list[RoundMetrics]
         "modalities": plan.modalities,
         "tasks": plan.tasks,
         "devices": devices,
+        "per_device": per_device_report(plan, nodes, baseline),
         "rejected_messages": rejected,
         "metrics_missing": missing,
         "participation": {"complete": not absent, "problems": absent},
@@ -138,6 +139,27 @@ def build_report(opts: DemoOptions, plan: FleetPlan, history: list[RoundMetrics]
     }
     _fail_if_incomplete(report, plan)
     return report
+
+
+def per_device_report(plan: FleetPlan, nodes: dict[str, dict[str, Any]], baseline: dict[str, dict[str, float]]
+                      ) -> dict[str, Any]:
+    """Each device on its own test split (its own label mix; docs/personalization.md): the global model, its
+    personal modules (None with ``[personalization] mode = "none"``) and local-only training, averaged over its
+    tasks; and the mean of each over the devices that have it."""
+    rows = {}
+    for dev in sorted(plan.fog_of):
+        metrics = nodes.get(dev, {})
+        personal = ((metrics.get("personalization") or {}).get("accuracy") or {}).get("own") or {}
+        local = {t[4:]: a for t, a in baseline.get(dev, {}).items() if t.startswith("own:")}
+        rows[dev] = {"global": _mean(metrics.get("own_accuracy") or {}) if metrics.get("own_accuracy") else None,
+                     "personal": _mean(personal) if personal else None,
+                     "local_only": _mean(local) if local else None,
+                     "mode": (metrics.get("personalization") or {}).get("mode", "none")}
+    mean = {}
+    for kind in ("global", "personal", "local_only"):
+        values = [r[kind] for r in rows.values() if r[kind] is not None]
+        mean[kind] = sum(values) / len(values) if values else None
+    return {"devices": rows, "mean": mean}
 
 
 def _fail_if_incomplete(report: dict[str, Any], plan: FleetPlan) -> None:
@@ -170,4 +192,8 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
     lo_m, fe_m = report["baselines"]["local_only"]["mean_accuracy"], report["final"]["mean_accuracy"]
     final.add_row("[bold]mean", f"{lo_m:.3f}", f"{fe_m:.3f}", f"{(fe_m - lo_m) * 100:+.1f} pt")
     console.print(final)
+    own = (report.get("per_device") or {}).get("mean") or {}
+    if any(v is not None for v in own.values()):
+        console.print("each device on its own test split, mean over devices: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in own.items() if v is not None))
     console.print(f"wall time {report['wall_s']:.0f} s; rejected messages: {report['rejected_messages'] or 'none'}")
