@@ -110,8 +110,9 @@ def fleet_status(host: str, port: int, fleet: str, *, timeout_s: float, fmt: str
 
 def edge_export(config: Path, *, task: str, out: Path, modules: Path | None, source: str = "local"
                 ) -> dict[str, Any]:
-    """Export the device's model for ``task`` to ONNX and check parity: ``source`` "local" = its personalised
-    modules as it last trained them, "fleet" = the versions it last received from its fog.
+    """Export the device's model for ``task`` to ONNX and check parity: ``source`` "local" = its modules as it
+    last trained them, "fleet" (``--model global``) = the versions it last received from its fog, "personal"
+    (``--model personal``) = its personal modules ([personalization], docs/personalization.md).
 
     Raises:
         ConfigError: the device does not run ``task``. DataError: no module snapshot yet. ModelError: export failed.
@@ -124,11 +125,18 @@ def edge_export(config: Path, *, task: str, out: Path, modules: Path | None, sou
     cfg = load_config(config, DeviceConfig)
     if task not in cfg.device.tasks:
         raise ConfigError(f"device {cfg.device.id!r} does not run task {task!r}; it runs {cfg.device.tasks}")
-    if source not in ("local", "fleet"):
-        raise ConfigError(f"unknown source {source!r}; expected 'local' or 'fleet'")
+    if source not in ("local", "fleet", "personal"):
+        raise ConfigError(f"unknown source {source!r}; expected 'local', 'fleet' or 'personal'")
     default = modules_path(cfg)
     if source == "local":
         default = default.with_name(f"{cfg.device.id}-local-modules.npz")
+    elif source == "personal":
+        from edge_runtime.personal_device import personal_path
+
+        if cfg.personalization.mode == "none" and modules is None:
+            raise ConfigError(f"device {cfg.device.id!r} keeps no personal modules ([personalization] mode is "
+                              "'none'); export --model global")
+        default = personal_path(resolve(cfg.base_dir, cfg.state_dir), cfg.device.id)
     states, stamps = load_modules(modules or default)
     model = build_m3t(cfg.model, cfg.device.modalities, cfg.device.tasks)
     for key, state in states.items():

@@ -18,6 +18,7 @@ from hffm_cli.commands.common import (
     friendly_errors,
     setup_logging,
 )
+from hffm_core.errors import ConfigError
 
 edge_app = typer.Typer(help="The device agent.", no_args_is_help=True)
 fog_app = typer.Typer(help="The fog gateway.", no_args_is_help=True)
@@ -53,12 +54,18 @@ def edge_export(
     modules: Annotated[Path | None, typer.Option(help="Module snapshot (default: the agent's, in state_dir).")] = None,
     source: Annotated[str, typer.Option(help="local: the personalised modules as trained on this device; "
                                              "fleet: the versions last received from the fog.")] = "local",
+    model: Annotated[str | None, typer.Option("--model", help="personal: the personal modules ([personalization]); "
+                                                              "global: the fleet's versions (= --source fleet).")
+                     ] = None,
     fmt: FormatOpt = "text",
 ) -> None:
     """Merge the device's LoRA into the backbone and export encoder + backbone + head of TASK to ONNX."""
     setup_logging("warning")
     from hffm_cli.commands.ops import edge_export as run
 
+    if model not in (None, "personal", "global"):
+        raise ConfigError(f"--model must be 'personal' or 'global', got {model!r}")
+    source = {"personal": "personal", "global": "fleet"}.get(model or "", source)
     result = run(config, task=task, out=out, modules=modules, source=source)
     if check_format(fmt) == "json":
         typer.echo(json.dumps(result))
