@@ -36,6 +36,8 @@ def demo(
                                              "hierarchical, links run through counting proxies.")] = "hierarchical",
     topology: Annotated[Path | None, typer.Option(help="Topology TOML (examples/topology.toml); default: generated "
                                                        "from --fogs and --devices-per-fog.")] = None,
+    personalization: Annotated[str, typer.Option(help="Devices' [personalization] mode: none, replace or "
+                                                       "replace+distill (docs/personalization.md).")] = "none",
     time_limit: TimeLimitOpt = 1800.0,
     log_level: LogLevelOpt = "warning",
 ) -> None:
@@ -44,11 +46,17 @@ def demo(
     from hffm_lab.demo import DemoOptions, run_demo
     from hffm_lab.demo.layout import LAYOUTS
 
+    from edge_runtime.config import PERSONALIZATION_MODES
+
     if layout not in LAYOUTS:
         raise ConfigError(f"--layout must be one of {list(LAYOUTS)}, got {layout!r}")
+    if personalization not in PERSONALIZATION_MODES:
+        raise ConfigError(f"--personalization must be one of {list(PERSONALIZATION_MODES)}, got {personalization!r}")
+    device = {"personalization": {"mode": personalization}} if personalization != "none" else {}
     run_demo(DemoOptions(fogs=fogs, devices_per_fog=devices_per_fog, rounds=rounds, local_epochs=local_epochs,
                          agg_every=agg_every, backbone=backbone, seed=seed, alpha=alpha, report=report,
-                         run_dir=run_dir, time_limit_s=time_limit, secure=secure, layout=layout, topology=topology))
+                         run_dir=run_dir, time_limit_s=time_limit, secure=secure, layout=layout, topology=topology,
+                         device=device))
 
 
 @bench_app.command("compression")
