@@ -69,3 +69,15 @@ def print_table(report: Mapping[str, Any], console: Console) -> None:
         console.print(table)
         if block["goals"]:
             console.print(f"alpha {alpha} goals: {block['goals']}")
+
+
+def cases_from_report(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The (alpha, seed) cases a report (or a ``.partial.json``) was built from, to merge the cases of several runs
+    with :func:`build_report`."""
+    cases = []
+    for alpha, block in report["alpha"].items():
+        for s in block["per_seed"]:
+            cases.append({"alpha": float(alpha), "seed": s["seed"], "devices": s["per_device"], "mean": s["mean"],
+                          "global_test": {"accuracy": s["global_test"], "mean": s["global_test_mean"]},
+                          "wall_s": s["wall_s"]})
+    return cases
