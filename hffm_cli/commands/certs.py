@@ -6,7 +6,6 @@ An :class:`HffmError` ends a command with one line on stderr and its exit code, 
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from hffm_core.errors import ConfigError, HffmError
+from hffm_cli.commands.common import friendly_errors
+from hffm_core.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,18 +25,7 @@ PkiOpt = Annotated[Path, typer.Option("--pki", help="The PKI folder (ca.pem, crl
 FormatOpt = Annotated[str, typer.Option("--format", help="Output format: text or json.")]
 
 
-def friendly(func: F) -> F:
-    """The CLI's error contract, kept here so that this module does not import the CLI that wires it."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except HffmError as exc:
-            typer.echo(f"hffm: error: {exc}", err=True)
-            raise typer.Exit(exc.exit_code) from None
-
-    return wrapper  # type: ignore[return-value]
+friendly = friendly_errors  # the CLI's error contract: one line, the error's exit code (commands/common.py)
 
 
 @certs_app.command("init")

@@ -38,6 +38,10 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+# A bad option or argument (typer.BadParameter and the other usage errors) is typer's to print, with exit 2: the
+# base class of those, whether typer raises click's own exceptions or those of the click it carries (typer >= 0.16).
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
 def friendly_errors(func: F) -> F:
     """Turn an :class:`HffmError` into one line on stderr and its exit code."""
 
@@ -55,7 +59,7 @@ def friendly_errors(func: F) -> F:
             err = storage_error(exc)
             typer.echo(f"hffm: error: {err}", err=True)
             raise typer.Exit(err.exit_code) from None
-        except (typer.Exit, typer.Abort, SystemExit):
+        except (typer.Exit, typer.Abort, SystemExit, _UsageError):  # a bad option (typer.BadParameter): exit 2
             raise
         except Exception as exc:  # a bug: the traceback goes to the log, the operator gets one line and a code
             logging.getLogger("hffm").error("internal error", exc_info=exc)
