@@ -60,8 +60,8 @@ def _held(part: str, name: str) -> property:
 class FogGateway(Service):
     role = "fog"
     watch_broker = True
-    receive_maximum = 16  # ~16 x 1.2 MB in the inbox at most, however many devices report at once
-    batch_max = 64  # updates per journal transaction at most (group commit)
+    # Backpressure (~16 x 1.2 MB inbox however many devices report), group commit, decoding in paho's thread
+    receive_maximum, batch_max, decode_on_receive = 16, 64, True
     # Read (and in tests set) on the gateway, held by its parts: the round engine, the journal keeper, the roster.
     round_g, cluster_c, in_round, plan = (_held("round", n) for n in ("round_g", "cluster_c", "in_round", "plan"))
     participants, deadline, book, late_folded = (_held("round", n) for n in ("participants", "deadline", "book",
@@ -170,8 +170,7 @@ class FogGateway(Service):
         self.round.flush()
         self.acks.release()
 
-    def finish(self) -> None:
-        """On a clean exit the retained advert goes offline (the broker's last will covers crashes)."""
+    def finish(self) -> None:  # on a clean exit the retained advert goes offline (the last will covers crashes)
         self.flush()
         if self.transport.connected:
             self._advertise(online=False, status="stopped")
@@ -219,7 +218,7 @@ class FogGateway(Service):
         self.pub.job = job
         self._advertise(online=True, status="running")
 
-    def _announce(self, versions: list[ModuleVersion]) -> None:  # publish, then record it (JournalKeeper)
+    def _announce(self, versions: list[ModuleVersion]) -> None:  # publish, then record it
         self.keeper.announce(versions)
 
     # -- handlers ------------------------------------------------------------------------------------------------
@@ -346,6 +345,7 @@ class FogGateway(Service):
         self.neighbours.choose_relays(self.round.participants, self.roster.adverts)
 
     def _close_cluster_round(self) -> None:
+        self.flush()  # the round's last updates are committed and acked before its close is announced
         rnd, nb = self.round, self.neighbours
         if nb.mixing is None:
             new_states, refused = rnd.close(self.pub.true, time.monotonic())

@@ -36,6 +36,7 @@ from hffm_core.errors import (
     TransportError,
     storage_error,
 )
+from hffm_core.inbox import Delivery, Inbox
 from hffm_core.observability import Gauge, Histogram, MetricsServer, Observation
 from hffm_core.protocol import encode, topics
 from hffm_core.protocol.envelope import expected_signer
@@ -43,7 +44,9 @@ from hffm_core.protocol.messages import Ack, Chunk
 from hffm_core.protocol.routing import decode_message
 from hffm_core.protocol.topics import Topic
 from hffm_core.transport import MqttTransport, TrafficMeter
-from hffm_core.transport.sealing import SealingTransport  # re-exported: the tiers import it from here
+from hffm_core.transport.sealing import (
+    SealingTransport,  # re-exported: the tiers import it from here
+)
 
 if TYPE_CHECKING:  # cryptography is imported only by nodes that sign
     from hffm_core.security.signing import Signer, Verifier
@@ -51,7 +54,6 @@ if TYPE_CHECKING:  # cryptography is imported only by nodes that sign
 
 log = logging.getLogger(__name__)
 INBOX_SLACK = 256  # room beside the Receive Maximum's QoS 1 messages (QoS 0 $SYS counters, a non-compliant broker)
-Delivery = tuple[str, bytes, bool, "tuple[int, int] | None"]  # topic, payload, retained, PUBACK token
 
 def check_sender(expected: str, message: object) -> None:
     """Raises ``WrongSenderError`` when ``message`` names a sender other than ``expected``."""
@@ -84,6 +86,7 @@ class Service:
     receive_maximum = 0  # > 0: MQTT 5 Receive Maximum, PUBACK after handling, a bounded inbox (see the docstring)
     batch_max = 1  # messages handled back to back before flush() and tick()
     batch_s = 0.1  # ... or for at most this long
+    decode_on_receive = False  # decode (msgpack, SHA-256 check) in paho's thread, off the main thread's path
 
     def __init__(self, *, node: str, host: str, port: int, metrics_file: Path | None = None,
                  will: tuple[str, bytes] | None = None, signer: Signer | None = None,
@@ -102,10 +105,7 @@ class Service:
         self._metrics_args = (metrics_listen, metrics_tls, metrics_insecure)
         self.metrics_server: MetricsServer | None = None
         self.crash: str | None = None  # why the loop ended with an error, once it has
-        self.done, self.inbox_dropped = False, 0  # inbox_dropped: QoS 0 messages a full inbox dropped
-        self._inbox: queue.Queue[Delivery] = queue.Queue()
-        self._inbox_limit = self.receive_maximum + INBOX_SLACK if self.receive_maximum else 0
-        self._room = threading.Condition()  # signalled when the main thread takes a message off a bounded inbox
+        self.done = False
         if signer is not None and will is not None:
             # Sealed now with the number taken now: receivers accept it while it is inside their replay window.
             will = (will[0], signer.seal(will[0], will[1]))
@@ -118,19 +118,13 @@ class Service:
         self.reassembler, self.dropped_watch = Reassembler(), DroppedWatch(node)
         self.transport: MqttTransport | SealingTransport = (
             transport if signer is None else SealingTransport(transport, signer))
+        early = self.decode_on_receive and verifier is None  # a verifier opens envelopes in order, in the main thread
+        self._inbox = Inbox(self.receive_maximum + INBOX_SLACK if self.receive_maximum else 0,
+                            awaiting=lambda: transport.awaiting_ack, decode=decode_message if early else None)
 
     def _enqueue(self, topic: str, payload: bytes, retain: bool, ack: tuple[int, int] | None = None) -> None:
-        """paho's thread: queue a delivery (``ack``: its PUBACK token). A full bounded inbox makes this thread wait
-        (it stops reading the socket: the broker holds the backlog, also where it does not keep to Receive Maximum),
-        unless the main thread waits for a PUBACK or SUBACK, which this thread must read; QoS 0 is then dropped."""
-        if self._inbox_limit:
-            if (ack is None or ack[1] == 0) and self._inbox.qsize() >= self._inbox_limit:
-                self.inbox_dropped += 1
-                return
-            with self._room:
-                while self._inbox.qsize() >= self._inbox_limit and not self.transport.awaiting_ack:
-                    self._room.wait(0.05)
-        self._inbox.put((topic, payload, retain, ack))
+        """paho's thread: queue a delivery (``ack``: its PUBACK token) on the inbox (hffm_core/inbox.py)."""
+        self._inbox.put(topic, payload, retain, ack)
         parts = topic.split("/", 4)  # hffm/v1/{fleet}/{kind}/...; $SYS/... counts under "$SYS"
         counts = self.received.setdefault(parts[3] if len(parts) > 3 and parts[0] == "hffm" else parts[0], [0, 0])
         counts[0] += len(payload)  # only paho's network thread writes; a scrape reads a moment's figure
@@ -200,10 +194,11 @@ class Service:
         self.rejected[reason] += 1
         log.warning("%s %s: rejected message on %s (%s): %s", self.role, self.node, topic, reason, detail)
 
-    def dispatch(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
+    def dispatch(self, topic: str, payload: bytes, *, retained: bool = False, decoded: Any = None) -> None:
         """Open (with a verifier), decode and handle one message. Bad input is logged and counted, never raised; a
         TransportError (the broker did not take a publish) is raised, since the round state could not be shared.
-        ``retained``: the broker delivered a retained message (the verifier lets it repeat the topic's last one)."""
+        ``retained``: the broker delivered a retained message (the verifier lets it repeat the topic's last one).
+        ``decoded``: what paho's thread already decoded, ``(Topic, message)`` or the error it raised (Inbox)."""
         if topic.startswith("$SYS/"):  # only the broker publishes there: nothing to open or decode
             if topic == DROPPED_TOPIC:
                 self.dropped_watch.update(payload)
@@ -223,7 +218,9 @@ class Service:
                 log.exception("%s %s: internal error opening %s", self.role, self.node, topic)
                 return
         try:
-            parsed, message = decode_message(topic, payload)
+            if isinstance(decoded, BaseException):
+                raise decoded
+            parsed, message = decoded if decoded is not None else decode_message(topic, payload)
             # With signing, the signer must be the sender the message names (and the verifier has matched the
             # signer to the topic). Without it, the message must at least name the publisher its topic names:
             # the brokers' access rules confine each client to its own topics, so a device cannot pass off an
@@ -318,12 +315,9 @@ class Service:
         """Handle ``first`` and whatever else is ready (up to ``batch_max``, ``batch_s``), then :meth:`flush`."""
         started, item, count = time.monotonic(), first, 0
         while True:
-            topic, payload, retain, ack = item
-            if self._inbox_limit:
-                with self._room:
-                    self._room.notify()
+            topic, payload, retain, ack, decoded = item
             try:
-                self.dispatch(topic, payload, retained=retain)
+                self.dispatch(topic, payload, retained=retain, decoded=decoded)
             finally:
                 if ack is not None:  # handled (or failed loudly): the broker may send the next one
                     self.transport.ack(ack)

@@ -74,7 +74,7 @@ class _Slow(Service):
     def subscriptions(self) -> list[str]:
         return ["bench/burst/#"]
 
-    def dispatch(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
+    def dispatch(self, topic: str, payload: bytes, *, retained: bool = False, decoded: object = None) -> None:
         self.deepest = max(self.deepest, self._inbox.qsize())
         time.sleep(0.005)
         self.handled += 1
