@@ -77,16 +77,18 @@ def bench_scale(
     ks: Annotated[str, typer.Option("--k", help="Comma-separated fleet sizes.")] = "10,50,200,500,1000",
     rounds: Annotated[int, typer.Option(min=1, max=20, help="Global rounds per run (the first is not measured).")]
     = 3,
-    agg_every: Annotated[int, typer.Option(min=1, max=10, help="Cluster rounds per global round.")] = 2,
+    agg_every: Annotated[int, typer.Option(min=1, max=10, help="Cluster rounds per global round.")] = 1,
     backbone: Annotated[str, typer.Option(help="The cloud's backbone (fixes the module layouts).")] = "minilm",
-    adapter: Annotated[str, typer.Option(help="The cloud's [model] adapter: lora, ffa_lora or lora-sb.")] = "lora",
+    adapter: Annotated[str, typer.Option(help="The cloud's [model] adapter: lora, ffa_lora or lora-sb (the "
+                                              "project's headline; 16.5 kB per update).")] = "lora-sb",
     per_process: Annotated[int, typer.Option(min=1, max=150, help="Virtual devices per simulator process.")] = 100,
     fogs_from_1000: Annotated[int, typer.Option(min=2, max=16, help="Fogs for K >= 1000 (one below).")] = 2,
     backoff: Annotated[float, typer.Option(min=0, max=3600, help="Devices' first outbox resend after this many "
                                                                  "seconds (0: the real default, 2 s doubling to "
-                                                                 "30 s).")] = 0.0,
+                                                                 "30 s, whose resends swamp a fog whose round "
+                                                                 "takes longer: docs/scaling.md).")] = 60.0,
     outbox_sync: Annotated[str, typer.Option(help="Devices' outbox commits: FULL (a real device's) or NORMAL (no "
-                                                  "fsync; the simulated devices share one disk).")] = "FULL",
+                                                  "fsync; the simulated devices share one disk).")] = "NORMAL",
     flower_python: Annotated[str | None, typer.Option(help="Interpreter with flwr[simulation] for the Flower "
                                                            "column (default: this one if it has flwr, else "
                                                            "$HFFM_FLOWER_PYTHON).")] = None,

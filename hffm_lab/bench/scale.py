@@ -142,10 +142,10 @@ def run_k(k: int, *, fogs: int, rounds: int, agg_every: int, backbone: str, per_
 
 
 
-def run_scale_bench(*, ks: tuple[int, ...] = DEFAULT_KS, rounds: int = 3, agg_every: int = 2, backbone: str = "minilm",
+def run_scale_bench(*, ks: tuple[int, ...] = DEFAULT_KS, rounds: int = 3, agg_every: int = 1, backbone: str = "minilm",
                     per_process: int = 100, fogs_from_1000: int = 2, report: Path | None = None,
                     work: Path = Path("runs/bench-scale"), flower_python_path: str | None = None,
-                    backoff_s: float = 0.0, outbox_sync: str = "FULL", adapter: str = "lora",
+                    backoff_s: float = 60.0, outbox_sync: str = "NORMAL", adapter: str = "lora-sb",
                     console: Console | None = None) -> dict[str, Any]:
     """Run every K, print the table, save the report and the plot.
 
