@@ -96,6 +96,10 @@ class VirtualDevice:
         self.rejoin_at: float | None = None
         self.delayed: list[tuple[float, RoundControl]] = []
         self.sent_at: dict[str, float] = {}
+        # The harness's own books (they survive a crash, the device's memory does not): every key ever queued and
+        # every one the fog acked 'applied', so that a key queued again after a restart counts once.
+        self.queued_keys: set[str] = set()
+        self.applied_keys: set[str] = set()
         self._reset_memory()
 
     # -- connection ----------------------------------------------------------------------------------------------
@@ -159,6 +163,7 @@ class VirtualDevice:
         self.sender = None
         out = dict(self.stats)
         out["pending"] = self.outbox.pending()
+        out["acked_keys"] = len(self.applied_keys)
         self.outbox.close()
         return out
 
@@ -184,6 +189,8 @@ class VirtualDevice:
             if message.sender != self.fog or message.to != self.node:
                 raise DecodeError(f"ack from {message.sender!r} to {message.to!r} is not from fog {self.fog!r}")
             self.sender.on_ack(message)
+            if message.status == "applied":
+                self.applied_keys.update(k for k in message.keys if k in self.queued_keys)
         else:
             raise DecodeError(f"device {self.node} does not take {topic.kind!r} messages")
 
@@ -317,8 +324,12 @@ class VirtualDevice:
             payload = encode(update)
             if self.outbox.put(update.idempotency_key, topics.up(self.fleet, self.fog, key, self.node), payload,
                                round_=round_tag(g, c)):
-                self.stats["queued"] += 1
-                self.stats["bytes_queued"] += len(payload)
+                if update.idempotency_key in self.queued_keys:  # a restarted device redoes its round: the fog
+                    self.stats["requeued"] += 1  # answers 'duplicate' and acks it again
+                else:
+                    self.queued_keys.add(update.idempotency_key)
+                    self.stats["queued"] += 1
+                    self.stats["bytes_queued"] += len(payload)
         self.stats["rounds_sent"] += 1
         self.sent_at[f"{self.fog}/{g}.{c}"] = time.time()  # when this round's updates went to the broker (or the outbox)
         if pump:

@@ -59,7 +59,7 @@ def summarize(opts: SimOptions, fleet: SimFleet, *, clock: RoundClock, usage: di
                         "wrote a result")
     modality_of = json.loads(fleet.worker_specs[0].read_text())["modality_of"] if fleet.worker_specs else {}
     applied = sum(int(r["updates"] or 0) for r in cluster)
-    queued, acked = totals["queued"], totals["sender_acked"]
+    queued, acked = totals["queued"], totals["acked_keys"]  # distinct keys (a restarted device may queue one again)
     stale, rejected = totals["sender_stale"], totals["sender_rejected"]
     lost = queued - acked - stale - rejected
     expected = expected_deltas(opts, fleet, modality_of)
@@ -98,7 +98,8 @@ def summarize(opts: SimOptions, fleet: SimFleet, *, clock: RoundClock, usage: di
         "update_bytes": round(update_bytes), "device_bytes_per_round": round(totals["bytes_queued"] / device_rounds),
         "deltas": {"expected_without_faults": expected, "queued": queued, "applied_by_fogs": applied, "acked": acked,
                    "stale": stale, "rejected": rejected, "conflicts": totals["sender_conflicts"],
-                   "retransmitted": totals["sender_retransmitted"], "pending": totals["pending"], "lost": lost},
+                   "retransmitted": totals["sender_retransmitted"], "requeued_after_restart": totals["requeued"],
+                   "pending": totals["pending"], "lost": lost},
         "devices": {k: totals[k] for k in ("rounds_sent", "skipped", "slowed", "crashed", "rejoined", "dropped_out",
                                            "not_selected", "resyncs", "no_base_version")},
         "fog_rss_mb": max((procs.get(f, {}).get("rss_peak_mb", 0.0) for f in fleet.fogs), default=0.0),
