@@ -60,8 +60,8 @@ def _held(part: str, name: str) -> property:
 class FogGateway(Service):
     role = "fog"
     watch_broker = True
-    # Backpressure (~16 x 1.2 MB inbox however many devices report), group commit, decoding in paho's thread
-    receive_maximum, batch_max, decode_on_receive = 16, 64, True
+    # Backpressure (an inbox of 8 + 8 updates however many devices report), group commit, decoding in paho's thread
+    receive_maximum, batch_max, decode_on_receive = 8, 64, True
     # Read (and in tests set) on the gateway, held by its parts: the round engine, the journal keeper, the roster.
     round_g, cluster_c, in_round, plan = (_held("round", n) for n in ("round_g", "cluster_c", "in_round", "plan"))
     participants, deadline, book, late_folded = (_held("round", n) for n in ("participants", "deadline", "book",

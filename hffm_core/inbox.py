@@ -47,6 +47,7 @@ class Inbox:
         if self._decode is not None and not topic.startswith("$SYS/"):
             try:
                 decoded = self._decode(topic, payload)
+                payload = b""  # the decoded message is what is handled: do not hold both
             except Exception as exc:  # noqa: BLE001 - handled (and counted) in order by the main thread
                 decoded = exc
         self._queue.put((topic, payload, retain, ack, decoded))

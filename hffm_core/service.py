@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # cryptography is imported only by nodes that sign
     from hffm_core.security.tls import TlsSettings
 
 log = logging.getLogger(__name__)
-INBOX_SLACK = 256  # room beside the Receive Maximum's QoS 1 messages (QoS 0 $SYS counters, a non-compliant broker)
+INBOX_SLACK = 8  # room beside the Receive Maximum's QoS 1 messages (QoS 0 $SYS counters, a non-compliant broker)
 
 def check_sender(expected: str, message: object) -> None:
     """Raises ``WrongSenderError`` when ``message`` names a sender other than ``expected``."""
