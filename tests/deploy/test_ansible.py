@@ -126,14 +126,22 @@ def _config_check_exists() -> bool:
     return proc.returncode == 0
 
 
+PACKAGES = ("hffm_core", "hffm_model", "edge_runtime", "fog_gateway", "cloud", "broker_config", "hffm_lab", "hffm_cli")
+
+
+def test_the_wheel_copies_every_package_pyproject_ships() -> None:
+    shipped = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert sorted(p.rstrip("*") for p in shipped) == sorted(PACKAGES)
+
+
 def _build_wheel(tmp: Path) -> Path:
     """A wheel of this checkout, built from a copy so that the build leaves nothing in the repository."""
     src = tmp / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
-    # broker_config/: the wheel carries the templates (pyproject's data-files) for the hosts' `hffm broker render`.
-    for package in ("edge_runtime", "fog_gateway", "cloud", "broker_config"):
+    # Every package pyproject.toml ships (broker_config/ carries the templates for the hosts' `hffm broker render`).
+    for package in PACKAGES:
         shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     dist = tmp / "dist"
     cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(dist), str(src)]
