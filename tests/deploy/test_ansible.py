@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hffm_testing.timing import session_slowdown
 
 from broker_config.broker_sys import read_sys
 from broker_config.pki import init_ca, issue
@@ -102,8 +103,9 @@ def _env(tmp: Path) -> dict[str, str]:
 
 
 def _run(cmd: list[str | Path], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run an Ansible command; ``timeout`` is for the idle box and scales with the measured slowdown."""
     return subprocess.run([str(c) for c in cmd], cwd=DEPLOY, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          timeout=timeout * session_slowdown(), check=False)
 
 
 def _output(proc: subprocess.CompletedProcess[str], tail: int = 6000) -> str:
