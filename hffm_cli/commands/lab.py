@@ -70,6 +70,8 @@ def bench_compression(
     only: Annotated[str, typer.Option(help="Comma-separated subset of settings (fp32 is always run first).")] = "",
     seeds: Annotated[int, typer.Option(min=1, max=20, help="Run everything at this many seeds (--seed, --seed + 1, "
                                                            "...) and report means and spread.")] = 1,
+    headline: Annotated[bool, typer.Option(help="Run fp32 and the README's headline setting (marked \"headline\": "
+                                                "true in the report).")] = False,
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Run the demo's federated job once per codec setting; compare uplink bytes, accuracy and codec speed."""
@@ -77,7 +79,7 @@ def bench_compression(
     from hffm_lab.bench.compression import run_compression_bench, select_settings
 
     run_compression_bench(rounds=rounds, seed=seed, report=report, run_root=run_root.resolve(), backbone=backbone,
-                          settings=select_settings(only), seeds=seeds)
+                          settings=select_settings(only, headline=headline), seeds=seeds)
 
 
 @bench_app.command("security")
