@@ -50,7 +50,7 @@ def broker_render(config: ConfigOpt, topology: TopologyOpt = None, out: OutOpt =
                   allow_insecure: InsecureOpt = False, fmt: FormatOpt = "text") -> None:
     """Write mosquitto.conf and the files it names (TLS copies, dynsec.json) into the data dir; a file is
     rewritten only when it differs, and the output says which changed."""
-    from broker_config.node import install_rendered
+    from broker_config.install import install_rendered
 
     node = load_broker_node(config, topology=topology, allow_insecure=allow_insecure)
     _warn(node)
@@ -89,7 +89,7 @@ def broker_run(config: ConfigOpt, topology: TopologyOpt = None, out: OutOpt = No
                allow_insecure: InsecureOpt = False) -> None:
     """Render (as render does), then replace this process with mosquitto on the rendered config (foreground; a
     service manager such as systemd supervises it and signals only it)."""
-    from broker_config.node import install_rendered
+    from broker_config.install import install_rendered
     from broker_config.process import find_mosquitto
 
     node = load_broker_node(config, topology=topology, allow_insecure=allow_insecure)

@@ -11,7 +11,8 @@ import pytest
 
 from broker_config.acl import FleetSpec, acl_users, peer_bridge_id
 from broker_config.fleet_pki import FleetPki, provision_fleet
-from broker_config.node import broker_node_from, rendered_files
+from broker_config.install import rendered_files
+from broker_config.node import broker_node_from
 from broker_config.topology import dump_topology, generate_topology
 from fog_gateway.config import FogConfig
 from hffm_core.config import load_config
