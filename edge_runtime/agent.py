@@ -22,8 +22,8 @@ from edge_runtime.device_report import (
     read_job_file,
     status_record,
 )
-from edge_runtime.pending import PendingRound
 from edge_runtime.local_data import baseline_from_config, evaluate_tasks, load_local_data
+from edge_runtime.pending import PendingRound
 from edge_runtime.personal_device import make_personal
 from edge_runtime.privacy.dp import privacy_settings
 from edge_runtime.round_step import RoundTrainer, load_privacy_ledger
@@ -37,16 +37,8 @@ from hffm_core.delivery import Outbox, ReliableSender, round_tag
 from hffm_core.downlink import JobWatch, ResyncNeeded, VersionReceiver
 from hffm_core.errors import DecodeError, StaleModelError
 from hffm_core.observability import Gauge, Histogram, metrics_server_tls
-from hffm_core.protocol import (
-    ModuleKey,
-    ModuleVersion,
-    NodeState,
-    ResyncRequest,
-    RoundControl,
-    encode,
-    modules_for,
-    topics,
-)
+from hffm_core.protocol import (ModuleKey, ModuleVersion, NodeState, ResyncRequest, RoundControl, encode,
+                                modules_for, topics)
 from hffm_core.protocol.topics import Topic
 from hffm_core.resources import Decision, decide
 from hffm_core.security.tls import TlsSettings
