@@ -62,6 +62,10 @@ def summarize(opts: SimOptions, fleet: SimFleet, *, clock: RoundClock, usage: di
     queued, acked = totals["queued"], totals["acked_keys"]  # distinct keys (a restarted device may queue one again)
     stale, rejected = totals["sender_stale"], totals["sender_rejected"]
     lost = queued - acked - stale - rejected
+    # Below 0: keys answered twice (a device that crashed between an 'applied' ack and its outbox commit resends
+    # the key after it rejoins and hears 'expired' for it as well): reported, not a loss.
+    answered_twice = max(0, -lost)
+    lost = max(0, lost)
     expected = expected_deltas(opts, fleet, modality_of)
     if lost:
         problems.append(f"{lost} deltas queued by devices were neither applied nor answered (lost)")
@@ -99,7 +103,7 @@ def summarize(opts: SimOptions, fleet: SimFleet, *, clock: RoundClock, usage: di
         "deltas": {"expected_without_faults": expected, "queued": queued, "applied_by_fogs": applied, "acked": acked,
                    "stale": stale, "rejected": rejected, "conflicts": totals["sender_conflicts"],
                    "retransmitted": totals["sender_retransmitted"], "requeued_after_restart": totals["requeued"],
-                   "pending": totals["pending"], "lost": lost},
+                   "pending": totals["pending"], "lost": lost, "answered_twice": answered_twice},
         "devices": {k: totals[k] for k in ("rounds_sent", "skipped", "slowed", "crashed", "rejoined", "dropped_out",
                                            "not_selected", "resyncs", "no_base_version")},
         "fog_rss_mb": max((procs.get(f, {}).get("rss_peak_mb", 0.0) for f in fleet.fogs), default=0.0),

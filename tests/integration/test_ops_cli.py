@@ -196,6 +196,9 @@ def test_sigterm_stops_an_agent_cleanly_with_an_offline_advert(brokers: Brokers,
     cfg["broker"]["port"] = brokers.fog.port
     cfg["device"]["fleet"] = FLEET
     cfg["state_dir"] = str(run_dir / "sigterm-state")
+    # Its own metrics file and no /metrics listener: the job's files are read by other tests (any order, any worker).
+    cfg["metrics_file"] = str(run_dir / "sigterm-metrics.json")
+    cfg.pop("metrics", None)
     path = run_dir / "sigterm-device.toml"
     path.write_bytes(tomli_w.dumps(cfg).encode())
     agent = TierProcess("sigterm", "edge", path, run_dir / "sigterm.log", time_limit_s=120)
