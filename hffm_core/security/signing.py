@@ -17,6 +17,7 @@ import stat
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from hffm_core.atomic import atomic_file
-from hffm_core.errors import ConfigError, DecodeError, SecurityError
+from hffm_core.errors import ConfigError, DecodeError, SecurityError, error_class
 from hffm_core.protocol import codec, topics
 from hffm_core.protocol.envelope import (
     MAX_SEQ,
@@ -43,29 +44,17 @@ log = logging.getLogger(__name__)
 SEQ_RESERVE = 1024  # sequence numbers reserved per write of the signer's state file
 
 
-class UnsignedError(SecurityError):
-    reason = "unsigned"
+def _rejection(name: str, reason: str) -> Any:
+    """A :class:`SecurityError` subclass counted under ``reason``."""
+    return error_class(name, SecurityError, module=__name__, reason=reason)
 
 
-class TamperedError(SecurityError):
-    reason = "tampered"
-
-
-class ReplayedError(SecurityError):
-    reason = "replayed"
-
-
-class WrongSenderError(SecurityError):
-    reason = "wrong_sender"
-
-
-class UnknownSignerError(SecurityError):
-    reason = "unknown_signer"
-
-
-class RevokedError(SecurityError):
-    reason = "revoked"
-
+UnsignedError = _rejection("UnsignedError", "unsigned")
+TamperedError = _rejection("TamperedError", "tampered")
+ReplayedError = _rejection("ReplayedError", "replayed")
+WrongSenderError = _rejection("WrongSenderError", "wrong_sender")
+UnknownSignerError = _rejection("UnknownSignerError", "unknown_signer")
+RevokedError = _rejection("RevokedError", "revoked")
 
 REJECTION_REASONS = tuple(c.reason for c in (UnsignedError, TamperedError, ReplayedError, WrongSenderError,
                                               UnknownSignerError, RevokedError))
