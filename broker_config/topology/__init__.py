@@ -8,44 +8,11 @@
 - ``link_model.py``: the Shannon-rate link model and :func:`estimate` (latency and energy of measured bytes).
 """
 
+from broker_config.topology import model, toml_file
 from broker_config.topology.generate import generate_topology
-from broker_config.topology.link_model import (
-    LinkId,
-    estimate,
-    shannon_rate_bps,
-    transfer,
-)
-from broker_config.topology.model import (
-    CLOUD,
-    DEFAULT_LINKS,
-    LINK_KINDS,
-    Channel,
-    DeviceNode,
-    FogNode,
-    LinkParams,
-    Topology,
-)
-from broker_config.topology.toml_file import (
-    dump_topology,
-    load_topology,
-    parse_topology,
-)
+from broker_config.topology.link_model import LinkId, estimate, shannon_rate_bps, transfer
+from broker_config.topology.model import *  # noqa: F403 -- the value types, as model.__all__ names them
+from broker_config.topology.toml_file import *  # noqa: F403 -- load, parse and dump, as toml_file.__all__ names them
 
-__all__ = [
-    "CLOUD",
-    "DEFAULT_LINKS",
-    "LINK_KINDS",
-    "Channel",
-    "DeviceNode",
-    "FogNode",
-    "LinkId",
-    "LinkParams",
-    "Topology",
-    "dump_topology",
-    "estimate",
-    "generate_topology",
-    "load_topology",
-    "parse_topology",
-    "shannon_rate_bps",
-    "transfer",
-]
+__all__ = [*model.__all__, *toml_file.__all__,
+           "LinkId", "estimate", "generate_topology", "shannon_rate_bps", "transfer"]

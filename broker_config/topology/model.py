@@ -9,9 +9,10 @@ store both sides, sorted.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeVar
 
 from hffm_core.errors import TopologyError
 from hffm_core.protocol.topics import check_segment
@@ -25,9 +26,9 @@ __all__ = [
     "FogNode",
     "LinkParams",
     "Topology",
-    "check_id",
-    "check_number",
-]
+]  # check_id and check_number are for the package's own modules (the file reader)
+
+_Node = TypeVar("_Node", "FogNode", "DeviceNode")  # what Topology._fog and ._device look up
 
 # The link kinds, in tier order: device<->device (D2D, within a fog), device<->fog, fog<->fog, fog<->cloud, and
 # device<->cloud for the star topology (devices talk to the cloud directly).
@@ -289,18 +290,21 @@ class Topology:
         raise TopologyError(f"unknown link kind {kind!r}; expected one of {list(LINK_KINDS)}")
 
     def _fog(self, fog: str, what: str = "") -> FogNode:
-        node = self.fogs.get(fog)
-        if node is None:
-            prefix = f"{what}: " if what else ""
-            raise TopologyError(f"{prefix}unknown fog {fog!r}; the fogs are {sorted(self.fogs)}")
-        return node
+        return _known(self.fogs, fog, "fog", what, listed=True)
 
     def _device(self, device: str, what: str = "") -> DeviceNode:
-        node = self.devices.get(device)
-        if node is None:
-            prefix = f"{what}: " if what else ""
-            raise TopologyError(f"{prefix}unknown device {device!r}")
-        return node
+        return _known(self.devices, device, "device", what, listed=False)
+
+
+def _known(nodes: Mapping[str, _Node], node_id: str, kind: str, what: str, *, listed: bool) -> _Node:
+    """``nodes[node_id]``. Raises: TopologyError: an unknown id (prefixed with ``what``; with ``listed``, naming the
+    known ids too)."""
+    node = nodes.get(node_id)
+    if node is None:
+        prefix = f"{what}: " if what else ""
+        known = f"; the {kind}s are {sorted(nodes)}" if listed else ""
+        raise TopologyError(f"{prefix}unknown {kind} {node_id!r}{known}")
+    return node
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
