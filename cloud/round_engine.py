@@ -18,6 +18,7 @@ import numpy as np
 
 from cloud.config import CloudSection
 from cloud.round_state import CloudRoundState
+from hffm_core.aggregation.ranks import fit_rank
 from hffm_core.errors import AggregationError, DecodeError, HffmError
 from hffm_core.protocol import FogAggregate, FogRoundReport, ModuleKey
 
@@ -152,6 +153,7 @@ class CloudRound:
         refused = len(self.state.merge_refused)  # logged by the round state
         states: dict[ModuleKey, State] = {}
         for key, delta in sorted(deltas.items()):
+            delta = fit_rank(delta, {n: a.shape for n, a in true[key].items()})  # mixed LoRA ranks: ranks.py
             new = {n: (a + delta[n]).astype(np.float32) for n, a in true[key].items()}
             if not all(np.isfinite(a).all() for a in new.values()):
                 refused += 1

@@ -23,10 +23,11 @@ from cloud.job import choose_job
 from cloud.round_engine import APPLIED, DUPLICATE, CloudRound, CloudSchedule, Outcome
 from cloud.round_state import CloudRoundState
 from cloud.store import VersionStore
-from hffm_core.compression.module_codec import layout_of, same_layout, unpack
+from hffm_core.aggregation.ranks import fits_rank
+from hffm_core.compression.module_codec import layout_of
 from hffm_core.config import load_config, make_codecs, resolve
 from hffm_core.delivery import report_key
-from hffm_core.downlink import VersionPublisher
+from hffm_core.downlink import VersionPublisher, unpack_ranked
 from hffm_core.errors import AggregationError, ConfigError, DecodeError
 from hffm_core.observability import Gauge, Histogram, metrics_server_tls
 from hffm_core.protocol import (
@@ -196,8 +197,8 @@ class CloudService(Service):
     def _delta_of(self, msg: FogAggregate) -> State:
         """The aggregate's delta. Raises DecodeError or AggregationError when it does not fit the module."""
         true = self.pub.true[msg.key]
-        delta = unpack(msg, layout_of(true))
-        if not same_layout(delta, true):
+        delta = unpack_ranked(msg, layout_of(true))  # the fog's LoRA rank: at most the global one
+        if not fits_rank(delta, true):
             raise AggregationError(f"aggregate of {msg.key} from {msg.fog} does not match the module's tensors")
         return delta
 

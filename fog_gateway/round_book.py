@@ -17,6 +17,7 @@ import numpy as np
 
 from fog_gateway.round_journal import Position, RoundJournalError, RoundSum, Snapshot, Stamp, State, StoredDelta
 from fog_gateway.summed import make_round_aggregator, summed
+from hffm_core.aggregation.ranks import fit_rank
 from hffm_core.errors import AggregationError
 from hffm_core.protocol import ModuleKey
 
@@ -178,7 +179,7 @@ class RoundBook:
                 refused.append((key, "too_few_participants", why))
                 continue
             try:
-                delta = agg.result()
+                delta = fit_rank(agg.result(), {n: a.shape for n, a in true[key].items()})  # mixed LoRA ranks
             except AggregationError as exc:
                 refused.append((key, "aggregation_refused", str(exc)))
                 continue

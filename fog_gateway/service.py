@@ -28,9 +28,10 @@ from fog_gateway.roster import DeviceRoster
 from fog_gateway.schedule import Schedule
 from fog_gateway.uplink import CloudUplink
 from hffm_core.aggregation import make_aggregator
-from hffm_core.compression.module_codec import layout_of, same_layout, unpack
+from hffm_core.aggregation.ranks import fits_rank
+from hffm_core.compression.module_codec import layout_of
 from hffm_core.config import make_codecs, resolve
-from hffm_core.downlink import JobWatch, ResyncNeeded, VersionReceiver
+from hffm_core.downlink import JobWatch, ResyncNeeded, VersionReceiver, unpack_ranked
 from hffm_core.errors import AggregationError, DecodeError
 from hffm_core.observability import Gauge, Histogram, metrics_server_tls
 from hffm_core.protocol import (
@@ -280,8 +281,8 @@ class FogGateway(Service):
 
     def _delta_of(self, msg: ModuleUpdate) -> State:
         """The update's delta. Raises DecodeError or AggregationError when it does not fit the module."""
-        delta = unpack(msg, layout_of(self.pub.true[msg.key]))
-        if not same_layout(delta, self.pub.true[msg.key]):
+        delta = unpack_ranked(msg, layout_of(self.pub.true[msg.key]))  # the sender's own LoRA rank
+        if not fits_rank(delta, self.pub.true[msg.key]):
             raise AggregationError(f"update of {msg.key} from {msg.sender} does not match the module's tensors")
         return delta
 

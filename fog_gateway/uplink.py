@@ -14,6 +14,7 @@ from typing import Any
 
 from fog_gateway.neighbours import State, delta_from
 from fog_gateway.round_engine import FogRound
+from hffm_core.aggregation.ranks import trim_rank
 from hffm_core.compression import Codec, ErrorFeedback
 from hffm_core.compression.module_codec import pack
 from hffm_core.config import ReliabilityConfig
@@ -71,7 +72,8 @@ class CloudUplink:
         sent: list[ModuleKey] = []
         devices: set[str] = set()
         for key, weights in rnd.upward():
-            packed, _sent = pack(delta_from(true[key], rnd.start[key]), self.codecs[key.kind], feedback=self.feedback,
+            packed, _sent = pack(trim_rank(delta_from(true[key], rnd.start[key])), self.codecs[key.kind],
+                                 feedback=self.feedback,
                                  stream=str(key), seed=zlib.crc32(f"{self.node}/{g}/{key}".encode()))
             agg = FogAggregate(fleet=self.fleet, fog=self.node, key=key, global_round=g,
                                total_weight=float(sum(weights.values())), num_devices=len(weights),

@@ -22,12 +22,14 @@ import logging
 import zlib
 from collections import Counter
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
+from hffm_core.aggregation.ranks import at_rank, fit_rank, module_rank, rank_of_size
 from hffm_core.compression import Codec, make_codec
 from hffm_core.compression.module_codec import layout_of, pack, same_layout, unpack
-from hffm_core.errors import DecodeError
+from hffm_core.errors import AggregationError, DecodeError
 from hffm_core.protocol import RAW_CODEC, ModuleKey, ModuleVersion
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,27 @@ State = dict[str, np.ndarray]
 Stamp = tuple[int, int]
 PARKED_JOBS = 4  # jobs whose versions are kept aside at once (the newest per module each)
 OTHER_JOB = "other_job"  # the reject reason a message of another job is counted under
+
+
+def unpack_ranked(msg: ModuleVersion | Any, layout: Mapping[str, tuple[int, ...]]) -> State:
+    """A module message's tensors where the sender's LoRA rank may differ from ``layout``'s (mixed ranks,
+    hffm_core/aggregation/ranks.py): an encoded (flat) message is decoded at the rank its size implies.
+
+    Raises:
+        DecodeError: what ``unpack`` raises, or tensors that fit ``layout`` at no LoRA rank.
+    """
+    size = sum(int(np.prod(e.shape)) for e in getattr(msg, "encoded", ()) or ())
+    rank = module_rank(layout)
+    if msg.codec != RAW_CODEC and rank is not None:
+        sent = rank_of_size(layout, size)
+        layout = at_rank(layout, sent) if sent is not None else layout
+    state = unpack(msg, layout)
+    try:
+        sent_rank = module_rank(layout_of(state))
+        fit_rank(state, at_rank(layout, sent_rank) if sent_rank is not None else layout)
+    except AggregationError as exc:
+        raise DecodeError(f"tensors of {msg.key} do not fit the module: {exc}") from None
+    return state
 
 
 class ResyncNeeded(Exception):
@@ -111,12 +134,12 @@ class VersionReceiver:
             raise ResyncNeeded(msg.key, held, msg.delta_base)
         if msg.delta_base is None and msg.codec != RAW_CODEC:
             raise DecodeError(f"a full state of {msg.key} must be raw fp32, not {msg.codec!r}")
-        state = unpack(msg, layout_of(self.states[msg.key]) if msg.key in self.states else None)
         expected = self.layouts.get(msg.key) or (layout_of(self.states[msg.key]) if msg.key in self.states else None)
+        state = unpack_ranked(msg, expected) if expected is not None else unpack(msg, None)
         if any(a.dtype != np.float32 for a in state.values()):
             raise DecodeError(f"version of {msg.key} holds non-float32 tensors")
         if expected is not None and layout_of(state) != expected:
-            raise DecodeError(f"version of {msg.key} does not match the module's tensors")
+            state = self._own_rank(msg.key, state, expected)
         if msg.delta_base is not None:
             current = self.states[msg.key]
             state = {n: (current[n] + a).astype(np.float32) for n, a in state.items()}
@@ -125,6 +148,19 @@ class VersionReceiver:
         self.states[msg.key] = state
         self.stamps[msg.key] = msg.stamp
         return state
+
+
+    @staticmethod
+    def _own_rank(key: ModuleKey, state: State, expected: Mapping[str, tuple[int, ...]]) -> State:
+        """A version at another LoRA rank than this receiver's, truncated (or zero-filled) to its own rank.
+
+        Raises:
+            DecodeError: tensors that do not fit the module at any rank.
+        """
+        try:
+            return {n: np.ascontiguousarray(a) for n, a in fit_rank(state, expected).items()}
+        except AggregationError:
+            raise DecodeError(f"version of {key} does not match the module's tensors") from None
 
 
 class JobWatch:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from hffm_core.aggregation.ranks import rank_axis
 from hffm_core.errors import AggregationError, ConfigError
 
 
@@ -58,9 +59,11 @@ def check_weight(weight: Any) -> float:
     return float(weight)
 
 
-def check_like_first(first: Mapping[str, tuple[int, ...]], delta: Mapping[str, np.ndarray]) -> None:
+def check_like_first(first: Mapping[str, tuple[int, ...]], delta: Mapping[str, np.ndarray], *,
+                     ranked: bool = False) -> None:
     """A later delta has the first delta's tensor names and shapes (``first``: name -> shape; empty = this is the
-    first). Raises ``AggregationError`` naming what is missing, extra or of another shape."""
+    first); with ``ranked``, a LoRA factor may differ in its rank (the rule folds mixed ranks: ranks.py). Raises
+    ``AggregationError`` naming what is missing, extra or of another shape."""
     if not first:
         return
     if set(delta) != set(first):
@@ -68,4 +71,9 @@ def check_like_first(first: Mapping[str, tuple[int, ...]], delta: Mapping[str, n
         raise AggregationError(f"tensor names differ from the first delta: missing {missing}, extra {extra}")
     for name, arr in delta.items():
         if isinstance(arr, np.ndarray) and arr.shape != first[name]:  # other values: the caller's type check
-            raise AggregationError(f"tensor {name!r}: shape {arr.shape} differs from the first delta's {first[name]}")
+            if ranked and rank_axis(name) is not None:
+                continue  # checked where it is folded
+            lora = " (LoRA factors of different ranks are aggregated by 'fedavg' only)" if rank_axis(name) is not None \
+                else ""
+            raise AggregationError(f"tensor {name!r}: shape {arr.shape} differs from the first delta's "
+                                   f"{first[name]}{lora}")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hffm_core.aggregation.ranks import fold_into
 from hffm_core.delivery.outbox import OutboxError
 from hffm_core.errors import AggregationError
 from hffm_core.sqlite import open_sqlite, transaction
@@ -111,13 +112,18 @@ class DurableSums:
             self._db.execute("INSERT INTO buckets (bucket, layout, sum, weight, count) VALUES (?, ?, ?, ?, 1)",
                              (bucket, layout, _pack(sums), weight))
         else:
-            if row[0] != layout:
-                raise AggregationError(f"delta {key!r} does not match the tensors of bucket {bucket!r}")
             sums = _unpack(row[0], bytes(row[1]))
-            for name, arr in arrays.items():
-                sums[name] += weight * arr
-            self._db.execute("UPDATE buckets SET sum = ?, weight = weight + ?, count = count + 1 WHERE bucket = ?",
-                             (_pack(sums), weight, bucket))
+            if row[0] != layout:  # LoRA factors of another rank (ranks.py), else an AggregationError
+                try:
+                    sums = fold_into(sums, float(row[2]), arrays, weight)
+                except AggregationError as exc:
+                    raise AggregationError(f"delta {key!r} does not match the tensors of bucket {bucket!r}: "
+                                           f"{exc}") from None
+            else:
+                for name, arr in arrays.items():
+                    sums[name] += weight * arr
+            self._db.execute("UPDATE buckets SET layout = ?, sum = ?, weight = weight + ?, count = count + 1 "
+                             "WHERE bucket = ?", (_layout(sums), _pack(sums), weight, bucket))
         self._db.execute("INSERT INTO applied (key, bucket, weight, at) VALUES (?, ?, ?, ?)",
                          (key, bucket, weight, time.time()))
         return ADDED
