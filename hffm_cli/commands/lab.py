@@ -114,6 +114,9 @@ def bench_personalization(
     backbone: Annotated[str, typer.Option(help="Backbone (demo default: minilm).")] = "minilm",
     workers: Annotated[int, typer.Option(min=1, max=8, help="Cases run at a time, one process each.")] = 1,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    mixed_rank: Annotated[bool, typer.Option(help="Also the mixed-rank fleet (LoRA ranks 4/8/16) vs uniform rank 8, "
+                                                  "at the first alpha.")] = True,
+    only_mixed_rank: Annotated[bool, typer.Option(help="Only the mixed-rank comparison.")] = False,
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Per device: local-only vs global vs personal modules (replace, replace+distill) on each device's own test
@@ -127,7 +130,8 @@ def bench_personalization(
     )
 
     run_personalization_bench(PersonalizationOptions(alphas=parse_floats(alphas), seeds=parse_ints(seeds),
-                                                     rounds=rounds, agg_every=agg_every, backbone=backbone),
+                                                     rounds=rounds, agg_every=agg_every, backbone=backbone,
+                                                     mixed_rank=mixed_rank, only_mixed_rank=only_mixed_rank),
                               report=report, workers=workers)
 
 

@@ -52,6 +52,8 @@ class PersonalizationOptions:
     batch_size: int = 32
     lr: float = 2e-3
     modalities_per_device: int = 2
+    mixed_rank: bool = True  # also the mixed-rank fleet vs the uniform one (personalization_ranks.py)
+    only_mixed_rank: bool = False  # only that comparison
     personalization: PersonalizationConfig = field(
         default_factory=lambda: PersonalizationConfig(mode="replace+distill"))
 
@@ -201,14 +203,42 @@ def run_case(opts: PersonalizationOptions, alpha: float, seed: int) -> dict[str,
             "wall_s": round(time.monotonic() - started, 1)}
 
 
-def _case_worker(opts: PersonalizationOptions, alpha: float, seed: int) -> dict[str, Any]:
+def _run(opts: PersonalizationOptions, case: tuple[Any, float, int]) -> dict[str, Any]:
+    """A personalization case ``(None, alpha, seed)`` or a rank case ``(ranks, alpha, seed)``."""
+    from hffm_lab.bench.personalization_ranks import run_rank_case
+
+    ranks, alpha, seed = case
+    return run_case(opts, alpha, seed) if ranks is None else run_rank_case(opts, alpha, seed, ranks)
+
+
+def _case_worker(opts: PersonalizationOptions, case: tuple[Any, float, int]) -> dict[str, Any]:
     import os
 
     import torch
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
-    return run_case(opts, alpha, seed)
+    return _run(opts, case)
+
+
+def _todo(opts: PersonalizationOptions) -> list[tuple[Any, float, int]]:
+    from hffm_lab.bench.personalization_ranks import RANKS, UNIFORM_RANK
+
+    todo: list[tuple[Any, float, int]] = []
+    if opts.mixed_rank or opts.only_mixed_rank:  # at the first alpha, on the same data
+        todo += [(ranks, opts.alphas[0], s) for s in opts.seeds for ranks in ([UNIFORM_RANK], list(RANKS))]
+    if not opts.only_mixed_rank:
+        todo += [(None, a, s) for a in opts.alphas for s in opts.seeds]
+    return todo
+
+
+def _report(opts: PersonalizationOptions, cases: list[dict[str, Any]]) -> dict[str, Any]:
+    from hffm_lab.bench.personalization_ranks import mixed_rank_report
+    from hffm_lab.bench.personalization_report import build_report
+
+    ranked = [c for c in cases if "ranks" in c]
+    return build_report(opts, [c for c in cases if "ranks" not in c],
+                        mixed_rank=mixed_rank_report(ranked) if ranked else None)
 
 
 def run_personalization(opts: PersonalizationOptions, *, on_case: Callable[[dict[str, Any]], None] | None = None,
@@ -218,23 +248,21 @@ def run_personalization(opts: PersonalizationOptions, *, on_case: Callable[[dict
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    from hffm_lab.bench.personalization_report import build_report
-
-    todo = [(a, s) for a in opts.alphas for s in opts.seeds]
+    todo = _todo(opts)
     cases: list[dict[str, Any]] = []
     if workers <= 1:
-        for alpha, seed in todo:
-            cases.append(run_case(opts, alpha, seed))
+        for case in todo:
+            cases.append(_run(opts, case))
             if on_case is not None:
                 on_case(cases[-1])
-        return build_report(opts, cases)
+        return _report(opts, cases)
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_case_worker, opts, a, s) for a, s in todo]
+        futures = [pool.submit(_case_worker, opts, case) for case in todo]
         for fut in as_completed(futures):
             cases.append(fut.result())
             if on_case is not None:
                 on_case(cases[-1])
-    return build_report(opts, cases)
+    return _report(opts, cases)
 
 
 def run_personalization_bench(opts: PersonalizationOptions, *, report: Path | None, workers: int = 1,
@@ -245,7 +273,7 @@ def run_personalization_bench(opts: PersonalizationOptions, *, report: Path | No
     import json
     import subprocess
 
-    from hffm_lab.bench.personalization_report import build_report, print_table
+    from hffm_lab.bench.personalization_report import print_table
 
     console = console or Console(stderr=True)
     started = time.monotonic()
@@ -253,11 +281,12 @@ def run_personalization_bench(opts: PersonalizationOptions, *, report: Path | No
 
     def on_case(c: dict[str, Any]) -> None:
         done.append(c)
-        console.print(f"alpha {c['alpha']} seed {c['seed']}: " + ", ".join(f"{v} {c['mean'][v]:.3f}"
-                                                                         for v in VARIANTS) + f" ({c['wall_s']:.0f} s)")
+        what = (f"ranks {c['ranks']}: global test {c['global_test']['mean']:.3f}" if "ranks" in c else
+                ", ".join(f"{v} {c['mean'][v]:.3f}" for v in VARIANTS))
+        console.print(f"alpha {c['alpha']} seed {c['seed']}: {what} ({c['wall_s']:.0f} s)")
         if report is not None:
             report.parent.mkdir(parents=True, exist_ok=True)
-            partial = {**build_report(opts, done), "wall_s": round(time.monotonic() - started, 1)}
+            partial = {**_report(opts, done), "wall_s": round(time.monotonic() - started, 1)}
             report.with_suffix(".partial.json").write_text(json.dumps(partial, indent=1))
 
     out = run_personalization(opts, on_case=on_case, workers=workers)

@@ -69,6 +69,11 @@ def print_table(report: Mapping[str, Any], console: Console) -> None:
         console.print(table)
         if block["goals"]:
             console.print(f"alpha {alpha} goals: {block['goals']}")
+    ranks = report.get("mixed_rank") or {}
+    if ranks.get("mixed") is not None:
+        console.print(f"mixed ranks {ranks['ranks']}: global test {ranks['mixed']:.3f} vs uniform rank "
+                      f"{ranks['uniform_rank']} {ranks['uniform']:.3f} ({ranks['gap_pt']:+.2f} pt; at each rank "
+                      f"{ {r: round(v, 3) for r, v in ranks['mixed_at_rank'].items()} }; seeds {ranks['seeds']})")
 
 
 def cases_from_report(report: Mapping[str, Any]) -> list[dict[str, Any]]:
