@@ -4,6 +4,7 @@ the config check. The work lives in the tiers and in :mod:`hffm_cli.commands.ops
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -26,14 +27,42 @@ cloud_app = typer.Typer(help="The cloud service.", no_args_is_help=True)
 config_app = typer.Typer(help="Config files.", no_args_is_help=True)
 
 
-@edge_app.command("run")
-@friendly_errors
-def edge_run(config: ConfigOpt, time_limit: TimeLimitOpt = 24 * 3600.0, log_level: LogLevelOpt = "info") -> None:
+def _run_command(app: typer.Typer, load: Callable[[], Callable[..., None]]) -> None:
+    """Add ``run`` to ``app``: set up logging, then run the tier from its config (``-c``) until ``--time-limit``.
+    ``load`` imports the tier's entry point (late: a fog gateway installs without torch); its docstring is the
+    command's help."""
+
+    @app.command("run", help=load.__doc__)
+    @friendly_errors
+    def run(config: ConfigOpt, time_limit: TimeLimitOpt = 24 * 3600.0, log_level: LogLevelOpt = "info") -> None:
+        setup_logging(log_level)
+        load()(config, time_limit_s=time_limit)
+
+
+def _edge() -> Callable[..., None]:
     """Run the device agent: train held modules each round, publish deltas to the fog."""
-    setup_logging(log_level)
     from edge_runtime.agent import run_edge
 
-    run_edge(config, time_limit_s=time_limit)
+    return run_edge
+
+
+def _fog() -> Callable[..., None]:
+    """Run a fog gateway: aggregate its devices' deltas per module, send aggregates to the cloud."""
+    from fog_gateway.service import run_fog
+
+    return run_fog
+
+
+def _cloud() -> Callable[..., None]:
+    """Run the cloud service: merge fog aggregates, publish global modules, evaluate."""
+    from cloud.service import run_cloud
+
+    return run_cloud
+
+
+_run_command(edge_app, _edge)
+_run_command(fog_app, _fog)
+_run_command(cloud_app, _cloud)
 
 
 @edge_app.command("status")
@@ -102,23 +131,3 @@ def config_check(
     code = run(file, check_files=check_files, fmt=check_format(fmt))
     if code:
         raise typer.Exit(code)
-
-
-@fog_app.command("run")
-@friendly_errors
-def fog_run(config: ConfigOpt, time_limit: TimeLimitOpt = 24 * 3600.0, log_level: LogLevelOpt = "info") -> None:
-    """Run a fog gateway: aggregate its devices' deltas per module, send aggregates to the cloud."""
-    setup_logging(log_level)
-    from fog_gateway.service import run_fog
-
-    run_fog(config, time_limit_s=time_limit)
-
-
-@cloud_app.command("run")
-@friendly_errors
-def cloud_run(config: ConfigOpt, time_limit: TimeLimitOpt = 24 * 3600.0, log_level: LogLevelOpt = "info") -> None:
-    """Run the cloud service: merge fog aggregates, publish global modules, evaluate."""
-    setup_logging(log_level)
-    from cloud.service import run_cloud
-
-    run_cloud(config, time_limit_s=time_limit)
