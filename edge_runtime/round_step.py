@@ -10,7 +10,7 @@ import math
 import time
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,24 +55,25 @@ def load_privacy_ledger(settings: Mapping[str, DpSettings], path: Path) -> Priva
     return PrivacyLedger(settings, counts=counts)
 
 
+@dataclass(eq=False, kw_only=True)
 class RoundTrainer:
     """Trains one device's modules round by round. ``dp``: module kind -> DP settings (noise is drawn from OS
     entropy, never a seed); ``privacy``: the ledger of privacy spent (:func:`load_privacy_ledger`), saved to
     ``privacy_path`` after every noised delta."""
 
-    def __init__(self, *, node: str, model: Any, data: LocalData, keys: list[ModuleKey], training: TrainingConfig,
-                 attack: AttackConfig, dp: Mapping[str, DpSettings], privacy: PrivacyLedger | None,
-                 privacy_path: Path) -> None:
-        self.node = node
-        self.model = model
-        self.data = data
-        self.keys = keys
-        self.training = training
-        self.attack = attack
-        self.dp = dict(dp)
-        self.dp_rng = np.random.default_rng()
-        self.privacy_path = privacy_path
-        self.privacy = privacy
+    node: str
+    model: Any
+    data: LocalData
+    keys: list[ModuleKey]
+    training: TrainingConfig
+    attack: AttackConfig
+    dp: Mapping[str, DpSettings]
+    privacy: PrivacyLedger | None
+    privacy_path: Path
+    dp_rng: np.random.Generator = field(init=False, default_factory=np.random.default_rng)
+
+    def __post_init__(self) -> None:
+        self.dp = dict(self.dp)
 
     def train(self, ctl: RoundControl, selected: list[ModuleKey], fraction: float,
               states: Mapping[ModuleKey, State]) -> TrainedRound:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -29,20 +30,20 @@ class Publisher(Protocol):
     def try_publish(self, topic: str, payload: bytes, *, category: str) -> bool: ...
 
 
+@dataclass(eq=False, kw_only=True)
 class Uplink:
     """Codes and sends one device's updates to its fog. ``base_of``: the version a module's delta is taken from (the
     last cluster version the device applied); ``residuals_path``: where the error-feedback residuals are saved."""
 
-    def __init__(self, *, fleet: str, fog: str, node: str, codecs: Mapping[str, Codec], feedback: ErrorFeedback,
-                 residuals_path: Path, outbox: Outbox | None, transport: Publisher,
-                 base_of: Callable[[ModuleKey], tuple[int, int]]) -> None:
-        self.fleet, self.fog, self.node = fleet, fog, node
-        self.codecs = codecs
-        self.feedback = feedback
-        self.residuals_path = residuals_path
-        self.outbox = outbox
-        self.transport = transport
-        self.base_of = base_of
+    fleet: str
+    fog: str
+    node: str
+    codecs: Mapping[str, Codec]
+    feedback: ErrorFeedback
+    residuals_path: Path
+    outbox: Outbox | None
+    transport: Publisher
+    base_of: Callable[[ModuleKey], tuple[int, int]]
 
     @property
     def connected(self) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Protocol
 
 from hffm_core.delivery.chunking import fits, split
@@ -31,27 +32,31 @@ class Publisher(Protocol):
                     expiry_s: int = 0) -> bool: ...
 
 
+@dataclass(eq=False)
 class ReliableSender:
-    """Sends an outbox's due messages through a publisher; ``target`` names the receiver for chunk topics."""
+    """Sends an outbox's due messages through a publisher; ``target`` names the receiver for chunk topics. The
+    counters after ``expiry_s`` say what became of the messages so far."""
 
-    def __init__(self, outbox: Outbox, publisher: Publisher, *, fleet: str, node: str, target: str, category: str,
-                 window: int = 200, expiry_s: int = 0) -> None:
-        self.outbox = outbox
-        self.publisher = publisher
-        self.fleet = fleet
-        self.node = node
-        self.target = target
-        self.category = category
-        self.window = window
-        self.expiry_s = expiry_s
-        self.sent = 0
-        self.retransmitted = 0
-        self.chunked = 0
-        self.acked = 0
-        self.dropped = 0  # removed unapplied: stale + rejected
-        self.stale = 0  # of those, the ones whose round closed (answered expired, or expired here)
-        self.rejected = 0  # of those, the ones the receiver refused
-        self.conflicts = 0  # of those, the ones refused because another update was applied under the same key
+    outbox: Outbox
+    publisher: Publisher
+    _: KW_ONLY
+    fleet: str
+    node: str
+    target: str
+    category: str
+    window: int = 200
+    expiry_s: int = 0
+    sent: int = field(default=0, init=False)
+    retransmitted: int = field(default=0, init=False)
+    chunked: int = field(default=0, init=False)
+    acked: int = field(default=0, init=False)
+    # Removed unapplied: stale + rejected. Of those, ``stale``: the ones whose round closed (answered expired, or
+    # expired here); ``rejected``: the ones the receiver refused, and of them ``conflicts``: refused because another
+    # update was applied under the same key.
+    dropped: int = field(default=0, init=False)
+    stale: int = field(default=0, init=False)
+    rejected: int = field(default=0, init=False)
+    conflicts: int = field(default=0, init=False)
 
     def pump(self, *, now: float | None = None) -> int:
         """Send up to ``window`` due messages; returns how many went out. Never raises for a broker problem."""
