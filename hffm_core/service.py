@@ -194,6 +194,10 @@ class Service:
         self.rejected[reason] += 1
         log.warning("%s %s: rejected message on %s (%s): %s", self.role, self.node, topic, reason, detail)
 
+    def reject_error(self, topic: str, exc: HffmError) -> None:
+        """:meth:`reject` under the reason a :class:`SecurityError` carries; any other error is ``decode``."""
+        self.reject(topic, exc.reason if isinstance(exc, SecurityError) else "decode", str(exc))
+
     def dispatch(self, topic: str, payload: bytes, *, retained: bool = False, decoded: Any = None) -> None:
         """Open (with a verifier), decode and handle one message. Bad input is logged and counted, never raised; a
         TransportError (the broker did not take a publish) is raised, since the round state could not be shared.
@@ -207,11 +211,8 @@ class Service:
         if verifier is not None:
             try:
                 signer, payload = verifier.open(topic, payload, retained=retained)
-            except SecurityError as exc:
-                self.reject(topic, exc.reason, str(exc))
-                return
             except HffmError as exc:
-                self.reject(topic, "decode", str(exc))
+                self.reject_error(topic, exc)
                 return
             except Exception:
                 self.rejected["internal"] += 1
@@ -232,11 +233,8 @@ class Service:
                     return
                 parsed, message = whole
                 check_sender(signer if verifier is not None else _topic_publisher(parsed), message)
-        except SecurityError as exc:
-            self.reject(topic, exc.reason, str(exc))
-            return
         except HffmError as exc:
-            self.reject(topic, "decode", str(exc))
+            self.reject_error(topic, exc)
             return
         try:
             self.handle(parsed, message)
