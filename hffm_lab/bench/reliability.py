@@ -24,6 +24,7 @@ that never happened).
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,9 @@ from hffm_lab.bench import fail_if, save_report
 from hffm_lab.faults.calibrate import cpu_slowdown
 from hffm_lab.faults.ledger_faults import negative_control, run_fault
 from hffm_lab.faults.tier_faults import LONG_TIER_FAULTS, TIER_FAULTS, run_tier_fault
-from hffm_lab.faults.tier_job import JobShape
+from hffm_lab.faults.tier_job import JOB_FLEET, JobShape
 
-BENCH_SHAPE = JobShape(fogs=2, devices_per_fog=2, rounds=2, agg_every=2)
+BENCH_SHAPE = JobShape(fleet=replace(JOB_FLEET, devices_per_fog=2, agg_every=2))  # two fogs, two rounds
 LEDGER_FAULTS = ("burst_above_queue_limit", "oversized_payload")
 COLUMNS = ("fault", "planned", "produced", "applied", "lost", "duplicates_applied", "recovery_s", "wall_s")
 

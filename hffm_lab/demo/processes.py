@@ -7,9 +7,25 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TypeVar
 
 from hffm_core.errors import HffmError
+
+_Harness = TypeVar("_Harness", bound=AbstractContextManager)
+
+
+def started(harness: _Harness, start: Callable[[], None]) -> _Harness:
+    """``harness.__enter__``'s body: run ``start``; if it fails (or is interrupted), stop what it started with
+    ``harness.__exit__()`` and raise again. Returns ``harness``."""
+    try:
+        start()
+    except BaseException:
+        harness.__exit__(None, None, None)
+        raise
+    return harness
 
 
 class TierProcess:

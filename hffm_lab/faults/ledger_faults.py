@@ -31,6 +31,7 @@ from broker_config.render import (
 )
 from hffm_core.delivery.durable_sum import DurableSums
 from hffm_core.errors import ConfigError, HffmError
+from hffm_lab.demo.processes import started
 from hffm_lab.faults.proxy import LinkProxy
 from hffm_lab.faults.tier_job import rows
 from hffm_lab.faults.verdict import failures, negative_failures
@@ -58,24 +59,22 @@ class Cluster:
         self.spec_path = run_dir / "spec.json"
 
     def __enter__(self) -> Cluster:
-        try:
-            self.cloud_broker.start()
-            self.proxy = LinkProxy(self.cloud_broker.port).start()
-            for fog in self.spec.fogs:
-                bridge = BridgeSpec(fleet=FLEET, fog=fog, cloud_host="127.0.0.1", cloud_port=self.proxy.port)
-                broker = MosquittoProcess(name=fog, role="fog", data_dir=self.run_dir / "brokers" / fog, fleet=FLEET,
-                                          bridge=bridge, limits=self.limits)
-                broker.start()
-                self.fog_brokers[fog] = broker
-            for broker in self.fog_brokers.values():
-                wait_for_bridge(broker, timeout=15.0)
-            self.spec = replace(self.spec, cloud_port=self.cloud_broker.port,
-                                fog_ports={f: b.port for f, b in self.fog_brokers.items()})
-            self.spec.save(self.spec_path)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+        return started(self, self._start)
+
+    def _start(self) -> None:
+        self.cloud_broker.start()
+        self.proxy = LinkProxy(self.cloud_broker.port).start()
+        for fog in self.spec.fogs:
+            bridge = BridgeSpec(fleet=FLEET, fog=fog, cloud_host="127.0.0.1", cloud_port=self.proxy.port)
+            broker = MosquittoProcess(name=fog, role="fog", data_dir=self.run_dir / "brokers" / fog, fleet=FLEET,
+                                      bridge=bridge, limits=self.limits)
+            broker.start()
+            self.fog_brokers[fog] = broker
+        for broker in self.fog_brokers.values():
+            wait_for_bridge(broker, timeout=15.0)
+        self.spec = replace(self.spec, cloud_port=self.cloud_broker.port,
+                            fog_ports={f: b.port for f, b in self.fog_brokers.items()})
+        self.spec.save(self.spec_path)
 
     def __exit__(self, *exc: object) -> None:
         for proc in self.procs.values():

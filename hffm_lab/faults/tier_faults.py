@@ -148,10 +148,10 @@ class Counter:
         assert self.job.plan is not None
         shape, plan = self.job.shape, self.job.plan
         mods = {dev: _modules(cfg) for dev, cfg in plan.device_configs.items()}
-        updates = sum(len(m) for m in mods.values()) * shape.rounds * shape.agg_every
+        updates = sum(len(m) for m in mods.values()) * shape.fleet.rounds * shape.fleet.agg_every
         fog_mods = {fog: set().union(*(m for d, m in mods.items() if plan.fog_of[d] == fog)) for fog in self.job.fogs}
         # plus one FogRoundReport per fog and global round
-        return updates + (sum(len(m) for m in fog_mods.values()) + len(self.job.fogs)) * shape.rounds
+        return updates + (sum(len(m) for m in fog_mods.values()) + len(self.job.fogs)) * shape.fleet.rounds
 
     def count(self, fault_end_wall: float | None, recovered_at: float | None) -> dict[str, Any]:
         job = self.job
@@ -206,7 +206,7 @@ def run_tier_fault(name: str, run_dir: Path, *, shape: JobShape | None = None, s
     shape = shape or JobShape()
     shape = replace(shape, offline_grace_s=shape.offline_grace_s * slowdown)
     if fault is not None:  # the processes' own time limit must outlast the outage
-        shape = replace(shape, time_limit_s=shape.time_limit_s + fault.outage_s)
+        shape = replace(shape, fleet=replace(shape.fleet, time_limit_s=shape.fleet.time_limit_s + fault.outage_s))
     say = on_progress or (lambda _m: None)
     started = time.monotonic()
     row: dict[str, Any] = {"fault": name}
@@ -234,7 +234,7 @@ def run_tier_fault(name: str, run_dir: Path, *, shape: JobShape | None = None, s
                 fault.restore(job)
                 fault_end = time.time()
                 say(f"{name}: restored after {fault.outage_s:.0f} s")
-            outcome = job.wait_done(shape.time_limit_s * slowdown, on_poll=poll)
+            outcome = job.wait_done(shape.fleet.time_limit_s * slowdown, on_poll=poll)
         except HffmError as exc:
             outcome, row["error"] = "error", str(exc)
         exits = job.process_exits()

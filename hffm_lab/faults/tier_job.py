@@ -21,7 +21,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from broker_config.render import (
 from hffm_core.delivery.outbox import Outbox
 from hffm_core.errors import HffmError
 from hffm_lab.demo.plan import FLEET, DemoOptions, FleetPlan, write_fleet
-from hffm_lab.demo.processes import TierProcess
+from hffm_lab.demo.processes import TierProcess, started
 from hffm_lab.faults.proxy import LinkProxy
 
 log = logging.getLogger(__name__)
@@ -63,15 +63,19 @@ def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
         return []
 
 
+# The fleet of a tier job: the demo's plan, small (one device per fog, two rounds, the tiny backbone, one local
+# epoch), with no baseline and no tables.
+JOB_FLEET = DemoOptions(devices_per_fog=1, rounds=2, agg_every=1, local_epochs=1, backbone="tiny", time_limit_s=300.0,
+                        round_deadline_s=120.0, baseline=False, show_tables=False)
+
+
 @dataclass(frozen=True, kw_only=True)
 class JobShape:
-    fogs: int = 2
-    devices_per_fog: int = 1
-    rounds: int = 2
-    agg_every: int = 1
+    """A tier job: the demo options its fleet is planned from (``fleet``; the job sets its run_dir), whether the
+    tiers keep an outbox, the brokers' limits."""
+
+    fleet: DemoOptions = JOB_FLEET
     outbox: bool = True
-    time_limit_s: float = 300.0
-    round_deadline_s: float = 120.0
     limits: BrokerLimits | None = None
     # How long a fog waits for a device whose last will said offline (``[fog] offline_grace_s``, where the config
     # has it): long enough for a killed device to be restarted and reconnect on this machine.
@@ -104,7 +108,7 @@ class TierJob:
     def __init__(self, run_dir: Path, shape: JobShape) -> None:
         self.run_dir = run_dir
         self.shape = shape
-        self.fogs = [f"fog-{i}" for i in range(1, shape.fogs + 1)]
+        self.fogs = [f"fog-{i}" for i in range(1, shape.fleet.fogs + 1)]
         self.state = run_dir / "state"
         self.brokers: dict[str, MosquittoProcess] = {}
         self.proxies: dict[str, LinkProxy] = {}
@@ -113,22 +117,15 @@ class TierJob:
 
     # -- setup -----------------------------------------------------------------------------------------------------
     def __enter__(self) -> TierJob:
-        try:
-            self._start()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+        return started(self, self._start)
 
     def _start(self) -> None:
         s = self.shape
-        opts = DemoOptions(fogs=s.fogs, devices_per_fog=s.devices_per_fog, rounds=s.rounds, agg_every=s.agg_every,
-                           local_epochs=1, backbone="tiny", run_dir=self.run_dir, time_limit_s=s.time_limit_s,
-                           round_deadline_s=s.round_deadline_s, baseline=False, show_tables=False)
+        opts = replace(s.fleet, run_dir=self.run_dir)
         cloud_port, fog_ports = free_port(), {f: free_port() for f in self.fogs}
         tables = {} if s.outbox else {n: {"reliability": {"outbox": False}} for n in
                                       [*self.fogs, *(f"{f}-dev-{d}" for f in self.fogs
-                                                     for d in range(1, s.devices_per_fog + 1))]}
+                                                     for d in range(1, opts.devices_per_fog + 1))]}
         self.plan = write_fleet(opts, self.run_dir, cloud_port=cloud_port, fog_ports=fog_ports, node_tables=tables)
         self._set_offline_grace()
         self.brokers["cloud"] = MosquittoProcess(name="cloud", role="cloud", port=cloud_port, fleet=FLEET,
@@ -195,7 +192,7 @@ class TierJob:
         tier, config = self.config_of(name)
         starts = sum(st.name == name for st in self.started)
         log_path = self.run_dir / "logs" / (f"{name}.log" if not starts else f"{name}-{starts + 1}.log")
-        proc = TierProcess(name, tier, config, log_path, time_limit_s=self.shape.time_limit_s)
+        proc = TierProcess(name, tier, config, log_path, time_limit_s=self.shape.fleet.time_limit_s)
         proc.start()
         self.started.append(Started(name, proc))
         return proc

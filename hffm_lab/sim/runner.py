@@ -26,7 +26,7 @@ from typing import Any
 
 from broker_config.process import MosquittoProcess, free_port, wait_for_bridge
 from broker_config.render import BridgeSpec
-from hffm_lab.demo.processes import TierProcess
+from hffm_lab.demo.processes import TierProcess, started
 from hffm_lab.sim.observer import RoundClock, Sampler
 from hffm_lab.sim.plan import FLEET, SimFleet, SimOptions, write_sim
 from hffm_lab.sim.report import summarize
@@ -49,12 +49,7 @@ class SimRun:
         if self.run_dir.exists():  # an old run's journals and retained messages would be resumed, not measured
             shutil.rmtree(self.run_dir)
         self.run_dir.mkdir(parents=True)
-        try:
-            self._start()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+        return started(self, self._start)
 
     def _start(self) -> None:
         fogs = [f"fog-{i}" for i in range(1, self.opts.fogs + 1)]
