@@ -77,13 +77,49 @@ def bridge_client_id(fleet: str, fog: str) -> str:
     return f"hffm-bridge-{fleet}-{fog}"
 
 
+def connection_state_topic(client_id: str) -> str:
+    """Where the bridge with client id ``client_id`` publishes its retained ``1``/``0`` state (on both brokers)."""
+    return f"$SYS/broker/connection/{client_id}/state"
+
+
 def bridge_state_topic(fleet: str, fog: str) -> str:
     """Where the bridge of fog ``fog`` publishes its retained ``1``/``0`` state (on both brokers)."""
-    return f"$SYS/broker/connection/{bridge_client_id(fleet, fog)}/state"
+    return connection_state_topic(bridge_client_id(fleet, fog))
+
+
+class _Bridge:
+    """What both bridge specs share: the check of their ``tls`` and the ``$SYS`` topic of their state."""
+
+    __slots__ = ()
+    fleet: str
+    fog: str
+    tls: TlsSettings | None
+
+    @property
+    def remote_clientid(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def state_topic(self) -> str:
+        """Where this bridge publishes its retained ``1``/``0`` state (named by its client id)."""
+        return connection_state_topic(self.remote_clientid)
+
+    def _check(self, host: str, port: int, what: str) -> None:
+        """The checks of both: topic-safe fleet and fog ids, the remote broker's address, ``tls`` (of the ``what``).
+
+        Raises:
+            BrokerError: naming the bad value.
+        """
+        _check_segment(self.fleet, "fleet")
+        _check_segment(self.fog, "fog")
+        check_host(host)
+        check_port(port)
+        if self.tls is not None and not isinstance(self.tls, TlsSettings):
+            raise BrokerError(f"{what} tls must be TlsSettings, got {type(self.tls).__name__}")
 
 
 @dataclass(frozen=True, slots=True)
-class BridgeSpec:
+class BridgeSpec(_Bridge):
     """Where a fog broker's bridge goes. Validates itself: topic-safe ids, an IP address or DNS name, a real port
     (the harness, :class:`MosquittoProcess`, also requires a loopback host).
 
@@ -97,12 +133,7 @@ class BridgeSpec:
     tls: TlsSettings | None = None
 
     def __post_init__(self) -> None:
-        _check_segment(self.fleet, "fleet")
-        _check_segment(self.fog, "fog")
-        check_host(self.cloud_host)
-        check_port(self.cloud_port)
-        if self.tls is not None and not isinstance(self.tls, TlsSettings):
-            raise BrokerError(f"bridge tls must be TlsSettings, got {type(self.tls).__name__}")
+        self._check(self.cloud_host, self.cloud_port, "bridge")
 
     @property
     def connection(self) -> str:
@@ -114,10 +145,6 @@ class BridgeSpec:
         """The bridge's client id on the cloud broker; also names its ``$SYS`` state topic."""
         return bridge_client_id(self.fleet, self.fog)
 
-    @property
-    def state_topic(self) -> str:
-        return bridge_state_topic(self.fleet, self.fog)
-
 
 def peer_bridge_client_id(fleet: str, fog: str, neighbour: str) -> str:
     """The client id of the bridge from fog ``fog``'s broker on neighbour ``neighbour``'s broker; it also names
@@ -127,11 +154,11 @@ def peer_bridge_client_id(fleet: str, fog: str, neighbour: str) -> str:
 
 def peer_bridge_state_topic(fleet: str, fog: str, neighbour: str) -> str:
     """Where the bridge from ``fog`` to ``neighbour`` publishes its retained ``1``/``0`` state (on both brokers)."""
-    return f"$SYS/broker/connection/{peer_bridge_client_id(fleet, fog, neighbour)}/state"
+    return connection_state_topic(peer_bridge_client_id(fleet, fog, neighbour))
 
 
 @dataclass(frozen=True, slots=True)
-class PeerBridgeSpec:
+class PeerBridgeSpec(_Bridge):
     """A bridge from fog ``fog``'s broker to its neighbour fog ``neighbour``'s broker at ``host:port``: this fog's
     ``fogpeer/{fog}/#`` goes out, the neighbour's ``fogpeer/{neighbour}/#`` comes in (QoS 1).
 
@@ -150,18 +177,13 @@ class PeerBridgeSpec:
     tls: TlsSettings | None = None
 
     def __post_init__(self) -> None:
-        _check_segment(self.fleet, "fleet")
-        _check_segment(self.fog, "fog")
+        self._check(self.host, self.port, "peer bridge")
         _check_segment(self.neighbour, "neighbour fog")
-        check_host(self.host)
-        check_port(self.port)
         if self.fog == self.neighbour:
             raise BrokerError(f"fog {self.fog!r} cannot bridge to itself")
         if not self.fog < self.neighbour:
             raise BrokerError(f"the bridge between fogs {self.neighbour!r} and {self.fog!r} runs on the broker of the "
                               f"lower id, {self.neighbour!r}, not on {self.fog!r}'s")
-        if self.tls is not None and not isinstance(self.tls, TlsSettings):
-            raise BrokerError(f"peer bridge tls must be TlsSettings, got {type(self.tls).__name__}")
 
     @property
     def connection(self) -> str:
@@ -171,10 +193,6 @@ class PeerBridgeSpec:
     @property
     def remote_clientid(self) -> str:
         return peer_bridge_client_id(self.fleet, self.fog, self.neighbour)
-
-    @property
-    def state_topic(self) -> str:
-        return peer_bridge_state_topic(self.fleet, self.fog, self.neighbour)
 
 
 def peer_bridges_for(topology: Topology, fog: str, ports: Mapping[str, int],
