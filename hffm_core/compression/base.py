@@ -83,6 +83,12 @@ class Codec(ABC):
         return self
 
     @property
+    def draws_subset(self) -> bool:
+        """Whether the codec sends a seeded random subset of the elements (then each message needs its own
+        ``seed``, see ``module_codec.pack``); a codec that sends every element leaves its seed alone."""
+        return False
+
+    @property
     def wire_params(self) -> dict[str, ParamValue]:
         """The parameters a message must carry: those that differ from the defaults (the decoder fills in the rest)."""
         return {k: v for k, v in self.params.items() if v != self.defaults[k]}

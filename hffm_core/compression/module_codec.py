@@ -64,10 +64,11 @@ def pack(state: Mapping[str, np.ndarray], codec: Codec, *, feedback: ErrorFeedba
 
     With ``feedback``, the residual of ``stream`` is added before encoding and what was not sent is kept for the
     next call. ``seed`` replaces the ``seed`` parameter of codecs that draw a random subset (a sender passes a
-    fresh one per message, so successive messages reach different coordinates). Returns the message fields and
+    fresh one per message, so successive messages reach different coordinates); a codec that sends every element
+    keeps its own, so the message carries no seed it would not use. Returns the message fields and
     the arrays the receiver will decode.
     """
-    if seed is not None and "seed" in codec.defaults:
+    if seed is not None and codec.draws_subset:
         codec = type(codec)({**codec.params, "seed": seed & ((1 << 63) - 1)})
     arrays = {}
     for name, arr in state.items():

@@ -44,6 +44,10 @@ class SignCodec(Codec):
         if not (isinstance(seed, int) and 0 <= seed < 1 << 63):
             raise ConfigError(f"codec 'sign': seed must be in [0, 2**63), got {seed!r}")
 
+    @property
+    def draws_subset(self) -> bool:
+        return float(self.params["fraction"]) < 1.0
+
     def _parts(self, n: int) -> tuple[np.ndarray, int, int]:
         idx = subset(n, float(self.params["fraction"]), int(self.params["seed"]))
         block = int(self.params["block"])

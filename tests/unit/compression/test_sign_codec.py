@@ -45,6 +45,12 @@ def test_pack_draws_a_fresh_subset_per_seed_and_error_feedback_reaches_everythin
     np.testing.assert_allclose(total_sent + residual, 40 * X, rtol=1e-4, atol=1e-4)
 
 
+def test_pack_leaves_the_seed_off_when_every_element_is_sent() -> None:
+    packed, sent = pack({"w": X}, make_codec("sign"), seed=12345)
+    assert packed.codec_params == {}  # the seed would pick nothing: no bytes spent on it
+    np.testing.assert_array_equal(np.sign(sent["w"][X != 0]), np.sign(X[X != 0]))
+
+
 @pytest.mark.parametrize("mutate", ["short", "long", "padding", "negative", "nan"])
 def test_malformed_payloads_are_rejected(mutate: str) -> None:
     codec = make_codec("sign", {"block": 512})
