@@ -139,7 +139,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fp32+lora-sb8", {}, {}, {}, _sb_model(8)),
 )
 # The setting the README headlines (`--headline` runs fp32 and it, and marks it "headline": true in the report).
-HEADLINE = "lora-sb8-sign-eh4"
+HEADLINE = "lora-sb12-sign-eh4"
 
 # The default run (nine jobs, about 25 min on 2 idle CPU cores); --only picks any of SETTINGS.
 DEFAULT_SETTINGS: tuple[Setting, ...] = tuple(
