@@ -17,7 +17,6 @@ from hffm_core.errors import BrokerError, TransportError
 from hffm_core.protocol import topics
 from hffm_core.protocol.keys import ModuleKey
 from hffm_core.security.tls import TlsSettings
-from hffm_core.transport.mqtt import MqttRefusedError
 
 if TYPE_CHECKING:
     from hffm_lab.security.auth_matrix import _Client, _Matrix
@@ -42,85 +41,62 @@ CASES: tuple[str, ...] = (
 )
 
 
-def _code(client: _Client, topic: str) -> str:
-    try:
-        client.transport.publish(topic, b"denied?", category="other")
-    except MqttRefusedError as exc:
-        return f"0x{exc.reason_code:02x}"
-    return "accepted"
-
-
-def _suback(client: _Client, filter_: str) -> str:
-    try:
-        client.transport.subscribe([filter_])
-    except MqttRefusedError as exc:
-        return f"SUBACK 0x{exc.reason_code:02x}"
-    return "granted"
-
-
-def _delivered(before: list[str]) -> str:
+def delivered(before: list[str]) -> str:
+    """The verdict on a denied publish, from what arrived before the allowed one that followed it."""
     return "not delivered" if not before else f"delivered {before}"
 
 
 # -- D2D -------------------------------------------------------------------------------------------------------------
+def _relay(m: _Matrix) -> _Client:
+    """The group's relay (dev-1) on its D2D broker, subscribed to its inbox."""
+    return m.node("dev-1", m.d2d, topics.d2d_inbox_filter(FLEET, "peer", "fog-a", "dev-1"))
+
+
 def d2d_own_delta(m: _Matrix) -> tuple[str, str]:
-    relay = m.connect("dev-1", m.d2d, m.fleet.identity("dev-1"))
-    relay.transport.subscribe([topics.d2d_inbox_filter(FLEET, "peer", "fog-a", "dev-1")])
-    member = m.connect("dev-2", m.d2d, m.fleet.identity("dev-2"))
-    topic = topics.peer(FLEET, "fog-a", "dev-1", "dev-2")
-    member.transport.publish(topic, b"delta", category="other")
-    relay.expect(topic)
+    relay = _relay(m)
+    m.node("dev-2", m.d2d).deliver(topics.peer(FLEET, "fog-a", "dev-1", "dev-2"), b"delta", relay)
     return "delivered", "delivered"
 
 
 def d2d_spoof(m: _Matrix) -> tuple[str, str]:
-    relay = m.connect("dev-1", m.d2d, m.fleet.identity("dev-1"))
-    relay.transport.subscribe([topics.d2d_inbox_filter(FLEET, "peer", "fog-a", "dev-1")])
-    member = m.connect("dev-2", m.d2d, m.fleet.identity("dev-2"))
-    code = _code(member, topics.peer(FLEET, "fog-a", "dev-1", "dev-4"))  # dev-2 posing as dev-4
-    control = topics.peer(FLEET, "fog-a", "dev-1", "dev-2")
-    member.transport.publish(control, b"control", category="other")
-    return "0x87, not delivered", f"{code}, {_delivered(relay.expect(control))}"
+    relay = _relay(m)
+    member = m.node("dev-2", m.d2d)
+    code = member.publish_code(topics.peer(FLEET, "fog-a", "dev-1", "dev-4"))  # dev-2 posing as dev-4
+    before = member.deliver(topics.peer(FLEET, "fog-a", "dev-1", "dev-2"), b"control", relay)
+    return "0x87, not delivered", f"{code}, {delivered(before)}"
 
 
 def d2d_inbox(m: _Matrix) -> tuple[str, str]:
-    member = m.connect("dev-2", m.d2d, m.fleet.identity("dev-2"))
-    own = _suback(member, topics.d2d_inbox_filter(FLEET, "peer", "fog-a", "dev-2"))  # granted (control)
-    other = _suback(member, topics.d2d_inbox_filter(FLEET, "peer", "fog-a", "dev-1"))
+    member = m.node("dev-2", m.d2d)
+    own = member.suback(topics.d2d_inbox_filter(FLEET, "peer", "fog-a", "dev-2"))  # granted (control)
+    other = member.suback(topics.d2d_inbox_filter(FLEET, "peer", "fog-a", "dev-1"))
     return "own granted, dev-1's SUBACK 0x87", f"own {own}, dev-1's {other}"
 
 
 def d2d_relay_acks(m: _Matrix) -> tuple[str, str]:
-    member = m.connect("dev-2", m.d2d, m.fleet.identity("dev-2"))
-    member.transport.subscribe([topics.ack_filter(FLEET, "fog-a", "dev-2")])
-    relay = m.connect("dev-1", m.d2d, m.fleet.identity("dev-1"))
-    outside = _code(relay, topics.ack(FLEET, "fog-a", OUTSIDER, "dev-1"))
-    as_other = _code(relay, topics.ack(FLEET, "fog-a", "dev-2", "dev-4"))  # an ack in another member's name
-    own = topics.ack(FLEET, "fog-a", "dev-2", "dev-1")
-    relay.transport.publish(own, b"ack", category="other")
-    leaked = member.expect(own)
+    member = m.node("dev-2", m.d2d, topics.ack_filter(FLEET, "fog-a", "dev-2"))
+    relay = m.node("dev-1", m.d2d)
+    outside = relay.publish_code(topics.ack(FLEET, "fog-a", OUTSIDER, "dev-1"))
+    as_other = relay.publish_code(topics.ack(FLEET, "fog-a", "dev-2", "dev-4"))  # an ack in another member's name
+    leaked = relay.deliver(topics.ack(FLEET, "fog-a", "dev-2", "dev-1"), b"ack", member)
     return ("member delivered, outside 0x87, as dev-4 0x87, not delivered",
-            f"member delivered, outside {outside}, as dev-4 {as_other}, {_delivered(leaked)}")
+            f"member delivered, outside {outside}, as dev-4 {as_other}, {delivered(leaked)}")
 
 
 def d2d_outsider(m: _Matrix) -> tuple[str, str]:
-    relay = m.connect("dev-1", m.d2d, m.fleet.identity("dev-1"))
-    relay.transport.subscribe([topics.d2d_inbox_filter(FLEET, "peer", "fog-a", "dev-1")])
-    outsider = m.connect(OUTSIDER, m.d2d, m.fleet.identity(OUTSIDER))  # a valid fleet certificate: it connects
-    send = _code(outsider, topics.peer(FLEET, "fog-a", "dev-1", OUTSIDER))
-    inbox = _suback(outsider, topics.d2d_inbox_filter(FLEET, "peer", "fog-a", OUTSIDER))
-    member = m.connect("dev-2", m.d2d, m.fleet.identity("dev-2"))
-    control = topics.peer(FLEET, "fog-a", "dev-1", "dev-2")
-    member.transport.publish(control, b"control", category="other")
-    leaked = relay.expect(control)
+    relay = _relay(m)
+    outsider = m.node(OUTSIDER, m.d2d)  # a valid fleet certificate: it connects
+    send = outsider.publish_code(topics.peer(FLEET, "fog-a", "dev-1", OUTSIDER))
+    inbox = outsider.suback(topics.d2d_inbox_filter(FLEET, "peer", "fog-a", OUTSIDER))
+    leaked = m.node("dev-2", m.d2d).deliver(topics.peer(FLEET, "fog-a", "dev-1", "dev-2"), b"control", relay)
     return ("peer 0x87, inbox SUBACK 0x87, not delivered",
-            f"peer {send}, inbox {inbox}, {_delivered(leaked)}")
+            f"peer {send}, inbox {inbox}, {delivered(leaked)}")
 
 
 def d2d_tls(m: _Matrix) -> tuple[str, str]:
     from hffm_lab.security.auth_matrix import connect_verdict, probe_verdict
 
-    m.connect("dev-2", m.d2d, m.fleet.identity("dev-2")).transport.close()  # control: a member connects
+    m.node("dev-2", m.d2d).transport.close()  # control: a member connects
     try:
         read_sys(m.d2d.host, m.d2d.port, "$SYS/broker/uptime", timeout=3.0, ssl_context=None)
         plain = "connected"
@@ -139,72 +115,52 @@ def d2d_tls(m: _Matrix) -> tuple[str, str]:
 
 # -- fog to fog ------------------------------------------------------------------------------------------------------
 def fogpeer_carries(m: _Matrix) -> tuple[str, str]:
-    a = m.connect("fog-a", m.fog, m.fleet.identity("fog-a"))
-    a.transport.subscribe([topics.fogpeer_filter(FLEET, "fog-b")])
-    b = m.connect("fog-b", m.peer, m.fleet.identity("fog-b"))
-    b.transport.subscribe([topics.fogpeer_filter(FLEET, "fog-a")])
-    out, into = topics.fogpeer(FLEET, "fog-a", KEY), topics.fogpeer(FLEET, "fog-b", KEY)
-    a.transport.publish(out, b"agg-a", category="other")
-    b.expect(out)
-    b.transport.publish(into, b"agg-b", category="other")
-    a.expect(into)
+    a = m.node("fog-a", m.fog, topics.fogpeer_filter(FLEET, "fog-b"))
+    b = m.node("fog-b", m.peer, topics.fogpeer_filter(FLEET, "fog-a"))
+    a.deliver(topics.fogpeer(FLEET, "fog-a", KEY), b"agg-a", b)
+    b.deliver(topics.fogpeer(FLEET, "fog-b", KEY), b"agg-b", a)
     return "out and in delivered", "out and in delivered"
 
 
 def peer_bridge_impostor(m: _Matrix) -> tuple[str, str]:
-    b = m.connect("fog-b", m.peer, m.fleet.identity("fog-b"))
-    b.transport.subscribe([topics.fogpeer_filter(FLEET, "fog-a")])
-    device = m.connect("dev-3", m.peer, m.fleet.identity("dev-3"))
-    device.transport.subscribe([topics.cluster_filter(FLEET, "fog-b")])
+    b = m.node("fog-b", m.peer, topics.fogpeer_filter(FLEET, "fog-a"))
+    device = m.node("dev-3", m.peer, topics.cluster_filter(FLEET, "fog-b"))
     impostor = m.connect("bridge-peer-fog-a", m.peer, m.fleet.peer_bridge("fog-a"))
-    as_c = _code(impostor, topics.fogpeer(FLEET, "fog-c", KEY))
-    as_b = _code(impostor, topics.fogpeer(FLEET, "fog-b", KEY))
-    cluster = _code(impostor, topics.cluster(FLEET, "fog-b", KEY))
-    own = topics.fogpeer(FLEET, "fog-a", KEY)
-    impostor.transport.publish(own, b"own", category="other")  # its own fog's prefix: allowed (control)
-    leaked = b.expect(own)
-    control = topics.cluster(FLEET, "fog-b", KEY)
-    b.transport.publish(control, b"control", category="other")
-    leaked += device.expect(control)
+    as_c = impostor.publish_code(topics.fogpeer(FLEET, "fog-c", KEY))
+    as_b = impostor.publish_code(topics.fogpeer(FLEET, "fog-b", KEY))
+    cluster = impostor.publish_code(topics.cluster(FLEET, "fog-b", KEY))
+    leaked = impostor.deliver(topics.fogpeer(FLEET, "fog-a", KEY), b"own", b)  # its own fog's prefix (control)
+    leaked += b.deliver(topics.cluster(FLEET, "fog-b", KEY), b"control", device)
     return ("fog-c 0x87, fog-b 0x87, cluster 0x87, not delivered",
-            f"fog-c {as_c}, fog-b {as_b}, cluster {cluster}, {_delivered(leaked)}")
+            f"fog-c {as_c}, fog-b {as_b}, cluster {cluster}, {delivered(leaked)}")
 
 
 def fog_fogpeer(m: _Matrix) -> tuple[str, str]:
-    b = m.connect("fog-b", m.peer, m.fleet.identity("fog-b"))
-    b.transport.subscribe([topics.fogpeer_filter(FLEET, "fog-a")])
-    a = m.connect("fog-a", m.fog, m.fleet.identity("fog-a"))
-    own = topics.fogpeer(FLEET, "fog-a", KEY)
-    a.transport.publish(own, b"own", category="other")
-    b.expect(own)
-    neighbour = _code(a, topics.fogpeer(FLEET, "fog-b", KEY))
+    b = m.node("fog-b", m.peer, topics.fogpeer_filter(FLEET, "fog-a"))
+    a = m.node("fog-a", m.fog)
+    a.deliver(topics.fogpeer(FLEET, "fog-a", KEY), b"own", b)
+    neighbour = a.publish_code(topics.fogpeer(FLEET, "fog-b", KEY))
     return "own delivered, fog-b's 0x87", f"own delivered, fog-b's {neighbour}"
 
 
 # -- chunk/ and ack/ -------------------------------------------------------------------------------------------------
 def chunk_topics(m: _Matrix) -> tuple[str, str]:
-    gateway = m.connect("fog-a", m.fog, m.fleet.identity("fog-a"))
-    gateway.transport.subscribe([topics.chunk_filter(FLEET, "fog-a")])
-    device = m.connect("dev-1", m.fog, m.fleet.identity("dev-1"))
-    other = _code(device, topics.chunk(FLEET, "fog-a", "dev-2"))
-    own = topics.chunk(FLEET, "fog-a", "dev-1")
-    device.transport.publish(own, b"chunk", category="other")
-    return "0x87, not delivered", f"{other}, {_delivered(gateway.expect(own))}"
+    gateway = m.node("fog-a", m.fog, topics.chunk_filter(FLEET, "fog-a"))
+    device = m.node("dev-1", m.fog)
+    other = device.publish_code(topics.chunk(FLEET, "fog-a", "dev-2"))
+    before = device.deliver(topics.chunk(FLEET, "fog-a", "dev-1"), b"chunk", gateway)
+    return "0x87, not delivered", f"{other}, {delivered(before)}"
 
 
 def ack_topics(m: _Matrix) -> tuple[str, str]:
-    victim = m.connect("dev-2", m.fog, m.fleet.identity("dev-2"))
-    victim.transport.subscribe([topics.ack_filter(FLEET, "fog-a", "dev-2")])
-    device = m.connect("dev-1", m.fog, m.fleet.identity("dev-1"))
-    own = _suback(device, topics.ack_filter(FLEET, "fog-a", "dev-1"))  # granted (control)
-    other = _suback(device, topics.ack_filter(FLEET, "fog-a", "dev-2"))
-    as_fog = _code(device, topics.ack(FLEET, "fog-a", "dev-2", "fog-a"))
-    gateway = m.connect("fog-a", m.fog, m.fleet.identity("fog-a"))
-    control = topics.ack(FLEET, "fog-a", "dev-2", "fog-a")
-    gateway.transport.publish(control, b"ack", category="other")
-    leaked = victim.expect(control)
+    victim = m.node("dev-2", m.fog, topics.ack_filter(FLEET, "fog-a", "dev-2"))
+    device = m.node("dev-1", m.fog)
+    own = device.suback(topics.ack_filter(FLEET, "fog-a", "dev-1"))  # granted (control)
+    other = device.suback(topics.ack_filter(FLEET, "fog-a", "dev-2"))
+    as_fog = device.publish_code(topics.ack(FLEET, "fog-a", "dev-2", "fog-a"))
+    leaked = m.node("fog-a", m.fog).deliver(topics.ack(FLEET, "fog-a", "dev-2", "fog-a"), b"ack", victim)
     return ("own granted, dev-2's SUBACK 0x87, as the fog 0x87, not delivered",
-            f"own {own}, dev-2's {other}, as the fog {as_fog}, {_delivered(leaked)}")
+            f"own {own}, dev-2's {other}, as the fog {as_fog}, {delivered(leaked)}")
 
 
 CASE_FUNCTIONS = (d2d_own_delta, d2d_spoof, d2d_inbox, d2d_relay_acks, d2d_outsider, d2d_tls, fogpeer_carries,

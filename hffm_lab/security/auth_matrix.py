@@ -96,6 +96,39 @@ class _Client:
             seen.append(got)
         raise TransportError(f"{topic!r} not delivered within {WAIT_S} s (got {seen})")
 
+    def send(self, topic: str, payload: bytes) -> None:
+        """Publish ``payload`` on ``topic`` (QoS 1: returns once the broker took it).
+
+        Raises:
+            MqttRefusedError: the broker refused it.
+        """
+        self.transport.publish(topic, payload, category="other")
+
+    def deliver(self, topic: str, payload: bytes, to: _Client) -> list[str]:
+        """:meth:`send`, then :meth:`expect` it at ``to``; returns what ``to`` got before it.
+
+        Raises:
+            TransportError: it did not arrive within WAIT_S (MqttRefusedError: the broker refused it).
+        """
+        self.send(topic, payload)
+        return to.expect(topic)
+
+    def publish_code(self, topic: str) -> str:
+        """Publish on ``topic``: "accepted", or the broker's refusal code ("0x87")."""
+        try:
+            self.send(topic, b"denied?")
+        except MqttRefusedError as exc:
+            return f"0x{exc.reason_code:02x}"
+        return "accepted"
+
+    def suback(self, filter_: str) -> str:
+        """Subscribe to ``filter_``: "granted", or the broker's refusal ("SUBACK 0x87")."""
+        try:
+            self.transport.subscribe([filter_])
+        except MqttRefusedError as exc:
+            return f"SUBACK 0x{exc.reason_code:02x}"
+        return "granted"
+
 
 class _Matrix:
     """The cases' handle on the fleet and its brokers: ``fog`` (fog-a's), ``peer`` (fog-b's, reached by fog-a's peer
@@ -117,6 +150,17 @@ class _Matrix:
         self.clients.append(transport)
         return _Client(transport, inbox)
 
+    def node(self, name: str, broker: MosquittoProcess, *filters: str) -> _Client:
+        """``name`` connected to ``broker`` with its own certificate from the fleet, subscribed to ``filters``.
+
+        Raises:
+            TransportError: the connect failed (MqttRefusedError: a subscription was refused).
+        """
+        client = self.connect(name, broker, self.fleet.identity(name))
+        if filters:
+            client.transport.subscribe(list(filters))
+        return client
+
     def refused(self, name: str, tls: TlsSettings) -> str:
         """"refused: ..." when the fog broker answered the connect with a refusal; "error: ..." when it could not
         be reached or did not answer; "connected" when it let the client in."""
@@ -136,7 +180,7 @@ class _Matrix:
 
     # -- cases --------------------------------------------------------------------------------------------------
     def valid(self) -> tuple[str, str]:
-        self.connect("dev-1", self.fog, self.fleet.identity("dev-1"))
+        self.node("dev-1", self.fog)
         return "connected", "connected"
 
     def other_ca(self) -> tuple[str, str]:
@@ -164,75 +208,48 @@ class _Matrix:
         return "refused", self.refused("dev-gone", self.fleet.identity("dev-gone"))
 
     def own_topic(self) -> tuple[str, str]:
-        gateway = self.connect("fog-a", self.fog, self.fleet.identity("fog-a"))
-        gateway.transport.subscribe([topics.up_filter(FLEET, "fog-a")])
-        device = self.connect("dev-1", self.fog, self.fleet.identity("dev-1"))
-        topic = topics.up(FLEET, "fog-a", KEY, "dev-1")
-        device.transport.publish(topic, b"own", category="other")
-        gateway.expect(topic)
+        gateway = self.node("fog-a", self.fog, topics.up_filter(FLEET, "fog-a"))
+        device = self.node("dev-1", self.fog)
+        device.deliver(topics.up(FLEET, "fog-a", KEY, "dev-1"), b"own", gateway)
         return "delivered", "delivered"
 
     def other_device_topic(self) -> tuple[str, str]:
-        gateway = self.connect("fog-a", self.fog, self.fleet.identity("fog-a"))
-        gateway.transport.subscribe([topics.up_filter(FLEET, "fog-a")])
-        device = self.connect("dev-1", self.fog, self.fleet.identity("dev-1"))
-        code = _publish_code(device, topics.up(FLEET, "fog-a", KEY, "dev-2"))
-        control = topics.up(FLEET, "fog-a", KEY, "dev-1")
-        device.transport.publish(control, b"control", category="other")
-        before = gateway.expect(control)
-        return "0x87, not delivered", f"{code}, {'not delivered' if not before else f'delivered {before}'}"
+        gateway = self.node("fog-a", self.fog, topics.up_filter(FLEET, "fog-a"))
+        device = self.node("dev-1", self.fog)
+        code = device.publish_code(topics.up(FLEET, "fog-a", KEY, "dev-2"))
+        before = device.deliver(topics.up(FLEET, "fog-a", KEY, "dev-1"), b"control", gateway)
+        return "0x87, not delivered", f"{code}, {auth_links.delivered(before)}"
 
     def peer_subscribe(self) -> tuple[str, str]:
-        device = self.connect("dev-1", self.fog, self.fleet.identity("dev-1"))
-        own = topics.d2d_inbox_filter(FLEET, "peer", "fog-a", "dev-1")
-        device.transport.subscribe([own])  # its own inbox: granted (control)
-        try:
-            device.transport.subscribe([topics.d2d_inbox_filter(FLEET, "peer", "fog-a", "dev-2")])
-        except MqttRefusedError as exc:
-            return "SUBACK 0x87", f"SUBACK 0x{exc.reason_code:02x}"
-        return "SUBACK 0x87", "granted"
+        device = self.node("dev-1", self.fog, topics.d2d_inbox_filter(FLEET, "peer", "fog-a", "dev-1"))  # control
+        return "SUBACK 0x87", device.suback(topics.d2d_inbox_filter(FLEET, "peer", "fog-a", "dev-2"))
 
     def foreign_device(self) -> tuple[str, str]:
-        device = self.connect("dev-3", self.fog, self.fleet.identity("dev-3"))
-        return "0x87", _publish_code(device, topics.up(FLEET, "fog-a", KEY, "dev-3"))
+        return "0x87", self.node("dev-3", self.fog).publish_code(topics.up(FLEET, "fog-a", KEY, "dev-3"))
 
     def bridge_carries(self) -> tuple[str, str]:
-        cloud = self.connect("cloud", self.cloud, self.fleet.identity("cloud"))
-        cloud.transport.subscribe([topics.fogup_filter(FLEET)])
-        gateway = self.connect("fog-a", self.fog, self.fleet.identity("fog-a"))
-        gateway.transport.subscribe([topics.global_filter(FLEET)])
-        out, into = topics.fogup(FLEET, "fog-a", KEY), topics.global_(FLEET, KEY)
-        gateway.transport.publish(out, b"agg", category="other")
-        cloud.expect(out)
-        cloud.transport.publish(into, b"global", category="other")
-        gateway.expect(into)
+        cloud = self.node("cloud", self.cloud, topics.fogup_filter(FLEET))
+        gateway = self.node("fog-a", self.fog, topics.global_filter(FLEET))
+        gateway.deliver(topics.fogup(FLEET, "fog-a", KEY), b"agg", cloud)
+        cloud.deliver(topics.global_(FLEET, KEY), b"global", gateway)
         return "out and in delivered", "out and in delivered"
 
     def bridge_prefix(self) -> tuple[str, str]:
-        cloud = self.connect("cloud", self.cloud, self.fleet.identity("cloud"))
-        cloud.transport.subscribe([topics.fogup_filter(FLEET)])
-        gateway = self.connect("fog-a", self.fog, self.fleet.identity("fog-a"))
-        gateway.transport.subscribe([topics.global_filter(FLEET)])
+        cloud = self.node("cloud", self.cloud, topics.fogup_filter(FLEET))
+        gateway = self.node("fog-a", self.fog, topics.global_filter(FLEET))
         impostor = self.connect("bridge-fog-a", self.cloud, self.fleet.bridge("fog-a"))
-        other_fog = _publish_code(impostor, topics.fogup(FLEET, "fog-b", KEY))
-        global_ = _publish_code(impostor, topics.global_(FLEET, KEY))
-        own = topics.fogup(FLEET, "fog-a", KEY)
-        impostor.transport.publish(own, b"own", category="other")  # its own prefix: allowed (control)
-        leaked = cloud.expect(own)
-        control = topics.global_(FLEET, KEY)
-        cloud.transport.publish(control, b"control", category="other")
-        leaked += gateway.expect(control)
+        other_fog = impostor.publish_code(topics.fogup(FLEET, "fog-b", KEY))
+        global_ = impostor.publish_code(topics.global_(FLEET, KEY))
+        leaked = impostor.deliver(topics.fogup(FLEET, "fog-a", KEY), b"own", cloud)  # its own prefix (control)
+        leaked += cloud.deliver(topics.global_(FLEET, KEY), b"control", gateway)
         return ("fogup/fog-b 0x87, global 0x87, not delivered",
-                f"fogup/fog-b {other_fog}, global {global_}, {'not delivered' if not leaked else f'delivered {leaked}'}")
+                f"fogup/fog-b {other_fog}, global {global_}, {auth_links.delivered(leaked)}")
 
     def fog_cluster(self) -> tuple[str, str]:
-        device = self.connect("dev-1", self.fog, self.fleet.identity("dev-1"))
-        device.transport.subscribe([topics.cluster_filter(FLEET, "fog-a")])
-        gateway = self.connect("fog-a", self.fog, self.fleet.identity("fog-a"))
-        own = topics.cluster(FLEET, "fog-a", KEY)
-        gateway.transport.publish(own, b"cluster", category="other")
-        device.expect(own)
-        other = _publish_code(gateway, topics.cluster(FLEET, "fog-b", KEY))
+        device = self.node("dev-1", self.fog, topics.cluster_filter(FLEET, "fog-a"))
+        gateway = self.node("fog-a", self.fog)
+        gateway.deliver(topics.cluster(FLEET, "fog-a", KEY), b"cluster", device)
+        other = gateway.publish_code(topics.cluster(FLEET, "fog-b", KEY))
         return "own delivered, fog-b 0x87", f"own delivered, fog-b {other}"
 
 
@@ -256,14 +273,6 @@ def probe_verdict(exc: OSError | BrokerError) -> str:
     if isinstance(exc, (ssl.SSLError, BrokerError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
         return f"refused: {name}"
     return f"error: {name}"
-
-
-def _publish_code(client: _Client, topic: str) -> str:
-    try:
-        client.transport.publish(topic, b"denied?", category="other")
-    except MqttRefusedError as exc:
-        return f"0x{exc.reason_code:02x}"
-    return "accepted"
 
 
 def _provision(workdir: Path) -> tuple[FleetPki, Path]:
