@@ -85,3 +85,22 @@ def check_job_id(value: object, *, allow_empty: bool = True) -> None:
     ok = isinstance(value, str) and ((allow_empty and value == "") or _JOB_ID.fullmatch(value) is not None)
     check(ok, f"job id must be 1..{MAX_JOB_LEN} characters of [A-Za-z0-9._-] starting with a letter or digit"
               f"{' (or empty)' if allow_empty else ''}, got {value!r}")
+
+
+def check_fields(message: object, *, segments: Iterable[str] = (), nonneg: Iterable[str] = (),
+                 positive: Iterable[str] = (), stamps: Iterable[str] = ()) -> None:
+    """The checks most wire types run on their fields, each named after its field: topic segments (node ids, the
+    fleet: :func:`check_segment`), ints >= 0 (:func:`nonneg_int`), ints > 0 (:func:`positive_int`) and version
+    stamps (:func:`check_stamp`), in that order.
+
+    Raises:
+        ValueError: the first field that fails, named and quoted.
+    """
+    for name in segments:
+        check_segment(getattr(message, name), name)
+    for name in nonneg:
+        nonneg_int(getattr(message, name), name)
+    for name in positive:
+        positive_int(getattr(message, name), name)
+    for name in stamps:
+        check_stamp(getattr(message, name), name)

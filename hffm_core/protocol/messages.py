@@ -19,15 +19,13 @@ from hffm_core.protocol.checks import (
     MAX_KEY_LEN,
     SCHEMA_VERSION,
     check,
+    check_fields,
     check_job_id,
     check_key,
-    check_segment,
     check_segments,
     check_stamp,
     finite_nonneg,
     is_number,
-    nonneg_int,
-    positive_int,
     wire_type,
 )
 from hffm_core.protocol.control import (
@@ -95,16 +93,11 @@ class ModuleUpdate:
     covers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        check_segment(self.fleet, "fleet")
-        check_segment(self.sender, "sender")
-        check_segment(self.fog, "fog")
+        check_fields(self, segments=("fleet", "sender", "fog"), nonneg=("global_round", "cluster_round"),
+                     positive=("num_samples",), stamps=("base",))
         check_segments(self.covers, "covered device")
         check(len(set(self.covers)) == len(self.covers) <= MAX_COVERS,
               f"covers must name at most {MAX_COVERS} distinct devices")
-        nonneg_int(self.global_round, "global_round")
-        nonneg_int(self.cluster_round, "cluster_round")
-        check_stamp(self.base, "base")
-        positive_int(self.num_samples, "num_samples")
         check(is_number(self.train_loss) and math.isfinite(self.train_loss), "train_loss must be finite")
         check_key(self.idempotency_key)
         check_tensor_fields(self.tensors, self.encoded, self.codec, self.codec_params, self.sha256)
@@ -136,11 +129,8 @@ class ModuleVersion:
     job: str = ""  # the job this version belongs to (the cloud's job id); "" = not named
 
     def __post_init__(self) -> None:
-        check_segment(self.fleet, "fleet")
-        check_segment(self.sender, "sender")
+        check_fields(self, segments=("fleet", "sender"), nonneg=("global_round", "stage"))
         check_job_id(self.job)
-        nonneg_int(self.global_round, "global_round")
-        nonneg_int(self.stage, "stage")
         if self.delta_base is not None:
             check_stamp(self.delta_base, "delta_base")
         check_tensor_fields(self.tensors, self.encoded, self.codec, self.codec_params, self.sha256)
@@ -173,11 +163,8 @@ class FogAggregate:
     idempotency_key: str
 
     def __post_init__(self) -> None:
-        check_segment(self.fleet, "fleet")
-        check_segment(self.fog, "fog")
-        nonneg_int(self.global_round, "global_round")
-        positive_int(self.num_devices, "num_devices")
-        nonneg_int(self.cluster_round, "cluster_round")
+        check_fields(self, segments=("fleet", "fog"), nonneg=("global_round", "cluster_round"),
+                     positive=("num_devices",))
         finite_nonneg(self.total_weight, "total_weight")
         check(self.total_weight > 0, "total_weight must be > 0")
         check_key(self.idempotency_key)
@@ -205,10 +192,7 @@ class FogRoundReport:
     cluster_rounds: int
 
     def __post_init__(self) -> None:
-        check_segment(self.fleet, "fleet")
-        check_segment(self.fog, "fog")
-        nonneg_int(self.global_round, "global_round")
-        nonneg_int(self.cluster_rounds, "cluster_rounds")
+        check_fields(self, segments=("fleet", "fog"), nonneg=("global_round", "cluster_rounds"))
         check_segments(self.devices, "device")
 
 
