@@ -32,7 +32,7 @@ from edge_runtime.uplink import Uplink
 from hffm_core.atomic import write_json
 from hffm_core.compression import ErrorFeedback
 from hffm_core.compression.module_codec import layout_of
-from hffm_core.config import load_config, make_codecs, resolve
+from hffm_core.config import cross_rank_refusal, load_config, make_codecs, resolve
 from hffm_core.delivery import Outbox, ReliableSender, round_tag
 from hffm_core.downlink import JobWatch, ResyncNeeded, VersionReceiver
 from hffm_core.errors import DecodeError, StaleModelError
@@ -81,7 +81,7 @@ class EdgeAgent(Service):
         self.keys = modules_for({m: [t for t in dev.tasks if self.data.modality_of[t] == m] for m in dev.modalities})
         codecs = make_codecs(cfg.uplink, "uplink")
         layouts = {k: layout_of(self.model.get_module_state(k)) for k in self.keys}
-        self.rx = VersionReceiver(layouts=layouts)
+        self.rx = VersionReceiver(layouts=layouts, cross_rank=cross_rank_refusal(cfg.model))
         state_dir = resolve(cfg.base_dir, cfg.state_dir)
         self.data, self.personal = make_personal(cfg, self.model, self.keys, self.data, state_dir)  # [personalization]
         self.trainer = RoundTrainer(node=dev.id, model=self.model, data=self.data, keys=self.keys,
@@ -199,7 +199,7 @@ class EdgeAgent(Service):
             backbone=self.cfg.model.backbone, num_samples={t: len(y) for t, (_x, y) in self.data.train.items()},
             modalities=tuple(dev.modalities), tasks=tuple(dev.tasks),
             versions={str(k): s for k, s in self.rx.stamps.items()}, telemetry=telemetry, last_seen=time.time(),
-            status=state, skip=skip, job=self.advert_job)
+            status=state, skip=skip, job=self.advert_job, lora_ranks=(self.cfg.model.lora_r,))
         # Does not block unless ``wait`` (the last advert before exit): with the fog link down (a D2D device keeps
         # working through its group) it is retried in a few seconds; a newer advert replaces an older one (retained).
         topic = topics.state(self.fleet, self.node)
@@ -233,7 +233,7 @@ class EdgeAgent(Service):
         old = self.jobs.job
         if old is not None:
             log.warning("device %s: fog %s announces job %r; leaving job %r", self.node, self.fog, job, old)
-            self.rx = VersionReceiver(layouts=self.rx.layouts)
+            self.rx = VersionReceiver(layouts=self.rx.layouts, cross_rank=self.rx.cross_rank)
             self.last_done, self.pending = (0, 0), None
             self.uplink.reset_feedback()
             if self.sender is not None:

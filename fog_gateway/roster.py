@@ -4,8 +4,12 @@ engine's selection and by the close rules."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
+import numpy as np
+
+from hffm_core.aggregation.ranks import module_rank
+from hffm_core.errors import AggregationError
 from hffm_core.protocol import ModuleKey, NodeState
 
 
@@ -19,6 +23,7 @@ class DeviceRoster:
         # device -> the modules its last advert that listed any named: a last will is written before the device
         # knows its modules, so an offline device's will must not make the fog forget what it holds
         self.known: dict[str, frozenset[ModuleKey]] = {}
+        self.advertised: set[int] = set()  # the LoRA ranks in this fog's last advert
 
     def update(self, msg: NodeState, now: float) -> str:
         """Take a device's advert; returns ``"back"`` (online again), ``"gone"`` (it was online, now offline) or
@@ -61,3 +66,21 @@ class DeviceRoster:
         if everything:
             held |= set().union(*self.known.values(), set())
         return held
+
+    def served(self, states: Mapping[ModuleKey, Mapping[str, np.ndarray]]) -> tuple[int, ...]:
+        """The LoRA ranks this fog serves (its advert's ``lora_ranks``): those its devices advertise, and the rank
+        of the global adapter versions it holds (``states``)."""
+        ranks = {r for a in self.adverts.values() for r in a.lora_ranks}
+        for key, state in states.items():
+            if key.kind == "adapter":
+                try:
+                    rank = module_rank({n: a.shape for n, a in state.items()})
+                except AggregationError:
+                    rank = None
+                ranks |= {rank} if rank else set()
+        self.advertised = set(ranks)
+        return tuple(sorted(ranks))
+
+    def new_rank(self, msg: NodeState) -> bool:
+        """Whether a device's advert names a LoRA rank this fog has not advertised yet."""
+        return not set(msg.lora_ranks) <= self.advertised

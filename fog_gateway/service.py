@@ -1,13 +1,12 @@
 """The fog gateway: per-module aggregation among the holders of a module, E_agg cluster rounds per global round
-(the schedule: docs/architecture.md, "Round engines").
-
-The round rules live in :class:`~fog_gateway.round_engine.FogRound` (no MQTT; its policies in policies.py); this
-module decodes, acks, journals and publishes around it, with the objects it holds: the device roster (roster.py),
-the D2D and neighbour-fog part (neighbours.py) and the link to the cloud (uplink.py). The round state lives in a
-journal on disk (round_journal.py): the updates of a batch of messages are committed there together (FedAvg: the
-running sum) and acked only after that commit (acks.py), and a gateway restarted after a kill -9 resumes the open
-round from it (docs/reliability.md). The broker holds any backlog: MQTT 5 Receive Maximum and a bounded inbox.
-"""
+(the schedule: docs/architecture.md, "Round engines"). The round rules live in ``FogRound`` (round_engine.py, no
+MQTT; its policies in policies.py); this module decodes, acks, journals and publishes around it, with the objects
+it holds: the device roster (roster.py), the D2D and neighbour-fog part (neighbours.py) and the link to the cloud
+(uplink.py). The round state lives in a journal on disk (round_journal.py): a batch's updates are committed
+together (FedAvg: the running sum) and acked after that (acks.py); a gateway restarted after a kill -9 resumes the
+open round from it (docs/reliability.md). The broker holds any backlog: MQTT 5 Receive Maximum and a bounded inbox.
+Devices may differ in LoRA rank: updates are decoded at their sender's rank, and the advert names the ranks served
+(hffm_core/aggregation/ranks.py)."""
 
 from __future__ import annotations
 
@@ -79,9 +78,8 @@ class FogGateway(Service):
         state_dir = resolve(cfg.base_dir, cfg.state_dir)
         security = service_security(cfg, cfg.fog.id, state_dir)
         super().__init__(node=cfg.fog.id, host=cfg.broker.host, port=cfg.broker.port, metrics_file=metrics,
-                         connect_timeout_s=cfg.broker.connect_timeout_s,
-                         metrics_listen=cfg.metrics.listen, metrics_insecure=cfg.metrics.insecure,
-                         metrics_tls=metrics_server_tls(cfg),
+                         connect_timeout_s=cfg.broker.connect_timeout_s, metrics_listen=cfg.metrics.listen,
+                         metrics_insecure=cfg.metrics.insecure, metrics_tls=metrics_server_tls(cfg),
                          will=(topics.state(self.fleet, cfg.fog.id), encode(offline)), **security)
         self.roster = DeviceRoster(cfg.fog.devices, offline_grace_s=cfg.fog.offline_grace_s)
         self.global_rx = VersionReceiver()  # the global versions, as the cloud published them
@@ -178,8 +176,8 @@ class FogGateway(Service):
         self.journal.close()
 
     def _advertise(self, *, online: bool, status: str) -> None:
-        advert = NodeState(fleet=self.fleet, node=self.node, role="fog", fog=self.node, online=online,
-                           status=status, last_seen=time.time(), job=self.jobs.job or "")
+        advert = NodeState(fleet=self.fleet, node=self.node, role="fog", fog=self.node, online=online, status=status,
+                           last_seen=time.time(), job=self.jobs.job or "", lora_ranks=self.roster.served(self.pub.true))
         self.transport.publish(topics.state(self.fleet, self.node), encode(advert), category="fog_to_cloud",
                                retain=True)
 
@@ -236,6 +234,8 @@ class FogGateway(Service):
             log.info("fog %s: device %s is online again", self.node, msg.node)
         elif change == "gone":
             log.warning("fog %s: device %s went offline (%s)", self.node, msg.node, msg.status or "last will")
+        if msg.online and self.roster.new_rank(msg):  # the LoRA ranks this fog serves changed: say so
+            self._advertise(online=True, status="running")
         if msg.online and self.round.sit_out(msg.node, msg.skip):
             log.warning("fog %s: device %s sits out round %s: %s", self.node, msg.node, self.round.at, msg.status)
         self._close_if_complete()  # a skip, an offline participant, or the last advert a resumed round awaited

@@ -67,6 +67,16 @@ class ModelConfig:
             raise ValueError(f"unknown adapter {self.adapter!r}; expected one of {list(ADAPTER_VARIANTS)}")
 
 
+def cross_rank_refusal(model: ModelConfig) -> str:
+    """Why a node with ``model`` cannot take a module version at a higher LoRA rank than its ``lora_r`` (mixed
+    ranks, hffm_core/aggregation/ranks.py), or "" when it truncates one: only plain LoRA does. FFA-LoRA's frozen A
+    and LoRA-SB's frozen SVD factors are drawn for one rank, so a fleet of those must share one ``lora_r``."""
+    if model.adapter == "lora":
+        return ""
+    return (f"[model] adapter = {model.adapter!r} needs one lora_r on every node; mixed LoRA ranks need "
+            "adapter = 'lora'")
+
+
 @_frozen
 class CodecSpec:
     """One module kind's codec: ``codec`` names it (see hffm_core/compression), ``params`` its parameters."""

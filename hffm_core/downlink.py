@@ -56,7 +56,7 @@ def unpack_ranked(msg: ModuleVersion | Any, layout: Mapping[str, tuple[int, ...]
         sent_rank = module_rank(layout_of(state))
         fit_rank(state, at_rank(layout, sent_rank) if sent_rank is not None else layout)
     except AggregationError as exc:
-        raise DecodeError(f"tensors of {msg.key} do not fit the module: {exc}") from None
+        raise DecodeError(f"message for {msg.key} does not match the module's tensors ({exc})") from None
     return state
 
 
@@ -113,10 +113,13 @@ class VersionPublisher:
 
 
 class VersionReceiver:
-    def __init__(self, layouts: Mapping[ModuleKey, Mapping[str, tuple[int, ...]]] | None = None) -> None:
+    def __init__(self, layouts: Mapping[ModuleKey, Mapping[str, tuple[int, ...]]] | None = None, *,
+                 cross_rank: str = "") -> None:
         """``layouts``: the tensor names and shapes each module must have (a device knows them from its model);
-        without them a module's first version fixes its layout."""
+        without them a module's first version fixes its layout. ``cross_rank``: why this receiver cannot take a
+        version at a higher LoRA rank than its own (e.g. its adapter variant), or "" when it truncates one."""
         self.layouts = {k: dict(v) for k, v in (layouts or {}).items()}
+        self.cross_rank = cross_rank
         self.states: dict[ModuleKey, State] = {}
         self.stamps: dict[ModuleKey, Stamp] = {}
 
@@ -150,17 +153,24 @@ class VersionReceiver:
         return state
 
 
-    @staticmethod
-    def _own_rank(key: ModuleKey, state: State, expected: Mapping[str, tuple[int, ...]]) -> State:
-        """A version at another LoRA rank than this receiver's, truncated (or zero-filled) to its own rank.
+    def _own_rank(self, key: ModuleKey, state: State, expected: Mapping[str, tuple[int, ...]]) -> State:
+        """A version at a higher LoRA rank than this receiver's, truncated to its own rank (mixed ranks).
 
         Raises:
-            DecodeError: tensors that do not fit the module at any rank.
+            DecodeError: tensors that do not fit the module at any rank, a version at a lower rank than this
+                receiver's (the fleet serves less than its ``lora_r``), or one it may not truncate (``cross_rank``).
         """
         try:
-            return {n: np.ascontiguousarray(a) for n, a in fit_rank(state, expected).items()}
+            mine, sent = module_rank(expected), module_rank(layout_of(state))
+            fitted = fit_rank(state, expected)
         except AggregationError:
             raise DecodeError(f"version of {key} does not match the module's tensors") from None
+        if mine is None or sent is None or sent < mine:
+            raise DecodeError(f"version of {key} has LoRA rank {sent}, below this node's lora_r {mine}: set "
+                              f"[model] lora_r to at most the rank the fleet serves (the cloud's lora_r)")
+        if self.cross_rank:
+            raise DecodeError(f"version of {key} has LoRA rank {sent}, this node's is {mine}: {self.cross_rank}")
+        return {n: np.ascontiguousarray(a) for n, a in fitted.items()}
 
 
 class JobWatch:

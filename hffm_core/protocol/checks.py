@@ -16,6 +16,8 @@ SCHEMA_VERSION = 1
 # The types that name the job they belong to (RoundControl, ModuleVersion, NodeState) gained a ``job`` field in
 # schema 2; every other type is still at SCHEMA_VERSION. A type's version is the default of its ``schema`` field.
 JOB_SCHEMA_VERSION = 2
+# NodeState gained ``lora_ranks`` (the LoRA ranks a device holds / a fog serves: mixed ranks) in schema 3.
+RANKS_SCHEMA_VERSION = 3
 MAX_JOB_LEN = 64
 MAX_KEY_LEN = 512  # characters of an idempotency key
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (MAX_JOB_LEN - 1))

@@ -15,6 +15,7 @@ from typing import ClassVar
 from hffm_core.protocol.checks import (
     JOB_SCHEMA_VERSION,
     MAX_KEY_LEN,
+    RANKS_SCHEMA_VERSION,
     SCHEMA_VERSION,
     check,
     check_job_id,
@@ -93,7 +94,7 @@ class NodeState:
     """
 
     TYPE: ClassVar[str] = "node_state"
-    schema: int = JOB_SCHEMA_VERSION
+    schema: int = RANKS_SCHEMA_VERSION
     fleet: str
     node: str
     role: str
@@ -110,9 +111,13 @@ class NodeState:
     status: str = ""
     skip: tuple[int, int] | None = None
     job: str = ""  # the job the node is in; "" = none yet (and in a last will, written before any job is known)
+    # LoRA ranks: a device's own ``[model] lora_r``; a fog's, the ranks it serves (its devices' and the global one).
+    lora_ranks: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         check_job_id(self.job)
+        for rank in self.lora_ranks:
+            check(type(rank) is int and 0 < rank <= 4096, f"lora_ranks must be ints in 1..4096, got {rank!r}")
         for value in (*self.modalities, *self.tasks):
             check_name(value, "modality/task")
         _check_module_map(self.versions)

@@ -26,6 +26,7 @@ from hypothesis.extra import numpy as hnp
 
 from hffm_core.errors import DecodeError
 from hffm_core.protocol import codec, decode, encode
+from hffm_core.protocol.checks import RANKS_SCHEMA_VERSION
 from hffm_core.protocol.keys import ModuleKey
 from hffm_core.protocol.messages import (
     ALLOWED_DTYPES,
@@ -381,15 +382,15 @@ def test_bad_type_value_is_rejected(make: Make, wire_of: WireOf, pack: Pack, val
 
 
 @pytest.mark.parametrize("cls", MESSAGE_TYPES, ids=_type_id)
-@pytest.mark.parametrize("schema", ["other", 0, 3, -1, 2**64 - 1, "1", None, [1], 1.0, True, "missing"])
+@pytest.mark.parametrize("schema", ["other", 0, 4, -1, 2**64 - 1, "1", None, [1], 1.0, True, "missing"])
 def test_wrong_or_missing_schema_is_rejected(
     make: Make, wire_of: WireOf, pack: Pack, cls: type, schema: object
 ) -> None:
     raw = wire_of(make(cls))
     if schema == "missing":
         del raw["schema"]
-    elif schema == "other":  # the other version this build knows of (1 <-> 2): not this type's
-        raw["schema"] = 3 - codec.schema_of(cls)
+    elif schema == "other":  # another version this build knows of (1, 2 or 3): not this type's
+        raw["schema"] = 1 if codec.schema_of(cls) > 1 else 2
     else:
         raw["schema"] = schema
     _rejects(pack(raw), cls, "schema")
@@ -397,10 +398,13 @@ def test_wrong_or_missing_schema_is_rejected(
 
 @pytest.mark.parametrize("cls", MESSAGE_TYPES, ids=_type_id)
 def test_each_type_is_at_its_schema_version(make: Make, cls: type) -> None:
-    """RoundControl, ModuleVersion and NodeState carry a job id since schema 2; the others are at schema 1."""
-    expected = JOB_SCHEMA_VERSION if cls in (RoundControl, ModuleVersion, NodeState) else SCHEMA_VERSION
+    """RoundControl, ModuleVersion and NodeState carry a job id since schema 2, NodeState its LoRA ranks since
+    schema 3; the others are at schema 1."""
+    expected = RANKS_SCHEMA_VERSION if cls is NodeState else \
+        JOB_SCHEMA_VERSION if cls in (RoundControl, ModuleVersion) else SCHEMA_VERSION
     assert codec.schema_of(cls) == make(cls).schema == expected
-    assert ("job" in [f.name for f in dataclasses.fields(cls)]) is (expected == JOB_SCHEMA_VERSION)
+    assert ("job" in [f.name for f in dataclasses.fields(cls)]) is (expected >= JOB_SCHEMA_VERSION)
+    assert ("lora_ranks" in [f.name for f in dataclasses.fields(cls)]) is (expected == RANKS_SCHEMA_VERSION)
 
 
 # --- fields ------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 
 from hffm_core.errors import DecodeError
 from hffm_core.protocol import codec
+from hffm_core.protocol.checks import RANKS_SCHEMA_VERSION
 from hffm_core.protocol.keys import ModuleKey
 from hffm_core.protocol.messages import (
     ALLOWED_DTYPES,
@@ -46,7 +47,7 @@ def test_every_message_type_has_a_factory_and_a_wire_name(make: Make) -> None:
     for cls in MESSAGE_TYPES:
         message = make(cls)
         assert type(message) is cls
-        assert message.schema == codec.schema_of(cls) in (SCHEMA_VERSION, JOB_SCHEMA_VERSION)
+        assert message.schema == codec.schema_of(cls) in (SCHEMA_VERSION, JOB_SCHEMA_VERSION, RANKS_SCHEMA_VERSION)
         names.add(cls.TYPE)
     assert len(names) == len(MESSAGE_TYPES), "wire names are unique"
 
