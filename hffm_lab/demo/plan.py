@@ -46,6 +46,8 @@ class DemoOptions:
     secure: bool = False
     # Extra [model] keys for devices and cloud, e.g. {"adapter": "ffa_lora", "lora_r": 4} (hffm bench compression).
     model: dict[str, object] = field(default_factory=dict)
+    # Per-device [model] keys over those, e.g. {"fog-1-dev-1": {"lora_r": 4, "lora_alpha": 8}} (mixed LoRA ranks).
+    device_model: dict[str, dict[str, object]] = field(default_factory=dict)
     # Extra top-level device config keys, e.g. {"telemetry_interval_s": 600} (hffm bench compression's advert cadence).
     device: dict[str, object] = field(default_factory=dict)
     attackers_per_fog: int = 0
@@ -148,7 +150,7 @@ def write_fleet(opts: DemoOptions, run_dir: Path, *, cloud_port: int, fog_ports:
             "device": {"id": dev, "fleet": FLEET, "fog": fog_of[dev],
                        "modalities": sorted({TASKS[t].modality for t in dev_tasks}), "tasks": dev_tasks},
             "broker": {"host": "127.0.0.1", "port": (device_ports or {}).get(dev, fog_ports[fog_of[dev]])},
-            "model": model,
+            "model": {**model, **opts.device_model.get(dev, {})},
             "training": {"batch_size": 32, "lr": 2e-3, "threads": 1, "seed": opts.seed},
             "data": entries,
             "uplink": opts.uplink,
