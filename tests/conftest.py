@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from hffm_testing.timing import _MEASURED, session_slowdown
+from hffm_testing.timing import measured_range, session_slowdown
+
+_WORKER_RANGES: list[tuple[float, float]] = []  # what each pytest-xdist worker measured (sent at its end)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def slowdown() -> float:
-    """How much slower this machine runs now than the idle reference box (>= 1): multiply deadlines by it."""
+    """How much slower this machine runs now than the idle reference box (>= 1): multiply deadlines by it.
+    Taken when the test starts (re-measured at most every 30 s), so a suite that ends under load scales too."""
     return session_slowdown()
 
 
@@ -17,7 +22,24 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"hffm: CPU slowdown x{session_slowdown()} against the idle reference box (fault-test deadlines scale)"
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A pytest-xdist worker sends the range it measured to the controller."""
+    workeroutput: dict[str, Any] | None = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and measured_range() is not None:
+        workeroutput["hffm_slowdown"] = list(measured_range() or ())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    low_high = getattr(node, "workeroutput", {}).get("hffm_slowdown")
+    if low_high:
+        _WORKER_RANGES.append((float(low_high[0]), float(low_high[1])))
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Repeat the factor at the end (``-q`` hides the header), when a test used it."""
-    if _MEASURED:
-        terminalreporter.write_line(f"hffm: fault-test deadlines were scaled by x{_MEASURED[0]} (measured CPU slowdown)")
+    """Repeat the factor at the end (``-q`` hides the header): the range measured while the tests ran."""
+    ranges = [*_WORKER_RANGES, *([r] if (r := measured_range()) else [])]
+    if ranges:
+        low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
+        terminalreporter.write_line(f"hffm: deadlines scaled with the measured CPU slowdown, x{low}-x{high} "
+                                    "during this run")
