@@ -18,8 +18,8 @@ from hffm_core.protocol.checks import (
     RANKS_SCHEMA_VERSION,
     SCHEMA_VERSION,
     check,
+    check_fields,
     check_job_id,
-    check_segment,
     check_segments,
     check_stamp,
     finite_nonneg,
@@ -68,8 +68,8 @@ class RoundControl:
     job: str = ""
 
     def __post_init__(self) -> None:
-        check_segment(self.fleet, "fleet")
-        check_segment(self.sender, "sender")
+        check_fields(self, segments=("fleet", "sender"),
+                     nonneg=("global_round", "cluster_round", "total_rounds", "agg_every", "local_epochs"))
         check_job_id(self.job)
         _check_module_map(self.participants)
         for devices in self.participants.values():
@@ -78,8 +78,6 @@ class RoundControl:
         for routes in self.relays.values():
             check_segments(routes, "relayed device")
             check_segments(routes.values(), "relay")
-        for name in ("global_round", "cluster_round", "total_rounds", "agg_every", "local_epochs"):
-            nonneg_int(getattr(self, name), name)
         check(self.agg_every >= 1, "agg_every must be >= 1")
         finite_nonneg(self.deadline_s, "deadline_s")
         check(isinstance(self.final, bool), f"final must be a bool, got {self.final!r}")
@@ -115,6 +113,7 @@ class NodeState:
     lora_ranks: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        check_fields(self, segments=("fleet", "node", "fog"))
         check_job_id(self.job)
         for rank in self.lora_ranks:
             check(type(rank) is int and 0 < rank <= 4096, f"lora_ranks must be ints in 1..4096, got {rank!r}")
@@ -130,9 +129,6 @@ class NodeState:
         check(len(self.status) <= 1024, "status longer than 1024 characters")
         if self.skip is not None:
             check_stamp(self.skip, "skip")
-        check_segment(self.fleet, "fleet")
-        check_segment(self.node, "node")
-        check_segment(self.fog, "fog")
         check(self.role in ("device", "fog", "cloud"), f"unknown role {self.role!r}")
         check(isinstance(self.online, bool), f"online must be a bool, got {self.online!r}")
         for task, count in self.num_samples.items():
@@ -154,10 +150,7 @@ class RoundMetrics:
     modules_updated: int
 
     def __post_init__(self) -> None:
-        check_segment(self.fleet, "fleet")
-        nonneg_int(self.global_round, "global_round")
-        nonneg_int(self.total_rounds, "total_rounds")
-        nonneg_int(self.modules_updated, "modules_updated")
+        check_fields(self, segments=("fleet",), nonneg=("global_round", "total_rounds", "modules_updated"))
         check_segments(self.fogs_reported, "fog")
         for task, acc in self.accuracy.items():
             check_name(task, "task")
@@ -176,9 +169,7 @@ class ResyncRequest:
     modules: tuple[ModuleKey, ...]
 
     def __post_init__(self) -> None:
-        check_segment(self.fleet, "fleet")
-        check_segment(self.sender, "sender")
-        check_segment(self.target, "target")
+        check_fields(self, segments=("fleet", "sender", "target"))
         check(0 < len(self.modules) <= 1024, "a resync request names 1..1024 modules")
 
 
@@ -200,9 +191,7 @@ class Ack:
     status: str = "applied"
 
     def __post_init__(self) -> None:
-        check_segment(self.fleet, "fleet")
-        check_segment(self.sender, "sender")
-        check_segment(self.to, "to")
+        check_fields(self, segments=("fleet", "sender", "to"))
         check(isinstance(self.keys, tuple) and 0 < len(self.keys) <= MAX_ACK_KEYS,
               f"an ack names 1..{MAX_ACK_KEYS} keys, got {len(self.keys) if isinstance(self.keys, tuple) else '?'}")
         for key in self.keys:
@@ -231,17 +220,13 @@ class Chunk:
     sha256: str
 
     def __post_init__(self) -> None:
-        check_segment(self.fleet, "fleet")
-        check_segment(self.sender, "sender")
+        check_fields(self, segments=("fleet", "sender"), nonneg=("count", "index", "total_size"))
         check(isinstance(self.topic, str) and 0 < len(self.topic) <= 1024, "chunk topic must be 1..1024 chars")
         check(f"/{self.fleet}/chunk/" not in self.topic, f"a chunk cannot carry a chunk topic {self.topic!r}")
         check(isinstance(self.payload_sha256, str) and _HEX64.fullmatch(self.payload_sha256) is not None,
               f"bad payload_sha256 {self.payload_sha256!r}")
-        nonneg_int(self.count, "count")
         check(0 < self.count <= MAX_CHUNKS, f"count must be in 1..{MAX_CHUNKS}, got {self.count}")
-        nonneg_int(self.index, "index")
         check(self.index < self.count, f"index {self.index} is not below count {self.count}")
-        nonneg_int(self.total_size, "total_size")
         check(self.total_size <= MAX_CHUNKED_PAYLOAD, f"total_size {self.total_size} exceeds {MAX_CHUNKED_PAYLOAD}")
         check(isinstance(self.data, bytes) and len(self.data) <= self.total_size,
               f"chunk of {len(self.data)} bytes exceeds total_size {self.total_size}")
