@@ -87,13 +87,13 @@ def bridge_state_topic(fleet: str, fog: str) -> str:
     return connection_state_topic(bridge_client_id(fleet, fog))
 
 
+@dataclass(frozen=True, slots=True)
 class _Bridge:
-    """What both bridge specs share: the check of their ``tls`` and the ``$SYS`` topic of their state."""
+    """What both bridge specs share: their first fields (the fleet, the fog whose broker runs the bridge), their
+    checks and the ``$SYS`` topic of their state."""
 
-    __slots__ = ()
     fleet: str
     fog: str
-    tls: TlsSettings | None
 
     @property
     def remote_clientid(self) -> str:
@@ -104,8 +104,8 @@ class _Bridge:
         """Where this bridge publishes its retained ``1``/``0`` state (named by its client id)."""
         return connection_state_topic(self.remote_clientid)
 
-    def _check(self, host: str, port: int, what: str) -> None:
-        """The checks of both: topic-safe fleet and fog ids, the remote broker's address, ``tls`` (of the ``what``).
+    def _check(self, host: str, port: int, tls: object, what: str) -> None:
+        """The checks of both: topic-safe fleet and fog ids, the remote broker's address, the ``what``'s ``tls``.
 
         Raises:
             BrokerError: naming the bad value.
@@ -114,8 +114,8 @@ class _Bridge:
         _check_segment(self.fog, "fog")
         check_host(host)
         check_port(port)
-        if self.tls is not None and not isinstance(self.tls, TlsSettings):
-            raise BrokerError(f"{what} tls must be TlsSettings, got {type(self.tls).__name__}")
+        if tls is not None and not isinstance(tls, TlsSettings):
+            raise BrokerError(f"{what} tls must be TlsSettings, got {type(tls).__name__}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +126,12 @@ class BridgeSpec(_Bridge):
     ``tls``: the bridge's own certificate and key (role ``bridge``, CN ``bridge-<fog>``) and the CA that signed
     the cloud broker's certificate; None for a plain bridge."""
 
-    fleet: str
-    fog: str
     cloud_host: str
     cloud_port: int
     tls: TlsSettings | None = None
 
     def __post_init__(self) -> None:
-        self._check(self.cloud_host, self.cloud_port, "bridge")
+        self._check(self.cloud_host, self.cloud_port, self.tls, "bridge")
 
     @property
     def connection(self) -> str:
@@ -169,15 +167,13 @@ class PeerBridgeSpec(_Bridge):
     ``tls``: the bridge's own certificate and key (role ``bridge``, CN ``bridge-peer-<fog>``) and the CA that signed
     the neighbour broker's certificate; None for a plain bridge (refused on a TLS fog broker)."""
 
-    fleet: str
-    fog: str
     neighbour: str
     host: str
     port: int
     tls: TlsSettings | None = None
 
     def __post_init__(self) -> None:
-        self._check(self.host, self.port, "peer bridge")
+        self._check(self.host, self.port, self.tls, "peer bridge")
         _check_segment(self.neighbour, "neighbour fog")
         if self.fog == self.neighbour:
             raise BrokerError(f"fog {self.fog!r} cannot bridge to itself")
