@@ -23,7 +23,7 @@ import numpy as np
 
 from edge_runtime.local_data import round_seed
 from hffm_core.aggregation import FedAvg
-from hffm_core.aggregation.ranks import at_rank, fit_rank, trim_rank
+from hffm_core.aggregation.ranks import fit_rank, trim_rank
 from hffm_core.protocol import ModuleKey, modules_for
 
 log = logging.getLogger(__name__)
