@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from hffm_core.aggregation.ranks import mean_of
 from hffm_core.atomic import write_json
 from hffm_core.delivery.durable_sum import DurableSums
 from hffm_core.errors import AggregationError, ConfigError
@@ -130,7 +129,7 @@ class CloudRoundState:
             if not self.per_fog:
                 sums, weight, count = self.sums.result(self.bucket(key))
                 if count and weight > 0:
-                    out[key] = mean_of(sums, weight)  # per LoRA rank slice with mixed ranks
+                    out[key] = {n: a / weight for n, a in sums.items()}
                 continue
             merged = self._robust(key)
             if merged is not None:

@@ -3,8 +3,8 @@
 FedAvg needs only ``Σ w_i·Δ_i``, ``Σ w_i`` and the count, so the fog journals that sum (float64, O(model)) instead
 of every delta; robust rules (median, trimmed mean, Krum) need the deltas themselves and keep journaling them.
 :class:`JournaledFedAvg` is FedAvg whose state can be read out and put back bit for bit, so a restarted gateway
-resumes the round with the very sum it had committed. With LoRA deltas of mixed ranks, the weight behind each rank
-slice of a factor is journaled beside its sum, as the float64 array ``<tensor>#slice_weight``.
+resumes the round with the very sum it had committed. With LoRA deltas of mixed ranks a factor's sum is at the
+largest rank folded in so far (hffm_core/aggregation/ranks.py), and the journal keeps that shape with it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from hffm_core.aggregation import Aggregator, FedAvg, NormBounded, make_aggregator
-from hffm_core.aggregation.ranks import split_slice_weights, with_slice_weights
 from hffm_core.errors import AggregationError
 
 State = dict[str, np.ndarray]
@@ -25,20 +24,15 @@ class JournaledFedAvg(FedAvg):
     """FedAvg with :meth:`state` and :meth:`load` (its float64 sum, total weight and count)."""
 
     def state(self) -> tuple[State, float, int]:
-        """The running sum (the arrays themselves, not copies; with mixed LoRA ranks also the per-slice weights), the
-        total weight and the number of deltas."""
-        if not self._slice_weight:
-            return self._sum, self._weight, self._count
-        return with_slice_weights(self._sum, self._slice_weight), self._weight, self._count
+        """The running sum (the arrays themselves, not copies), the total weight and the number of deltas."""
+        return self._sum, self._weight, self._count
 
     def load(self, sums: Mapping[str, np.ndarray], weight: float, count: int) -> None:
         """Put back a state :meth:`state` gave. Raises AggregationError for one that cannot be a FedAvg sum."""
         if count < 0 or weight < 0 or (count == 0) != (weight == 0) or any(a.dtype != np.float64
                                                                           for a in sums.values()):
             raise AggregationError(f"not a FedAvg state: {count} deltas, weight {weight}")
-        kept, slices = split_slice_weights(sums)
-        self._sum = {n: np.array(a, dtype=np.float64) for n, a in kept.items()}
-        self._slice_weight = {n: np.array(a, dtype=np.float64) for n, a in slices.items()}
+        self._sum = {n: np.array(a, dtype=np.float64) for n, a in sums.items()}
         self._weight, self._count = float(weight), int(count)
 
 

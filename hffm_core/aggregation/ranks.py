@@ -3,13 +3,14 @@
 A LoRA adapter of rank r holds, per adapted layer, ``lora_A`` of shape (r, in) and ``lora_B`` of shape (out, r)
 (hffm_model/m3t.py names them ``<layer>.lora_A.weight`` and ``<layer>.lora_B.weight``). Devices may differ in r
 (``[model] lora_r``); the cloud's global version is at the largest rank served (the cloud's ``lora_r``). The rule
-(docs/architecture.md, "Mixed LoRA ranks") is HetLoRA's, weighted per rank slice:
+(docs/architecture.md, "Mixed LoRA ranks") is HetLoRA's zero-padding and truncation:
 
 * downward, a device of rank r takes the first r rank slices of each factor (:func:`fit_rank` truncates): with the
   same ``lora_alpha / lora_r`` on every device, ``B[:, :r] A[:r]`` is the global product's leading r components;
-* upward, a delta of rank r is zero-padded to the largest rank folded in, and each rank slice k is the mean over
-  the deltas that have slice k only (:class:`~hffm_core.aggregation.fedavg.FedAvg` keeps a weight per slice), so the
-  slices only rank-16 devices train are not pulled towards 0 by the zeros of rank-4 devices.
+* upward, a delta of rank r counts as zeros in the rank slices it does not have, and FedAvg divides every slice by
+  the total weight (:class:`~hffm_core.aggregation.fedavg.FedAvg` grows its sum to the largest rank folded in). So
+  each device's rank-1 components enter with weight ``w_i / sum w``, as in the FedAvg of the products ``B_i A_i``.
+  (Dividing a slice by the weight of only the deltas that have it was measured 7 pt worse: docs/personalization.md.)
 
 With every delta at one rank this is plain FedAvg, bit for bit. Pure numpy; no torch, no MQTT.
 """
@@ -99,85 +100,50 @@ def fit_rank(state: Mapping[str, np.ndarray], layout: Layout) -> State:
     return {n: _fit(n, np.asarray(a), tuple(layout[n])) for n, a in state.items()}
 
 
-def fold_ranked(acc: np.ndarray, slice_weight: np.ndarray | None, total: float, name: str, arr: np.ndarray,
-                weight: float) -> tuple[np.ndarray, np.ndarray]:
-    """Fold ``weight * arr`` (float64) into the running sum ``acc`` of a LoRA factor whose rank differs from the
-    sum's, or whose sum already has per-slice weights. ``slice_weight[k]``: the weight behind rank slice k (None:
-    ``total`` behind every slice). Returns the (possibly grown) sum and slice weights; the sum grows to the larger
-    rank with zeros.
+def grow(name: str, acc: np.ndarray, arr: np.ndarray) -> np.ndarray:
+    """The running sum ``acc`` of a LoRA factor zero-padded to take ``arr`` of another rank (a new array, or ``acc``
+    itself when it is already at least ``arr``'s rank).
 
     Raises:
-        AggregationError: ``arr`` differs from ``acc`` other than in the rank axis.
+        AggregationError: ``arr`` differs from ``acc`` other than in the rank axis (naming the tensor).
     """
     axis = rank_axis(name)
-    if axis is None:
+    if axis is None or arr.ndim != acc.ndim:
         raise AggregationError(f"tensor {name!r}: shape {arr.shape} differs from the first delta's {acc.shape}")
-    rank = max(acc.shape[axis], arr.shape[axis]) if arr.ndim == acc.ndim else -1
-    if rank < 0:
-        raise AggregationError(f"tensor {name!r}: shape {arr.shape} differs from the first delta's {acc.shape}")
-    weights = np.full(acc.shape[axis], total) if slice_weight is None else slice_weight
     grown = list(acc.shape)
-    grown[axis] = rank
-    acc = _fit(name, acc, tuple(grown))
-    weights = np.pad(weights, (0, rank - len(weights)))
-    mine = _fit(name, arr.astype(np.float64), tuple(grown))  # raises for other non-rank dims
-    acc += mine * weight
-    weights[: arr.shape[axis]] += weight
-    return acc, weights
+    grown[axis] = max(acc.shape[axis], arr.shape[axis])
+    _fit(name, arr, tuple(grown))  # raises for other non-rank dims
+    return _fit(name, acc, tuple(grown))
 
 
-def divide_ranked(acc: np.ndarray, slice_weight: np.ndarray, name: str) -> np.ndarray:
-    """The per-slice mean of a LoRA factor's running sum: slice k divided by the weight behind slice k."""
+def add_ranked(acc: np.ndarray, name: str, arr: np.ndarray, weight: float) -> None:
+    """``acc[:r] += weight * arr`` along the rank axis (``acc`` at least ``arr``'s rank, as :func:`grow` left it)."""
     axis = rank_axis(name)
-    shape = [1] * acc.ndim
-    shape[axis] = -1  # type: ignore[index]
-    return acc / slice_weight.reshape(shape)
+    index: list[slice] = [slice(None)] * acc.ndim
+    index[axis] = slice(0, arr.shape[axis])  # type: ignore[index]
+    acc[tuple(index)] += arr.astype(np.float64) * weight
 
 
-SLICE_WEIGHT = "#slice_weight"  # suffix of a LoRA factor's per-rank-slice weights stored beside a running sum
-
-
-def with_slice_weights(sums: Mapping[str, np.ndarray], slice_weight: Mapping[str, np.ndarray]) -> State:
-    """A running sum with its per-slice weights as extra float64 entries ``<tensor>#slice_weight`` (for stores
-    that keep name -> array maps: the fog's journal, the cloud's durable sums)."""
-    return {**sums, **{n + SLICE_WEIGHT: w for n, w in slice_weight.items()}}
-
-
-def split_slice_weights(stored: Mapping[str, np.ndarray]) -> tuple[State, State]:
-    """Inverse of :func:`with_slice_weights`: (the sums, the per-slice weights)."""
-    sums = {n: a for n, a in stored.items() if not n.endswith(SLICE_WEIGHT)}
-    weights = {n[: -len(SLICE_WEIGHT)]: a for n, a in stored.items() if n.endswith(SLICE_WEIGHT)}
-    return sums, weights
-
-
-def fold_into(stored: Mapping[str, np.ndarray], total: float, delta: Mapping[str, np.ndarray], weight: float
-              ) -> State:
-    """``stored`` (a running sum, with any per-slice weights) plus ``weight * delta``, where ``delta``'s LoRA
-    factors may be at another rank than the sum's. Returns the new stored map; ``stored`` is not changed.
+def fold_into(sums: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray], weight: float) -> State:
+    """A running sum plus ``weight * delta`` where ``delta``'s LoRA factors may be at another rank than the sum's
+    (the sum grows with zeros). Returns a new map; ``sums`` is not changed.
 
     Raises:
         AggregationError: other tensor names, or shapes that differ other than in a LoRA rank.
     """
-    sums, weights = split_slice_weights(stored)
     if set(sums) != set(delta):
         raise AggregationError(f"tensor names differ from the sum's: missing {sorted(set(sums) - set(delta))}, "
                                f"extra {sorted(set(delta) - set(sums), key=str)}")
     out: State = {}
-    new_weights: State = {}
     for name, arr in delta.items():
         arr = np.asarray(arr, dtype=np.float64)
         acc = sums[name]
-        if acc.shape == arr.shape and name not in weights:
+        if acc.shape == arr.shape:
             out[name] = acc + weight * arr
         else:
-            out[name], new_weights[name] = fold_ranked(acc.copy(), weights.get(name), total, name, arr, weight)
-    return with_slice_weights(out, new_weights)
-
-
-def mean_of(stored: Mapping[str, np.ndarray], total: float) -> State:
-    """The mean a running sum stands for: ``sum / total``, per rank slice where it has per-slice weights."""
-    sums, weights = split_slice_weights(stored)
-    return {n: divide_ranked(a, weights[n], n) if n in weights else a / total for n, a in sums.items()}
+            out[name] = grow(name, acc, arr).copy()
+            add_ranked(out[name], name, arr, weight)
+    return out
 
 
 def fits_rank(state: Mapping[str, np.ndarray], module: Mapping[str, np.ndarray]) -> bool:

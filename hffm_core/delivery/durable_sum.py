@@ -115,7 +115,7 @@ class DurableSums:
             sums = _unpack(row[0], bytes(row[1]))
             if row[0] != layout:  # LoRA factors of another rank (ranks.py), else an AggregationError
                 try:
-                    sums = fold_into(sums, float(row[2]), arrays, weight)
+                    sums = fold_into(sums, arrays, weight)
                 except AggregationError as exc:
                     raise AggregationError(f"delta {key!r} does not match the tensors of bucket {bucket!r}: "
                                            f"{exc}") from None

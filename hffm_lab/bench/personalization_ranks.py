@@ -4,8 +4,8 @@ different ranks (4/8/16, by capability) against the same fleet at one rank (8), 
 Each case runs the bench's fleet (2 fogs x 3 devices, the demo's partition at the first alpha) and hierarchical
 schedule in one process, with the cross-rank rule exactly as the gateways and the cloud compute it
 (hffm_core/aggregation/ranks.py): every device trains its own-rank truncation of the version it received and sends
-its delta at its own rank; each fog folds its devices' deltas with FedAvg (per-rank-slice weights) and adds the
-aggregate at the module's served rank; the cloud merges the fogs' aggregates, each trimmed to the rank slices it
+its delta at its own rank; each fog folds its devices' deltas with FedAvg (a lower-rank delta zero-padded) and adds
+the aggregate at the module's served rank; the cloud merges the fogs' aggregates, each trimmed to the rank slices it
 changed, with the same rule. Every device keeps ``lora_alpha / lora_r = 2`` (the default 16/8), so a truncated
 adapter is the leading components of the global one. The figure is the accuracy of the final global model on the
 global held-out test split of every task, averaged over tasks; for the mixed fleet also that of the global model
@@ -42,12 +42,11 @@ def _layout(state: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
     return {n: a.shape for n, a in state.items()}
 
 
-def _aggregate(items: list[tuple[State, float]], layout: Mapping[str, tuple[int, ...]], rule: str) -> State:
-    """The cross-rank FedAvg (``rule="slice"``: each rank slice over the deltas that have it), or, to compare, plain
-    HetLoRA zero-padding (``"pad"``: every delta padded to ``layout`` first, so a slice's missing rows count as 0)."""
+def _aggregate(items: list[tuple[State, float]], layout: Mapping[str, tuple[int, ...]]) -> State:
+    """The cross-rank FedAvg (hffm_core/aggregation/ranks.py), zero-filled to ``layout`` (the served rank)."""
     agg = FedAvg()
     for delta, weight in items:
-        agg.add(fit_rank(delta, layout) if rule == "pad" else delta, weight)
+        agg.add(delta, weight)
     return fit_rank(agg.result(), layout)
 
 
@@ -69,7 +68,7 @@ def _global_test(model: Any, bench: Any, tasks: list[str], glob: Mapping[ModuleK
             for t in tasks}
 
 
-def run_rank_case(opts: Any, alpha: float, seed: int, ranks: Sequence[int], rule: str = "slice") -> dict[str, Any]:
+def run_rank_case(opts: Any, alpha: float, seed: int, ranks: Sequence[int]) -> dict[str, Any]:
     """One fleet (``ranks`` dealt over its devices; one rank = the uniform fleet): the final global model's
     accuracy on the global test splits, at the served (largest) rank and truncated to each rank."""
     import torch
@@ -120,23 +119,23 @@ def run_rank_case(opts: Any, alpha: float, seed: int, ranks: Sequence[int], rule
                         deltas.setdefault(k, []).append(({n: trained[n] - versions[k][n] for n in trained},
                                                          max(1.0, _samples(k, data))))
                 for k, items in deltas.items():
-                    mean = _aggregate(items, _layout(fog_state[fog][k]), rule)
+                    mean = _aggregate(items, _layout(fog_state[fog][k]))
                     fog_state[fog][k] = {n: (a + mean[n]).astype(np.float32) for n, a in fog_state[fog][k].items()}
             log.info("mixed-rank bench: ranks %s seed %d round (%d,%d) done", list(ranks), seed, g, c)
         for k in glob:
-            items = [((trim_rank if rule == "slice" else dict)({n: fog_state[f][k][n] - glob[k][n] for n in glob[k]}),
+            items = [(trim_rank({n: fog_state[f][k][n] - glob[k][n] for n in glob[k]}),
                       sum(max(1.0, _samples(k, shards[n].data)) for n in names
                           if n.startswith(f + "-dev-") and k in holdings[n])) for f in fogs]
             items = [(d, w) for d, w in items if w > 0]
             if items:
-                merged = _aggregate(items, _layout(glob[k]), rule)
+                merged = _aggregate(items, _layout(glob[k]))
                 glob[k] = {n: (a + merged[n]).astype(np.float32) for n, a in glob[k].items()}
     at_rank_acc = {}
     for r in sorted(set(ranks)):
         acc = _global_test(models[r], bench, tasks, glob)
         at_rank_acc[str(r)] = {"accuracy": acc, "mean": float(np.mean(list(acc.values())))}
     top = at_rank_acc[str(max(ranks))]
-    return {"alpha": alpha, "seed": seed, "ranks": list(ranks), "rule": rule, "device_ranks": rank_of,
+    return {"alpha": alpha, "seed": seed, "ranks": list(ranks), "device_ranks": rank_of,
             "global_test": top, "at_rank": at_rank_acc, "wall_s": round(time.monotonic() - started, 1)}
 
 

@@ -1,5 +1,5 @@
-"""The cross-rank rule (hffm_core/aggregation/ranks.py): zero-padding with per-rank-slice weights, truncation on
-the way down, and plain FedAvg bit for bit when every delta has one rank."""
+"""The cross-rank rule (hffm_core/aggregation/ranks.py): HetLoRA zero-padding (a lower-rank delta counts as zeros in
+the slices it lacks), truncation on the way down, and plain FedAvg bit for bit when every delta has one rank."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from hffm_core.aggregation.ranks import (
     fit_rank,
     fits_rank,
     fold_into,
-    mean_of,
     module_rank,
     rank_of_size,
     trim_rank,
@@ -43,8 +42,16 @@ def test_one_rank_is_plain_fedavg_bit_for_bit() -> None:
         assert got[n].tobytes() == expected[n].tobytes()
 
 
+def _padded_mean(items: list[tuple[dict[str, np.ndarray], float]], rank: int) -> dict[str, np.ndarray]:
+    """The rule written out: every delta zero-padded to ``rank``, then plain FedAvg."""
+    layout = {n: a.shape for n, a in adapter(rank, 0).items()}
+    padded = [({n: a.astype(np.float64) for n, a in fit_rank(d, layout).items()}, w) for d, w in items]
+    total = sum(w for _d, w in items)
+    return {n: (sum(d[n] * w for d, w in padded) / total).astype(np.float32) for n in layout}
+
+
 @pytest.mark.parametrize("first", ["low", "high"])
-def test_rank4_and_rank16_each_slice_weighted_by_its_holders(first: str) -> None:
+def test_rank4_and_rank16_is_fedavg_of_the_zero_padded_deltas(first: str) -> None:
     low, high = adapter(4, 1), adapter(16, 2)
     order = [(low, 1.0), (high, 3.0)] if first == "low" else [(high, 3.0), (low, 1.0)]
     agg = FedAvg()
@@ -52,26 +59,26 @@ def test_rank4_and_rank16_each_slice_weighted_by_its_holders(first: str) -> None
         agg.add(d, w)
     got = agg.result()
     assert got[A].shape == (16, 6) and got[B].shape == (5, 16)
-    # slices 0-3: both holders, weights 1 and 3
+    want = _padded_mean(order, 16)
+    for n in want:
+        np.testing.assert_allclose(got[n], want[n], rtol=1e-6, atol=1e-7)
+    # slices 0-3: both holders; slices 4-15: the rank-4 device counts as zeros (weight 3 of 4)
     np.testing.assert_allclose(got[A][:4], (low[A] + 3 * high[A][:4]) / 4, rtol=1e-6)
-    np.testing.assert_allclose(got[B][:, :4], (low[B] + 3 * high[B][:, :4]) / 4, rtol=1e-6)
-    # slices 4-15: only the rank-16 holder, not diluted by the rank-4 device's zeros
-    np.testing.assert_array_equal(got[A][4:], high[A][4:])
-    np.testing.assert_array_equal(got[B][:, 4:], high[B][:, 4:])
-    np.testing.assert_allclose(got[BIAS], (low[BIAS] + 3 * high[BIAS]) / 4, rtol=1e-6)
+    np.testing.assert_allclose(got[A][4:], 3 * high[A][4:] / 4, rtol=1e-6)
+    np.testing.assert_allclose(got[B][:, 4:], 3 * high[B][:, 4:] / 4, rtol=1e-6)
     assert agg.total_weight == 4.0 and agg.count == 2
 
 
-def test_three_ranks() -> None:
+def test_three_ranks_and_the_product_weights() -> None:
     deltas = [(adapter(4, 1), 2.0), (adapter(8, 2), 1.0), (adapter(16, 3), 1.0)]
     agg = FedAvg()
     for d, w in deltas:
         agg.add(d, w)
-    got = agg.result()[A]
-    np.testing.assert_allclose(got[:4], (2 * deltas[0][0][A] + deltas[1][0][A][:4] + deltas[2][0][A][:4]) / 4,
-                               rtol=1e-6)
-    np.testing.assert_allclose(got[4:8], (deltas[1][0][A][4:] + deltas[2][0][A][4:8]) / 2, rtol=1e-6)
-    np.testing.assert_array_equal(got[8:], deltas[2][0][A][8:])
+    got, want = agg.result(), _padded_mean(deltas, 16)
+    for n in want:
+        np.testing.assert_allclose(got[n], want[n], rtol=1e-6, atol=1e-7)
+    # a device's rank-1 components enter B A with its share w_i / sum w, as in FedAvg of the products
+    np.testing.assert_allclose(got[A][8:], deltas[2][0][A][8:] / 4, rtol=1e-6)
 
 
 def test_other_shape_mismatch_is_still_an_error_and_changes_nothing() -> None:
@@ -119,32 +126,30 @@ def test_round_trip_aggregate_then_truncate() -> None:
     np.testing.assert_allclose(down[A], (adapter(4, 1)[A] + adapter(16, 2)[A][:4]) / 2, rtol=1e-6)
 
 
-def test_journaled_sum_round_trips_with_slice_weights() -> None:
+def test_journaled_sum_round_trips_at_its_grown_rank() -> None:
     agg = JournaledFedAvg()
-    agg.add(adapter(16, 1), 1.0)
-    agg.add(adapter(4, 2), 2.0)
+    agg.add(adapter(4, 1), 1.0)
+    agg.add(adapter(16, 2), 2.0)
     sums, weight, count = agg.state()
-    assert any(n.endswith("#slice_weight") for n in sums)
+    assert sums[A].shape == (16, 6)
     again = JournaledFedAvg()
     again.load({n: a.copy() for n, a in sums.items()}, weight, count)
     again.add(adapter(8, 3), 1.0)
     agg.add(adapter(8, 3), 1.0)
-    assert all(np.array_equal(agg.result()[n], again.result()[n]) for n in agg.result())
+    assert all(agg.result()[n].tobytes() == again.result()[n].tobytes() for n in agg.result())
 
 
 def test_durable_sum_fold_matches_fedavg() -> None:
     deltas = [(adapter(4, 1), 1.0), (adapter(16, 2), 2.0), (adapter(8, 3), 0.5)]
     agg = FedAvg()
     stored: dict[str, np.ndarray] = {n: a.astype(np.float64) * deltas[0][1] for n, a in deltas[0][0].items()}
-    total = deltas[0][1]
     for d, w in deltas:
         agg.add(d, w)
     for d, w in deltas[1:]:
-        stored = fold_into(stored, total, d, w)
-        total += w
-    merged = mean_of(stored, total)
+        stored = fold_into(stored, d, w)
+    total = sum(w for _d, w in deltas)
     for n, a in agg.result().items():
-        np.testing.assert_allclose(merged[n], a, rtol=1e-6)
+        np.testing.assert_allclose(stored[n] / total, a, rtol=1e-6)
 
 
 def test_durable_sums_store_mixed_ranks(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -154,9 +159,8 @@ def test_durable_sums_store_mixed_ranks(tmp_path) -> None:  # type: ignore[no-un
     sums.add("b", "k1", adapter(4, 1), 1.0)
     sums.add("b", "k2", adapter(16, 2), 3.0)
     stored, weight, count = sums.result("b")
-    got = mean_of(stored, weight)
-    np.testing.assert_array_equal(got[A][4:], adapter(16, 2)[A][4:])
-    assert count == 2 and got[A].shape == (16, 6)
+    assert count == 2 and weight == 4.0 and stored[A].shape == (16, 6)
+    np.testing.assert_allclose(stored[A][4:] / weight, 3 * adapter(16, 2)[A][4:] / 4, rtol=1e-6)
     with pytest.raises(AggregationError):
         sums.add("b", "k3", adapter(8, 3, in_dim=9), 1.0)
     sums.close()
