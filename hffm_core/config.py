@@ -61,10 +61,21 @@ class ModelConfig:
     # "lora-sb": A and B are frozen SVD factors of the pretrained weight (the same on every node) and only an
     # lora_r x lora_r matrix R between them is trained and sent (Fed-SB, arXiv 2502.15436): FedAvg of R is exact.
     adapter: str = "lora"
+    # Comma-separated names of the backbone's linear layers that get adapters ("query,key,value,dense" for every
+    # linear layer of a BERT block); "" = the backbone's default (query and value).
+    lora_targets: str = ""
 
     def __post_init__(self) -> None:
         if self.adapter not in ADAPTER_VARIANTS:
             raise ValueError(f"unknown adapter {self.adapter!r}; expected one of {list(ADAPTER_VARIANTS)}")
+        names = [n.strip() for n in self.lora_targets.split(",")] if self.lora_targets.strip() else []
+        if any(not n.isidentifier() for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"lora_targets must be distinct comma-separated layer names, got {self.lora_targets!r}")
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """``lora_targets`` as a tuple; empty for the backbone's default."""
+        return tuple(n.strip() for n in self.lora_targets.split(",")) if self.lora_targets.strip() else ()
 
 
 def cross_rank_refusal(model: ModelConfig) -> str:

@@ -45,4 +45,5 @@ def build_m3t(cfg: ModelConfig, modalities: Sequence[str], tasks: Sequence[str])
         lora_alpha=cfg.lora_alpha,
         adapter=cfg.adapter,
         seed=cfg.seed,
+        lora_targets=cfg.target_names,
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -94,6 +94,7 @@ class M3TModel(nn.Module):
         lora_alpha: int = 16,
         seed: int = 0,
         adapter: str = "lora",
+        lora_targets: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -107,6 +108,7 @@ class M3TModel(nn.Module):
         # lora-sb: A and B are frozen SVD factors of the pretrained weight (the same on every node) and an adapter
         # module is only one r x r matrix R per LoRA layer (hffm_model/lora_sb.py).
         self.adapter = adapter
+        self.lora_targets = tuple(lora_targets)  # () = the backbone's default layers
         self._modalities = self._check_modalities(backbone, modalities)
         self._tasks = self._check_tasks(tasks, self._modalities)
         self._keys = sorted(self._all_keys())
@@ -168,6 +170,17 @@ class M3TModel(nn.Module):
             keys.add(ModuleKey.head(task))
         return keys
 
+    def _target_modules(self, model: nn.Module) -> list[str]:
+        """The layers that get adapters: the backbone's default names, or the full names of its linear layers
+        called one of ``lora_targets`` (not the pooler, whose output the heads never read)."""
+        if not self.lora_targets:
+            return list(self.backbone.lora_targets)
+        names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
+                 and n.rsplit(".", 1)[-1] in self.lora_targets and not n.startswith("pooler.")]
+        if not names:
+            raise ModelError(f"backbone {self.backbone.name!r} has no linear layers named {list(self.lora_targets)}")
+        return names
+
     def _inject_adapters(self) -> list[tuple[str, nn.Module]]:
         from peft import LoraConfig, inject_adapter_in_model
         from peft.tuners.lora import LoraLayer
@@ -184,7 +197,7 @@ class M3TModel(nn.Module):
                 r=self.lora_r,
                 lora_alpha=self.lora_alpha,
                 lora_dropout=0.0,
-                target_modules=list(self.backbone.lora_targets),
+                target_modules=self._target_modules(model),
                 bias="none",
             )
             with warnings.catch_warnings():

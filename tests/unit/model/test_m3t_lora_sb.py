@@ -118,3 +118,19 @@ def test_onnx_export_merges_lora_sb(tmp_path) -> None:
     path = export_task(model, modality="image", task="digit", path=tmp_path / "digit.onnx")
     check = parity(model, modality="image", task="digit", path=path, x=rng.random((4, 8, 8), dtype=np.float32))
     assert check["max_abs_diff"] < 1e-4 and check["argmax_agreement"] == 1.0
+
+
+def test_lora_targets_puts_r_on_every_named_linear_layer_but_the_pooler() -> None:
+    model = M3TModel(load_backbone("tiny"), modalities={"image": (8, 8)}, tasks={"digit": ("image", 10)}, seed=3,
+                     adapter="lora-sb", lora_r=4, lora_alpha=8, lora_targets=("query", "key", "value", "dense"))
+    names = [name for name, _ in model._lora_layers]
+    assert len(names) == 6 * 2 and not any(n.startswith("pooler.") for n in names)  # 2 tiny layers x 6 linears
+    assert model.num_parameters(KEY) == 16 * len(names)
+    assert ModelConfig(lora_targets="query, key").target_names == ("query", "key")
+    assert ModelConfig().target_names == ()
+    for bad in ("query,query", "query,", "a-b"):
+        with pytest.raises(ValueError, match="lora_targets"):
+            ModelConfig(lora_targets=bad)
+    with pytest.raises(ModelError, match="no linear layers"):
+        M3TModel(load_backbone("tiny"), modalities={"image": (8, 8)}, tasks={"digit": ("image", 10)},
+                 adapter="lora-sb", lora_r=4, lora_targets=("nowhere",))
