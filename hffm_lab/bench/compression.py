@@ -83,10 +83,16 @@ def _lowrank_int4(encoder: int = 2, head: int = 2, **adapter: str) -> dict[str, 
             "head": {"codec": "lowrank", "params": {"rank": head, "loadings": "int4"}}}
 
 
-def _sb_model(r: int, alpha: int | None = None) -> dict[str, Any]:
+# Every linear layer of each transformer block (query, key, value and the three dense layers), not only q and v.
+_ALL_LINEAR = "query,key,value,dense"
+
+
+def _sb_model(r: int, alpha: int | None = None, targets: str = "") -> dict[str, Any]:
     """LoRA-SB adapters (hffm_model/lora_sb.py): only an r x r matrix R per LoRA layer is trained and sent;
-    ``alpha`` (default ``2 r``, LoRA's usual) sets the scaling ``alpha / r`` of ``B R A``."""
-    return {"adapter": "lora-sb", "lora_r": r, "lora_alpha": alpha or 2 * r}
+    ``alpha`` (default ``2 r``, LoRA's usual) sets the scaling ``alpha / r`` of ``B R A``; ``targets`` the layers
+    (``[model] lora_targets``; "" = query and value)."""
+    return {"adapter": "lora-sb", "lora_r": r, "lora_alpha": alpha or 2 * r} | (
+        {"lora_targets": targets} if targets else {})
 
 
 def _sb_sign(encoder: int = 4, head: int = 4) -> dict[str, dict[str, Any]]:
@@ -137,9 +143,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lora-sb8a256-sign-eh4", _sb_sign(), _all("int8"), _all("int8"), _sb_model(8, 256)),
     Setting("lora-sb12-sign-eh4", _sb_sign(), _all("int8"), _all("int8"), _sb_model(12)),
     Setting("fp32+lora-sb8", {}, {}, {}, _sb_model(8)),
+    Setting("fp32+lora-sb16", {}, {}, {}, _sb_model(16)),
+    # LoRA-SB on every linear layer (36 R matrices of 6 x 6: 1,296 numbers): the control, the codec, and each half
+    # of the codec alone (R fp32 with encoders and heads lowrank; R sign-coded with encoders and heads fp32).
+    Setting("fp32+lora-sb6all", {}, {}, {}, _sb_model(6, targets=_ALL_LINEAR)),
+    Setting("lora-sb6all-sign-eh4", _sb_sign(), _all("int8"), _all("int8"), _sb_model(6, targets=_ALL_LINEAR)),
+    Setting("lora-sb6all-fp32R-eh4", {k: v for k, v in _sb_sign().items() if k != "adapter"}, _all("int8"),
+            _all("int8"), _sb_model(6, targets=_ALL_LINEAR)),
+    Setting("lora-sb6all-signR-fp32eh", {"adapter": _sb_sign()["adapter"]}, _all("int8"), _all("int8"),
+            _sb_model(6, targets=_ALL_LINEAR)),
 )
 # The setting the README headlines (`--headline` runs fp32 and it, and marks it "headline": true in the report).
-HEADLINE = "lora-sb12-sign-eh4"
+HEADLINE = "lora-sb8-sign-eh4"
 
 # The default run (nine jobs, about 25 min on 2 idle CPU cores); --only picks any of SETTINGS.
 DEFAULT_SETTINGS: tuple[Setting, ...] = tuple(
