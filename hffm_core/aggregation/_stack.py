@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from hffm_core.aggregation.base import Aggregator
+from hffm_core.aggregation.base import HeldCounts
 from hffm_core.aggregation.params import check_like_first, check_weight, int_param
 from hffm_core.errors import AggregationError
 
@@ -118,7 +118,7 @@ class DeltaStack:
         return {name: np.asarray(flat[name], dtype=np.float32).reshape(shape) for name, shape in self._shapes.items()}
 
 
-class StackedAggregator(Aggregator):
+class StackedAggregator(HeldCounts):
     """An aggregator that keeps the whole round in a :class:`DeltaStack`; subclasses implement :meth:`result`.
 
     ``total_weight`` reports the sum of the claimed sample counts (the fog forwards it upward) even though the
@@ -127,7 +127,7 @@ class StackedAggregator(Aggregator):
 
     def __init__(self, *, max_updates: int = MAX_UPDATES) -> None:
         self.max_updates = int_param(self.name, "max_updates", max_updates, low=1, high=MAX_UPDATES)
-        self._stack = DeltaStack(max_updates=self.max_updates)
+        self._stack = self._tally = DeltaStack(max_updates=self.max_updates)
 
     def add(self, delta: Mapping[str, np.ndarray], weight: float) -> None:
         """Keep one delta for the round's end.
@@ -136,14 +136,6 @@ class StackedAggregator(Aggregator):
             AggregationError: see :meth:`DeltaStack.add`; the aggregator is unchanged.
         """
         self._stack.add(delta, weight)
-
-    @property
-    def total_weight(self) -> float:
-        return self._stack.total_weight
-
-    @property
-    def count(self) -> int:
-        return self._stack.count
 
     def _require_some(self) -> int:
         if self._stack.count == 0:

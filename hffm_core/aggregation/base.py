@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from typing import Protocol
 
 import numpy as np
 
@@ -36,3 +37,28 @@ class Aggregator(ABC):
     @property
     @abstractmethod
     def count(self) -> int: ...
+
+
+class Tally(Protocol):
+    """What a round's counts can be read from: an aggregator, or the robust rules' store of deltas."""
+
+    @property
+    def total_weight(self) -> float: ...
+
+    @property
+    def count(self) -> int: ...
+
+
+class HeldCounts(Aggregator):
+    """An aggregator whose ``total_weight`` and ``count`` are those of the object it holds the round in (``_tally``):
+    the aggregator it wraps, or its store of the round's deltas."""
+
+    _tally: Tally
+
+    @property
+    def total_weight(self) -> float:
+        return self._tally.total_weight
+
+    @property
+    def count(self) -> int:
+        return self._tally.count

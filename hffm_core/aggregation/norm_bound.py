@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from hffm_core.aggregation.base import Aggregator
+from hffm_core.aggregation.base import Aggregator, HeldCounts
 from hffm_core.errors import AggregationError
 
 log = logging.getLogger(__name__)
@@ -24,13 +24,13 @@ def module_norm(delta: Mapping[str, np.ndarray]) -> float:
     return math.sqrt(sum(float(np.square(np.asarray(a, dtype=np.float64)).sum()) for a in delta.values()))
 
 
-class NormBounded(Aggregator):
+class NormBounded(HeldCounts):
     """``inner`` with every added delta clipped to L2 norm ``bound``; ``clipped`` counts the deltas scaled down."""
 
     def __init__(self, inner: Aggregator, bound: float) -> None:
         if not (isinstance(bound, float) and math.isfinite(bound) and bound > 0):
             raise AggregationError(f"norm_bound must be a finite number > 0, got {bound!r}")
-        self.inner = inner
+        self.inner = self._tally = inner
         self.bound = bound
         self.name = inner.name
         self.clipped = 0
@@ -48,11 +48,3 @@ class NormBounded(Aggregator):
 
     def result(self) -> dict[str, np.ndarray]:
         return self.inner.result()
-
-    @property
-    def total_weight(self) -> float:
-        return self.inner.total_weight
-
-    @property
-    def count(self) -> int:
-        return self.inner.count
