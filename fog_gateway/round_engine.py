@@ -88,14 +88,6 @@ class FogRound:
         self.settle_until = 0.0  # a resumed round does not close early before its participants' adverts are back
         self.round_via: set[str] = set()  # devices whose update reached this round through a D2D relay
 
-    @property
-    def round_g(self) -> int:
-        return self.at.g
-
-    @property
-    def cluster_c(self) -> int:
-        return self.at.c
-
     def agg_every(self) -> int:
         """This global round's E_agg (the plan's after a restart, which does not journal the choice)."""
         return self.e_agg or (self.plan.agg_every if self.plan is not None else 1)

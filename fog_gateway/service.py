@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,7 @@ APPLIED_KEYS_KEPT = 100_000  # ~ a few rounds of a large fog; older retransmissi
 
 def _held(part: str, name: str) -> property:
     """A gateway attribute that lives in one of the objects it holds (read by tests and tools)."""
-    return property(lambda self: getattr(getattr(self, part), name),
-                    lambda self, value: setattr(getattr(self, part), name, value))
+    return property(attrgetter(f"{part}.{name}"), lambda self, value: setattr(attrgetter(part)(self), name, value))
 
 
 class FogGateway(Service):
@@ -63,9 +63,9 @@ class FogGateway(Service):
     # Backpressure (an inbox of 8 + 8 updates however many devices report), group commit, decoding in paho's thread
     receive_maximum, batch_max, decode_on_receive = 8, 64, True
     # Read (and in tests set) on the gateway, held by its parts: the round engine, the journal keeper, the roster.
-    round_g, cluster_c, in_round, plan = (_held("round", n) for n in ("round_g", "cluster_c", "in_round", "plan"))
-    participants, deadline, book, late_folded = (_held("round", n) for n in ("participants", "deadline", "book",
-                                                                             "late_folded"))
+    round_g, cluster_c = _held("round.at", "g"), _held("round.at", "c")  # the round engine's RoundPosition
+    in_round, plan, participants, deadline, book, late_folded = (
+        _held("round", n) for n in ("in_round", "plan", "participants", "deadline", "book", "late_folded"))
     start_state, pub, job = _held("round", "start"), _held("keeper", "pub"), _held("keeper", "job")
     holdings, offline_since, adverts = (_held("roster", n) for n in ("holdings", "offline_since", "adverts"))
 
