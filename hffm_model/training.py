@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -82,6 +83,32 @@ def train_task(
     _positive(batch_size, "batch_size")
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (0 < lr < math.inf):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
+    return _fit(model, modality, task, len(xt),
+                lambda idx: F.cross_entropy(model(xt[idx], modality=modality, task=task), yt[idx]),
+                epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, doing="training", knob="the learning rate")
+
+
+def _fit(
+    model: M3TModel,
+    modality: str,
+    task: str,
+    n: int,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    doing: str,
+    knob: str,
+) -> float:
+    """What :func:`train_task` and :func:`distill_task` share: ``epochs`` passes over ``n`` samples in mini-batches
+    shuffled by ``seed``, a fresh AdamW (weight decay 0) on the pair's modules stepping on ``batch_loss(indices)``.
+    Returns the mean loss of the last epoch; the model is left in eval mode without gradients.
+
+    Raises:
+        ModelError: the loss stopped being finite (the message says ``doing`` and to lower ``knob``).
+    """
     params = [p for key in trained_keys(modality, task) for p in model.module_parameters(key)]
     model.train()
     try:
@@ -90,21 +117,20 @@ def train_task(
             p.requires_grad_(True)
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         rng = np.random.default_rng(seed)
-        n = len(xt)
         mean_loss = math.nan
         for _ in range(epochs):
             order = torch.from_numpy(rng.permutation(n))
             total = 0.0
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
-                loss = F.cross_entropy(model(xt[idx], modality=modality, task=task), yt[idx])
+                loss = batch_loss(idx)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total += loss.item() * len(idx)
             mean_loss = total / n
             if not math.isfinite(mean_loss):
-                raise ModelError(f"training task {task!r} diverged (loss {mean_loss}); lower the learning rate")
+                raise ModelError(f"{doing} task {task!r} diverged (loss {mean_loss}); lower {knob}")
     finally:
         model.eval()
         for p in params:
@@ -176,34 +202,12 @@ def distill_task(
     teacher = torch.from_numpy(np.ascontiguousarray(teacher_logits, dtype=np.float32))
     if teacher.shape != (len(xt), model.tasks[task][1]):
         raise ValueError(f"task {task!r}: teacher logits of shape {tuple(teacher.shape)} for {len(xt)} samples")
-    params = [p for key in trained_keys(modality, task) for p in model.module_parameters(key)]
-    model.train()
-    try:
-        model.activate(modality, task)
-        for p in params:
-            p.requires_grad_(True)
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        rng = np.random.default_rng(seed)
-        mean_loss = math.nan
-        for _ in range(epochs):
-            order = torch.from_numpy(rng.permutation(len(xt)))
-            total = 0.0
-            for start in range(0, len(xt), batch_size):
-                idx = order[start : start + batch_size]
-                logits = model(xt[idx], modality=modality, task=task)
-                soft = F.kl_div(F.log_softmax(logits / temperature, dim=1),
-                                F.log_softmax(teacher[idx] / temperature, dim=1), log_target=True,
-                                reduction="batchmean")
-                loss = F.cross_entropy(logits, yt[idx]) + weight * temperature**2 * soft
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(idx)
-            mean_loss = total / len(xt)
-            if not math.isfinite(mean_loss):
-                raise ModelError(f"distilling task {task!r} diverged (loss {mean_loss}); lower distill_lr")
-    finally:
-        model.eval()
-        for p in params:
-            p.grad = None
-    return mean_loss
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        logits = model(xt[idx], modality=modality, task=task)
+        soft = F.kl_div(F.log_softmax(logits / temperature, dim=1),
+                        F.log_softmax(teacher[idx] / temperature, dim=1), log_target=True, reduction="batchmean")
+        return F.cross_entropy(logits, yt[idx]) + weight * temperature**2 * soft
+
+    return _fit(model, modality, task, len(xt), batch_loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                doing="distilling", knob="distill_lr")
