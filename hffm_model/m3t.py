@@ -190,6 +190,7 @@ class M3TModel(nn.Module):
             raise ModelError(
                 f"backbone {self.backbone.name!r} already carries LoRA layers; call load_backbone() once per model"
             )
+        targets = self._target_modules(model)  # before the first injection wraps the linear layers
         for key in self._keys:
             if key.kind != "adapter":
                 continue
@@ -197,7 +198,7 @@ class M3TModel(nn.Module):
                 r=self.lora_r,
                 lora_alpha=self.lora_alpha,
                 lora_dropout=0.0,
-                target_modules=self._target_modules(model),
+                target_modules=targets,
                 bias="none",
             )
             with warnings.catch_warnings():

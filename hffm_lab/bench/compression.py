@@ -152,6 +152,8 @@ SETTINGS: tuple[Setting, ...] = (
             _all("int8"), _sb_model(6, targets=_ALL_LINEAR)),
     Setting("lora-sb6all-signR-fp32eh", {"adapter": _sb_sign()["adapter"]}, _all("int8"), _all("int8"),
             _sb_model(6, targets=_ALL_LINEAR)),
+    Setting("lora-sb6all-sign-e4-hsign", {**_sb_sign(), "head": {"codec": "sign", "params": {}}}, _all("int8"),
+            _all("int8"), _sb_model(6, targets=_ALL_LINEAR)),
 )
 # The setting the README headlines (`--headline` runs fp32 and it, and marks it "headline": true in the report).
 HEADLINE = "lora-sb8-sign-eh4"

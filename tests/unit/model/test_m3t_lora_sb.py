@@ -121,9 +121,11 @@ def test_onnx_export_merges_lora_sb(tmp_path) -> None:
 
 
 def test_lora_targets_puts_r_on_every_named_linear_layer_but_the_pooler() -> None:
-    model = M3TModel(load_backbone("tiny"), modalities={"image": (8, 8)}, tasks={"digit": ("image", 10)}, seed=3,
+    model = M3TModel(load_backbone("tiny"), modalities={"image": (8, 8), "power": (16, 8)},
+                     tasks={"digit": ("image", 10), "demand": ("power", 2)}, seed=3,  # two adapters on one backbone
                      adapter="lora-sb", lora_r=4, lora_alpha=8, lora_targets=("query", "key", "value", "dense"))
     names = [name for name, _ in model._lora_layers]
+    assert model.num_parameters(ModuleKey.adapter("power", "demand")) == 16 * len(names)
     assert len(names) == 6 * 2 and not any(n.startswith("pooler.") for n in names)  # 2 tiny layers x 6 linears
     assert model.num_parameters(KEY) == 16 * len(names)
     assert ModelConfig(lora_targets="query, key").target_names == ("query", "key")
