@@ -20,16 +20,19 @@ INT8 = {"codec": "int8", "params": {"block": 128}}
 
 
 def _run(run_dir: Path, uplink: dict, downlink: dict) -> dict:
-    opts = DemoOptions(fogs=2, devices_per_fog=2, rounds=2, agg_every=1, backbone="tiny", run_dir=run_dir,
-                       baseline=False, show_tables=False, time_limit_s=300, uplink=uplink, fog_uplink=uplink,
-                       downlink=downlink)
+    # The shape of the session's fp32 job (hffm_testing.job): the byte comparison below uses its report.
+    opts = DemoOptions(fogs=2, devices_per_fog=2, rounds=2, agg_every=2, local_epochs=1, backbone="tiny",
+                       run_dir=run_dir, baseline=False, show_tables=False, time_limit_s=300, uplink=uplink,
+                       fog_uplink=uplink, downlink=downlink)
     return run_demo(opts)
 
 
-def test_compressed_job_saves_uplink_bytes_and_keeps_devices_exact(tmp_path: Path) -> None:
-    plain = _run(tmp_path / "fp32", {}, {})
+def test_compressed_job_saves_uplink_bytes_and_keeps_devices_exact(tmp_path: Path, job: tuple[dict, Path]) -> None:
+    plain, _ = job  # the same fleet, rounds and data with fp32 on every link
+    assert plain["config"]["uplink"] == {} and plain["config"]["downlink"] == {}, plain["config"]
     comp = _run(tmp_path / "topk", {"encoder": TOPK, "adapter": TOPK, "head": INT8},
                 {"encoder": INT8, "adapter": INT8, "head": INT8})
+    assert len(comp["rounds"]) == len(plain["rounds"])
 
     def link(report: dict, name: str) -> int:
         return sum(r["bytes"][name] for r in report["rounds"])
