@@ -99,40 +99,57 @@ def _mean_state(items: list[tuple[State, float]]) -> State:
     return {n: (sum(s[n].astype(np.float64) * w for s, w in items) / total).astype(np.float32) for n in items[0][0]}
 
 
+def run_schedule(opts: Any, glob: dict[ModuleKey, State], fogs: Sequence[str],
+                 fog_round: Callable[[str, dict[ModuleKey, State], tuple[int, int], int], None],
+                 merge: Callable[[dict[str, dict[ModuleKey, State]]], None], what: str) -> None:
+    """The demo's hierarchical schedule in one process, as every case of the bench runs it: ``opts.rounds`` global
+    rounds of ``opts.agg_every`` cluster rounds. Each global round every fog starts from a copy of ``glob``; in each
+    cluster round ``fog_round(fog, its_copy, (g, c), session)`` updates that copy in place; at the global round's
+    end ``merge(copies by fog)`` updates ``glob`` in place."""
+    for g in range(1, opts.rounds + 1):
+        fog_state = {f: dict(glob) for f in fogs}
+        for c in range(1, opts.agg_every + 1):
+            session = (g - 1) * opts.agg_every + (c - 1)
+            for fog in fogs:
+                fog_round(fog, fog_state[fog], (g, c), session)
+            log.info("%s round (%d,%d) done", what, g, c)
+        merge(fog_state)
+
+
 def _federate(model: Any, devices: list[_Device], initial: dict[ModuleKey, State], opts: PersonalizationOptions,
               seed: int) -> dict[ModuleKey, State]:
     """The hierarchical schedule; the personal modules of every device follow along. Returns the final global
     modules."""
     glob = dict(initial)
     fogs = sorted({d.fog for d in devices})
-    for g in range(1, opts.rounds + 1):
-        fog_state = {f: dict(glob) for f in fogs}
-        for c in range(1, opts.agg_every + 1):
-            session = (g - 1) * opts.agg_every + (c - 1)
-            for fog in fogs:
-                deltas: dict[ModuleKey, list[tuple[State, float]]] = {}
-                for dev in (d for d in devices if d.fog == fog):
-                    versions = {k: fog_state[fog][k] for k in dev.keys}
-                    dev.personal.select(versions, (g, c))
-                    train = _train_tasks(model, dev, opts, round_seed(seed, dev.name, 0, session))
-                    for k in dev.keys:
-                        model.load_module_state(k, versions[k])
-                    for task, (x, y) in sorted(dev.fit.items()):
-                        train(task, x, y)
-                    trained = {k: model.get_module_state(k) for k in dev.keys}
-                    for k in dev.keys:
-                        delta = {n: trained[k][n] - versions[k][n] for n in versions[k]}
-                        deltas.setdefault(k, []).append((delta, float(_samples(k, dev))))
-                    dev.personal.train_round(versions, trained, train)
-                for k, items in deltas.items():
-                    mean = _mean_state(items)
-                    fog_state[fog][k] = {n: fog_state[fog][k][n] + mean[n] for n in mean}
-            log.info("personalization bench: seed %d round (%d,%d) done", seed, g, c)
+
+    def fog_round(fog: str, state: dict[ModuleKey, State], at: tuple[int, int], session: int) -> None:
+        deltas: dict[ModuleKey, list[tuple[State, float]]] = {}
+        for dev in (d for d in devices if d.fog == fog):
+            versions = {k: state[k] for k in dev.keys}
+            dev.personal.select(versions, at)
+            train = _train_tasks(model, dev, opts, round_seed(seed, dev.name, 0, session))
+            for k in dev.keys:
+                model.load_module_state(k, versions[k])
+            for task, (x, y) in sorted(dev.fit.items()):
+                train(task, x, y)
+            trained = {k: model.get_module_state(k) for k in dev.keys}
+            for k in dev.keys:
+                delta = {n: trained[k][n] - versions[k][n] for n in versions[k]}
+                deltas.setdefault(k, []).append((delta, float(_samples(k, dev))))
+            dev.personal.train_round(versions, trained, train)
+        for k, items in deltas.items():
+            mean = _mean_state(items)
+            state[k] = {n: state[k][n] + mean[n] for n in mean}
+
+    def merge(fog_state: dict[str, dict[ModuleKey, State]]) -> None:
         for k in glob:
             items = [(fog_state[f][k], float(sum(_samples(k, d) for d in devices if d.fog == f and k in d.keys)))
                      for f in fogs if any(k in d.keys for d in devices if d.fog == f)]
             if items:
                 glob[k] = _mean_state(items)
+
+    run_schedule(opts, glob, fogs, fog_round, merge, f"personalization bench: seed {seed}")
     return glob
 
 
@@ -147,25 +164,34 @@ def _local_only(model: Any, dev: _Device, initial: Mapping[ModuleKey, State], op
     return {k: model.get_module_state(k) for k in dev.keys}
 
 
+def bench_fleet(opts: Any, alpha: float, seed: int) -> tuple[Any, list[str], dict[str, Any], list[str]]:
+    """The demo's partition for one (alpha, seed), as every case of the bench deals it: M3T-Bench, the device
+    names (fog by fog), each device's shard (``opts.modalities_per_device`` modalities, Dirichlet(alpha) label
+    skew) and the tasks some device holds."""
+    from hffm_lab.data import MODALITIES, assign_modalities, load_m3t_bench, partition
+
+    bench = load_m3t_bench(seed=seed)
+    names = [f"fog-{f}-dev-{d}" for f in range(1, opts.fogs + 1) for d in range(1, opts.devices_per_fog + 1)]
+    assignment = assign_modalities(names, modalities=sorted(MODALITIES), per_device=opts.modalities_per_device,
+                                   seed=seed)
+    shards = partition(bench, assignment, alpha=alpha, seed=seed)
+    return bench, names, shards, sorted({t for s in shards.values() for t in s.data})
+
+
 def run_case(opts: PersonalizationOptions, alpha: float, seed: int) -> dict[str, Any]:
     """One (alpha, seed): per device, the accuracy of the four variants on its own test split."""
     import torch
 
     from hffm_core.config import ModelConfig
-    from hffm_lab.data import MODALITIES, TASKS, assign_modalities, load_m3t_bench, partition
+    from hffm_lab.data import TASKS
     from hffm_lab.data.partition import own_test_splits
     from hffm_model.factory import build_m3t
     from hffm_model.training import evaluate
 
     torch.manual_seed(seed)
     started = time.monotonic()
-    bench = load_m3t_bench(seed=seed)
-    names = [f"fog-{f}-dev-{d}" for f in range(1, opts.fogs + 1) for d in range(1, opts.devices_per_fog + 1)]
-    assignment = assign_modalities(names, modalities=sorted(MODALITIES), per_device=opts.modalities_per_device,
-                                   seed=seed)
-    shards = partition(bench, assignment, alpha=alpha, seed=seed)
+    bench, names, shards, tasks = bench_fleet(opts, alpha, seed)
     own = own_test_splits(bench, shards, seed=seed)
-    tasks = sorted({t for s in shards.values() for t in s.data})
     model = build_m3t(ModelConfig(backbone=opts.backbone, seed=seed), sorted({TASKS[t].modality for t in tasks}),
                       tasks)
     initial = {k: model.get_module_state(k) for k in model.module_keys()}

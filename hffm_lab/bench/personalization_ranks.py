@@ -74,18 +74,14 @@ def run_rank_case(opts: Any, alpha: float, seed: int, ranks: Sequence[int]) -> d
     import torch
 
     from hffm_core.config import ModelConfig
-    from hffm_lab.data import MODALITIES, TASKS, assign_modalities, load_m3t_bench, partition
+    from hffm_lab.bench.personalization import bench_fleet, run_schedule
+    from hffm_lab.data import TASKS
     from hffm_model.factory import build_m3t
     from hffm_model.training import train_task
 
     torch.manual_seed(seed)
     started = time.monotonic()
-    bench = load_m3t_bench(seed=seed)
-    names = [f"fog-{f}-dev-{d}" for f in range(1, opts.fogs + 1) for d in range(1, opts.devices_per_fog + 1)]
-    assignment = assign_modalities(names, modalities=sorted(MODALITIES), per_device=opts.modalities_per_device,
-                                   seed=seed)
-    shards = partition(bench, assignment, alpha=alpha, seed=seed)
-    tasks = sorted({t for s in shards.values() for t in s.data})
+    bench, names, shards, tasks = bench_fleet(opts, alpha, seed)
     modalities = sorted({TASKS[t].modality for t in tasks})
     rank_of = device_ranks(names, ranks)
     models = {r: build_m3t(ModelConfig(backbone=opts.backbone, seed=seed, lora_r=r, lora_alpha=2 * r), modalities,
@@ -98,30 +94,26 @@ def run_rank_case(opts: Any, alpha: float, seed: int, ranks: Sequence[int]) -> d
         holdings[name] = modules_for({m: sorted(t for t in data if TASKS[t].modality == m)
                                       for m in sorted({TASKS[t].modality for t in data})})
     fogs = sorted({n.rsplit("-dev-", 1)[0] for n in names})
-    for g in range(1, opts.rounds + 1):
-        fog_state = {f: dict(glob) for f in fogs}
-        for c in range(1, opts.agg_every + 1):
-            session = (g - 1) * opts.agg_every + (c - 1)
-            for fog in fogs:
-                deltas: dict[ModuleKey, list[tuple[State, float]]] = {}
-                for name in (n for n in names if n.startswith(fog + "-dev-")):
-                    model, data = models[rank_of[name]], shards[name].data
-                    versions = {k: fit_rank(fog_state[fog][k], _layout(model.get_module_state(k)))
-                                for k in holdings[name]}
-                    for k in holdings[name]:
-                        model.load_module_state(k, versions[k])
-                    for task, (x, y) in sorted(data.items()):
-                        train_task(model, modality=TASKS[task].modality, task=task, x=x, y=y,
-                                   epochs=opts.local_epochs, batch_size=opts.batch_size, lr=opts.lr,
-                                   seed=round_seed(seed, name, 0, session))
-                    for k in holdings[name]:
-                        trained = model.get_module_state(k)
-                        deltas.setdefault(k, []).append(({n: trained[n] - versions[k][n] for n in trained},
-                                                         max(1.0, _samples(k, data))))
-                for k, items in deltas.items():
-                    mean = _aggregate(items, _layout(fog_state[fog][k]))
-                    fog_state[fog][k] = {n: (a + mean[n]).astype(np.float32) for n, a in fog_state[fog][k].items()}
-            log.info("mixed-rank bench: ranks %s seed %d round (%d,%d) done", list(ranks), seed, g, c)
+
+    def fog_round(fog: str, state: dict[ModuleKey, State], _at: tuple[int, int], session: int) -> None:
+        deltas: dict[ModuleKey, list[tuple[State, float]]] = {}
+        for name in (n for n in names if n.startswith(fog + "-dev-")):
+            model, data = models[rank_of[name]], shards[name].data
+            versions = {k: fit_rank(state[k], _layout(model.get_module_state(k))) for k in holdings[name]}
+            for k in holdings[name]:
+                model.load_module_state(k, versions[k])
+            for task, (x, y) in sorted(data.items()):
+                train_task(model, modality=TASKS[task].modality, task=task, x=x, y=y, epochs=opts.local_epochs,
+                           batch_size=opts.batch_size, lr=opts.lr, seed=round_seed(seed, name, 0, session))
+            for k in holdings[name]:
+                trained = model.get_module_state(k)
+                deltas.setdefault(k, []).append(({n: trained[n] - versions[k][n] for n in trained},
+                                                 max(1.0, _samples(k, data))))
+        for k, items in deltas.items():
+            mean = _aggregate(items, _layout(state[k]))
+            state[k] = {n: (a + mean[n]).astype(np.float32) for n, a in state[k].items()}
+
+    def merge(fog_state: dict[str, dict[ModuleKey, State]]) -> None:
         for k in glob:
             items = [(trim_rank({n: fog_state[f][k][n] - glob[k][n] for n in glob[k]}),
                       sum(max(1.0, _samples(k, shards[n].data)) for n in names
@@ -130,6 +122,8 @@ def run_rank_case(opts: Any, alpha: float, seed: int, ranks: Sequence[int]) -> d
             if items:
                 merged = _aggregate(items, _layout(glob[k]))
                 glob[k] = {n: (a + merged[n]).astype(np.float32) for n, a in glob[k].items()}
+
+    run_schedule(opts, glob, fogs, fog_round, merge, f"mixed-rank bench: ranks {list(ranks)} seed {seed}")
     at_rank_acc = {}
     for r in sorted(set(ranks)):
         acc = _global_test(models[r], bench, tasks, glob)
