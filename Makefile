@@ -13,7 +13,10 @@ TORCH_PIP_ARGS ?=
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 # `make test` runs the suite on this many pytest-xdist workers, a test file per worker at a time (most tests wait on
-# brokers and subprocesses; deadlines scale with the slowdown each worker measures at its start).
+# brokers and subprocesses; deadlines scale with the slowdown each worker measures). Files are handed out in
+# collection order (--no-loadscope-reorder): deploy, faults and the integration jobs, the longest, go first and the
+# many short unit-test files fill the gaps at the end. xdist's default order (most tests per file first) left the
+# one-test job files for last, one worker finishing them alone.
 TEST_WORKERS ?= 2
 # What `make test-stress` runs beside two CPU busy loops (the fault suite: green under load, not only when idle).
 STRESS_TESTS ?= tests/faults
@@ -54,7 +57,7 @@ lint: setup
 	$(VENV)/bin/ruff check --select F,E9 hffm_core hffm_model edge_runtime fog_gateway cloud broker_config hffm_lab hffm_cli tests
 
 test: setup lint chromium
-	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The fault suite beside two `python -c "while True: pass"` loops that tests/hffm_testing/stress.py starts and stops
 # by PID; deadlines in the tests scale with the slowdown measured at session start (tests/conftest.py).
