@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 from hffm_testing.timing import measured_range, session_slowdown
+
+# Tier processes (hffm_lab/demo/processes.py) fork from a warm launcher that imported torch and peft once per pytest
+# worker, instead of paying ~6 CPU-s of imports each (hffm_lab/launcher.py; docs/testing.md). HFFM_LAB_LAUNCHER=exec
+# runs the suite with a fresh interpreter per tier process.
+os.environ.setdefault("HFFM_LAB_LAUNCHER", "fork")
 
 _WORKER_RANGES: list[tuple[float, float]] = []  # what each pytest-xdist worker measured (sent at its end)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from hffm_core.errors import HffmError
+from hffm_lab import launcher
+from hffm_lab.launcher import TIER_ENV, ForkedProcess
 
 _Harness = TypeVar("_Harness", bound=AbstractContextManager)
 
@@ -37,13 +39,17 @@ class TierProcess:
         self.log_path = log_path
         self.argv = [sys.executable, "-m", "hffm_cli.main", tier, "run", "--config", str(config),
                      "--time-limit", str(time_limit_s), "--log-level", log_level]
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | ForkedProcess | None = None
 
     def start(self) -> None:
+        """A fresh interpreter, or a fork of the warm launcher with ``HFFM_LAB_LAUNCHER=fork``
+        (hffm_lab/launcher.py): the same entry point, argv, environment and log either way."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, **TIER_ENV)
+        if launcher.wanted():
+            self.proc = launcher.Launcher.get().spawn(self.argv[3:], self.log_path, env)
+            return
         with open(self.log_path, "wb") as log:
-            env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                       TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     @property

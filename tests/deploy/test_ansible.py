@@ -1,8 +1,9 @@
 """The Ansible rollout in deploy/: lint, syntax, wiring, and a real run of site.yml on this machine.
 
 The real run uses the local-test inventory: a cloud, a fog and two devices, each a local connection that installs
-into its own folder under a temporary prefix (core package from a wheel built from this checkout; no torch, no
-apt, no systemd), with the fleet CA on the controller under the same prefix. The broker configs are rendered by the
+into its own folder under a temporary prefix (core package from a wheel built from this checkout, installed offline
+from a wheelhouse the test fills once, as deploy/README.md's offline hosts do; no torch, no apt, no systemd), with
+the fleet CA on the controller under the same prefix. The broker configs are rendered by the
 installed `hffm broker render` (no role keeps a broker template); they are checked to be secured, started with
 mosquitto, and probed: a client without a certificate, a client from a foreign CA and a device publishing on another
 device's topic are refused.
@@ -155,6 +156,17 @@ def _build_wheel(tmp: Path) -> Path:
     return wheel
 
 
+def _wheelhouse(tmp: Path, wheel: Path) -> Path:
+    """The wheel and its dependencies in one folder, downloaded once: every host installs from it with
+    ``--no-index --find-links`` (deploy/README.md, offline hosts) instead of resolving against the index four times."""
+    house = tmp / "wheelhouse"
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary", ":all:", "--dest", str(house),
+           str(wheel)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300 * session_slowdown(), check=False)
+    assert proc.returncode == 0, _output(proc)
+    return house
+
+
 def _write_data_files(prefix: Path) -> None:
     """Small valid task files where the local-test configs point (a device brings its own data)."""
     rng = np.random.default_rng(0)
@@ -179,11 +191,16 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     while fog_port == cloud_port:
         fog_port = free_port()
     config_check = _config_check_exists()
+    wheel = _build_wheel(tmp)
+    offline = f"--no-index --find-links {_wheelhouse(tmp, wheel)}"
     extra: dict[str, object] = {
         "hffm_prefix": str(prefix),
-        "hffm_wheel": str(_build_wheel(tmp)),
+        "hffm_wheel": str(wheel),
         "hffm_broker_port": cloud_port,
         "hffm_test_fog_port": fog_port,
+        "edge_agent_pip_extra_args": offline,
+        "fog_gateway_pip_extra_args": offline,
+        "cloud_pip_extra_args": offline,
     }
     if not config_check:  # the roles' verify step needs it; test_installed_hffm_accepts_the_configs then skips
         extra |= {"edge_agent_verify": False, "fog_gateway_verify": False, "cloud_verify": False}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import time
 from collections.abc import Iterator
@@ -69,10 +70,22 @@ class Client:
 @pytest.fixture(scope="session")
 def job(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     """One small full run shared by the tests that inspect a finished job: tiny backbone, 2 fogs x 2 devices,
-    2 global rounds of 2 cluster rounds, every tier a process on real Mosquitto brokers."""
+    2 global rounds of 2 cluster rounds, every tier a process on real Mosquitto brokers.
+
+    Run once per ``pytest`` invocation, not once per xdist worker: the first worker that needs it runs it under a
+    file lock in the run's shared temporary root; the others wait and read its report (every worker reads the
+    report from the file, so they all see the same JSON)."""
+    from filelock import FileLock
+
     from hffm_lab.demo import DemoOptions, run_demo
 
-    run_dir = tmp_path_factory.mktemp("job")
-    opts = DemoOptions(fogs=2, devices_per_fog=2, rounds=2, agg_every=2, local_epochs=1, backbone="tiny",
-                       run_dir=run_dir, report=run_dir / "out" / "report.json", time_limit_s=300)
-    return run_demo(opts), run_dir
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if base.name.startswith("popen-gw") else base  # xdist: one basetemp per worker
+    run_dir = root / "shared-job"
+    report = run_dir / "out" / "report.json"
+    with FileLock(str(root / "shared-job.lock")):
+        if not report.is_file():
+            opts = DemoOptions(fogs=2, devices_per_fog=2, rounds=2, agg_every=2, local_epochs=1, backbone="tiny",
+                               run_dir=run_dir, report=report, time_limit_s=300)
+            run_demo(opts)
+    return json.loads(report.read_text()), run_dir
