@@ -17,6 +17,7 @@ from hffm_lab import launcher
 from hffm_lab.launcher import TIER_ENV, ForkedProcess
 
 _Harness = TypeVar("_Harness", bound=AbstractContextManager)
+_HFFM = [sys.executable, "-m", "hffm_cli.main"]
 
 
 def started(harness: _Harness, start: Callable[[], None]) -> _Harness:
@@ -37,7 +38,7 @@ class TierProcess:
                  log_level: str = "info") -> None:
         self.name = name
         self.log_path = log_path
-        self.argv = [sys.executable, "-m", "hffm_cli.main", tier, "run", "--config", str(config),
+        self.argv = [*_HFFM, tier, "run", "--config", str(config),
                      "--time-limit", str(time_limit_s), "--log-level", log_level]
         self.proc: subprocess.Popen[bytes] | ForkedProcess | None = None
 
@@ -46,7 +47,7 @@ class TierProcess:
         (hffm_lab/launcher.py): the same entry point, argv, environment and log either way."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, **TIER_ENV)
-        if launcher.wanted():
+        if self.argv[:3] == _HFFM and launcher.wanted():  # the hffm command (not an argv a test put there)
             self.proc = launcher.Launcher.get().spawn(self.argv[3:], self.log_path, env)
             return
         with open(self.log_path, "wb") as log:
