@@ -3,14 +3,15 @@ the job is provably under way, and count every update and aggregate end to end.
 
 Each fault in :data:`TIER_FAULTS` waits for its readiness condition (read from what the tiers committed to disk: a
 device queued an update, a fog queued an aggregate, a fog applied an update, the cloud applied an aggregate), then
-injects the fault (kill -9 of a broker or tier process, or a cut of a fog's bridge link) and restores it after
-``outage_s``. Nothing is timed from the start of the processes.
+injects the fault (kill -9 of a broker or tier process, a cut of a fog's bridge link, or a device's state folder
+filled up) and restores it after ``outage_s``. ``stale_retained_job`` runs a whole job on the brokers first, so the
+measured job starts on brokers that hold that job's retained end. Nothing is timed from the start of the processes.
 
 The unit of delivery is a key: a device update (``{fleet}/{device}/{g}.{c}/{module}``, applied by the fog's round
 journal) or a fog aggregate (``{fleet}/{fog}/{g}/{module}``, applied by the cloud's round state). Per fault:
 
 - ``planned``: devices x their modules x global rounds x cluster rounds, plus fogs x their devices' modules x global
-  rounds;
+  rounds (a device a fault ends, the full disk, counts up to its last round);
 - ``produced``: keys the devices and fogs queued in their outboxes (a ledger the outbox's own transaction writes,
   see :mod:`hffm_lab.faults.tier_job`);
 - ``applied`` / ``lost``: produced keys found / not found in the receivers' ``applied`` tables;
@@ -51,6 +52,12 @@ class TierFault:
     kill: Callable[[TierJob], None]
     restore: Callable[[TierJob], None]
     outage_s: float
+    shape: Callable[[JobShape], JobShape] | None = None  # the job this fault needs, from the row's shape
+    check: Callable[[TierJob], list[str]] | None = None  # why the fault did not happen as it should, [] if it did
+
+
+def _nothing(job: TierJob) -> None:
+    return None
 
 
 def _device_queued(job: TierJob) -> bool:
@@ -82,6 +89,76 @@ def _process(label: str, name: str, seconds: float, ready: tuple[str, Callable[[
     return TierFault(label, ready[0], ready[1], lambda j: j.kill9(name), restart, seconds)
 
 
+def _metrics(job: TierJob, node: str, run_dir: Path | None = None) -> dict[str, Any]:
+    try:
+        return dict(json.loads(((run_dir or job.run_dir) / "metrics" / f"{node}.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def _stale_job_seen(job: TierJob) -> list[str]:
+    """The new job set the last job's retained messages aside (every fog counted some), and has its own id."""
+    out = [f"{fog} never saw the last job's retained messages: the fault did not happen"
+           for fog in job.fogs if not _metrics(job, fog).get("rejected", {}).get("other_job")]
+    ids = (_metrics(job, "cloud", job.run_dir / "prior-job").get("job"), _metrics(job, "cloud").get("job"))
+    if not all(ids) or ids[0] == ids[1]:
+        out.append(f"the two jobs do not have two ids: {ids}")
+    return out
+
+
+DISK_FULL = "fog-1-dev-2"  # the second device of fog-1: its fog goes on with fog-1-dev-1
+
+
+def _disk_ready(job: TierJob) -> bool:
+    try:
+        state = json.loads((job.state_of(DISK_FULL) / f"{DISK_FULL}-status.json").read_text())["state"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return str(state).startswith("sent round (1,1)")
+
+
+def _fill_disk(job: TierJob) -> None:
+    """Fill the device's tmpfs state folder: its next write fails with ENOSPC (StorageError, exit code 11)."""
+    from hffm_core.errors import StorageError
+
+    job.current(DISK_FULL).expected_code = StorageError.exit_code
+    job.gone_after[DISK_FULL] = (1, 1)
+    block = b"\0" * 65536
+    with open(job.state_of(DISK_FULL) / "filler", "wb", buffering=0) as out:
+        for _ in range(1 << 16):  # bounded: 4 GiB at most
+            try:
+                out.write(block)
+            except OSError:
+                return
+    raise HffmError(f"{job.state_of(DISK_FULL)} never filled up")
+
+
+def _disk_full_stopped_loudly(job: TierJob) -> list[str]:
+    """The device ended with StorageError's code and one ``hffm: error:`` line naming the full disk, no
+    traceback."""
+    from hffm_core.errors import StorageError
+
+    st = job.current(DISK_FULL)
+    text = st.proc.log_path.read_text(errors="replace") if st.proc.log_path.exists() else ""
+    errors = [line for line in text.splitlines() if line.startswith("hffm: error:")]
+    out = []
+    if st.proc.returncode != StorageError.exit_code:
+        out.append(f"{DISK_FULL} exited with {st.proc.returncode}, not {StorageError.exit_code} (StorageError)")
+    if len(errors) != 1 or not ("disk full" in errors[0] or "disk is full" in errors[0]):
+        out.append(f"{DISK_FULL} did not say once that its disk is full: {errors}")
+    if "Traceback" in text:
+        out.append(f"{DISK_FULL} printed a traceback")
+    return out
+
+
+def _disk_full_shape(shape: JobShape) -> JobShape:
+    # Two devices on fog-1; a round deadline past the processes' time limit, so a fog that waited it out for the
+    # dead device (instead of offline_grace_s after its last will) would end the row in a timeout.
+    fleet = replace(shape.fleet, devices_per_fog=max(2, shape.fleet.devices_per_fog),
+                    round_deadline_s=max(600.0, 2 * shape.fleet.time_limit_s))
+    return replace(shape, fleet=fleet, tmpfs_state=(*shape.tmpfs_state, DISK_FULL))
+
+
 _AGG = ("a fog queued an aggregate", _fog_queued)
 TIER_FAULTS: dict[str, TierFault] = {f.name: f for f in (
     _broker("cloud", 10, _AGG),
@@ -91,6 +168,11 @@ TIER_FAULTS: dict[str, TierFault] = {f.name: f for f in (
     _process("device_kill9_mid_round", DEVICE, 2, ("the device queued an update", _device_queued)),
     TierFault("link_cut_15s", _AGG[0], _AGG[1], lambda j: j.proxies[FOG].cut(), lambda j: j.proxies[FOG].restore(),
               15),
+    TierFault("device_disk_full", f"{DISK_FULL} sent round (1,1)", _disk_ready, _fill_disk, _nothing, 0,
+              shape=_disk_full_shape, check=_disk_full_stopped_loudly),
+    TierFault("stale_retained_job", "the new job started on brokers that hold the last job's retained end",
+              lambda _j: True, _nothing, _nothing, 0, shape=lambda s: replace(s, prior_job=True),
+              check=_stale_job_seen),
 )}
 # Longer outages for the benchmark (``hffm bench reliability --long-outages``), not the test suite.
 LONG_TIER_FAULTS: dict[str, TierFault] = {f.name: f for f in (_broker("cloud", 60, _AGG), _broker("cloud", 300, _AGG))}
@@ -148,10 +230,14 @@ class Counter:
         assert self.job.plan is not None
         shape, plan = self.job.shape, self.job.plan
         mods = {dev: _modules(cfg) for dev, cfg in plan.device_configs.items()}
-        updates = sum(len(m) for m in mods.values()) * shape.fleet.rounds * shape.fleet.agg_every
-        fog_mods = {fog: set().union(*(m for d, m in mods.items() if plan.fog_of[d] == fog)) for fog in self.job.fogs}
-        # plus one FogRoundReport per fog and global round
-        return updates + (sum(len(m) for m in fog_mods.values()) + len(self.job.fogs)) * shape.fleet.rounds
+        rounds = [(g, c) for g in range(1, shape.fleet.rounds + 1) for c in range(1, shape.fleet.agg_every + 1)]
+        last = {dev: self.job.gone_after.get(dev, rounds[-1]) for dev in mods}  # a fault may end a device early
+        updates = sum(len(m) * sum(rc <= last[dev] for rc in rounds) for dev, m in mods.items())
+        # A fog aggregates, per global round, the modules of the devices that took part in it; plus one
+        # FogRoundReport per fog and global round.
+        aggregates = sum(len(set().union(*(m for d, m in mods.items() if plan.fog_of[d] == fog and last[d][0] >= g)))
+                         for fog in self.job.fogs for g in range(1, shape.fleet.rounds + 1))
+        return updates + aggregates + len(self.job.fogs) * shape.fleet.rounds
 
     def count(self, fault_end_wall: float | None, recovered_at: float | None) -> dict[str, Any]:
         job = self.job
@@ -204,6 +290,8 @@ def run_tier_fault(name: str, run_dir: Path, *, shape: JobShape | None = None, s
         raise ConfigError(f"unknown fault {name!r}; expected one of {['none', *faults]}")
     fault = faults.get(name)
     shape = shape or JobShape()
+    if fault is not None and fault.shape is not None:
+        shape = fault.shape(shape)
     shape = replace(shape, offline_grace_s=shape.offline_grace_s * slowdown)
     if fault is not None:  # the processes' own time limit must outlast the outage
         shape = replace(shape, fleet=replace(shape.fleet, time_limit_s=shape.fleet.time_limit_s + fault.outage_s))
@@ -242,6 +330,8 @@ def run_tier_fault(name: str, run_dir: Path, *, shape: JobShape | None = None, s
             exits = [e for e in exits if not e.endswith("still running at the end")]
         row |= counter.count(fault_end, recovered_at)
         row["process_exits"] = exits
+        if fault is not None and fault.check is not None and "error" not in row:
+            row["fault_checks"] = fault.check(job)
         if exits:
             row["logs"] = {e.split(":")[0]: job.log_tail(e.split(":")[0]) for e in exits}
     row["wall_s"] = round(time.monotonic() - started, 1)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -40,7 +41,7 @@ from broker_config.render import (
 from hffm_core.delivery.outbox import Outbox
 from hffm_core.errors import HffmError
 from hffm_lab.demo.plan import FLEET, DemoOptions, FleetPlan, write_fleet
-from hffm_lab.demo.processes import TierProcess, started
+from hffm_lab.demo.processes import ProcessGroup, TierProcess, started
 from hffm_lab.faults.proxy import LinkProxy
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,11 @@ class JobShape:
     # How long a fog waits for a device whose last will said offline (``[fog] offline_grace_s``, where the config
     # has it): long enough for a killed device to be restarted and reconnect on this machine.
     offline_grace_s: float = 30.0
+    # Before this job's tiers start, run a whole job on the same brokers (its own state folders): the brokers then
+    # hold that job's retained end (final announcements, versions, adverts) when this one starts.
+    prior_job: bool = False
+    # Nodes whose state folder is a small tmpfs of their own (mounted by the job; needs root), to fill up.
+    tmpfs_state: tuple[str, ...] = ()
 
 
 @dataclass
@@ -89,11 +95,13 @@ class Started:
     name: str
     proc: TierProcess
     killed: bool = False
+    expected_code: int | None = None  # the exit code a fault makes it end with (a full disk: StorageError's)
 
     def unexpected_exit(self) -> str | None:
-        """None when the process ended as planned: exit 0, or the SIGKILL the harness sent."""
+        """None when the process ended as planned: exit 0, the SIGKILL the harness sent, or the code the fault
+        calls for."""
         code = self.proc.returncode
-        if code == 0 or (self.killed and code == -9):
+        if code == 0 or (self.killed and code == -9) or (code is not None and code == self.expected_code):
             return None
         if code is None:
             return f"{self.name}: still running at the end"
@@ -114,6 +122,9 @@ class TierJob:
         self.proxies: dict[str, LinkProxy] = {}
         self.started: list[Started] = []
         self.plan: FleetPlan | None = None
+        self.mounted: list[Path] = []
+        # device -> the last (global, cluster) round it takes part in (a fault ended it there): planned counts
+        self.gone_after: dict[str, tuple[int, int]] = {}
 
     # -- setup -----------------------------------------------------------------------------------------------------
     def __enter__(self) -> TierJob:
@@ -126,6 +137,8 @@ class TierJob:
         tables = {} if s.outbox else {n: {"reliability": {"outbox": False}} for n in
                                       [*self.fogs, *(f"{f}-dev-{d}" for f in self.fogs
                                                      for d in range(1, opts.devices_per_fog + 1))]}
+        for node in s.tmpfs_state:
+            tables[node] = {**tables.get(node, {}), "state_dir": str(self._mount_tmpfs(self.state_of(node)))}
         self.plan = write_fleet(opts, self.run_dir, cloud_port=cloud_port, fog_ports=fog_ports, node_tables=tables)
         self._set_offline_grace()
         self.brokers["cloud"] = MosquittoProcess(name="cloud", role="cloud", port=cloud_port, fleet=FLEET,
@@ -140,9 +153,11 @@ class TierJob:
             self.brokers[fog].start()
         for fog in self.fogs:
             wait_for_bridge(self.brokers[fog], timeout=30.0)
+        if s.prior_job:
+            self._run_prior_job(replace(opts, run_dir=self.run_dir / "prior-job"), cloud_port, fog_ports)
         if s.outbox:
             for node in [*self.fogs, *self.devices]:
-                self._install_ledger(self.state / f"{node}-outbox.sqlite")
+                self._install_ledger(self.state_of(node) / f"{node}-outbox.sqlite")
         for fog in self.fogs:
             self.start_tier(fog)
         for dev in self.devices:
@@ -160,6 +175,41 @@ class TierJob:
             cfg["fog"]["offline_grace_s"] = float(self.shape.offline_grace_s)
             path.write_bytes(tomli_w.dumps(cfg).encode())
 
+    def _run_prior_job(self, opts: DemoOptions, cloud_port: int, fog_ports: dict[str, int]) -> None:
+        """A whole job of the same fleet shape on these brokers, run to its end (see ``JobShape.prior_job``).
+
+        Raises:
+            HffmError: a tier of that job failed or it did not end in time.
+        """
+        assert opts.run_dir is not None
+        plan = write_fleet(opts, opts.run_dir, cloud_port=cloud_port, fog_ports=fog_ports)
+        with ProcessGroup() as group:
+            for name, tier, cfg in [*((f, "fog", c) for f, c in plan.fog_configs.items()),
+                                    *((d, "edge", c) for d, c in plan.device_configs.items()),
+                                    ("cloud", "cloud", plan.cloud_config)]:
+                group.add(TierProcess(name, tier, cfg, opts.run_dir / "logs" / f"{name}.log",
+                                      time_limit_s=opts.time_limit_s))
+            group.wait(timeout_s=opts.time_limit_s)
+
+    def state_of(self, node: str) -> Path:
+        """The state folder of ``node``: the job's shared one, or its own tmpfs (``JobShape.tmpfs_state``)."""
+        return self.run_dir / f"{node}-state" if node in self.shape.tmpfs_state else self.state
+
+    def _mount_tmpfs(self, path: Path, size: str = "8m") -> Path:
+        """Mount a ``size`` tmpfs on ``path`` (unmounted on exit).
+
+        Raises:
+            HffmError: it cannot be mounted here (not root, or no mount permission), saying why.
+        """
+        path.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                              capture_output=True, text=True, check=False, timeout=30)
+        if done.returncode != 0:
+            raise HffmError(f"cannot mount a tmpfs for a full-disk state folder at {path} (needs root): "
+                            f"{(done.stderr or done.stdout).strip()}")
+        self.mounted.append(path)
+        return path
+
     def _install_ledger(self, path: Path) -> None:
         Outbox(path).close()  # the product's own schema, so that the tier opens the file as its outbox
         with sqlite3.connect(path) as db:
@@ -173,6 +223,9 @@ class TierJob:
                 self.brokers[name].stop()
             if name in self.proxies:
                 self.proxies[name].stop()
+        for path in reversed(self.mounted):
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False, timeout=30)
+        self.mounted.clear()
 
     # -- processes -------------------------------------------------------------------------------------------------
     @property
@@ -225,7 +278,7 @@ class TierJob:
     # -- probes ----------------------------------------------------------------------------------------------------
     def ledger(self, node: str) -> dict[str, float]:
         """Key -> wall time of every message ``node`` queued in its outbox (empty with the outbox off)."""
-        return {str(k): float(t) for k, t in rows(self.state / f"{node}-outbox.sqlite",
+        return {str(k): float(t) for k, t in rows(self.state_of(node) / f"{node}-outbox.sqlite",
                                                    "SELECT key, at FROM hffm_fault_ledger")}
 
     def fog_applied(self, fog: str) -> set[str]:

@@ -1,7 +1,9 @@
 """When a fault-suite row passes: the rules the tests, the benchmark table and its exit code share.
 
 A fault row fails when the run raised an error, any process ended unexpectedly (``process_exits``), fewer keys were
-produced than planned, any key was lost or applied twice, or the system never recovered from the fault. The
+produced than planned, any key was lost or applied twice, the system never recovered from the fault, or the fault's
+own check says it did not happen as it should (``fault_checks``: e.g. the full-disk device did not stop with its
+error, or the new job never saw the last job's retained messages). The
 negative control (outbox off) fails when it raised an error or lost nothing: then the checker did not prove it can
 see a loss.
 """
@@ -28,6 +30,7 @@ def failures(row: Mapping[str, Any], *, expect_recovery: bool = True) -> list[st
         out.append(f"{row['duplicates_applied']} duplicates applied")
     if expect_recovery and row.get("recovery_s") is None:
         out.append("never recovered")
+    out += [f"fault: {reason}" for reason in row.get("fault_checks") or ()]
     return out
 
 
