@@ -156,7 +156,9 @@ def _disk_full_shape(shape: JobShape) -> JobShape:
     # dead device (instead of offline_grace_s after its last will) would end the row in a timeout.
     fleet = replace(shape.fleet, devices_per_fog=max(2, shape.fleet.devices_per_fog),
                     round_deadline_s=max(600.0, 2 * shape.fleet.time_limit_s))
-    return replace(shape, fleet=fleet, tmpfs_state=(*shape.tmpfs_state, DISK_FULL))
+    # The device does not come back, so its fog need not hold the round for a restart (the 30 s other rows give).
+    return replace(shape, fleet=fleet, tmpfs_state=(*shape.tmpfs_state, DISK_FULL),
+                   offline_grace_s=min(shape.offline_grace_s, 5.0))
 
 
 _AGG = ("a fog queued an aggregate", _fog_queued)
