@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hffm_core.errors import ConfigError, StorageError
-from hffm_core.sqlite import open_sqlite
+from hffm_core.sqlite import open_sqlite, transaction
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +93,33 @@ class Outbox:
         except sqlite3.Error as exc:
             raise OutboxError(f"outbox {str(self.path)!r}: {exc}") from None
 
+    def _many(self, sql: str, rows: Iterable[tuple[object, ...]]) -> list[int]:
+        """``sql`` once per row in one transaction (one commit, one fsync under FULL); each row's rowcount."""
+        rows = list(rows)
+        if not rows:
+            return []
+        with self._lock, transaction(self._db, what="outbox", path=self.path, error=OutboxError) as db:
+            return [db.execute(sql, row).rowcount for row in rows]
+
     def put(self, key: str, topic: str, payload: bytes, *, round_: int, now: float | None = None) -> bool:
         """Store a message to send now. Returns False (and keeps the stored one) if ``key`` is already pending.
 
         Raises:
             OutboxError: the row could not be written.
         """
+        return self.put_many([(key, topic, payload, round_)], now=now)[0]
+
+    def put_many(self, messages: Iterable[tuple[str, str, bytes, int]], *, now: float | None = None) -> list[bool]:
+        """Store several ``(key, topic, payload, round)`` messages to send now, in one transaction (a device's round
+        of updates); for each, whether it was new (False: ``key`` was already pending and the stored one stays).
+
+        Raises:
+            OutboxError: the rows could not be written (none was).
+        """
         now = time.time() if now is None else now
-        cur = self._run("INSERT OR IGNORE INTO outbox (key, topic, payload, round, created, next_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?)", (key, topic, payload, round_, now, now))
-        return cur.rowcount == 1
+        counts = self._many("INSERT OR IGNORE INTO outbox (key, topic, payload, round, created, next_at) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", [(k, t, p, r, now, now) for k, t, p, r in messages])
+        return [c == 1 for c in counts]
 
     def due(self, *, now: float | None = None, limit: int = 100) -> list[Entry]:
         """Up to ``limit`` messages whose send time has come, oldest due first."""
@@ -126,6 +143,14 @@ class Outbox:
         self._run("UPDATE outbox SET attempts = ?, next_at = ? WHERE key = ?",
                   (attempts, now + self.backoff(attempts), key))
 
+    def sent(self, entries: Iterable[Entry], *, now: float | None = None) -> None:
+        """Count one send of each of ``entries`` (as :meth:`due` handed them out) and push each back by the
+        backoff, in one transaction. A key acknowledged meanwhile stays gone."""
+        now = time.time() if now is None else now
+        rows = [(e.attempts + 1, now + self.backoff(e.attempts + 1), e.key) for e in entries]
+        if rows:
+            self._many("UPDATE outbox SET attempts = ?, next_at = ? WHERE key = ?", rows)
+
     def defer(self, key: str, seconds: float, *, now: float | None = None) -> None:
         """Try ``key`` again after ``seconds`` without counting an attempt (e.g. the link is down)."""
         now = time.time() if now is None else now
@@ -133,10 +158,7 @@ class Outbox:
 
     def ack(self, keys: Iterable[str]) -> int:
         """Delete acknowledged keys; returns how many were pending (an ack for an unknown key is harmless)."""
-        removed = 0
-        for key in keys:
-            removed += self._run("DELETE FROM outbox WHERE key = ?", (key,)).rowcount
-        return removed
+        return sum(self._many("DELETE FROM outbox WHERE key = ?", [(key,) for key in keys]))
 
     def drop(self, key: str, reason: str) -> bool:
         """Delete one key the receiver will never take, and log why."""

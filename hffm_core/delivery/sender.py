@@ -63,15 +63,15 @@ class ReliableSender:
         now = time.time() if now is None else now
         if not self.publisher.connected:
             return 0
-        count = 0
+        went = []
         for entry in self.outbox.due(now=now, limit=self.window):
             if not self.send_now(entry.topic, entry.payload):
                 break  # the connection dropped: the rest stays due
-            self.outbox.mark_sent(entry.key, now=now)
-            self.sent += 1
-            self.retransmitted += entry.attempts > 0
-            count += 1
-        return count
+            went.append(entry)
+        self.outbox.sent(went, now=now)  # one transaction for the batch
+        self.sent += len(went)
+        self.retransmitted += sum(e.attempts > 0 for e in went)
+        return len(went)
 
     def send_now(self, topic: str, payload: bytes) -> bool:
         """One immediate try (chunked if needed), outside the outbox; False when it could not be handed over."""

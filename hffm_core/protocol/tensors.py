@@ -22,10 +22,20 @@ MAX_NAME = 256
 RAW_CODEC = "fp32"
 _CODEC_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 MAX_CODEC_PARAMS = 16
+_ITEMSIZE = {d: np.dtype(d).itemsize for d in ALLOWED_DTYPES}
+_DTYPE_NAME = {np.dtype(d): d for d in ALLOWED_DTYPES}  # str(dtype) is slow
+
+
+def _head_ok(name: object, shape: object) -> bool:
+    """:func:`check_tensor_head`'s verdict without its messages (the common case, once per tensor)."""
+    return (type(name) is str and 0 < len(name) <= MAX_NAME and type(shape) is tuple and len(shape) <= MAX_DIMS
+            and all(type(d) is int and d >= 0 for d in shape))
 
 
 def check_tensor_head(name: object, shape: object) -> None:
     """A tensor's name (1..256 characters) and shape (a tuple of at most :data:`MAX_DIMS` ints >= 0)."""
+    if _head_ok(name, shape):
+        return
     check(isinstance(name, str) and 0 < len(name) <= MAX_NAME, f"bad tensor name {name!r}")
     check(isinstance(shape, tuple), f"tensor {name!r}: shape must be a tuple")
     check(len(shape) <= MAX_DIMS, f"tensor {name!r}: more than {MAX_DIMS} dims")  # type: ignore[arg-type]
@@ -43,6 +53,10 @@ class TensorBlob:
     data: bytes
 
     def __post_init__(self) -> None:
+        size = _ITEMSIZE.get(self.dtype)
+        if size is not None and _head_ok(self.name, self.shape) and type(self.data) is bytes \
+                and len(self.data) == math.prod(self.shape) * size:
+            return  # the common case; the checks below name what is wrong
         check_tensor_head(self.name, self.shape)
         check(self.dtype in ALLOWED_DTYPES, f"tensor {self.name!r}: dtype {self.dtype!r} not in {ALLOWED_DTYPES}")
         check(isinstance(self.data, bytes), f"tensor {self.name!r}: data must be bytes")
@@ -57,7 +71,8 @@ class TensorBlob:
         arr = np.asarray(array, order="C")  # ascontiguousarray turns 0-d into (1,)
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
-        return cls(name=name, dtype=str(arr.dtype), shape=tuple(int(d) for d in arr.shape), data=arr.tobytes())
+        return cls(name=name, dtype=_DTYPE_NAME.get(arr.dtype) or str(arr.dtype), shape=tuple(map(int, arr.shape)),
+                   data=arr.tobytes())
 
     def to_array(self) -> np.ndarray:
         """A writable numpy copy. Raises ``ValueError`` when a float tensor holds NaN or Inf."""
@@ -76,6 +91,9 @@ class EncodedTensor:
     data: bytes
 
     def __post_init__(self) -> None:
+        if _head_ok(self.name, self.shape) and type(self.data) is bytes \
+                and len(self.data) <= 2 * 4 * math.prod(self.shape) + 64:
+            return  # the common case; the checks below name what is wrong
         check_tensor_head(self.name, self.shape)
         check(isinstance(self.data, bytes), f"tensor {self.name!r}: data must be bytes")
         # No codec may expand a tensor beyond 2x its float32 size plus a small header (bounds decode work).

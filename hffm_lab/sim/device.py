@@ -315,21 +315,24 @@ class VirtualDevice:
         selected = [k for k in selected if k in self.rx.states]
         trained = self.trainer.deltas(self.node, self.tasks, ctl, selected, dict(self.rx.states)) \
             if self.trainer is not None else None
+        rows = []
         for key in selected:
             if trained is not None:
                 delta, loss = trained[key]
             else:
                 delta, loss = self.synth.delta(self.rx.states[key], f"{self.node}/{g}.{c}/{key}"), 0.0
             update = self.uplink.build(key, delta, self._samples(key), loss, g, c)
-            payload = encode(update)
-            if self.outbox.put(update.idempotency_key, topics.up(self.fleet, self.fog, key, self.node), payload,
-                               round_=round_tag(g, c)):
-                if update.idempotency_key in self.queued_keys:  # a restarted device redoes its round: the fog
-                    self.stats["requeued"] += 1  # answers 'duplicate' and acks it again
-                else:
-                    self.queued_keys.add(update.idempotency_key)
-                    self.stats["queued"] += 1
-                    self.stats["bytes_queued"] += len(payload)
+            rows.append((update.idempotency_key, topics.up(self.fleet, self.fog, key, self.node), encode(update),
+                         round_tag(g, c)))
+        for (key, _topic, payload, _round), new in zip(rows, self.outbox.put_many(rows), strict=True):  # one commit
+            if not new:
+                continue
+            if key in self.queued_keys:  # a restarted device redoes its round: the fog answers 'duplicate' and acks
+                self.stats["requeued"] += 1  # it again
+            else:
+                self.queued_keys.add(key)
+                self.stats["queued"] += 1
+                self.stats["bytes_queued"] += len(payload)
         self.stats["rounds_sent"] += 1
         self.sent_at[f"{self.fog}/{g}.{c}"] = time.time()  # when this round's updates went to the broker (or the outbox)
         if pump:

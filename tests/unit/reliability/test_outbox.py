@@ -74,3 +74,37 @@ def test_a_file_that_is_not_sqlite_is_a_named_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not a database" * 100)
     with pytest.raises(OutboxError, match="cannot open outbox"):
         Outbox(bad)
+
+
+class _CountingCommits:
+    """Counts the transactions an outbox commits (each is one fsync under synchronous=FULL)."""
+
+    def __init__(self, box: Outbox) -> None:
+        self.commits = 0
+        box._db.set_trace_callback(self._trace)
+
+    def _trace(self, sql: str) -> None:
+        self.commits += sql.strip().upper() == "COMMIT"
+
+
+def test_a_batch_is_one_transaction(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite", base_s=1.0, max_s=8.0)
+    box.put("old", "t", b"kept", round_=1, now=0.0)
+    counter = _CountingCommits(box)
+    new = box.put_many([("a", "t/a", b"1", 2), ("old", "t", b"other", 2), ("b", "t/b", b"2", 2)], now=5.0)
+    assert new == [True, False, True] and counter.commits == 1
+    due = box.due(now=5.0)
+    assert [(e.key, e.payload) for e in due] == [("old", b"kept"), ("a", b"1"), ("b", b"2")]
+    box.sent(due, now=5.0)  # one send each, pushed back by the backoff, in one transaction
+    assert counter.commits == 2 and box.due(now=5.9) == []
+    assert sorted((e.key, e.attempts) for e in box.due(now=6.3)) == [("a", 1), ("b", 1), ("old", 1)]
+    assert box.ack(["a", "b", "gone"]) == 2 and counter.commits == 3 and box.keys() == {"old"}
+    box.sent([], now=7.0)
+    assert box.ack([]) == 0 and counter.commits == 3  # nothing to write: no transaction
+
+
+def test_a_batch_that_fails_writes_nothing(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite")
+    with pytest.raises(OutboxError, match="outbox"):
+        box.put_many([("a", "t", b"1", 1), ("b", "t", object(), 1)])  # type: ignore[list-item]  # cannot be stored
+    assert box.pending() == 0
