@@ -24,11 +24,13 @@ class DeviceRoster:
         # knows its modules, so an offline device's will must not make the fog forget what it holds
         self.known: dict[str, frozenset[ModuleKey]] = {}
         self.advertised: set[int] = set()  # the LoRA ranks in this fog's last advert
+        self._holders: dict[ModuleKey, frozenset[str]] | None = None  # module -> its online holders (built lazily)
 
     def update(self, msg: NodeState, now: float) -> str:
         """Take a device's advert; returns ``"back"`` (online again), ``"gone"`` (it was online, now offline) or
         ``""``."""
         self.adverts[msg.node] = msg
+        self._holders = None
         if msg.modules:
             self.known[msg.node] = frozenset(msg.modules)
         if msg.online:
@@ -39,6 +41,7 @@ class DeviceRoster:
 
     def keep_job(self, job: str) -> None:
         """Forget the adverts of devices in another job than ``job`` (an advert without a job is kept)."""
+        self._holders = None
         for dev in [d for d, a in self.adverts.items() if a.job not in ("", job)]:
             del self.adverts[dev]
             self.known.pop(dev, None)
@@ -46,8 +49,15 @@ class DeviceRoster:
             self.offline_since.pop(dev, None)
 
     def holders(self, key: ModuleKey) -> set[str]:
-        """The online devices that hold ``key``."""
-        return {d for d, keys in self.holdings.items() if key in keys}
+        """The online devices that hold ``key`` (from an index rebuilt after an advert changed them: a round asks
+        for each update it takes, so this must not cost O(devices) each time)."""
+        if self._holders is None:
+            index: dict[ModuleKey, set[str]] = {}
+            for dev, keys in self.holdings.items():
+                for k in keys:
+                    index.setdefault(k, set()).add(dev)
+            self._holders = {k: frozenset(v) for k, v in index.items()}
+        return set(self._holders.get(key, ()))
 
     def offline(self, now: float) -> set[str]:
         """The devices whose advert (or last will) has said offline for longer than ``offline_grace_s``: a new round

@@ -220,21 +220,35 @@ class FogRound:
                               f"open round is ({self.at.g},{self.at.c}) in_round={self.in_round}{why}")
 
     # -- closing -------------------------------------------------------------------------------------------------
-    def expected(self, key: ModuleKey, reachable: Callable[[str], bool]) -> set[str]:
-        """Who must still report ``key``: selected, not sitting the round out, and ``reachable``."""
-        return {d for d in self.participants.get(key, set()) - self.skipped if reachable(d)}
+    def expected(self, key: ModuleKey, reachable: Callable[[str], bool], surely: Collection[str] = ()) -> set[str]:
+        """Who must still report ``key``: selected, not sitting the round out, and ``reachable`` (``surely``: devices
+        known to be reachable, which need not be asked one by one)."""
+        chosen = self.participants.get(key, set()) - self.skipped
+        sure = chosen.intersection(surely)
+        return sure | {d for d in chosen - sure if reachable(d)}
 
-    def complete(self, *, expected: Callable[[ModuleKey], set[str]], gone: set[str], advertised: Collection[str],
-                 now: float) -> bool:
+    def complete(self, *, expected: Callable[[ModuleKey], set[str]], gone: Callable[[], set[str]],
+                 advertised: Collection[str], now: float, first: ModuleKey | None = None) -> bool:
         """Whether the open round may close before its deadline: every module's ``expected`` devices reported and
         none is held below min_participants by a selected device that is not ``gone``. A resumed round first waits
-        (until ``settle_until``) for its participants' adverts."""
+        (until ``settle_until``) for its participants' adverts. ``first``: the module to judge first (the one an
+        update just reached: the answer is then usually "no" after one module, not after all)."""
         if not self.in_round:
             return False
         if now < self.settle_until and not set().union(*self.participants.values()) <= set(advertised):
             return False
-        return all(self.book.done(k, expected=expected(k), selected=self.participants.get(k, set()) - self.skipped
-                                  - gone, minimum=self.rules.min_participants) for k in self.modules)
+        order = self.modules if first is None or first not in self.modules else \
+            [first, *(k for k in self.modules if k != first)]
+        left: set[str] | None = None  # gone(), asked once, and only when some module got all its expected reports
+        for k in order:
+            want = expected(k)
+            if not want <= self.book.reported[k]:
+                return False
+            left = gone() if left is None else left
+            if not self.book.done(k, expected=want, selected=self.participants.get(k, set()) - self.skipped - left,
+                                  minimum=self.rules.min_participants):
+                return False
+        return True
 
     def close(self, true: Mapping[ModuleKey, State], now: float) -> tuple[dict[ModuleKey, State],
                                                                           list[tuple[ModuleKey, str, str]]]:

@@ -277,7 +277,7 @@ class FogGateway(Service):
         if out.reason:
             raise DecodeError(out.reason)
         if out.status == APPLIED:
-            self._close_if_complete()
+            self._close_if_complete(first=msg.key)
 
     def _delta_of(self, msg: ModuleUpdate) -> State:
         """The update's delta. Raises DecodeError or AggregationError when it does not fit the module."""
@@ -287,9 +287,10 @@ class FogGateway(Service):
         return delta
 
     # -- the round schedule --------------------------------------------------------------------------------------
-    def _close_if_complete(self) -> None:
-        if self.round.in_round and self.round.complete(expected=self._expected, gone=self._gone(),
-                                                       advertised=self.roster.adverts, now=time.monotonic()):
+    def _close_if_complete(self, first: ModuleKey | None = None) -> None:
+        if self.round.in_round and self.round.complete(expected=self._expected, gone=self._gone,
+                                                       advertised=self.roster.adverts, now=time.monotonic(),
+                                                       first=first):
             self._close_cluster_round()
 
     def _gone(self) -> set[str]:
@@ -305,7 +306,7 @@ class FogGateway(Service):
         roster = self.roster
         holders, offline, since = roster.holders(key), roster.offline(time.monotonic()), roster.offline_since
         return self.round.expected(key, lambda d: d in holders or self.neighbours.reachable(d, roster.holdings)
-                                   or (d in since and d not in offline))
+                                   or (d in since and d not in offline), surely=holders)
 
     def _maybe_start_round(self) -> None:
         rnd, now = self.round, time.monotonic()

@@ -24,6 +24,7 @@ _CODEC_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 MAX_CODEC_PARAMS = 16
 _ITEMSIZE = {d: np.dtype(d).itemsize for d in ALLOWED_DTYPES}
 _DTYPE_NAME = {np.dtype(d): d for d in ALLOWED_DTYPES}  # str(dtype) is slow
+_LITTLE = {d: np.dtype(d).newbyteorder("<") for d in ALLOWED_DTYPES}  # the wire's byte order
 
 
 def _head_ok(name: object, shape: object) -> bool:
@@ -76,7 +77,7 @@ class TensorBlob:
 
     def to_array(self) -> np.ndarray:
         """A writable numpy copy. Raises ``ValueError`` when a float tensor holds NaN or Inf."""
-        arr = np.frombuffer(self.data, dtype=np.dtype(self.dtype).newbyteorder("<")).reshape(self.shape).copy()
+        arr = np.frombuffer(self.data, dtype=_LITTLE[self.dtype]).reshape(self.shape).copy()
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise ValueError(f"tensor {self.name!r} holds NaN or Inf")
         return arr

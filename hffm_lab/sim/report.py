@@ -81,6 +81,7 @@ def summarize(opts: SimOptions, fleet: SimFleet, *, clock: RoundClock, usage: di
     for r in cluster:  # how long the devices took to hand the round's updates over, from the fog's announcement
         opened = clock.announced(r["fog"], r["global_round"], r["cluster_round"])
         window = sent_at.get(f"{r['fog']}/{r['global_round']}.{r['cluster_round']}")
+        r["devices_sent_from_s"] = round(window[0] - opened, 3) if opened and window else None
         r["devices_sent_by_s"] = round(window[1] - opened, 3) if opened and window else None
     measured = [r for r in cluster if (r["global_round"] or 0) >= first and r["seconds"]]
     globals_ = clock.global_rounds()

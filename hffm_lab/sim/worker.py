@@ -11,6 +11,7 @@ local-only baseline of each of its devices.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import queue
@@ -26,6 +27,7 @@ from hffm_core.atomic import write_json
 from hffm_core.config import CodecSpec, make_codecs
 from hffm_core.errors import DecodeError, HffmError
 from hffm_core.protocol.routing import decode_message
+from hffm_core.protocol.topics import Topic
 from hffm_lab.sim.device import Synth, VirtualDevice
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,14 @@ def raise_nofile() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         return int(target)
     return int(soft)
+
+
+@functools.lru_cache(maxsize=64)
+def _decode_shared(topic: str, payload: bytes) -> tuple[Topic, Any]:
+    """Decode each distinct (topic, payload) once per process: every virtual device subscribed to a fog's retained
+    module version or round announcement gets the same immutable message (real devices decode in parallel, each on
+    its own CPU; here they share one). A bad payload raises DecodeError every time (errors are not cached)."""
+    return decode_message(topic, payload)
 
 
 class Worker:
@@ -101,11 +111,13 @@ class Worker:
                 pass
             else:
                 try:
-                    parsed, message = decode_message(topic, payload)
+                    parsed, message = _decode_shared(topic, payload)
                     dev.handle(parsed, message)
                 except DecodeError as exc:
                     self.bad_messages[type(exc).__name__] += 1
                     log.warning("device %s: rejected a message on %s: %s", dev.node, topic, exc)
+                else:
+                    dev.tick(time.monotonic())  # act on it now (a round's announcement), as the real agent does
             now = time.monotonic()
             if now >= next_tick:
                 for d in self.devices:

@@ -153,7 +153,7 @@ def test_unselected_devices_and_partial_covers_are_refused() -> None:
 def test_close_averages_by_weight_and_min_participants_refuses_too_few() -> None:
     r = Round(devices=("a", "b", "c"), min_participants=2)
     r.accept(_update("a", 1.0, 10))
-    assert not r.rnd.complete(expected=lambda k: r.rnd.expected(k, lambda d: True), gone=set(), advertised=(),
+    assert not r.rnd.complete(expected=lambda k: r.rnd.expected(k, lambda d: True), gone=set, advertised=(),
                               now=20.0)
     new, refused = r.close()
     assert new == {} and [(k, c) for k, c, _ in refused] == [(HEAD, "too_few_participants")]
@@ -161,7 +161,7 @@ def test_close_averages_by_weight_and_min_participants_refuses_too_few() -> None
     r = Round(devices=("a", "b"), min_participants=2)
     r.accept(_update("a", 1.0, 10))
     r.accept(_update("b", 4.0, 30))
-    assert r.rnd.complete(expected=lambda k: r.rnd.expected(k, lambda d: True), gone=set(), advertised=(), now=20.0)
+    assert r.rnd.complete(expected=lambda k: r.rnd.expected(k, lambda d: True), gone=set, advertised=(), now=20.0)
     new, refused = r.close()
     assert refused == [] and np.allclose(new[HEAD]["w"], (10 * 1.0 + 30 * 4.0) / 40)
     entry = r.rnd.summary(new, refused, seconds=1.23456, mixed=0)
@@ -172,8 +172,8 @@ def test_an_offline_selected_device_holds_min_participants_until_it_is_gone() ->
     r = Round(devices=("a", "b"), min_participants=2)
     r.accept(_update("a", 1.0, 10))
     expected = lambda k: r.rnd.expected(k, lambda d: d != "b")  # noqa: E731 - b is offline
-    assert not r.rnd.complete(expected=expected, gone=set(), advertised=(), now=20.0), "b may come back"
-    assert r.rnd.complete(expected=expected, gone={"b"}, advertised=(), now=20.0)
+    assert not r.rnd.complete(expected=expected, gone=set, advertised=(), now=20.0), "b may come back"
+    assert r.rnd.complete(expected=expected, gone=lambda: {"b"}, advertised=(), now=20.0)
     assert r.rnd.sit_out("b", (1, 1)) and not r.rnd.sit_out("b", (1, 1)) and r.rnd.expected(HEAD, bool) == {"a"}
 
 
@@ -254,3 +254,27 @@ def test_commit_journals_the_position_and_a_new_round_resumes_from_it(tmp_path: 
     stored = journal._db.execute("SELECT COUNT(*), COUNT(data) FROM deltas").fetchone()
     assert stored == ((2, 2) if aggregator == "median" else (2, 0)), "FedAvg journals its sum, not the deltas"
     journal.close()
+
+
+def test_the_close_check_judges_the_updated_module_first_and_stops_there() -> None:
+    r = Round(devices=("a", "b", "c"))
+    r.accept(_update("a", 1.0, 10))
+    asked: list[ModuleKey] = []
+    gone_calls: list[int] = []
+
+    def expected(k: ModuleKey) -> set[str]:
+        asked.append(k)
+        return r.rnd.expected(k, lambda d: False, surely={"a", "b", "c"})  # the holders need no asking
+
+    def gone() -> set[str]:
+        gone_calls.append(1)
+        return set()
+
+    assert not r.rnd.complete(expected=expected, gone=gone, advertised=(), now=20.0, first=HEAD)
+    assert asked == [HEAD] and gone_calls == []  # b and c still owe it: no need to look further
+    r.accept(_update("b", 2.0, 10))
+    r.accept(_update("c", 3.0, 10))
+    assert r.rnd.complete(expected=expected, gone=gone, advertised=(), now=20.0, first=HEAD)
+    assert gone_calls == [1]
+    # Devices not surely reachable are asked one by one.
+    assert r.rnd.expected(HEAD, lambda d: d == "c", surely={"a"}) == {"a", "c"}

@@ -38,3 +38,14 @@ def test_another_jobs_adverts_are_forgotten_with_what_they_held() -> None:
                             job="20261206T000000-aaaaaa"), now=0.0)
     roster.keep_job("20261206T000000-bbbbbb")
     assert roster.adverts == {} and roster.held(everything=True) == set()
+    assert roster.holders(HEAD) == set()  # the holder index follows the forgotten advert
+
+
+def test_holders_is_a_copy_the_caller_may_change() -> None:
+    roster = DeviceRoster(["d1", "d2"], offline_grace_s=10.0)
+    roster.update(_advert("d1", True, (HEAD, ENC)), now=0.0)
+    got = roster.holders(HEAD)
+    got.add("intruder")
+    assert roster.holders(HEAD) == {"d1"}
+    roster.update(_advert("d2", True, (HEAD,)), now=1.0)
+    assert roster.holders(HEAD) == {"d1", "d2"} and roster.holders(ENC) == {"d1"}
