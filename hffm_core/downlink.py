@@ -52,6 +52,8 @@ def unpack_ranked(msg: ModuleVersion | Any, layout: Mapping[str, tuple[int, ...]
         sent = rank_of_size(layout, size)
         layout = at_rank(layout, sent) if sent is not None else layout
     state = unpack(msg, layout)
+    if layout is not None and layout_of(state) == layout:
+        return state  # the receiver's own layout: nothing to fit
     try:
         sent_rank = module_rank(layout_of(state))
         fit_rank(state, at_rank(layout, sent_rank) if sent_rank is not None else layout)

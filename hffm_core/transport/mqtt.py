@@ -151,6 +151,7 @@ class MqttTransport:
             props.ReceiveMaximum = self.receive_maximum
         self._settled.clear()
         self._connect_error = self._last_error = None
+        self._client.on_log = self._handle_log  # only while connecting: paho formats every line for a log handler
         try:
             self._client.connect(self.host, self.port, keepalive=self._keepalive, properties=props,
                                  clean_start=False if self._persistent else mqtt.MQTT_CLEAN_START_FIRST_ONLY)
@@ -167,6 +168,7 @@ class MqttTransport:
             if not settled:
                 raise _Unreachable(f"MQTT broker {self.host}:{self.port} did not answer {self.client_id!r}: {reason}")
             raise TransportError(f"MQTT broker {self.host}:{self.port} did not accept {self.client_id!r}: {reason}")
+        self._client.on_log = None  # connected: no more formatting of a debug line per packet
 
     def close(self, *, with_will: bool = False) -> None:
         """Disconnect and stop the network thread. ``with_will``: disconnect with MQTT 5 reason 0x04 (Disconnect
