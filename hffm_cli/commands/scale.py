@@ -81,7 +81,9 @@ def bench_scale(
     backbone: Annotated[str, typer.Option(help="The cloud's backbone (fixes the module layouts).")] = "minilm",
     adapter: Annotated[str, typer.Option(help="The cloud's [model] adapter: lora, ffa_lora or lora-sb (the "
                                               "project's headline; 16.5 kB per update).")] = "lora-sb",
-    per_process: Annotated[int, typer.Option(min=1, max=150, help="Virtual devices per simulator process.")] = 100,
+    per_process: Annotated[int | None, typer.Option(min=1, max=150, help="Virtual devices per simulator process "
+                                                       "(default: K spread over one process per CPU core at "
+                                                       "least, at most 100 each).")] = None,
     fogs_from_1000: Annotated[int, typer.Option(min=2, max=16, help="Fogs for K >= 1000 (one below).")] = 2,
     backoff: Annotated[float, typer.Option(min=0, max=3600, help="Devices' first outbox resend after this many "
                                                                  "seconds (0: the real default, 2 s doubling to "

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import platform
 import statistics
@@ -124,7 +125,7 @@ def run_k(k: int, *, fogs: int, rounds: int, agg_every: int, backbone: str, per_
             "update_bytes": sim["update_bytes"], "device_bytes_per_round": sim["device_bytes_per_round"],
             "lost": sim["deltas"]["lost"], "applied": sim["deltas"]["applied_by_fogs"],
             "planned": sim["deltas"]["expected_without_faults"], "retransmitted": sim["deltas"]["retransmitted"],
-            "processes": sim["processes"], "wall_s": sim["wall_s"]}
+            "processes": sim["processes"], "per_process": per_process, "wall_s": sim["wall_s"]}
     ceil, naive = after.get("ceiling", {}), after.get("naive", {})
     paho = {"round_s": naive.get("round_s"), "rounds": naive.get("rounds"), "fanin_per_s": naive.get("fanin_per_s"),
             "fanin_ceiling_per_s": ceil.get("per_s"), "ceiling_mb_per_s": ceil.get("mb_per_s"),
@@ -142,8 +143,15 @@ def run_k(k: int, *, fogs: int, rounds: int, agg_every: int, backbone: str, per_
 
 
 
+def spread(k: int, cores: int | None = None) -> int:
+    """Virtual devices per simulator process for K devices: one process per CPU core at least (the devices of a
+    process take turns on its one thread, which real devices do not), at most 100 per process."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(100, math.ceil(k / cores)))
+
+
 def run_scale_bench(*, ks: tuple[int, ...] = DEFAULT_KS, rounds: int = 3, agg_every: int = 1, backbone: str = "minilm",
-                    per_process: int = 100, fogs_from_1000: int = 2, report: Path | None = None,
+                    per_process: int | None = None, fogs_from_1000: int = 2, report: Path | None = None,
                     work: Path = Path("runs/bench-scale"), flower_python_path: str | None = None,
                     backoff_s: float = 60.0, outbox_sync: str = "NORMAL", adapter: str = "lora-sb",
                     console: Console | None = None) -> dict[str, Any]:
@@ -163,7 +171,8 @@ def run_scale_bench(*, ks: tuple[int, ...] = DEFAULT_KS, rounds: int = 3, agg_ev
     runs = []
     for k in ks:
         row = run_k(k, fogs=fogs_from_1000 if k >= 1000 else 1, rounds=rounds, agg_every=agg_every,
-                    backbone=backbone, per_process=per_process, work=work, flower=flower, console=console,
+                    backbone=backbone, per_process=per_process or spread(k), work=work, flower=flower,
+                    console=console,
                     backoff_s=backoff_s, outbox_sync=outbox_sync, adapter=adapter)
         runs.append(row)
         console.print(one_line(row))

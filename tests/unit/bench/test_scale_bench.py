@@ -48,3 +48,10 @@ def test_table_and_plot(tmp_path: Path) -> None:
     assert "not installed" in text and "0.5" in text
     path = scale.plot(runs, tmp_path / "scale.png", console)
     assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_fleet_is_spread_over_one_simulator_process_per_core_at_least() -> None:
+    from hffm_lab.bench.scale import spread
+
+    assert [spread(k, cores=2) for k in (1, 10, 50, 200, 500)] == [1, 5, 25, 100, 100]
+    assert spread(1000, cores=16) == 63 and spread(7, cores=1) == 7
