@@ -88,7 +88,7 @@ def run_demo(opts: DemoOptions, *, console: Console | None = None) -> dict[str, 
         background = _start_baseline(opts, plan, progress, stack)
         history = _run_federation(opts, plan, cloud_port, progress, stack,
                                   tls=security.pki.identity("cloud") if security else None)
-        baseline = background.results() if background is not None else {}
+        baseline = _finish_baseline(opts, plan, progress, stack, background)
     report = build_report(opts, plan, history, baseline, wall_s=time.monotonic() - started)
     return _finish(opts, run_dir, report, console)
 
@@ -137,7 +137,7 @@ def _run_layout(opts: DemoOptions, run_dir: Path, console: Console, started: flo
         history = _run_federation(opts, plan, layout.cloud_port, progress, stack, on_round=on_round,
                                   tls=security.pki.identity("cloud") if security else None)
         links = link_report(layout, per_round)
-        baseline = background.results() if background is not None else {}
+        baseline = _finish_baseline(opts, plan, progress, stack, background)
     report = build_report(opts, plan, history, baseline, wall_s=time.monotonic() - started)
     report["links"] = links
     return _finish(opts, run_dir, report, console)
@@ -273,26 +273,34 @@ def _announce_endpoints(opts: DemoOptions, plan: FleetPlan, cloud_port: int, sta
 
 
 class _Baseline:
-    """The local-only baseline (every device alone: same modules, data and total epochs), trained in worker
-    processes from the start of the run at the lowest CPU priority (nice 19): it takes only the CPU the federation
-    leaves idle (devices waiting for a round, the fogs and the cloud aggregating), so the federation runs as fast
-    as without it, and what is left of the baseline finishes after the federation on the whole machine. The
-    baseline is seeded and reads only the devices' configs and data, so its figures do not depend on when it runs.
+    """The local-only baseline (every device alone: same modules, data and total epochs) in worker processes.
+
+    Where this process may raise a process's priority again (root), the workers start with the federation at the
+    lowest CPU priority (nice 19): they take only the CPU the federation leaves idle (devices waiting for a round,
+    the fogs and the cloud aggregating), so the federation runs as fast as without them; when the federation ends
+    they are set back to this process's priority and finish on the whole machine. Elsewhere (a nice-19 worker could
+    not be raised again, and would crawl beside any busy process) they start after the federation, at normal
+    priority. The baseline is seeded and reads only the devices' configs and data, so its figures do not depend on
+    when it runs.
     """
 
-    def __init__(self, opts: DemoOptions, plan: FleetPlan, progress: Progress) -> None:
+    def __init__(self, opts: DemoOptions, plan: FleetPlan, progress: Progress, *, background: bool) -> None:
         from edge_runtime.local_data import baseline_from_config
 
         sessions = opts.rounds * opts.agg_every
-        task = progress.add_task("local-only baseline (no federation; in the background)",
-                                 total=len(plan.device_configs))
-        self._pool = get_context("spawn").Pool(opts.baseline_workers, initializer=os.nice, initargs=(19,))
+        task = progress.add_task("local-only baseline (no federation" + ("; in the background)" if background
+                                                                          else ")"), total=len(plan.device_configs))
+        self.background = background
+        self._pool = get_context("spawn").Pool(opts.baseline_workers, initializer=os.nice if background else None,
+                                               initargs=(BACKGROUND_NICE,) if background else ())
         self._results = {dev: self._pool.apply_async(baseline_from_config, (str(cfg), sessions, opts.local_epochs),
                                                      callback=lambda _acc: progress.advance(task))
                          for dev, cfg in plan.device_configs.items()}
 
     def results(self) -> dict[str, dict[str, float]]:
-        """Wait for every device's baseline; a worker's exception is raised here."""
+        """Wait for every device's baseline (at this process's priority); a worker's exception is raised here."""
+        if self.background:
+            renice_pool(self._pool, os.getpriority(os.PRIO_PROCESS, 0))
         out = {dev: res.get() for dev, res in self._results.items()}
         self._pool.close()
         self._pool.join()
@@ -304,9 +312,48 @@ class _Baseline:
         self._pool.join()
 
 
+BACKGROUND_NICE = 19
+
+
+def renice_pool(pool: Any, niceness: int) -> None:
+    """Set every thread of every worker of a multiprocessing ``pool`` to ``niceness`` (raising a priority needs
+    root). A worker that ended meanwhile is passed over (a pool replaces a dead worker, rarely)."""
+    for proc in list(pool._pool):  # the pool's worker processes
+        for tid in _threads(proc.pid):  # Linux: a priority is per thread (torch's threads too)
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, niceness)
+            except (OSError, ValueError):
+                pass
+
+
+def _threads(pid: int) -> list[int]:
+    """The thread ids of process ``pid`` (Linux), or just ``pid``."""
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except (OSError, ValueError):
+        return [pid]
+
+
+def can_renice() -> bool:
+    """Whether this process may set a process's priority back up after lowering it (root, or CAP_SYS_NICE)."""
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
 def _start_baseline(opts: DemoOptions, plan: FleetPlan, progress: Progress, stack: ExitStack) -> _Baseline | None:
-    if not opts.baseline:
+    """The baseline in the background from now on, where its workers can be reniced afterwards; else None (it
+    runs after the federation: :func:`_finish_baseline`)."""
+    if not opts.baseline or not can_renice():
         return None
-    baseline = _Baseline(opts, plan, progress)
+    baseline = _Baseline(opts, plan, progress, background=True)
     stack.callback(baseline.stop)
     return baseline
+
+
+def _finish_baseline(opts: DemoOptions, plan: FleetPlan, progress: Progress, stack: ExitStack,
+                     background: _Baseline | None) -> dict[str, dict[str, float]]:
+    if not opts.baseline:
+        return {}
+    if background is None:
+        background = _Baseline(opts, plan, progress, background=False)
+        stack.callback(background.stop)
+    return background.results()
