@@ -79,6 +79,7 @@ class CloudRound:
         self.state = state
         self.round_g = 0
         self.deadline = 0.0
+        self.closed_reports: dict[int, frozenset[str]] = {}  # the last closed rounds' counted fogs (in memory)
 
     @property
     def reported(self) -> set[str]:
@@ -88,6 +89,8 @@ class CloudRound:
     def open(self, g: int, now: float, *, resume: bool = False) -> bool:
         """Open global round ``g`` (``resume``: with the aggregates and reports the state already holds); returns
         whether it is the job's end (after the last round)."""
+        if not resume and self.round_g and g > self.round_g:
+            self.closed_reports = {self.round_g: frozenset(self.state.reported)}
         self.round_g = g
         if not resume:  # keys of this round only; older rounds are refused as stale anyway
             self.state.open(g)
@@ -104,10 +107,23 @@ class CloudRound:
         return Outcome(STALE, ack="expired" if g < self.round_g else "",
                        error=DecodeError(f"stale {what} for round {g}; open round is {self.round_g}"))
 
+    def _late_copy(self, fog: str, g: int, applied: bool, what: str) -> Outcome | None:
+        """DUPLICATE (acked applied again) for a resent copy, from an expected fog, of what counted in a round
+        now closed: its first ack came late (a slow cloud, a fog's resend on its backoff), so the copy arrives
+        after the round it belongs to. It is not stale: it was applied, and the fog must hear so."""
+        if g < self.round_g and fog in self.expected_fogs and applied:
+            log.info("cloud: late copy of %s from %s for closed round %d ignored", what, fog, g)
+            return Outcome(DUPLICATE, ack="applied")
+        return None
+
     def accept(self, msg: FogAggregate, decode: Callable[[], State]) -> Outcome:
         """Fold a fog's aggregate into the open round, committed before APPLIED is returned. ``decode`` gives its
         delta, raising DecodeError or AggregationError when it does not fit the module (then it is refused, so
         that a report naming it need not wait for it)."""
+        late = self._late_copy(msg.fog, msg.global_round, msg.global_round < self.round_g
+                               and self.state.seen(msg.idempotency_key), f"aggregate {msg.idempotency_key}")
+        if late is not None:
+            return late
         refused = self._admit(msg.fog, msg.global_round, "aggregate",
                               f"fog {msg.fog!r} is not one of {sorted(self.expected_fogs)}")
         if refused is not None:
@@ -127,6 +143,10 @@ class CloudRound:
     def report(self, msg: FogRoundReport, fleet: str) -> Outcome:
         """A fog's round report: it counts once every aggregate it names is here or refused (with retransmissions
         an aggregate may arrive after the report that names it)."""
+        late = self._late_copy(msg.fog, msg.global_round,
+                               msg.fog in self.closed_reports.get(msg.global_round, ()), "round report")
+        if late is not None:
+            return late
         refused = self._admit(msg.fog, msg.global_round, "round report",
                               f"round report from unexpected fog {msg.fog!r}")
         if refused is not None:

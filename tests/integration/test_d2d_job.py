@@ -15,6 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from hffm_testing.refusals import node_refusals, refusals
 
 from broker_config.topology import generate_topology
 from hffm_lab.demo import DemoOptions, run_demo
@@ -33,7 +34,7 @@ def test_hierarchical_d2d_job_relays_mixes_and_measures_every_link(tmp_path: Pat
     opts = DemoOptions(fogs=2, devices_per_fog=3, rounds=2, agg_every=2, backbone="tiny", baseline=False,
                        show_tables=False, layout="hierarchical_d2d", run_dir=tmp_path, time_limit_s=300)
     report = run_demo(opts)
-    assert report["rejected_messages"] == {}
+    assert refusals(report["rejected_messages"]) == {}, report["rejected_messages"]
     assert len(report["rounds"]) == 2 and report["final"]["mean_accuracy"] > 0
     links = report["links"]["bytes"]
     assert links["device_device"] > 10_000 and links["fog_fog"] > 10_000, links  # deltas, not just keepalives
@@ -74,4 +75,4 @@ def test_a_device_with_its_fog_link_cut_is_aggregated_through_a_neighbour(tmp_pa
     fog = _metrics(tmp_path, "fog-1")
     (first,) = [r for r in fog["rounds"] if (r["global_round"], r["cluster_round"]) == (1, 1)]
     assert member in first["reporters"] and member in first["via_relay"], first
-    assert fog["rejected"] == {}, fog["rejected"]
+    assert node_refusals(fog["rejected"]) == {}, fog["rejected"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hffm_testing.refusals import refusals
 
 from hffm_core.aggregation.ranks import module_rank
 from hffm_lab.demo import DemoOptions, run_demo
@@ -23,7 +24,7 @@ def test_mixed_rank_job_ends_with_every_device_at_its_own_rank(tmp_path: Path) -
                        model={"lora_r": 16, "lora_alpha": 32},
                        device_model={d: {"lora_r": r, "lora_alpha": 2 * r} for d, r in RANKS.items()})
     report = run_demo(opts)
-    assert report["rejected_messages"] == {}
+    assert refusals(report["rejected_messages"]) == {}, report["rejected_messages"]
     assert set(report["devices"]) == set(RANKS)
     held = {}
     for dev, rank in RANKS.items():

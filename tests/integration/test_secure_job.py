@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from hffm_testing.refusals import refusals
 
 from hffm_lab.demo import DemoOptions, run_demo
 
@@ -21,7 +22,7 @@ def test_secure_demo_runs_clean(tmp_path: Path) -> None:
     report = run_demo(DemoOptions(backbone="tiny", secure=True, fogs=1, devices_per_fog=2, rounds=1, agg_every=1,
                                   baseline=False, show_tables=False, run_dir=run_dir, time_limit_s=600))
     assert len(report["rounds"]) == 1
-    assert report["rejected_messages"] == {}
+    assert refusals(report["rejected_messages"]) == {}, report["rejected_messages"]
     nodes = ["cloud", "fog-1", "fog-1-dev-1", "fog-1-dev-2"]
     for node in nodes:  # each node sealed messages (its sequence counter) and opened some (its replay windows)
         assert (run_dir / "state" / f"{node}-signing-seq.json").exists(), node

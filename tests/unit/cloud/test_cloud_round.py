@@ -65,6 +65,27 @@ def test_accept_applies_once_and_refuses_what_is_not_the_open_rounds(tmp_path: P
     assert (stranger.status, stranger.ack) == (REJECTED, "") and isinstance(stranger.error, DecodeError)
 
 
+def test_a_late_copy_of_what_counted_in_a_closed_round_hears_applied_again(tmp_path: Path) -> None:
+    """Under load a fog resends an aggregate (and its report) whose ack came after its backoff; the copy arrives
+    once the cloud has closed that round. It was applied: a duplicate, acked applied, not a stale refusal."""
+    rnd = _round(tmp_path)
+    for fog in ("fog-1", "fog-2"):
+        msg = _agg(fog, 1.0, 10.0)
+        assert rnd.accept(msg, lambda m=msg: _decode(m)).status == APPLIED
+        assert rnd.report(_report(fog), FLEET).status == APPLIED
+    assert rnd.counted("fog-1") is False and rnd.counted("fog-2") is True
+    rnd.close()
+    rnd.open(2, now=1.0)
+    copy = rnd.accept(_agg("fog-1", 1.0, 10.0), lambda: pytest.fail("a late copy is not decoded"))
+    assert (copy.status, copy.ack, copy.error) == (DUPLICATE, "applied", None)
+    report = rnd.report(_report("fog-2"), FLEET)
+    assert (report.status, report.ack, report.error) == (DUPLICATE, "applied", None)
+    never = rnd.accept(_agg("fog-1", 1.0, 10.0, key=ENC), dict)  # round 1 never had it: still stale
+    assert (never.status, never.ack) == (STALE, "expired")
+    stranger = rnd.accept(_agg("fog-9", 1.0, 10.0), dict)
+    assert stranger.status == REJECTED
+
+
 def test_a_bad_aggregate_is_rejected_and_a_report_naming_it_still_counts(tmp_path: Path) -> None:
     rnd = _round(tmp_path)
 
