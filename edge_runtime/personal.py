@@ -9,8 +9,8 @@ The device keeps a personal copy of every module it holds, next to the versions 
   the adapters and heads of its tasks, margin of ``encoder``), else each task's adapter with its head (margin of
   ``adapter``), else the head alone (margin of ``head``).
 * *post-federation distillation*: after the last round, the final global model is distilled into the personal one
-  (cross-entropy on the device's own labels plus KL to the global model's soft predictions), kept per modality only
-  where it does not lower the validation accuracy.
+  (cross-entropy on the device's own labels plus KL to the global model's soft predictions) on the tasks where it
+  beats the personal model on validation, and kept per modality only where it raises the validation accuracy.
 
 The federated path is untouched: the device still trains from the version it received and sends that delta.
 """
@@ -186,25 +186,33 @@ class PersonalModules:
 
     # -- stage 2: post-federation distillation --------------------------------------------------------------------
     def distill(self, final: Mapping[ModuleKey, State], *, seed: int, batch_size: int) -> dict[str, bool]:
-        """Distil the final global model ``final`` into the personal modules, per modality, and keep the result
-        where the validation accuracy does not drop. Returns modality -> kept."""
+        """Distil the final global model ``final`` into the personal modules, per modality: only the tasks on
+        which the global model beats the personal one on validation are taught (a teacher worse on the device's
+        own data has nothing to give it), and the result is kept only where it raises the validation accuracy.
+        Returns modality -> kept."""
         from hffm_model.training import distill_task, predict_logits
 
         cfg = self.cfg
         for modality in sorted({self.modality_of[t] for t in self.train}):
             tree = subtree(self.keys, modality)
             tasks = sorted(t for t in self.train if self.modality_of[t] == modality)
-            self._load({k: final[k] for k in tree if k in final})
-            teacher = {t: predict_logits(self.model, modality=modality, task=t, x=self.train[t][0]) for t in tasks}
             before = {t: self._val_acc(self.states, t) for t in tasks}
+            teacher_state = {**self.states, **{k: final[k] for k in tree if k in final}}
+            taught = [t for t in tasks if self._gain(teacher_state, [t], before) > 0.0]
+            self.distilled[modality] = False
+            if not taught:
+                log.info("personal modules: %s not distilled: the global model is no better on validation", modality)
+                continue
+            self._load({k: final[k] for k in tree if k in final})
+            teacher = {t: predict_logits(self.model, modality=modality, task=t, x=self.train[t][0]) for t in taught}
             self._load({k: self.states[k] for k in tree})
-            for i, task in enumerate(tasks):
+            for i, task in enumerate(taught):
                 x, y = self.train[task]
                 distill_task(self.model, modality=modality, task=task, x=x, y=y, teacher_logits=teacher[task],
                              epochs=cfg.distill_epochs, weight=cfg.distill_weight, temperature=cfg.temperature,
                              batch_size=batch_size, lr=cfg.distill_lr, seed=seed + i)
             student = {k: self.model.get_module_state(k) for k in tree}
-            keep = self._gain({**self.states, **student}, tasks, before) >= 0.0
+            keep = self._gain({**self.states, **student}, tasks, before) > 0.0
             if keep:
                 self.states.update(student)
             self.distilled[modality] = keep

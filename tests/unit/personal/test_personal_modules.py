@@ -112,6 +112,22 @@ def test_distillation_moves_toward_the_teacher_and_is_kept_only_if_not_worse() -
     assert changed == kept["imu"]
 
 
+def test_a_teacher_no_better_on_validation_is_not_distilled() -> None:
+    """A global model worse than the personal modules on the device's own validation slice teaches nothing: the
+    personal modules stay exactly as they were (a bad teacher's KL would pull them toward its mistakes)."""
+    model = build()
+    p = personal(model)
+    untrained = {k: {n: a.copy() for n, a in st.items()} for k, st in p.states.items()}
+    x, y = p.train["har"]
+    train_task(model, modality="imu", task="har", x=x, y=y, epochs=8, batch_size=16, lr=5e-3)
+    p.states = {k: model.get_module_state(k) for k in KEYS}
+    trained = {k: {n: a.copy() for n, a in st.items()} for k, st in p.states.items()}
+    acc_teacher, acc_personal = p._val_acc(untrained, "har"), p._val_acc(p.states, "har")
+    assert acc_teacher is not None and acc_personal is not None and acc_teacher < acc_personal
+    assert p.distill(untrained, seed=0, batch_size=16) == {"imu": False}
+    assert all(np.array_equal(p.states[k][n], trained[k][n]) for k in KEYS for n in trained[k])
+
+
 def test_distill_task_checks_teacher_shape_and_returns_finite_loss() -> None:
     model = build()
     x, y = synthetic(32, 2)
