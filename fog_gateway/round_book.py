@@ -55,6 +55,7 @@ class RoundBook:
         self.applied: dict[str, bytes | None] = {}  # key -> the applied update's digest (None: not known)
         self.round_weight: dict[ModuleKey, dict[str, int]] = {}
         self.pending: list[StoredDelta] = []  # accepted, not yet committed (nor acked)
+        self.commits = self.committed = 0  # group commits made and the updates they held (since start)
         self.at = (0, 0)  # the cluster round the pending updates belong to
         self.aggs: dict[ModuleKey, Any] = {}
         self.open([])
@@ -123,7 +124,14 @@ class RoundBook:
                 sums[key] = RoundSum(sums=total, weight=weight, count=count)
         self.write(self.journal.add_batch, batch, global_round=self.at[0], cluster_round=self.at[1], sums=sums)
         self.pending = []
+        self.commits += 1
+        self.committed += len(batch)
         return len(batch)
+
+    def commit_stats(self) -> dict[str, float]:
+        """Group commits since start: how many, the updates they held, and the mean per commit."""
+        return {"commits": self.commits, "updates": self.committed,
+                "mean_updates": round(self.committed / self.commits, 2) if self.commits else 0.0}
 
     def _count(self, stored: StoredDelta) -> None:
         reporters = stored.reporters  # a D2D relay's update counts for each device it covers

@@ -3,7 +3,8 @@
 Backpressure (``receive_maximum`` > 0, the fog gateway): MQTT 5 Receive Maximum n with each QoS 1 message PUBACKed
 once handled, and an inbox bounded to n + INBOX_SLACK, so the broker holds the backlog of a burst. Messages ready at
 once are handled as a batch (``batch_max``, ``batch_s``), then :meth:`Service.flush` runs (the fog commits the
-batch's updates in one transaction and only then sends their application-level acks).
+batch's updates in one transaction and only then sends their application-level acks). While a commit is pending,
+the batch waits up to ``batch_wait_s`` for a message that is not in the inbox yet.
 
 Handling is guarded: a message that fails to parse, decode or validate is logged and counted under a reason and
 dropped; nothing already accepted is touched. Deadlines are driven by :meth:`Service.tick`, called between messages.
@@ -86,6 +87,7 @@ class Service:
     receive_maximum = 0  # > 0: MQTT 5 Receive Maximum, PUBACK after handling, a bounded inbox (see the docstring)
     batch_max = 1  # messages handled back to back before flush() and tick()
     batch_s = 0.1  # ... or for at most this long
+    batch_wait_s = 0.0  # > 0: while commit_pending(), wait this long for another message before flush()
     decode_on_receive = False  # decode (msgpack, SHA-256 check) in paho's thread, off the main thread's path
 
     def __init__(self, *, node: str, host: str, port: int, metrics_file: Path | None = None,
@@ -325,8 +327,20 @@ class Service:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
-                break
+                # A commit is pending: a short wait for the next message (paho's thread needs the GIL to read it)
+                # lets one commit take several, which is what makes group commit pay.
+                wait = min(self.batch_wait_s, self.batch_s - (time.monotonic() - started))
+                if wait <= 0 or not self.commit_pending():
+                    break
+                try:
+                    item = self._inbox.get(timeout=wait)
+                except queue.Empty:
+                    break
         self.flush()
+
+    def commit_pending(self) -> bool:
+        """Whether :meth:`flush` has accepted messages to commit (the fog: staged updates)."""
+        return False
 
     def _stop_cleanly(self) -> None:
         try:

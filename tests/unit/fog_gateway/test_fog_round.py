@@ -108,6 +108,7 @@ def test_accept_applies_once_acks_duplicates_and_refuses_conflicts() -> None:
     other = r.accept(_update("a", 5.0, 10))  # same key, other content
     assert (other.status, other.ack) == (CONFLICT, "conflict")
     assert r.rnd.flush() == 1 and r.rnd.flush() == 0 and not r.rnd.book.pending
+    assert r.rnd.book.commit_stats() == {"commits": 1, "updates": 1, "mean_updates": 1.0}, "an empty flush is none"
     assert r.journal.calls == [("add", ((f"{FLEET}/a/1.1/{HEAD}", 1, 1),))]
     running = r.journal.sums[HEAD]  # FedAvg: the running sum goes with the batch, the delta does not
     assert (running.count, running.weight) == (1, 10.0) and np.all(running.sums["w"] == 10.0)
