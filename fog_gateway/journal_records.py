@@ -30,22 +30,29 @@ class RoundJournalError(HffmError):
     help = "the fog gateway's round journal could not be opened, read or written"
 
 
-def pack_state(state: Mapping[str, np.ndarray]) -> tuple[str, bytes]:
-    """(the JSON layout ``[[name, shape, dtype], ...]``, the arrays' raw little-endian bytes in that order).
+def pack_state(state: Mapping[str, np.ndarray]) -> tuple[str, bytearray]:
+    """(the JSON layout ``[[name, shape, dtype], ...]``, the arrays' raw little-endian bytes in that order), copied
+    once into one buffer (SQLite binds it as a BLOB).
 
     Raises:
         RoundJournalError: an array that is not float32 or float64.
     """
     layout: list[list[Any]] = []
-    parts: list[bytes] = []
+    arrays: list[tuple[np.ndarray, str]] = []
     for name in sorted(state):
         arr = np.asarray(state[name])
         dtype = {np.dtype(np.float32): "<f4", np.dtype(np.float64): "<f8"}.get(arr.dtype.newbyteorder("="))
         if dtype is None:
             raise RoundJournalError(f"tensor {name!r} has dtype {arr.dtype}; the journal stores float32/float64")
         layout.append([name, list(arr.shape), dtype])
-        parts.append(np.ascontiguousarray(arr, dtype=dtype).tobytes())
-    return json.dumps(layout), b"".join(parts)
+        arrays.append((arr, dtype))
+    blob = bytearray(sum(arr.size * np.dtype(dtype).itemsize for arr, dtype in arrays))
+    offset = 0
+    for arr, dtype in arrays:
+        size = arr.size * np.dtype(dtype).itemsize
+        np.frombuffer(blob, dtype=dtype, count=arr.size, offset=offset)[:] = arr.ravel()
+        offset += size
+    return json.dumps(layout), blob
 
 
 def unpack_state(layout: str, blob: bytes) -> State:
