@@ -37,9 +37,9 @@ class FedAvg(Aggregator):
         for name, arr in delta.items():
             acc = grown.get(name, self._sum.get(name))
             if acc is None:
-                self._sum[name] = arr.astype(np.float64) * weight
+                self._sum[name] = np.multiply(arr, weight, dtype=np.float64)
             elif acc.shape == arr.shape:
-                acc += arr.astype(np.float64) * weight
+                acc += np.multiply(arr, weight, dtype=np.float64)  # in float64, as astype then multiply, one copy
                 self._sum[name] = acc
             else:
                 add_ranked(acc, name, arr, weight)

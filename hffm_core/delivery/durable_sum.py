@@ -49,8 +49,15 @@ def _layout(delta: Mapping[str, np.ndarray]) -> str:
     return json.dumps([[name, list(np.shape(delta[name]))] for name in sorted(delta)])
 
 
-def _pack(sums: Mapping[str, np.ndarray]) -> bytes:
-    return b"".join(np.ascontiguousarray(sums[n], dtype="<f8").tobytes() for n in sorted(sums))
+def _pack(sums: Mapping[str, np.ndarray]) -> bytearray:
+    """The sums as float64, in name order, copied once into one buffer (SQLite binds it as a BLOB)."""
+    blob = bytearray(8 * sum(int(np.size(sums[n])) for n in sums))
+    offset = 0
+    for name in sorted(sums):
+        arr = np.asarray(sums[name])
+        np.frombuffer(blob, dtype="<f8", count=arr.size, offset=offset)[:] = arr.ravel()
+        offset += 8 * arr.size
+    return blob
 
 
 def _unpack(layout: str, blob: bytes) -> State:
