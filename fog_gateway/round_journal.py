@@ -55,7 +55,7 @@ from fog_gateway.journal_records import (
     unpack_state,
 )
 from hffm_core.protocol import ModuleKey
-from hffm_core.sqlite import open_sqlite, transaction
+from hffm_core.sqlite import BLOB_PAGE_SIZE, open_sqlite, transaction
 
 __all__ = ["FORMAT", "ROLES", "Position", "RoundJournal", "RoundJournalError", "RoundJournalFormatError", "RoundSum",
            "Snapshot", "Stamp", "State", "StoredDelta", "job_of", "pack_state", "same_job", "staleness_weight",
@@ -120,7 +120,7 @@ class RoundJournal:
         self.kept = kept
         self._lock = threading.RLock()
         self._db = open_sqlite(self.path, synchronous=synchronous, schema=_SCHEMA, what="the fog round journal",
-                               error=RoundJournalError, setup=self._check, hint=_HINT)
+                               page_size=BLOB_PAGE_SIZE, error=RoundJournalError, setup=self._check, hint=_HINT)
         try:
             if self._db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone() is None:
                 self._db.execute("INSERT INTO meta (name, value) VALUES ('format', ?)", (FORMAT,))

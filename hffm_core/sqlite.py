@@ -18,14 +18,17 @@ from hffm_core.errors import ConfigError, HffmError, StorageError
 
 SYNC_MODES = ("FULL", "NORMAL")
 BUSY_TIMEOUT_S = 5.0
+BLOB_PAGE_SIZE = 32768  # a 7.2 MB commit of 10 sums + 35 keys: 95 ms at 4 KiB pages, 44 ms at 32 KiB (2-core box)
 
 
 def open_sqlite(path: Path, *, synchronous: str = "FULL", schema: str = "", what: str = "state file",
                 error: type[HffmError] = StorageError,
                 setup: Callable[[sqlite3.Connection], None] | None = None,
-                busy_timeout_s: float = BUSY_TIMEOUT_S, hint: str = "") -> sqlite3.Connection:
+                busy_timeout_s: float = BUSY_TIMEOUT_S, hint: str = "", page_size: int = 0) -> sqlite3.Connection:
     """Open (or create) the SQLite file ``path``: WAL, ``synchronous``, a busy timeout, then ``setup`` (checks of a
     file that already existed, e.g. its format) and ``schema`` (``CREATE ... IF NOT EXISTS`` statements).
+    ``page_size`` (> 0) applies to a new file only: files of large blobs (running sums of whole modules) commit
+    about twice as fast with 32 KiB pages as with SQLite's 4 KiB (BLOB_PAGE_SIZE).
 
     Raises:
         ConfigError: ``synchronous`` is not one of :data:`SYNC_MODES`.
@@ -39,6 +42,8 @@ def open_sqlite(path: Path, *, synchronous: str = "FULL", schema: str = "", what
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(str(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+        if page_size:
+            db.execute(f"PRAGMA page_size={int(page_size)}")  # before WAL: an existing file keeps its own
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous}")
         if setup is not None:

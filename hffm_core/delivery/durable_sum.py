@@ -22,7 +22,7 @@ import numpy as np
 from hffm_core.aggregation.ranks import fold_into
 from hffm_core.delivery.outbox import OutboxError
 from hffm_core.errors import AggregationError
-from hffm_core.sqlite import open_sqlite, transaction
+from hffm_core.sqlite import BLOB_PAGE_SIZE, open_sqlite, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS applied (
@@ -83,7 +83,7 @@ class DurableSums:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._db = open_sqlite(self.path, synchronous=synchronous, schema=_SCHEMA, what="aggregation state",
-                               error=OutboxError)
+                               page_size=BLOB_PAGE_SIZE, error=OutboxError)
 
     def close(self) -> None:
         with self._lock:

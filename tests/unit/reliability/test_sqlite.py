@@ -56,3 +56,21 @@ def test_transaction_commits_or_rolls_back(tmp_path: Path) -> None:
         db.execute("INSERT INTO t VALUES (1)")
     assert [r[0] for r in db.execute("SELECT x FROM t")] == [1]
     db.close()
+
+
+def test_a_page_size_applies_to_a_new_file_and_an_old_file_keeps_its_own(tmp_path: Path) -> None:
+    from fog_gateway.round_journal import RoundJournal
+    from hffm_core.sqlite import BLOB_PAGE_SIZE
+
+    db = open_sqlite(tmp_path / "new.sqlite", schema="CREATE TABLE t (x BLOB);", page_size=BLOB_PAGE_SIZE)
+    assert db.execute("PRAGMA page_size").fetchone()[0] == BLOB_PAGE_SIZE
+    db.close()
+    old = open_sqlite(tmp_path / "old.sqlite", schema="CREATE TABLE t (x BLOB);")
+    assert old.execute("PRAGMA page_size").fetchone()[0] == 4096
+    old.close()
+    again = open_sqlite(tmp_path / "old.sqlite", page_size=BLOB_PAGE_SIZE)
+    assert again.execute("PRAGMA page_size").fetchone()[0] == 4096, "a file's page size is fixed once it exists"
+    again.close()
+    journal = RoundJournal(tmp_path / "fog.sqlite")
+    assert journal._db.execute("PRAGMA page_size").fetchone()[0] == BLOB_PAGE_SIZE
+    journal.close()
