@@ -71,8 +71,12 @@ def _after(run: SimRun, k: int, naive_rounds_n: int) -> dict[str, Any]:
     out: dict[str, Any] = {"update_bytes": size, "msgs_per_device": msgs}
     try:
         out["ceiling"] = ceiling(port, size=max(size, 1), messages=max(200, min(2000, 4 * k)))
+        # The naive federated round: the model down (as many payloads as a device holds modules, each of the
+        # update size, fanned out by the broker), then the updates up; and the same round with no model (go only).
         out["naive"] = naive_rounds(port, clients=k, msgs=msgs, size=max(size, 1), rounds=naive_rounds_n,
-                                    work=run.run_dir / "naive")
+                                    work=run.run_dir / "naive", down=msgs)
+        out["naive_upload"] = naive_rounds(port, clients=k, msgs=msgs, size=max(size, 1), rounds=naive_rounds_n,
+                                           work=run.run_dir / "naive-upload")
     except Exception as exc:  # noqa: BLE001 - a failed baseline is reported in its column, not a crash
         out["error"] = f"{type(exc).__name__}: {exc}"
     return out
@@ -126,8 +130,10 @@ def run_k(k: int, *, fogs: int, rounds: int, agg_every: int, backbone: str, per_
             "lost": sim["deltas"]["lost"], "applied": sim["deltas"]["applied_by_fogs"],
             "planned": sim["deltas"]["expected_without_faults"], "retransmitted": sim["deltas"]["retransmitted"],
             "processes": sim["processes"], "per_process": per_process, "wall_s": sim["wall_s"]}
-    ceil, naive = after.get("ceiling", {}), after.get("naive", {})
+    ceil, naive, upload = after.get("ceiling", {}), after.get("naive", {}), after.get("naive_upload", {})
     paho = {"round_s": naive.get("round_s"), "rounds": naive.get("rounds"), "fanin_per_s": naive.get("fanin_per_s"),
+            "upload_only_round_s": upload.get("round_s"), "upload_only_rounds": upload.get("rounds"),
+            "down_msgs_per_device": after.get("msgs_per_device") if naive else None,
             "fanin_ceiling_per_s": ceil.get("per_s"), "ceiling_mb_per_s": ceil.get("mb_per_s"),
             "msgs_per_device": after.get("msgs_per_device"), "error": after.get("error")}
     problems = list(sim["problems"]) + ([f"paho baseline: {after['error']}"] if after.get("error") else [])
@@ -235,13 +241,15 @@ def one_line(r: dict[str, Any]) -> str:
     h, p, f = r["hffm"], r["paho"], r["flower"]
     return (f"K={r['K']} ({r['fogs']} fog): {r['status']}; hffm cluster {h['cluster_round_s']} s, global "
             f"{h['global_round_s']} s, fan-in {h['fanin_per_s']}/s (ceiling {p['fanin_ceiling_per_s']}/s), fog RSS "
-            f"{h['fog_rss_mb']} MB, lost {h['lost']}; paho {p['round_s']} s; Flower {f['round_s'] or f['status']}")
+            f"{h['fog_rss_mb']} MB, lost {h['lost']}; paho {p['round_s']} s (upload only "
+            f"{p.get('upload_only_round_s')} s); Flower {f['round_s'] or f['status']}")
 
 
 def table(runs: list[dict[str, Any]]) -> Table:
     t = Table(title="hffm bench scale: medians over measured rounds (all but the first)")
     for col in ("K", "fogs", "cluster s", "global s", "fan-in /s", "MB/s", "ceiling /s", "fog RSS MB",
-                "cloud RSS MB", "broker RSS MB", "journal MB", "lost", "paho s", "Flower s", "status"):
+                "cloud RSS MB", "broker RSS MB", "journal MB", "lost", "paho s", "paho up-only s", "Flower s",
+                "status"):
         t.add_column(col, justify="right")
     for r in runs:
         h, p, f = r["hffm"], r["paho"], r["flower"]
@@ -249,6 +257,7 @@ def table(runs: list[dict[str, Any]]) -> Table:
                   str(h["fanin_per_s"]), str(h["fanin_mb_per_s"]), str(p["fanin_ceiling_per_s"]),
                   str(h["fog_rss_mb"]), str(h["cloud_rss_mb"]), str(h["broker_rss_mb"]),
                   f"{h['journal_peak_bytes'] / 1e6:.0f}", str(h["lost"]), str(p["round_s"]),
+                  str(p.get("upload_only_round_s")),
                   str(f["round_s"]) if f["round_s"] is not None else f["status"], r["status"])
     return t
 
@@ -267,7 +276,8 @@ def plot(runs: list[dict[str, Any]], path: Path, console: Console) -> str:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, get in (("hffm cluster round", lambda r: r["hffm"]["cluster_round_s"]),
                        ("hffm global round", lambda r: r["hffm"]["global_round_s"]),
-                       ("naive paho loop", lambda r: r["paho"]["round_s"]),
+                       ("naive paho loop (model down, updates up)", lambda r: r["paho"]["round_s"]),
+                       ("naive paho loop, upload only", lambda r: r["paho"].get("upload_only_round_s")),
                        ("Flower simulation", lambda r: r["flower"]["round_s"])):
         pts = [(k, get(r)) for k, r in zip(ks, runs, strict=True) if get(r) is not None]
         if pts:

@@ -3,10 +3,13 @@
 
 - :func:`ceiling`: one publisher pushes N payloads of the update size as fast as paho and the broker take them, one
   subscriber counts them: the broker's pub->sub rate, the most any fan-in through that broker can reach.
-- :func:`naive_rounds`: the naive round loop. A server publishes ``go``; each of K clients answers with the same
+- :func:`naive_rounds`: the naive round loop of a federated job. A server publishes the round's model (``down``
+  payloads of the update size on one topic, which the broker fans out to every client, as hffm's fog publishes a
+  module's new version once for all its holders); each of K clients, once it holds them, answers with the same
   messages (count and size) a simulated hffm device sends in a cluster round; the round ends when the server holds
-  all of them. No outbox, no acks beyond the broker's PUBACK, no aggregation, no journal. The clients are spread
-  over processes (``python -m hffm_lab.bench.scale_paho PORT FIRST COUNT MSGS SIZE``), as the simulator's are.
+  all of them. No outbox, no acks beyond the broker's PUBACK, no aggregation, no journal. With ``down = 0`` the
+  server sends only ``go`` (upload only, no model). The clients are spread over processes (``python -m
+  hffm_lab.bench.scale_paho PORT FIRST COUNT MSGS SIZE DOWN``), as the simulator's are.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 from hffm_core.errors import HffmError
 from hffm_core.transport import MqttTransport
 
-GO, STOP, UP = "naive/go", "naive/stop", "naive/up"
+GO, STOP, UP, DOWN = "naive/go", "naive/stop", "naive/up", "naive/down"
 PER_PROCESS = 150
 
 
@@ -77,10 +80,10 @@ def ceiling(port: int, *, size: int, messages: int = 300, timeout_s: float = 300
         sub.close()
 
 
-def naive_rounds(port: int, *, clients: int, msgs: int, size: int, rounds: int, work: Path,
+def naive_rounds(port: int, *, clients: int, msgs: int, size: int, rounds: int, work: Path, down: int = 0,
                  timeout_s: float = 600.0) -> dict[str, Any]:
-    """Run ``rounds`` naive rounds of ``clients`` clients; returns each round's seconds and the median of all but
-    the first.
+    """Run ``rounds`` naive rounds of ``clients`` clients (each round first sends ``down`` model payloads of
+    ``size`` to all of them); returns each round's seconds and the median of all but the first.
 
     Raises:
         HffmError: a client process failed to start or a round did not complete within ``timeout_s``.
@@ -90,6 +93,7 @@ def naive_rounds(port: int, *, clients: int, msgs: int, size: int, rounds: int, 
                            timeout_s=60.0)
     server.connect()
     server.subscribe([f"{UP}/#"])
+    model = os.urandom(size)
     work.mkdir(parents=True, exist_ok=True)
     procs = []
     try:
@@ -97,7 +101,7 @@ def naive_rounds(port: int, *, clients: int, msgs: int, size: int, rounds: int, 
             count = min(PER_PROCESS, clients - first)
             log = open(work / f"naive-clients-{first}.log", "wb")  # noqa: SIM115 - closed with the process below
             procs.append((subprocess.Popen([sys.executable, "-m", "hffm_lab.bench.scale_paho", str(port), str(first),
-                                            str(count), str(msgs), str(size)], stdout=subprocess.PIPE,
+                                            str(count), str(msgs), str(size), str(down)], stdout=subprocess.PIPE,
                                            stderr=log), log))
         for proc, _log in procs:  # each prints "ready" once its clients are connected and subscribed
             line = proc.stdout.readline() if proc.stdout is not None else b""
@@ -108,6 +112,8 @@ def naive_rounds(port: int, *, clients: int, msgs: int, size: int, rounds: int, 
             counter.arm(clients * msgs)
             started = time.monotonic()
             server.publish(GO, str(r).encode(), category="other")
+            for i in range(down):
+                server.publish(f"{DOWN}/{i}", model, category="other")
             if not counter.done.wait(timeout_s):
                 raise HffmError(f"naive round {r}: {counter.count} of {clients * msgs} messages in {timeout_s:.0f} s")
             times.append(round(counter.last - started, 3))
@@ -126,21 +132,32 @@ def naive_rounds(port: int, *, clients: int, msgs: int, size: int, rounds: int, 
         server.close()
 
 
-def _clients(port: int, first: int, count: int, msgs: int, size: int) -> int:
+def _clients(port: int, first: int, count: int, msgs: int, size: int, down: int = 0) -> int:
     payload = os.urandom(size)
     stop = threading.Event()
     transports: list[MqttTransport] = []
 
     def on_message(client_id: str) -> Any:
+        got = [0]  # model payloads held this round
+
+        def send() -> None:
+            me = transports[int(client_id.rsplit("-", 1)[1]) - first]
+            for i in range(msgs):
+                me.try_publish(f"{UP}/{client_id}/{i}", payload, category="other")
+
         def handler(topic: str, _payload: bytes, retain: bool) -> None:
             if retain:
                 return
             if topic == STOP:
                 stop.set()
-                return
-            me = transports[int(client_id.rsplit("-", 1)[1]) - first]
-            for i in range(msgs):
-                me.try_publish(f"{UP}/{client_id}/{i}", payload, category="other")
+            elif topic == GO:
+                got[0] = 0
+                if not down:
+                    send()
+            elif topic.startswith(DOWN):
+                got[0] += 1
+                if got[0] == down:  # the whole model is here (one connection: in order after GO)
+                    send()
         return handler
 
     for i in range(first, first + count):
@@ -149,7 +166,7 @@ def _clients(port: int, first: int, count: int, msgs: int, size: int) -> int:
                           connect_timeout_s=120.0)
         transports.append(t)
         t.connect()
-        t.subscribe([GO, STOP])
+        t.subscribe([GO, STOP, f"{DOWN}/#"])
     print("ready", flush=True)
     stop.wait(3600.0)
     for t in transports:
@@ -158,4 +175,4 @@ def _clients(port: int, first: int, count: int, msgs: int, size: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_clients(*(int(a) for a in sys.argv[1:6])))
+    sys.exit(_clients(*(int(a) for a in sys.argv[1:7])))
