@@ -58,6 +58,9 @@ class PersonalizationConfig:
     distill_weight: float = 1.0  # weight of the KL term next to the cross-entropy on the device's own labels
     temperature: float = 2.0
     distill_lr: float = 5e-4
+    # The KL term is used for a task only where the global model is at most this far below the personal modules on
+    # validation; elsewhere the distillation epochs train on the device's labels alone.
+    teacher_floor: float = 0.1
 
     def __post_init__(self) -> None:
         if self.mode not in PERSONALIZATION_MODES:
@@ -75,6 +78,8 @@ class PersonalizationConfig:
                 or not self.distill_lr > 0:
             raise ValueError("[personalization] distill_epochs must be >= 1, distill_weight >= 0, temperature "
                              "and distill_lr > 0")
+        if not 0.0 <= self.teacher_floor <= 1.0:
+            raise ValueError(f"[personalization] teacher_floor must lie in [0, 1], got {self.teacher_floor!r}")
 
     def margin_of(self, kind: str) -> float:
         return float(self.margin.get(kind, 0.01))

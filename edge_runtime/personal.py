@@ -9,8 +9,9 @@ The device keeps a personal copy of every module it holds, next to the versions 
   the adapters and heads of its tasks, margin of ``encoder``), else each task's adapter with its head (margin of
   ``adapter``), else the head alone (margin of ``head``).
 * *post-federation distillation*: after the last round, the final global model is distilled into the personal one
-  (cross-entropy on the device's own labels plus KL to the global model's soft predictions) on the tasks where it
-  beats the personal model on validation, and kept per modality only where it raises the validation accuracy.
+  (cross-entropy on the device's own labels plus KL to the global model's soft predictions; labels alone on a task
+  where the global model is more than ``teacher_floor`` below the personal one on validation), kept per modality
+  only where it does not lower the validation accuracy.
 
 The federated path is untouched: the device still trains from the version it received and sends that delta.
 """
@@ -91,6 +92,7 @@ class PersonalModules:
         self.counts: dict[str, dict[str, int]] = {str(k): {"replaced": 0, "kept": 0} for k in self.keys}
         self.log: list[dict[str, Any]] = []
         self.distilled: dict[str, bool] = {}
+        self.taught: dict[str, list[str]] = {}  # per modality, the tasks distilled with the KL term
 
     # -- evaluation --------------------------------------------------------------------------------------------
     def _load(self, states: Mapping[ModuleKey, State]) -> None:
@@ -186,10 +188,11 @@ class PersonalModules:
 
     # -- stage 2: post-federation distillation --------------------------------------------------------------------
     def distill(self, final: Mapping[ModuleKey, State], *, seed: int, batch_size: int) -> dict[str, bool]:
-        """Distil the final global model ``final`` into the personal modules, per modality: only the tasks on
-        which the global model beats the personal one on validation are taught (a teacher worse on the device's
-        own data has nothing to give it), and the result is kept only where it raises the validation accuracy.
-        Returns modality -> kept."""
+        """Distil the final global model ``final`` into the personal modules, per modality, and keep the result
+        where the validation accuracy does not drop. A task on which the global model is more than
+        ``teacher_floor`` below the personal modules on validation is trained on its labels alone (a teacher that
+        bad on the device's own data would pull the personal modules toward its mistakes). Returns modality ->
+        kept; ``self.taught`` names the tasks that had the KL term."""
         from hffm_model.training import distill_task, predict_logits
 
         cfg = self.cfg
@@ -198,29 +201,28 @@ class PersonalModules:
             tasks = sorted(t for t in self.train if self.modality_of[t] == modality)
             before = {t: self._val_acc(self.states, t) for t in tasks}
             teacher_state = {**self.states, **{k: final[k] for k in tree if k in final}}
-            taught = [t for t in tasks if self._gain(teacher_state, [t], before) > 0.0]
-            self.distilled[modality] = False
-            if not taught:
-                log.info("personal modules: %s not distilled: the global model is no better on validation", modality)
-                continue
+            taught = [t for t in tasks if self._gain(teacher_state, [t], before) >= -cfg.teacher_floor]
+            self.taught[modality] = taught
             self._load({k: final[k] for k in tree if k in final})
-            teacher = {t: predict_logits(self.model, modality=modality, task=t, x=self.train[t][0]) for t in taught}
+            teacher = {t: predict_logits(self.model, modality=modality, task=t, x=self.train[t][0]) for t in tasks}
             self._load({k: self.states[k] for k in tree})
-            for i, task in enumerate(taught):
+            for i, task in enumerate(tasks):
                 x, y = self.train[task]
                 distill_task(self.model, modality=modality, task=task, x=x, y=y, teacher_logits=teacher[task],
-                             epochs=cfg.distill_epochs, weight=cfg.distill_weight, temperature=cfg.temperature,
-                             batch_size=batch_size, lr=cfg.distill_lr, seed=seed + i)
+                             epochs=cfg.distill_epochs, weight=cfg.distill_weight if task in taught else 0.0,
+                             temperature=cfg.temperature, batch_size=batch_size, lr=cfg.distill_lr, seed=seed + i)
             student = {k: self.model.get_module_state(k) for k in tree}
-            keep = self._gain({**self.states, **student}, tasks, before) > 0.0
+            keep = self._gain({**self.states, **student}, tasks, before) >= 0.0
             if keep:
                 self.states.update(student)
             self.distilled[modality] = keep
-        log.info("personal modules: distilled the final global model; kept per modality %s", self.distilled)
+        log.info("personal modules: distilled the final global model (KL on %s); kept per modality %s", self.taught,
+                 self.distilled)
         self._load(self.states)
         return dict(self.distilled)
 
     def report(self) -> dict[str, Any]:
         """The personalization section of the device's metrics file."""
         return {"mode": self.cfg.mode, "counts": self.counts, "rounds": self.log, "distilled": self.distilled,
+                "taught": self.taught,
                 "validation_samples": {t: int(len(y)) for t, (_x, y) in sorted(self.val.items())}}
