@@ -60,13 +60,16 @@ def test_transaction_commits_or_rolls_back(tmp_path: Path) -> None:
 
 def test_a_page_size_applies_to_a_new_file_and_an_old_file_keeps_its_own(tmp_path: Path) -> None:
     from fog_gateway.round_journal import RoundJournal
-    from hffm_core.sqlite import BLOB_PAGE_SIZE
+    from hffm_core.sqlite import BLOB_PAGE_SIZE, WAL_CHECKPOINT_BYTES
 
     db = open_sqlite(tmp_path / "new.sqlite", schema="CREATE TABLE t (x BLOB);", page_size=BLOB_PAGE_SIZE)
     assert db.execute("PRAGMA page_size").fetchone()[0] == BLOB_PAGE_SIZE
+    # the WAL is checkpointed at the same bytes whatever the page size (not 1,000 pages: 32 MiB at 32 KiB)
+    assert db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] * BLOB_PAGE_SIZE == WAL_CHECKPOINT_BYTES
     db.close()
     old = open_sqlite(tmp_path / "old.sqlite", schema="CREATE TABLE t (x BLOB);")
     assert old.execute("PRAGMA page_size").fetchone()[0] == 4096
+    assert old.execute("PRAGMA wal_autocheckpoint").fetchone()[0] * 4096 == WAL_CHECKPOINT_BYTES
     old.close()
     again = open_sqlite(tmp_path / "old.sqlite", page_size=BLOB_PAGE_SIZE)
     assert again.execute("PRAGMA page_size").fetchone()[0] == 4096, "a file's page size is fixed once it exists"
