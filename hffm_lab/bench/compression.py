@@ -154,6 +154,14 @@ SETTINGS: tuple[Setting, ...] = (
             _sb_model(6, targets=_ALL_LINEAR)),
     Setting("lora-sb6all-sign-e4-hsign", {**_sb_sign(), "head": {"codec": "sign", "params": {}}}, _all("int8"),
             _all("int8"), _sb_model(6, targets=_ALL_LINEAR)),
+    # Capacity: R on every linear layer at r = 12 and 16 (5,184 and 9,216 numbers per adapter), R sign-coded,
+    # encoders and heads fp32; and r = 12 with half of R's signs per message (a seeded subset, error feedback).
+    Setting("lora-sb12all-signR-fp32eh", {"adapter": _sb_sign()["adapter"]}, _all("int8"), _all("int8"),
+            _sb_model(12, targets=_ALL_LINEAR)),
+    Setting("lora-sb16all-signR-fp32eh", {"adapter": _sb_sign()["adapter"]}, _all("int8"), _all("int8"),
+            _sb_model(16, targets=_ALL_LINEAR)),
+    Setting("lora-sb12all-sign50R-fp32eh", {"adapter": {"codec": "sign", "params": {"fraction": 0.5}}},
+            _all("int8"), _all("int8"), _sb_model(12, targets=_ALL_LINEAR)),
 )
 # The setting the README headlines (`--headline` runs fp32 and it, and marks it "headline": true in the report).
 HEADLINE = "lora-sb6all-sign-e4-hsign"  # seed 0: 255.3x at -3.50 pt, the best accuracy measured at >= 250x
