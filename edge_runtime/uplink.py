@@ -14,7 +14,8 @@ import numpy as np
 from hffm_core.compression import Codec, ErrorFeedback
 from hffm_core.compression.module_codec import pack
 from hffm_core.delivery import Outbox, round_tag
-from hffm_core.protocol import ModuleKey, ModuleUpdate, encode, topics
+from hffm_core.protocol import ModuleKey, ModuleUpdate, topics
+from hffm_core.protocol.routing import encode_for
 
 CATEGORY = "device_to_fog"
 
@@ -61,8 +62,8 @@ class Uplink:
 
     def send(self, update: ModuleUpdate, payload: bytes | None = None) -> int:
         """Queue ``update`` for the fog (outbox) or publish it once; returns its size."""
-        payload = encode(update) if payload is None else payload
         topic = topics.up(self.fleet, self.fog, update.key, self.node)
+        payload = encode_for(topic, update) if payload is None else payload  # the topic names sender, fog and module
         if self.outbox is not None:
             self.outbox.put(update.idempotency_key, topic, payload,
                             round_=round_tag(update.global_round, update.cluster_round))

@@ -16,10 +16,15 @@ expected type, each value checked against the field's annotation, then the type'
 (tensor sizes, SHA-256, ranges). Anything wrong raises :class:`DecodeError` naming the field and the problem.
 Payloads are never unpickled.
 
-Two values travel in a shorter form than the dataclass holds: SHA-256 digests as 32 raw bytes, and the idempotency
+Some values travel in a shorter form than the dataclass holds: SHA-256 digests as 32 raw bytes; the idempotency
 key of a ``ModuleUpdate`` or ``FogAggregate`` as an empty string when it is the key that the message's own fields
-determine (``default_key``); decoding derives it again. A key that is not the derived one (a D2D relay's) travels
-as it is.
+determine (``default_key``), which decoding derives again (a key that is not the derived one, a D2D relay's,
+travels as it is); and, when the message is encoded for its topic (``encode(message, topic=...)``), the fields of
+a ``ModuleUpdate`` that its ``up`` topic already names (fleet, sender, fog, module key: 45-50 B of a 120-130 B
+header) as empty strings, which decoding with that topic (``decode(..., topic=...)``, as
+:func:`hffm_core.protocol.routing.decode_message` does) fills in again. The receivers check those fields against
+the topic anyway, and a signature covers the topic, so nothing is lost. Decoding such a payload without its topic
+raises a :class:`DecodeError` that says so; a full payload decodes with or without one.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from hffm_core.protocol.messages import (
     ModuleUpdate,
     TensorBlob,
 )
+from hffm_core.protocol.topics import Topic
 
 T = TypeVar("T")
 
@@ -62,8 +68,12 @@ for _cls in WIRE_TYPES:
         raise RuntimeError(f"{_cls.__name__}: a wire type must declare 'schema' as its first field")
 
 
-def encode(message: object) -> bytes:
+def encode(message: object, *, topic: Topic | None = None) -> bytes:
     """Encode a message dataclass to msgpack bytes: the positional array ``[TYPE, schema, <further fields>]``.
+
+    ``topic``: the parsed topic the payload is published on. The fields of the message that this topic names
+    (:data:`FROM_TOPIC`) then travel as empty strings where they equal the topic's; only a decode given the same
+    topic reads them back. Leave it out for a payload that may travel on more than one topic.
 
     Raises:
         TypeError: ``message`` is not one of the registered message types.
@@ -76,7 +86,32 @@ def encode(message: object) -> bytes:
     derive = _DERIVED_KEY.get(cls)
     if derive is not None and message.idempotency_key == derive(functools.partial(getattr, message)):  # type: ignore[attr-defined]
         body[_field_names(cls).index("idempotency_key") + 1] = ""
+    if topic is not None:
+        for name, part in FROM_TOPIC.get(cls, ()):
+            value = getattr(topic, part)
+            if value is not None and value == getattr(message, name):
+                body[_field_names(cls).index(name) + 1] = ""
     return msgpack.packb(body, use_bin_type=True)
+
+
+# The fields a message type's topic also names, and the attribute of the parsed topic (hffm_core.protocol.topics.Topic)
+# that holds each: encoded for its topic, such a field travels empty when it equals the topic's (the receiver checks
+# it against the topic anyway), and decoding with the topic fills it in again.
+FROM_TOPIC: dict[type, tuple[tuple[str, str], ...]] = {
+    ModuleUpdate: (("fleet", "fleet"), ("sender", "node"), ("fog", "fog"), ("key", "module")),
+}
+
+
+def _fill_from_topic(raw: dict[Any, Any], expected: type, name: str, topic: Topic | None) -> None:
+    """Put the topic's values into the fields of ``raw`` (a map form) that travelled empty for it."""
+    for field_name, part in FROM_TOPIC.get(expected, ()):
+        if raw.get(field_name) != "":
+            continue
+        value = None if topic is None else getattr(topic, part)
+        if value is None:
+            where = "no topic was given" if topic is None else f"topic {str(topic)!r} has no {part}"
+            raise DecodeError(f"{name}.{field_name}: travelled empty, to be read from its topic, but {where}")
+        raw[field_name] = str(value)
 
 
 # An idempotency key that the message's own fields determine travels empty (about 40 B less per module message)
@@ -206,8 +241,10 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise DecodeError(f"msgpack extension type {code} is not allowed")
 
 
-def decode(payload: bytes, expected: type[T], *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> T:
-    """Decode ``payload`` into an instance of ``expected``.
+def decode(payload: bytes, expected: type[T], *, max_payload: int = DEFAULT_MAX_PAYLOAD,
+           topic: Topic | None = None) -> T:
+    """Decode ``payload`` into an instance of ``expected``; ``topic``: the parsed topic it came on, which fills in
+    the fields that travelled empty for it (:func:`encode`).
 
     Raises:
         DecodeError: oversized, not msgpack, truncated, trailing bytes, neither an array nor a map, wrong
@@ -215,7 +252,7 @@ def decode(payload: bytes, expected: type[T], *, max_payload: int = DEFAULT_MAX_
             type, or a violated invariant (e.g. SHA-256 mismatch).
     """
     name = getattr(expected, "TYPE", expected.__name__)
-    return from_wire(_unpack(payload, name, max_payload), expected)
+    return from_wire(_unpack(payload, name, max_payload), expected, topic=topic)
 
 
 def _unpack(payload: Any, name: str, max_payload: int) -> Any:
@@ -245,18 +282,21 @@ def _unpack(payload: Any, name: str, max_payload: int) -> Any:
     return raw
 
 
-def from_wire(raw: Any, expected: type[T]) -> T:
+def from_wire(raw: Any, expected: type[T], *, topic: Topic | None = None) -> T:
     """Build ``expected`` from an already unpacked msgpack object (a positional array or a map), with every check
-    of :func:`decode`."""
+    of :func:`decode` (``topic`` as there)."""
     name = getattr(expected, "TYPE", expected.__name__)
     if isinstance(raw, list):
         raw = _array_to_map(raw, expected, name)
+    elif isinstance(raw, dict) and expected in FROM_TOPIC:
+        raw = dict(raw)  # filled in below: never change the caller's map
     if not isinstance(raw, dict):
         raise DecodeError(f"{name}: payload must be a msgpack array or map, got {type(raw).__name__}")
     got_type = raw.get("type")
     if got_type != name:
         raise DecodeError(f"expected a {name!r} message, got type {got_type!r}")
     _check_schema(name, raw.get("schema"), schema_of(expected))
+    _fill_from_topic(raw, expected, name, topic)
     fast = _fast_fields(expected)
     if raw.keys() == fast.names:  # every field present (the positional form): the compiled path, checked below
         try:

@@ -19,7 +19,18 @@ def decode_message(topic: str, payload: bytes, *, max_payload: int = codec.DEFAU
         DecodeError: a bad topic, a bad payload, or a payload whose fleet disagrees with the topic's.
     """
     parsed = topics.parse(topic)
-    message = codec.decode(payload, MESSAGE_FOR_KIND[parsed.kind], max_payload=max_payload)
+    message = codec.decode(payload, MESSAGE_FOR_KIND[parsed.kind], max_payload=max_payload, topic=parsed)
     if getattr(message, "fleet", parsed.fleet) != parsed.fleet:
         raise DecodeError(f"topic {topic!r}: message fleet {message.fleet!r} differs from the topic's")
     return parsed, message
+
+
+def encode_for(topic: str, message: object) -> bytes:
+    """``message`` encoded for ``topic`` (:func:`hffm_core.protocol.codec.encode` with the parsed topic): the fields
+    the topic names travel empty, and :func:`decode_message` on the same topic reads them back.
+
+    Raises:
+        DecodeError: ``topic`` is not an hffm topic.
+        TypeError: ``message`` is not a wire type.
+    """
+    return codec.encode(message, topic=topics.parse(topic))

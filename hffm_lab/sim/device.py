@@ -29,6 +29,7 @@ from hffm_core.delivery import Outbox, ReliableSender, round_tag
 from hffm_core.downlink import JobWatch, ResyncNeeded, VersionReceiver
 from hffm_core.errors import DecodeError
 from hffm_core.protocol import ModuleKey, NodeState, ResyncRequest, RoundControl, encode, modules_for, topics
+from hffm_core.protocol.routing import encode_for
 from hffm_core.protocol.topics import Topic
 from hffm_core.resources import ResourceThresholds, decide
 from hffm_core.transport import MqttTransport
@@ -322,8 +323,8 @@ class VirtualDevice:
             else:
                 delta, loss = self.synth.delta(self.rx.states[key], f"{self.node}/{g}.{c}/{key}"), 0.0
             update = self.uplink.build(key, delta, self._samples(key), loss, g, c)
-            rows.append((update.idempotency_key, topics.up(self.fleet, self.fog, key, self.node), encode(update),
-                         round_tag(g, c)))
+            topic = topics.up(self.fleet, self.fog, key, self.node)
+            rows.append((update.idempotency_key, topic, encode_for(topic, update), round_tag(g, c)))
         for (key, _topic, payload, _round), new in zip(rows, self.outbox.put_many(rows), strict=True):  # one commit
             if not new:
                 continue

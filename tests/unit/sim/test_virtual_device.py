@@ -58,7 +58,7 @@ class FakeTransport:
         self.closed_with_will = with_will
 
     def updates(self) -> list[ModuleUpdate]:
-        return [decode(p, ModuleUpdate) for t, p, _ in self.sent if "/up/" in t]
+        return [decode_message(t, p)[1] for t, p, _ in self.sent if "/up/" in t]  # sent for their topic
 
     def adverts(self) -> list[NodeState]:
         return [decode(p, NodeState) for t, p, _ in self.sent if "/state/" in t]
