@@ -162,6 +162,14 @@ SETTINGS: tuple[Setting, ...] = (
             _sb_model(16, targets=_ALL_LINEAR)),
     Setting("lora-sb12all-sign50R-fp32eh", {"adapter": {"codec": "sign", "params": {"fraction": 0.5}}},
             _all("int8"), _all("int8"), _sb_model(12, targets=_ALL_LINEAR)),
+    # Spending the bytes the compact update header freed (2026-12-07): encoders lowrank 6 instead of 4; R at r = 8;
+    # and encoders sign-coded too (every module kind sign-coded: the encoders' share of the loss, at ~175x).
+    Setting("lora-sb6all-sign-e6-hsign", {**_sb_sign(6, 4), "head": {"codec": "sign", "params": {}}}, _all("int8"),
+            _all("int8"), _sb_model(6, targets=_ALL_LINEAR)),
+    Setting("lora-sb8all-sign-e4-hsign", {**_sb_sign(), "head": {"codec": "sign", "params": {}}}, _all("int8"),
+            _all("int8"), _sb_model(8, targets=_ALL_LINEAR)),
+    Setting("lora-sb6all-sign-esign-hsign", _all("sign"), _all("int8"), _all("int8"),
+            _sb_model(6, targets=_ALL_LINEAR)),
 )
 # The setting the README headlines (`--headline` runs fp32 and it, and marks it "headline": true in the report).
 HEADLINE = "lora-sb6all-sign-e4-hsign"  # 255.3x at -2.69 pt over seeds 0-2 (2026-12-07), the best measured at >= 250x
