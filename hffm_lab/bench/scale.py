@@ -4,7 +4,8 @@ with a naive paho round loop and a Flower simulation of the same K and payload, 
 Per K (default 10, 50, 200, 500, 1000; 1000 and above over ``fogs_from_1000`` fogs):
 - **hffm**: ``hffm sim --mode noop`` (``hffm_lab/sim``): K virtual devices with the real module layouts against real
   ``hffm fog run`` / ``hffm cloud run`` processes over real bridged Mosquitto. Cluster round = the fog's own
-  announcement-to-close time; global round = between the cloud's announcements; fan-in = deltas a fog applied in a
+  announcement-to-close time, split into the devices' part (until the last one has handed its updates to paho)
+  and the fog's (from then to the close: how far the gateway lags behind its devices); global round = between the cloud's announcements; fan-in = deltas a fog applied in a
   cluster round / that round's time; RSS and CPU of each process by psutil; the fogs' round journal on disk (peak).
 - **paho**: on the same fog broker once the job is over: the pub->sub ceiling for the mean update size, and the
   naive round loop (``scale_paho.py``): K clients each send the same messages a device sends per cluster round.
@@ -118,6 +119,7 @@ def run_k(k: int, *, fogs: int, rounds: int, agg_every: int, backbone: str, per_
     procs = sim["resources"]
     fog_names = [f"fog-{i}" for i in range(1, fogs + 1)]
     hffm = {"cluster_round_s": sim["cluster_round_s"], "global_round_s": sim["global_round_s"],
+            "devices_sent_by_s": sim.get("devices_sent_by_s"), "fog_after_last_send_s": sim.get("fog_after_last_send_s"),
             "fanin_per_s": sim["fanin_per_s"], "fanin_mb_per_s": sim["fanin_mb_per_s"],
             "fog_rss_mb": sim["fog_rss_mb"], "cloud_rss_mb": sim["cloud_rss_mb"],
             "broker_rss_mb": max((procs.get(f"broker-{f}", {}).get("rss_peak_mb", 0.0) for f in fog_names), default=0),
@@ -240,20 +242,23 @@ def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
 def one_line(r: dict[str, Any]) -> str:
     h, p, f = r["hffm"], r["paho"], r["flower"]
     return (f"K={r['K']} ({r['fogs']} fog): {r['status']}; hffm cluster {h['cluster_round_s']} s, global "
-            f"{h['global_round_s']} s, fan-in {h['fanin_per_s']}/s (ceiling {p['fanin_ceiling_per_s']}/s), fog RSS "
+            f"{h['global_round_s']} s (devices done sending {h.get('devices_sent_by_s')} s, fog closed "
+            f"{h.get('fog_after_last_send_s')} s later), fan-in {h['fanin_per_s']}/s (ceiling "
+            f"{p['fanin_ceiling_per_s']}/s), fog RSS "
             f"{h['fog_rss_mb']} MB, lost {h['lost']}; paho {p['round_s']} s (upload only "
             f"{p.get('upload_only_round_s')} s); Flower {f['round_s'] or f['status']}")
 
 
 def table(runs: list[dict[str, Any]]) -> Table:
     t = Table(title="hffm bench scale: medians over measured rounds (all but the first)")
-    for col in ("K", "fogs", "cluster s", "global s", "fan-in /s", "MB/s", "ceiling /s", "fog RSS MB",
+    for col in ("K", "fogs", "cluster s", "devices sent s", "fog after s", "global s", "fan-in /s", "MB/s", "ceiling /s", "fog RSS MB",
                 "cloud RSS MB", "broker RSS MB", "journal MB", "lost", "paho s", "paho up-only s", "Flower s",
                 "status"):
         t.add_column(col, justify="right")
     for r in runs:
         h, p, f = r["hffm"], r["paho"], r["flower"]
-        t.add_row(str(r["K"]), str(r["fogs"]), str(h["cluster_round_s"]), str(h["global_round_s"]),
+        t.add_row(str(r["K"]), str(r["fogs"]), str(h["cluster_round_s"]), str(h.get("devices_sent_by_s")),
+                  str(h.get("fog_after_last_send_s")), str(h["global_round_s"]),
                   str(h["fanin_per_s"]), str(h["fanin_mb_per_s"]), str(p["fanin_ceiling_per_s"]),
                   str(h["fog_rss_mb"]), str(h["cloud_rss_mb"]), str(h["broker_rss_mb"]),
                   f"{h['journal_peak_bytes'] / 1e6:.0f}", str(h["lost"]), str(p["round_s"]),

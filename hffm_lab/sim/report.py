@@ -97,6 +97,9 @@ def summarize(opts: SimOptions, fleet: SimFleet, *, clock: RoundClock, usage: di
         "faults": asdict(opts.faults),
         "cluster_round_s": median([r["seconds"] for r in measured]),
         "devices_sent_by_s": median([r["devices_sent_by_s"] for r in measured if r["devices_sent_by_s"] is not None]),
+        # What of a cluster round is the fog's own: from the last device's hand-over to the fog's close.
+        "fog_after_last_send_s": median([round(r["seconds"] - r["devices_sent_by_s"], 3) for r in measured
+                                         if r["devices_sent_by_s"] is not None]),
         "global_round_s": median([g["seconds"] for g in globals_ if g["round"] >= first]),
         "fanin_per_s": median(fanin),
         "fanin_mb_per_s": round(median(fanin) * update_bytes / 1e6, 1) if fanin else None,

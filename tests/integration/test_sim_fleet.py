@@ -31,6 +31,9 @@ def test_twenty_virtual_devices_over_two_fogs_every_delta_applied(tmp_path: Path
         (f, g, c) for f in ("fog-1", "fog-2") for g in (1, 2) for c in (1, 2)}
     assert [g["round"] for g in report["global_rounds"]] == [1, 2]
     assert report["cluster_round_s"] > 0 and report["fog_rss_mb"] > 0
+    # the round splits into the devices' part and the fog's, from the same rounds (medians of each)
+    assert 0 < report["devices_sent_by_s"] <= max(r["seconds"] for r in report["cluster_rounds"])
+    assert report["fog_after_last_send_s"] is not None and report["fog_after_last_send_s"] > -0.01  # rounding
     assert all(report["journal_peak_bytes"][f] > 0 for f in ("fog-1", "fog-2"))
 
 

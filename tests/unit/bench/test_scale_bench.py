@@ -14,7 +14,9 @@ from hffm_lab.bench import scale
 
 def _row(k: int, fogs: int, cluster: float, rss: float, *, paho: float = 1.0, flower: float | None = 2.0,
          lost: int = 0) -> dict[str, Any]:
-    hffm = {"cluster_round_s": cluster, "global_round_s": 2 * cluster + 1, "fanin_per_s": 7 * k / cluster,
+    hffm = {"cluster_round_s": cluster, "devices_sent_by_s": round(0.75 * cluster, 3),
+            "fog_after_last_send_s": round(0.25 * cluster, 3), "global_round_s": 2 * cluster + 1,
+            "fanin_per_s": 7 * k / cluster,
             "fanin_mb_per_s": 1.0, "fog_rss_mb": rss, "cloud_rss_mb": 400.0, "broker_rss_mb": 10.0,
             "journal_peak_bytes": 5_000_000, "lost": lost}
     return {"K": k, "fogs": fogs, "hffm": hffm, "status": "ok", "problems": [],
@@ -46,6 +48,7 @@ def test_table_and_plot(tmp_path: Path) -> None:
     console.print(scale.table(runs))
     text = console.export_text()
     assert "not installed" in text and "0.5" in text
+    assert "fog after s" in text and "0.125" in text and "0.375" in text  # K=10's round split: devices, fog
     path = scale.plot(runs, tmp_path / "scale.png", console)
     assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
