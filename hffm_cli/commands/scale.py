@@ -96,6 +96,9 @@ def bench_scale(
                                                            "$HFFM_FLOWER_PYTHON).")] = None,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here (the plot goes beside it).")] = None,
     work: Annotated[Path, typer.Option(help="Folder for the runs.")] = Path("runs/bench-scale"),
+    repeat: Annotated[int, typer.Option(min=1, max=10, help="Runs per K, one after the other: the row gives their "
+                                                            "medians (losses summed, memory the largest) and each "
+                                                            "run's figures.")] = 1,
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """hffm (noop sim through the real fog and cloud) vs a naive paho round loop vs a Flower simulation, per K:
@@ -112,4 +115,4 @@ def bench_scale(
     run_scale_bench(ks=k_list, rounds=rounds, agg_every=agg_every, backbone=backbone, per_process=per_process,
                     fogs_from_1000=fogs_from_1000, report=report, work=work.resolve(),
                     flower_python_path=flower_python, backoff_s=backoff, outbox_sync=outbox_sync.upper(),
-                    adapter=adapter)
+                    adapter=adapter, repeat=repeat)

@@ -13,9 +13,11 @@ Per K (default 10, 50, 200, 500, 1000; 1000 and above over ``fogs_from_1000`` fo
   ``--flower-python`` / ``$HFFM_FLOWER_PYTHON``): K no-op clients returning the same arrays. Where there is none,
   the column says ``not installed``, never a figure.
 
-Medians are over the measured rounds (all but the first, which includes start-up). A K whose hffm run lost a delta,
-applied fewer than planned, or lost a process is a FAILED row, and the command exits non-zero after saving the
-report. The plot (round time and RSS vs K) goes next to the report as ``scale.png`` when matplotlib is installed.
+Medians are over the measured rounds (all but the first, which includes start-up); with ``--repeat N`` each K runs N
+times in a row and its row combines them (:func:`combine`: medians of the repeats, losses summed, memory the
+largest), the repeats' own figures beside it, since one run of a small K moves by 2x on a shared machine. A K
+whose hffm run lost a delta, applied fewer than planned, or lost a process is a FAILED row, and the command exits
+non-zero after saving the report. The plot (round time and RSS vs K) goes next to the report as ``scale.png`` when matplotlib is installed.
 """
 
 from __future__ import annotations
@@ -158,12 +160,55 @@ def spread(k: int, cores: int | None = None) -> int:
     return max(1, min(100, math.ceil(k / cores)))
 
 
+# How the figures of several repeats of one K combine (combine()): losses and counts add up, so that no repeat's
+# loss is hidden; memory is the largest of the repeats; every other figure is the median of the repeats' medians.
+_SUMMED = frozenset({"lost", "applied", "planned", "retransmitted"})
+_LARGEST = frozenset({"fog_rss_mb", "cloud_rss_mb", "broker_rss_mb", "sim_rss_mb", "journal_peak_bytes"})
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def combine(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report row from the rows of several runs of the same K (``--repeat``): see ``_SUMMED`` and ``_LARGEST``
+    for the hffm, paho and Flower figures; a figure missing from any repeat stays as the first repeat has it. The
+    row is FAILED if any repeat is, with every repeat's problems, and keeps each repeat's main figures under
+    ``repeats``."""
+    if len(rows) == 1:
+        return rows[0]
+    out = {**rows[0], "problems": [f"repeat {i}: {p}" for i, r in enumerate(rows, 1) for p in r["problems"]],
+           "status": "FAILED" if any(r["status"] == "FAILED" for r in rows) else "ok"}
+    for part in ("hffm", "paho", "flower"):
+        merged = dict(rows[0][part])
+        for key, first in rows[0][part].items():
+            values = [r[part].get(key) for r in rows]
+            if not _number(first) or not all(_number(v) for v in values):
+                continue
+            if key in _SUMMED:
+                merged[key] = sum(values)
+            elif key in _LARGEST:
+                merged[key] = max(values)
+            else:
+                merged[key] = round(statistics.median(values), 3)
+        out[part] = merged
+    out["repeats"] = [{"cluster_round_s": r["hffm"].get("cluster_round_s"),
+                       "devices_sent_by_s": r["hffm"].get("devices_sent_by_s"),
+                       "fog_after_last_send_s": r["hffm"].get("fog_after_last_send_s"),
+                       "fanin_per_s": r["hffm"].get("fanin_per_s"), "paho_round_s": r["paho"].get("round_s"),
+                       "fanin_ceiling_per_s": r["paho"].get("fanin_ceiling_per_s"),
+                       "flower_round_s": r["flower"].get("round_s"), "lost": r["hffm"].get("lost"),
+                       "status": r["status"], "run_dir": r.get("run_dir")} for r in rows]
+    return out
+
+
 def run_scale_bench(*, ks: tuple[int, ...] = DEFAULT_KS, rounds: int = 3, agg_every: int = 1, backbone: str = "minilm",
                     per_process: int | None = None, fogs_from_1000: int = 2, report: Path | None = None,
                     work: Path = Path("runs/bench-scale"), flower_python_path: str | None = None,
                     backoff_s: float = 60.0, outbox_sync: str = "NORMAL", adapter: str = "lora-sb",
-                    console: Console | None = None) -> dict[str, Any]:
-    """Run every K, print the table, save the report and the plot.
+                    repeat: int = 1, console: Console | None = None) -> dict[str, Any]:
+    """Run every K (``repeat`` times, one after the other, combined by :func:`combine`), print the table, save
+    the report and the plot.
 
     Raises:
         HffmError: a K's hffm run FAILED (a process died, a delta was lost, fewer applied than planned); the report
@@ -178,14 +223,23 @@ def run_scale_bench(*, ks: tuple[int, ...] = DEFAULT_KS, rounds: int = 3, agg_ev
     load_before = os.getloadavg()
     runs = []
     for k in ks:
-        row = run_k(k, fogs=fogs_from_1000 if k >= 1000 else 1, rounds=rounds, agg_every=agg_every,
-                    backbone=backbone, per_process=per_process or spread(k), work=work, flower=flower,
-                    console=console,
-                    backoff_s=backoff_s, outbox_sync=outbox_sync, adapter=adapter)
+        reps = []
+        for i in range(1, repeat + 1):
+            if repeat > 1:
+                console.print(f"K={k}: repeat {i} of {repeat}")
+            reps.append(run_k(k, fogs=fogs_from_1000 if k >= 1000 else 1, rounds=rounds, agg_every=agg_every,
+                              backbone=backbone, per_process=per_process or spread(k),
+                              work=work / f"repeat-{i}" if repeat > 1 else work, flower=flower, console=console,
+                              backoff_s=backoff_s, outbox_sync=outbox_sync, adapter=adapter))
+        row = combine(reps)
+        if repeat > 1:
+            console.print(f"K={k}, {repeat} repeats: hffm cluster round "
+                          + ", ".join(str(r["cluster_round_s"]) for r in row["repeats"]) + " s; naive paho round "
+                          + ", ".join(str(r["paho_round_s"]) for r in row["repeats"]) + " s")
         runs.append(row)
         console.print(one_line(row))
         save_report({"runs": runs, "partial": True}, report, Console(quiet=True))  # a later K may never end
-    out = {"runs": runs, "machine": machine(load_before), "rounds": rounds, "agg_every": agg_every,
+    out = {"runs": runs, "machine": machine(load_before), "rounds": rounds, "agg_every": agg_every, "repeat": repeat,
            "adapter": adapter,
            "device_backoff_s": backoff_s or "real default (2 s doubling to 30 s)", "device_outbox_sync": outbox_sync,
            "backbone": backbone, "wall_s": round(time.monotonic() - started, 1), "command": " ".join(sys.argv),

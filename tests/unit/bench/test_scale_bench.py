@@ -58,3 +58,20 @@ def test_the_fleet_is_spread_over_one_simulator_process_per_core_at_least() -> N
 
     assert [spread(k, cores=2) for k in (1, 10, 50, 200, 500)] == [1, 5, 25, 100, 100]
     assert spread(1000, cores=16) == 63 and spread(7, cores=1) == 7
+
+
+def test_repeats_combine_to_medians_with_every_loss_and_the_largest_memory_kept() -> None:
+    rows = [_row(50, 1, c, rss, paho=p, lost=lost) for c, rss, p, lost in
+            ((0.30, 76.0, 0.10, 0), (0.20, 80.0, 0.16, 2), (0.40, 75.0, 0.12, 0))]
+    rows[1]["status"], rows[1]["problems"] = "FAILED", ["2 deltas queued by devices were neither applied nor answered"]
+    rows[2]["flower"] = {"round_s": None, "status": "not installed"}
+    got = scale.combine(rows)
+    assert got["hffm"]["cluster_round_s"] == 0.3 and got["paho"]["round_s"] == 0.12  # medians
+    assert got["hffm"]["lost"] == 2 and got["status"] == "FAILED"  # no repeat's loss is hidden
+    assert got["problems"] == ["repeat 2: 2 deltas queued by devices were neither applied nor answered"]
+    assert got["hffm"]["fog_rss_mb"] == 80.0  # the largest
+    assert got["flower"]["round_s"] == 2.0  # a figure missing from a repeat stays as the first repeat has it
+    assert [r["cluster_round_s"] for r in got["repeats"]] == [0.3, 0.2, 0.4]
+    assert [r["paho_round_s"] for r in got["repeats"]] == [0.1, 0.16, 0.12]
+    one = _row(10, 1, 0.5, 80.0)
+    assert scale.combine([one]) is one
