@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -73,15 +74,45 @@ def find_mosquitto() -> str:
     raise BrokerError("mosquitto not found; install it with: apt-get install mosquitto")
 
 
+_PORT_FLOOR = 10000  # free_port() draws from here up to just below the OS's ephemeral range
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_PORT_TRIES = 200
+
+
+def _below_ephemeral() -> tuple[int, int] | None:
+    """Ports from ``_PORT_FLOOR`` to just below the ephemeral range (where the OS takes the local port of every
+    outgoing connection), or None where that leaves fewer than 1,000."""
+    try:
+        low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    return (_PORT_FLOOR, low - 1) if low - _PORT_FLOOR >= 1000 else None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on right now (the OS picks it; another process may still
-    take it before the broker binds, which :meth:`MosquittoProcess.start` reports as a BrokerError).
+    """A TCP port on ``host`` that nothing listens on right now, for a listener started a little later.
+
+    It is drawn at random (from system entropy, so parallel test workers that seed ``random`` do not draw alike)
+    below the OS's ephemeral range: the OS's pick (bind to port 0) comes from that range, where any outgoing
+    connection (an MQTT client's, say) may take the port before the listener binds it. Another process may still
+    take it; :meth:`MosquittoProcess.start` reports that as a BrokerError, a metrics server as a ConfigError.
 
     Raises:
         BrokerError: ``host`` is not a loopback IPv4 address.
     """
     _check_host(host)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    span = _below_ephemeral()
+    if span is not None:
+        draw = random.SystemRandom()
+        for _ in range(_PORT_TRIES):
+            port = draw.randint(*span)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # the OS's pick
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
