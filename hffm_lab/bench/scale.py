@@ -5,8 +5,9 @@ Per K (default 10, 50, 200, 500, 1000; 1000 and above over ``fogs_from_1000`` fo
 - **hffm**: ``hffm sim --mode noop`` (``hffm_lab/sim``): K virtual devices with the real module layouts against real
   ``hffm fog run`` / ``hffm cloud run`` processes over real bridged Mosquitto. Cluster round = the fog's own
   announcement-to-close time, split into the devices' part (until the last one has handed its updates to paho)
-  and the fog's (from then to the close: how far the gateway lags behind its devices); global round = between the cloud's announcements; fan-in = deltas a fog applied in a
-  cluster round / that round's time; RSS and CPU of each process by psutil; the fogs' round journal on disk (peak).
+  and the fog's (from then to the close: how far the gateway lags behind its devices); global round = between the
+  cloud's announcements; fan-in = deltas a fog applied in a cluster round / that round's time; RSS and CPU of each
+  process by psutil; the fogs' round journal on disk (peak).
 - **paho**: on the same fog broker once the job is over: the pub->sub ceiling for the mean update size, and the
   naive round loop (``scale_paho.py``): K clients each send the same messages a device sends per cluster round.
 - **Flower**: ``scale_flower.py`` run by an interpreter with ``flwr[simulation]`` (this one, else
@@ -17,7 +18,8 @@ Medians are over the measured rounds (all but the first, which includes start-up
 times in a row and its row combines them (:func:`combine`: medians of the repeats, losses summed, memory the
 largest), the repeats' own figures beside it, since one run of a small K moves by 2x on a shared machine. A K
 whose hffm run lost a delta, applied fewer than planned, or lost a process is a FAILED row, and the command exits
-non-zero after saving the report. The plot (round time and RSS vs K) goes next to the report as ``scale.png`` when matplotlib is installed.
+non-zero after saving the report. The plot (round time and RSS vs K) goes next to the report as ``scale.png``
+when matplotlib is installed.
 """
 
 from __future__ import annotations
@@ -121,7 +123,8 @@ def run_k(k: int, *, fogs: int, rounds: int, agg_every: int, backbone: str, per_
     procs = sim["resources"]
     fog_names = [f"fog-{i}" for i in range(1, fogs + 1)]
     hffm = {"cluster_round_s": sim["cluster_round_s"], "global_round_s": sim["global_round_s"],
-            "devices_sent_by_s": sim.get("devices_sent_by_s"), "fog_after_last_send_s": sim.get("fog_after_last_send_s"),
+            "devices_sent_by_s": sim.get("devices_sent_by_s"),
+            "fog_after_last_send_s": sim.get("fog_after_last_send_s"),
             "fanin_per_s": sim["fanin_per_s"], "fanin_mb_per_s": sim["fanin_mb_per_s"],
             "fog_rss_mb": sim["fog_rss_mb"], "cloud_rss_mb": sim["cloud_rss_mb"],
             "broker_rss_mb": max((procs.get(f"broker-{f}", {}).get("rss_peak_mb", 0.0) for f in fog_names), default=0),
@@ -305,7 +308,8 @@ def one_line(r: dict[str, Any]) -> str:
 
 def table(runs: list[dict[str, Any]]) -> Table:
     t = Table(title="hffm bench scale: medians over measured rounds (all but the first)")
-    for col in ("K", "fogs", "cluster s", "devices sent s", "fog after s", "global s", "fan-in /s", "MB/s", "ceiling /s", "fog RSS MB",
+    for col in ("K", "fogs", "cluster s", "devices sent s", "fog after s", "global s", "fan-in /s", "MB/s",
+                "ceiling /s", "fog RSS MB",
                 "cloud RSS MB", "broker RSS MB", "journal MB", "lost", "paho s", "paho up-only s", "Flower s",
                 "status"):
         t.add_column(col, justify="right")
