@@ -70,6 +70,9 @@ def judge_against_fp32(run: dict[str, Any], ref: dict[str, Any]) -> None:
     run["time_to_accuracy"] = {
         "target": target, "rounds": None if first is None else first + 1,
         "wall_s": None if first is None else run["seconds_by_round"][first]}
+    # The change round by round: a codec that delays what it sends trails in the middle rounds and catches up.
+    ours, theirs = run.get("accuracy_by_round", []), ref.get("accuracy_by_round", [])
+    run["accuracy_delta_by_round"] = [None if a is None or b is None else (a - b) * 100 for a, b in zip(ours, theirs)]
     judge_codec_time(run)
 
 
@@ -85,7 +88,7 @@ _MEANS = ("uplink_bytes_per_round", "fog_to_cloud_bytes_per_round", "downlink_by
           "accuracy_delta_vs_fp32")
 _PER_SEED = ("uplink_bytes_per_round", "ratio_vs_fp32", "mean_accuracy", "accuracy_delta_vs_fp32", "accuracy",
              "other_uplink_bytes_per_round", "other_uplink_share", "time_to_accuracy", "accuracy_by_round",
-             "seconds_by_round", "bytes_per_link_per_round")
+             "seconds_by_round", "bytes_per_link_per_round", "accuracy_delta_by_round")
 
 
 def _mean_or_none(values: list[Any]) -> float | None:
@@ -112,6 +115,9 @@ def combine_seeds(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any
     out["time_to_accuracy"] = {"target": _mean_or_none([t.get("target") for t in tta]),
                                "rounds": _mean_or_none([t.get("rounds") for t in tta]),
                                "wall_s": _mean_or_none([t.get("wall_s") for t in tta])}
+    by_round = [r.get("accuracy_delta_by_round") or [] for r in runs]
+    out["accuracy_delta_by_round"] = [_mean_or_none([d[i] for d in by_round])
+                                      for i in range(min(len(d) for d in by_round))]
     out["per_seed"] = [{"seed": s, **{k: r[k] for k in _PER_SEED if k in r}} for s, r in zip(seeds, runs)]
     out["accuracy_delta_sd"] = float(np.std([r["accuracy_delta_vs_fp32"] for r in runs], ddof=1))
     out["worst_seed_accuracy_delta_vs_fp32"] = float(min(r["accuracy_delta_vs_fp32"] for r in runs))

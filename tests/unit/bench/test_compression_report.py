@@ -55,13 +55,15 @@ def test_time_to_accuracy_is_the_first_round_at_95_percent_of_fp32_final() -> No
     assert ref["time_to_accuracy"] == {"target": 0.95, "rounds": 4, "wall_s": 40}
     assert run["time_to_accuracy"] == {"target": 0.95, "rounds": 3, "wall_s": 33}
     assert run["ratio_vs_fp32"] == 250 and run["other_uplink_share"] == pytest.approx(0.05)
+    assert run["accuracy_delta_by_round"] == pytest.approx([-10.0, 10.0, 6.0, -3.0])
     slow = _run([0.5, 0.6], 40, None, [1, 2])
     judge_against_fp32(slow, ref)
     assert slow["time_to_accuracy"]["rounds"] is None and slow["other_uplink_share"] is None
+    assert slow["accuracy_delta_by_round"] == pytest.approx([-10.0, -20.0])  # only the rounds both ran
 
 
 def test_means_over_seeds_keep_each_seed_and_the_worst() -> None:
-    ref = _run([1.0], 1000, 0, [1])
+    ref = _run([0.95, 1.0], 1000, 0, [1, 2])
     runs = []
     for accs, secs in (([0.96, 0.99], [5, 9]), ([0.9, 0.97], [6, 8])):
         r = _run(accs, 40, 4, secs)
@@ -74,6 +76,9 @@ def test_means_over_seeds_keep_each_seed_and_the_worst() -> None:
     assert out["time_to_accuracy"] == {"target": pytest.approx(0.95), "rounds": 1.5, "wall_s": 6.5}
     assert out["other_uplink_share"] == pytest.approx(0.1)
     assert [p["time_to_accuracy"]["rounds"] for p in out["per_seed"]] == [1, 2]
+    assert out["accuracy_delta_by_round"] == pytest.approx([-2.0, -2.0])  # round by round, the mean of the seeds
+    assert [p["accuracy_delta_by_round"] for p in out["per_seed"]] == [pytest.approx([1.0, -1.0]),
+                                                                        pytest.approx([-5.0, -3.0])]
     assert out["bytes_per_link_per_round"] == {"device_to_fog": 40, "fog_to_cloud": 10}
 
 
