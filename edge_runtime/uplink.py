@@ -4,15 +4,16 @@ in the outbox until the fog acks it, or, without an outbox, publish it once (doc
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from hffm_core.compression import Codec, ErrorFeedback
+from hffm_core.compression import ErrorFeedback
 from hffm_core.compression.module_codec import pack
+from hffm_core.compression.table import CodecTable
 from hffm_core.delivery import Outbox, round_tag
 from hffm_core.protocol import ModuleKey, ModuleUpdate, topics
 from hffm_core.protocol.routing import encode_for
@@ -39,7 +40,7 @@ class Uplink:
     fleet: str
     fog: str
     node: str
-    codecs: Mapping[str, Codec]
+    codecs: CodecTable
     feedback: ErrorFeedback
     residuals_path: Path
     outbox: Outbox | None
@@ -53,7 +54,7 @@ class Uplink:
     def build(self, key: ModuleKey, delta: dict[str, np.ndarray], samples: int, loss: float, g: int, c: int, *,
               covers: tuple[str, ...] = ()) -> ModuleUpdate:
         """Code ``delta`` (through this device's error feedback) into the update of ``key`` for round (g, c)."""
-        packed, _sent = pack(delta, self.codecs[key.kind], feedback=self.feedback, stream=str(key),
+        packed, _sent = pack(delta, self.codecs.for_key(key), feedback=self.feedback, stream=str(key),
                              seed=zlib.crc32(f"{self.node}/{g}.{c}/{key}".encode()))
         return ModuleUpdate(fleet=self.fleet, sender=self.node, fog=self.fog, key=key, global_round=g,
                             cluster_round=c, base=self.base_of(key), num_samples=samples, train_loss=loss,

@@ -96,7 +96,7 @@ class FogGateway(Service):
         self.journal = RoundJournal(state_dir / f"{cfg.fog.id}-round.sqlite", kept=APPLIED_KEYS_KEPT)
         self.jobs = JobWatch(f"fog {cfg.fog.id}", self.rejected)  # the job: from the journal, else the cloud's plan
         self.neighbours = FogNeighbours(
-            fleet=self.fleet, node=self.node, d2d=cfg.d2d, codec_for=lambda key: self.up_codecs[key.kind],
+            fleet=self.fleet, node=self.node, d2d=cfg.d2d, codec_for=self.up_codecs.for_key,
             publish=lambda t, p: self.transport.try_publish(t, p, category="fog_to_fog"), rejected=self.rejected)
         s = cfg.schedule
         self.round = FogRound(fleet=self.fleet, node=self.node, rules=FogRules.from_config(cfg), journal=self.journal,

@@ -15,8 +15,9 @@ from typing import Any
 from fog_gateway.neighbours import State, delta_from
 from fog_gateway.round_engine import FogRound
 from hffm_core.aggregation.ranks import trim_rank
-from hffm_core.compression import Codec, ErrorFeedback
+from hffm_core.compression import ErrorFeedback
 from hffm_core.compression.module_codec import pack
+from hffm_core.compression.table import CodecTable
 from hffm_core.config import ReliabilityConfig
 from hffm_core.delivery import Outbox, ReliableSender, report_key
 from hffm_core.errors import DecodeError
@@ -29,9 +30,9 @@ log = logging.getLogger(__name__)
 
 class CloudUplink:
     def __init__(self, *, fleet: str, node: str, state_dir: Path, reliability: ReliabilityConfig,
-                 codecs: Mapping[str, Codec], transport: MqttTransport | SealingTransport,
+                 codecs: CodecTable, transport: MqttTransport | SealingTransport,
                  meter: TrafficMeter) -> None:
-        """``codecs``: module kind -> the uplink codec; ``transport``: the service's."""
+        """``codecs``: the uplink codec of each module (``make_codecs``); ``transport``: the service's."""
         self.fleet, self.node, self.codecs, self.transport, self.meter = fleet, node, codecs, transport, meter
         self.residuals_path = state_dir / f"{node}-residuals.npz"
         self.residuals_path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,7 @@ class CloudUplink:
         sent: list[ModuleKey] = []
         devices: set[str] = set()
         for key, weights in rnd.upward():
-            packed, _sent = pack(trim_rank(delta_from(true[key], rnd.start[key])), self.codecs[key.kind],
+            packed, _sent = pack(trim_rank(delta_from(true[key], rnd.start[key])), self.codecs.for_key(key),
                                  feedback=self.feedback,
                                  stream=str(key), seed=zlib.crc32(f"{self.node}/{g}/{key}".encode()))
             agg = FogAggregate(fleet=self.fleet, fog=self.node, key=key, global_round=g,

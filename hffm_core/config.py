@@ -96,28 +96,24 @@ class CodecSpec:
     params: dict[str, object] = field(default_factory=dict)
 
 
-MODULE_KINDS = ("encoder", "adapter", "head")
-
-
-def make_codecs(specs: dict[str, CodecSpec], where: str) -> dict[str, Any]:
-    """Codec instances per module kind (``fp32`` for kinds not listed).
+def make_codecs(specs: dict[str, CodecSpec], where: str) -> Any:
+    """The link's :class:`~hffm_core.compression.table.CodecTable`: a codec per module kind (``fp32`` for kinds not
+    listed) and per more specific selector (``encoder:image``, ``head:digit``, ``adapter:image:digit``, ...).
 
     Raises:
-        ConfigError: an unknown module kind, codec or parameter.
+        ConfigError: an invalid selector, an unknown codec or parameter.
     """
     from hffm_core.compression import make_codec
+    from hffm_core.compression.table import CodecTable, check_selector
 
-    unknown = sorted(set(specs) - set(MODULE_KINDS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown module kind(s) {unknown}; expected some of {list(MODULE_KINDS)}")
-    out = {}
-    for kind in MODULE_KINDS:
-        spec = specs.get(kind, CodecSpec())
+    built = {}
+    for selector, spec in specs.items():
         try:
-            out[kind] = make_codec(spec.codec, spec.params)
+            check_selector(selector)
+            built[selector] = make_codec(spec.codec, spec.params)
         except ConfigError as exc:
-            raise ConfigError(f"{where}.{kind}: {exc}") from None
-    return out
+            raise ConfigError(f"{where}.{selector}: {exc}") from None
+    return CodecTable(built, make_codec("fp32"))
 
 
 @_frozen

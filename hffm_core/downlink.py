@@ -29,6 +29,7 @@ import numpy as np
 from hffm_core.aggregation.ranks import at_rank, fit_rank, module_rank, rank_of_size
 from hffm_core.compression import Codec, make_codec
 from hffm_core.compression.module_codec import layout_of, pack, same_layout, unpack
+from hffm_core.compression.table import CodecTable
 from hffm_core.errors import AggregationError, DecodeError
 from hffm_core.protocol import RAW_CODEC, ModuleKey, ModuleVersion
 
@@ -72,11 +73,13 @@ class ResyncNeeded(Exception):
 
 class VersionPublisher:
     def __init__(self, *, fleet: str, sender: str, codecs: Mapping[str, Codec], job: str = "") -> None:
+        """``codecs``: a :class:`CodecTable` (``make_codecs``) or a mapping of selectors to codecs; a module no
+        selector names is sent raw."""
         self.fleet = fleet
         self.sender = sender
         self.job = job  # named in every version published
-        self.codecs = dict(codecs)
         self.raw = make_codec(RAW_CODEC)
+        self.codecs = CodecTable.of(codecs, self.raw)
         self.true: dict[ModuleKey, State] = {}
         self.published: dict[ModuleKey, State] = {}
         self.stamps: dict[ModuleKey, Stamp] = {}
@@ -85,7 +88,7 @@ class VersionPublisher:
         """The next version of ``key`` at ``stamp``: a delta ``T - P`` where possible, else (or with ``full``) the
         full state. A publisher about to stop sends ``full`` so that nobody needs a resync it could not answer."""
         target = self.true[key]
-        codec = self.codecs.get(key.kind, self.raw)
+        codec = self.codecs.for_key(key)
         base = self.stamps.get(key)
         if full or base is None or codec.name == RAW_CODEC or not same_layout(target, self.published[key]):
             self.published[key] = {n: a.copy() for n, a in target.items()}

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from hffm_core.compression import make_codec
+from hffm_core.config import CodecSpec, make_codecs
 from hffm_core.errors import ConfigError
 from hffm_core.protocol import ModuleKey, ModuleVersion, decode, state_from_blobs
 from hffm_lab.bench import save_report
@@ -287,14 +287,13 @@ def codec_speed(uplink: Mapping[str, Mapping[str, Any]], deltas: Mapping[ModuleK
     """Encode and decode ms per MB of fp32 input, over the given module deltas with each kind's codec; each module
     is coded as the runtime codes it (``module_codec``): fp32 tensor by tensor, any other codec as one flat vector
     with the module's layout."""
-    codecs = {kind: make_codec(str(spec.get("codec", "fp32")), dict(spec.get("params", {})))  # type: ignore[arg-type]
-              for kind, spec in uplink.items()}
-    fp32 = make_codec("fp32")
+    codecs = make_codecs({sel: CodecSpec(codec=str(spec.get("codec", "fp32")), params=dict(spec.get("params", {})))
+                          for sel, spec in uplink.items()}, "uplink")
     mb = sum(a.nbytes for state in deltas.values() for a in state.values()) / 1e6
     enc_s = dec_s = 0.0
     for _ in range(repeats):
         for key, state in deltas.items():
-            codec = codecs.get(key.kind, fp32)
+            codec = codecs.for_key(key)
             names = sorted(state)
             if codec.lossless:
                 parts = [(codec, state[n]) for n in names]
