@@ -41,6 +41,7 @@ __all__ = ["ADVERT_INTERVAL_S", "DEFAULT_SETTINGS", "HEADLINE", "LINK_BYTES_PER_
 # and one at the end per device. At 30 s they alone cap the ratio near 1,600x and are ~16% of a 250x uplink.
 ADVERT_INTERVAL_S = 600.0
 _TOPK_INT8 = {"codec": "topk", "params": {"fraction": 0.01, "values": "int8"}}
+_LOWRANK8_INT4 = {"codec": "lowrank", "params": {"rank": 8, "loadings": "int4"}}
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,12 @@ SETTINGS: tuple[Setting, ...] = (
             _all("int8"), _sb_model(8, targets=_ALL_LINEAR)),
     Setting("lora-sb6all-sign-esign-hsign", _all("sign"), _all("int8"), _all("int8"),
             _sb_model(6, targets=_ALL_LINEAR)),
+    # Bytes where they pay (per-module codecs, 2026-12-07): every head at full rank (lowrank 12 >= any task's
+    # classes, int4), which codes a head delta closer than its sign code for about the same bytes; the 8-column image
+    # and power encoders at full rank (lowrank 8); the 60-column inertial and 12-column speech encoders at lowrank 4.
+    Setting("lora-sb6all-sign-e4ip8-hfull",
+            {**_sb_sign(4, 12), "encoder:image": _LOWRANK8_INT4, "encoder:power": _LOWRANK8_INT4}, _all("int8"),
+            _all("int8"), _sb_model(6, targets=_ALL_LINEAR)),
 )
 # The setting the README headlines (`--headline` runs fp32 and it, and marks it "headline": true in the report).
 HEADLINE = "lora-sb6all-sign-e4-hsign"  # 277.0x at -2.69 pt over seeds 0-2 (2026-12-07, compact update header)
