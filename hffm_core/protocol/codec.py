@@ -21,10 +21,11 @@ key of a ``ModuleUpdate`` or ``FogAggregate`` as an empty string when it is the 
 determine (``default_key``), which decoding derives again (a key that is not the derived one, a D2D relay's,
 travels as it is); and, when the message is encoded for its topic (``encode(message, topic=...)``), the fields of
 a ``ModuleUpdate`` that its ``up`` topic already names (fleet, sender, fog, module key: 45-50 B of a 120-130 B
-header) as empty strings, which decoding with that topic (``decode(..., topic=...)``, as
-:func:`hffm_core.protocol.routing.decode_message` does) fills in again. The receivers check those fields against
-the topic anyway, and a signature covers the topic, so nothing is lost. Decoding such a payload without its topic
-raises a :class:`DecodeError` that says so; a full payload decodes with or without one.
+header) as empty strings, and so does its type name (13 B: an ``up`` topic carries nothing else), which decoding
+with that topic (``decode(..., topic=...)``, as :func:`hffm_core.protocol.routing.decode_message` does) fills in
+again. The receivers check those fields against the topic anyway, and a signature covers the topic, so nothing is
+lost. Decoding such a payload without its topic raises a :class:`DecodeError` that says so; a full payload decodes
+with or without one.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def encode(message: object, *, topic: Topic | None = None) -> bytes:
             value = getattr(topic, part)
             if value is not None and value == getattr(message, name):
                 body[_field_names(cls).index(name) + 1] = ""
+        if TYPE_FROM_TOPIC.get(cls) == topic.kind:
+            body[0] = ""
     return msgpack.packb(body, use_bin_type=True)
 
 
@@ -100,6 +103,20 @@ def encode(message: object, *, topic: Topic | None = None) -> bytes:
 FROM_TOPIC: dict[type, tuple[tuple[str, str], ...]] = {
     ModuleUpdate: (("fleet", "fleet"), ("sender", "node"), ("fog", "fog"), ("key", "module")),
 }
+# The message types whose type name travels empty when encoded for a topic of this kind (the kind carries only that
+# type: hffm_core.protocol.topic_table); decoding with such a topic names the type again.
+TYPE_FROM_TOPIC: dict[type, str] = {ModuleUpdate: "up"}
+
+
+def _type_from_topic(first: Any, expected: type, name: str, topic: Topic | None) -> Any:
+    """The type name of a payload whose first item is ``first``: ``name`` where it travelled empty for ``topic``."""
+    if first != "" or TYPE_FROM_TOPIC.get(expected) is None:
+        return first
+    if topic is None or topic.kind != TYPE_FROM_TOPIC[expected]:
+        kind = TYPE_FROM_TOPIC[expected]
+        where = "no topic was given" if topic is None else f"topic {str(topic)!r} is not an {kind!r} topic"
+        raise DecodeError(f"{name}: the type travelled empty, to be read from its topic, but {where}")
+    return name
 
 
 def _fill_from_topic(raw: dict[Any, Any], expected: type, name: str, topic: Topic | None) -> None:
@@ -188,19 +205,20 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
 
 
-def _array_to_map(items: list[Any], expected: type, name: str) -> dict[Any, Any]:
+def _array_to_map(items: list[Any], expected: type, name: str, topic: Topic | None = None) -> dict[Any, Any]:
     """The map form of a positional payload, or DecodeError: the type, then the schema, then the item count."""
     if not items:
         raise DecodeError(f"expected a {name!r} message, got an empty array")
-    if items[0] != name:
-        raise DecodeError(f"expected a {name!r} message, got type {items[0]!r}")
+    first = _type_from_topic(items[0], expected, name, topic)
+    if first != name:
+        raise DecodeError(f"expected a {name!r} message, got type {first!r}")
     names = _field_names(expected)
     if len(items) > 1:
         _check_schema(name, items[1], schema_of(expected))
     if len(items) != len(names) + 1:
         raise DecodeError(f"{name}: a positional payload has {len(names) + 1} items (the type and {len(names)} "
                           f"fields), got {len(items)}")
-    out: dict[Any, Any] = {"type": items[0]}
+    out: dict[Any, Any] = {"type": first}
     out.update(zip(names, items[1:]))
     return out
 
@@ -287,7 +305,7 @@ def from_wire(raw: Any, expected: type[T], *, topic: Topic | None = None) -> T:
     of :func:`decode` (``topic`` as there)."""
     name = getattr(expected, "TYPE", expected.__name__)
     if isinstance(raw, list):
-        raw = _array_to_map(raw, expected, name)
+        raw = _array_to_map(raw, expected, name, topic)
     elif isinstance(raw, dict) and expected in FROM_TOPIC:
         raw = dict(raw)  # filled in below: never change the caller's map
     if not isinstance(raw, dict):

@@ -1,5 +1,6 @@
-"""A ModuleUpdate encoded for its ``up`` topic: the fields the topic names (fleet, sender, fog, module key) travel
-empty and are read back from the topic (hffm_core/protocol/codec.py ``FROM_TOPIC``)."""
+"""A ModuleUpdate encoded for its ``up`` topic: the fields the topic names (fleet, sender, fog, module key) and the
+type name (an ``up`` topic carries nothing else) travel empty and are read back from the topic
+(hffm_core/protocol/codec.py ``FROM_TOPIC``, ``TYPE_FROM_TOPIC``)."""
 
 from __future__ import annotations
 
@@ -35,10 +36,10 @@ def _update(**overrides: object) -> ModuleUpdate:
 def test_the_fields_the_topic_names_travel_empty_and_come_back() -> None:
     update = _update()
     full, compact = encode(update), encode_for(TOPIC, update)
-    saved = sum(len(msgpack.packb(v)) - 1 for v in ("demo", "fog-1-dev-1", "fog-1", str(KEY)))
-    assert len(full) - len(compact) == saved == 45
+    saved = sum(len(msgpack.packb(v)) - 1 for v in ("module_update", "demo", "fog-1-dev-1", "fog-1", str(KEY)))
+    assert len(full) - len(compact) == saved == 58
     items = msgpack.unpackb(compact)
-    assert items[2:6] == ["", "", "", ""]  # fleet, sender, fog, key
+    assert items[0] == "" and items[2:6] == ["", "", "", ""]  # type, fleet, sender, fog, key
     assert decode_message(TOPIC, compact) == (topics.parse(TOPIC), update)
     assert decode(compact, ModuleUpdate, topic=topics.parse(TOPIC)) == update
 
@@ -92,8 +93,22 @@ def test_the_topic_is_the_source_of_those_fields_and_a_signature_binds_it() -> N
         Verifier(keys={"fog-1-dev-1": key.public_key(), "fog-1-dev-2": key.public_key()}).open(other, sealed)
 
 
+def test_a_type_that_travelled_empty_needs_an_up_topic() -> None:
+    compact = encode_for(TOPIC, _update())
+    with pytest.raises(DecodeError, match="module_update: the type travelled empty, to be read from its topic, but "
+                                          "no topic was given"):
+        decode(compact, ModuleUpdate)
+    ack_topic = topics.parse(topics.ack("demo", "fog-1", "fog-1-dev-1", "fog-1"))
+    with pytest.raises(DecodeError, match="the type travelled empty.*is not an 'up' topic"):
+        decode(compact, ModuleUpdate, topic=ack_topic)
+    # A type with no topic kind of its own never travels empty: an empty type is just a wrong type for it.
+    with pytest.raises(DecodeError, match="expected a 'module_version' message, got type ''"):
+        decode(compact, codec.message_type("module_version"), topic=topics.parse(TOPIC))
+
+
 def test_only_a_topic_that_names_the_field_fills_it() -> None:
     raw = msgpack.unpackb(encode_for(TOPIC, _update()))
+    raw[0] = "module_update"  # the type in full: the fields are judged against the topic
     ack_topic = topics.parse(topics.ack("demo", "fog-1", "fog-1-dev-1", "fog-1"))  # names no module
     with pytest.raises(DecodeError, match="module_update.key: travelled empty.*has no module"):
         decode(msgpack.packb(raw, use_bin_type=True), ModuleUpdate, topic=ack_topic)
