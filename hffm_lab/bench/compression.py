@@ -184,7 +184,7 @@ SETTINGS: tuple[Setting, ...] = (
              "head": {"codec": "sign", "params": {}}}, _all("int8"), _all("int8"), _sb_model(9, targets=_ALL_LINEAR)),
 )
 # The setting the README headlines (`--headline` runs fp32 and it, and marks it "headline": true in the report).
-HEADLINE = "lora-sb6all-sign-e4-hsign"  # 277.0x at -2.69 pt over seeds 0-2 (2026-12-07, compact update header)
+HEADLINE = "lora-sb9all-sign-e4i2-hsign"  # 258.0x at -0.47 pt over seeds 0-2, 8 rounds (2026-12-07)
 
 # The default run (nine jobs, about 25 min on 2 idle CPU cores); --only picks any of SETTINGS.
 DEFAULT_SETTINGS: tuple[Setting, ...] = tuple(
